@@ -1,0 +1,417 @@
+//! `vessel import`: a root filesystem (a directory or a tar) becomes a one-layer image.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{
+    ConfigBuilder, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageManifestBuilder,
+    MediaType, RootFsBuilder,
+};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Error, Result};
+use crate::reference::Reference;
+use crate::store::{ImageRecord, LayerRecord, NewImage, Store};
+use crate::unpack;
+
+/// The media type vessel writes its own layers with.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Dockerfile-style instructions applied to the new image's config (`--change`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    /// `CMD`.
+    pub cmd: Option<Vec<String>>,
+    /// `ENTRYPOINT`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `ENV`, in order.
+    pub env: Vec<String>,
+    /// `WORKDIR`.
+    pub workdir: Option<String>,
+    /// `USER`.
+    pub user: Option<String>,
+    /// `LABEL`.
+    pub labels: HashMap<String, String>,
+    /// `STOPSIGNAL`.
+    pub stop_signal: Option<String>,
+}
+
+impl Changes {
+    /// Parses `--change` lines: `CMD`, `ENTRYPOINT` (JSON or shell form), `ENV k=v`/`ENV k v`,
+    /// `WORKDIR`, `USER`, `LABEL k=v`, `STOPSIGNAL`.
+    pub fn parse<S: AsRef<str>>(lines: &[S]) -> Result<Changes> {
+        let mut c = Changes::default();
+        for line in lines {
+            let line = line.as_ref().trim();
+            let (instr, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let rest = rest.trim();
+            let bad = |why: &str| Error::InvalidInput(format!("invalid --change {line:?}: {why}"));
+            match instr.to_ascii_uppercase().as_str() {
+                "CMD" => c.cmd = Some(command_form(rest).map_err(|e| bad(&e))?),
+                "ENTRYPOINT" => c.entrypoint = Some(command_form(rest).map_err(|e| bad(&e))?),
+                "ENV" => {
+                    if rest.is_empty() {
+                        return Err(bad("ENV needs a name"));
+                    }
+                    match rest.split_once('=') {
+                        Some(_) => c.env.extend(rest.split_whitespace().map(str::to_string)),
+                        None => {
+                            let (k, v) = rest.split_once(char::is_whitespace).ok_or_else(|| bad("ENV needs a value"))?;
+                            c.env.push(format!("{k}={}", v.trim()));
+                        }
+                    }
+                }
+                "WORKDIR" if !rest.is_empty() => c.workdir = Some(rest.to_string()),
+                "USER" if !rest.is_empty() => c.user = Some(rest.to_string()),
+                "STOPSIGNAL" if !rest.is_empty() => c.stop_signal = Some(rest.to_string()),
+                "LABEL" => {
+                    for kv in rest.split_whitespace() {
+                        let (k, v) = kv.split_once('=').ok_or_else(|| bad("LABEL needs key=value"))?;
+                        c.labels.insert(k.to_string(), v.trim_matches('"').to_string());
+                    }
+                }
+                "WORKDIR" | "USER" | "STOPSIGNAL" => return Err(bad("needs a value")),
+                other => return Err(bad(&format!("unsupported instruction {other}"))),
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// JSON array form (`["sh","-c","x"]`) or shell form (`sh -c x` → `/bin/sh -c "sh -c x"`).
+fn command_form(s: &str) -> std::result::Result<Vec<String>, String> {
+    if s.starts_with('[') {
+        serde_json::from_str(s).map_err(|e| format!("not a JSON string array: {e}"))
+    } else if s.is_empty() {
+        Err("empty command".into())
+    } else {
+        Ok(vec!["/bin/sh".into(), "-c".into(), s.into()])
+    }
+}
+
+/// Imports `source` (a directory, or a tar/tar.gz/tar.zst file) as a one-layer image tagged
+/// `tag`, like `docker import`.
+pub fn import(store: &Store, source: &Path, tag: Option<&Reference>, changes: &Changes) -> Result<ImageRecord> {
+    let meta = fs::metadata(source).map_err(Error::io("import from", source))?;
+    let tmp = store.tmp_path("import");
+    let result = (|| {
+        let (blob, size, diff_id) = if meta.is_dir() {
+            write_layer(&tmp, |b| append_tree(b, source))?
+        } else {
+            let f = File::open(source).map_err(Error::io("open", source))?;
+            let stream = unpack::decompress(f).map_err(Error::io("read", source))?;
+            write_layer(&tmp, |b| copy_tar(b, stream, source))?
+        };
+        let (blob_d, _) = store.put_blob(File::open(&tmp).map_err(Error::io("open", &tmp))?, Some((&blob, Some(size))))?;
+        Ok::<_, Error>((blob_d, size, diff_id))
+    })();
+    let _ = fs::remove_file(&tmp);
+    let (blob, size, diff_id) = result?;
+    let layer = LayerRecord { blob, diff_id, media_type: LAYER_MEDIA_TYPE.to_string(), size };
+    store.unpack_layer(&layer)?;
+    let config = build_config(std::slice::from_ref(&layer.diff_id), changes, &format!("vessel import {}", source.display()))?;
+    commit_single(store, config, vec![layer], tag)
+}
+
+/// Stores a config and a manifest for `layers` and commits the image.
+pub fn commit_single(store: &Store, config: ImageConfiguration, layers: Vec<LayerRecord>, tag: Option<&Reference>) -> Result<ImageRecord> {
+    let config_json = serde_json::to_vec(&config).map_err(|e| Error::malformed("image config", e))?;
+    let config_digest = store.put_blob_bytes(&config_json)?;
+    let descriptors = layers
+        .iter()
+        .map(|l| {
+            DescriptorBuilder::default()
+                .media_type(MediaType::from(l.media_type.as_str()))
+                .digest(oci_digest(&l.blob)?)
+                .size(l.size)
+                .build()
+                .map_err(|e| Error::malformed("layer descriptor", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageConfig)
+                .digest(oci_digest(&config_digest)?)
+                .size(config_json.len() as u64)
+                .build()
+                .map_err(|e| Error::malformed("config descriptor", e))?,
+        )
+        .layers(descriptors)
+        .build()
+        .map_err(|e| Error::malformed("image manifest", e))?;
+    let manifest_json = serde_json::to_vec(&manifest).map_err(|e| Error::malformed("image manifest", e))?;
+    let manifest_digest = store.put_blob_bytes(&manifest_json)?;
+    store.commit(NewImage { manifest: &manifest_digest, config: &config_digest, config_doc: &config, layers: &layers }, tag)
+}
+
+/// Converts our digest into oci-spec's.
+pub fn oci_digest(d: &Digest) -> Result<oci_spec::image::Digest> {
+    d.to_string().parse().map_err(|e| Error::malformed("digest", e))
+}
+
+/// A linux/amd64 config with `changes` applied.
+pub fn build_config(diff_ids: &[Digest], changes: &Changes, created_by: &str) -> Result<ImageConfiguration> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut cfg = ConfigBuilder::default();
+    if let Some(c) = &changes.cmd {
+        cfg = cfg.cmd(c.clone());
+    }
+    if let Some(e) = &changes.entrypoint {
+        cfg = cfg.entrypoint(e.clone());
+    }
+    if !changes.env.is_empty() {
+        cfg = cfg.env(changes.env.clone());
+    }
+    if let Some(w) = &changes.workdir {
+        cfg = cfg.working_dir(w.clone());
+    }
+    if let Some(u) = &changes.user {
+        cfg = cfg.user(u.clone());
+    }
+    if !changes.labels.is_empty() {
+        cfg = cfg.labels(changes.labels.clone());
+    }
+    if let Some(s) = &changes.stop_signal {
+        cfg = cfg.stop_signal(s.clone());
+    }
+    let config = cfg.build().map_err(|e| Error::malformed("image config", e))?;
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| Error::malformed("image rootfs", e))?;
+    let history = HistoryBuilder::default()
+        .created(now.clone())
+        .created_by(created_by.to_string())
+        .build()
+        .map_err(|e| Error::malformed("image history", e))?;
+    ImageConfigurationBuilder::default()
+        .created(now)
+        .architecture(oci_spec::image::Arch::Amd64)
+        .os(oci_spec::image::Os::Linux)
+        .config(config)
+        .rootfs(rootfs)
+        .history(vec![history])
+        .build()
+        .map_err(|e| Error::malformed("image config", e))
+}
+
+type LayerWriter = tar::Builder<HashingWriter<flate2::write::GzEncoder<HashingWriter<io::BufWriter<File>>>>>;
+
+/// Writes a gzip layer to `path` with `fill`, returning (blob digest, blob size, diff id).
+fn write_layer(path: &Path, fill: impl FnOnce(&mut LayerWriter) -> Result<()>) -> Result<(Digest, u64, Digest)> {
+    let file = File::create(path).map_err(Error::io("create", path))?;
+    let compressed = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
+    let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::fast());
+    let mut builder = tar::Builder::new(HashingWriter::new(gz));
+    builder.mode(tar::HeaderMode::Complete);
+    fill(&mut builder)?;
+    let tar_hash = builder.into_inner().map_err(Error::io("write layer", path))?;
+    let (gz, diff_id, _) = tar_hash.finish();
+    let compressed = gz.finish().map_err(Error::io("compress layer", path))?;
+    let (mut buf, blob, size) = compressed.finish();
+    buf.flush().map_err(Error::io("write layer", path))?;
+    Ok((blob, size, diff_id))
+}
+
+/// Re-emits a tar stream's entries (so a compressed or odd input becomes a plain layer tar
+/// that we compress ourselves); entries are copied verbatim, hostile ones included: the
+/// unpacker is the one that judges them.
+fn copy_tar(b: &mut LayerWriter, stream: impl Read, source: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(stream);
+    let entries = archive.entries().map_err(|e| Error::malformed(format!("tar {}", source.display()), e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| Error::malformed(format!("tar {}", source.display()), e))?;
+        if let Some(exts) = entry.pax_extensions().map_err(|e| Error::malformed("tar PAX header", e))? {
+            let pairs: Vec<(String, Vec<u8>)> = exts
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.key().ok()?.to_string(), e.value_bytes().to_vec())))
+                .filter(|(k, _)| k.starts_with("SCHILY.xattr."))
+                .collect();
+            if !pairs.is_empty() {
+                b.append_pax_extensions(pairs.iter().map(|(k, v)| (k.as_str(), &v[..])))
+                    .map_err(Error::io("write layer for", source))?;
+            }
+        }
+        let mut header = entry.header().clone();
+        let path = entry.path_bytes().into_owned();
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let kind = header.entry_type();
+        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            continue;
+        }
+        let path = String::from_utf8_lossy(&path).into_owned();
+        match link {
+            Some(l) if kind.is_symlink() || kind.is_hard_link() => {
+                b.append_link(&mut header, &path, String::from_utf8_lossy(&l).as_ref())
+            }
+            _ => b.append_data(&mut header, &path, &mut entry),
+        }
+        .map_err(|e| Error::malformed(format!("tar entry {path:?} in {}", source.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Tars a directory tree, sorted for reproducible digests, keeping owners, modes, times,
+/// xattrs, hard links, symlinks, devices and fifos. Symlinks are never followed.
+fn append_tree(b: &mut LayerWriter, root: &Path) -> Result<()> {
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = root.join(&rel);
+        let mut names: Vec<_> = fs::read_dir(&full)
+            .map_err(Error::io("read directory", &full))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(Error::io("read directory", &full))?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let rel_path = rel.join(&name);
+            let path = root.join(&rel_path);
+            let meta = fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
+            append_xattrs(b, &path)?;
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            h.set_mode(meta.mode() & 0o7777);
+            let ft = meta.file_type();
+            let w = |e: io::Error| Error::io("add to layer", path.clone())(e);
+            if ft.is_dir() {
+                h.set_size(0);
+                b.append_data(&mut h, &rel_path, io::empty()).map_err(w)?;
+                subdirs.push(rel_path);
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).map_err(Error::io("read link", &path))?;
+                h.set_size(0);
+                b.append_link(&mut h, &rel_path, &target).map_err(w)?;
+            } else if meta.nlink() > 1 && !ft.is_dir() && links.contains_key(&(meta.dev(), meta.ino())) {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                let first = &links[&(meta.dev(), meta.ino())];
+                b.append_link(&mut h, &rel_path, first).map_err(w)?;
+            } else {
+                if meta.nlink() > 1 {
+                    links.insert((meta.dev(), meta.ino()), rel_path.clone());
+                }
+                use std::os::unix::fs::FileTypeExt;
+                if ft.is_char_device() || ft.is_block_device() {
+                    let dev = meta.rdev();
+                    h.set_device_major(rustix::fs::major(dev)).map_err(w)?;
+                    h.set_device_minor(rustix::fs::minor(dev)).map_err(w)?;
+                    h.set_size(0);
+                    b.append_data(&mut h, &rel_path, io::empty()).map_err(w)?;
+                } else if ft.is_fifo() || ft.is_socket() {
+                    if ft.is_socket() {
+                        continue; // tar cannot carry sockets; GNU tar skips them too
+                    }
+                    h.set_size(0);
+                    b.append_data(&mut h, &rel_path, io::empty()).map_err(w)?;
+                } else {
+                    let f = File::open(&path).map_err(Error::io("open", &path))?;
+                    b.append_data(&mut h, &rel_path, f).map_err(w)?;
+                }
+            }
+        }
+        // Depth-first, in name order: push reversed so the first name pops first.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(())
+}
+
+fn append_xattrs(b: &mut LayerWriter, path: &Path) -> Result<()> {
+    let mut names = vec![0u8; 4096];
+    let n = match rustix::fs::llistxattr(path, &mut names) {
+        Ok(0) | Err(_) => return Ok(()),
+        Ok(n) => n,
+    };
+    let mut pairs = Vec::new();
+    for name in names[..n].split(|&c| c == 0).filter(|s| !s.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        if name.starts_with("trusted.overlay.") {
+            continue;
+        }
+        let mut val = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(path, name, &mut val) {
+            val.truncate(len);
+            pairs.push((format!("SCHILY.xattr.{name}"), val));
+        }
+    }
+    if !pairs.is_empty() {
+        b.append_pax_extensions(pairs.iter().map(|(k, v)| (k.as_str(), &v[..])))
+            .map_err(Error::io("write xattrs of", path))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_changes() {
+        let c = Changes::parse(&[
+            r#"CMD ["sh"]"#,
+            "ENTRYPOINT echo hi",
+            "ENV A=1 B=2",
+            "ENV C three",
+            "WORKDIR /w",
+            "USER 1000:1000",
+            "LABEL a=b",
+        ])
+        .unwrap();
+        assert_eq!(c.cmd.unwrap(), vec!["sh"]);
+        assert_eq!(c.entrypoint.unwrap(), vec!["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(c.env, vec!["A=1", "B=2", "C=three"]);
+        assert_eq!(c.workdir.as_deref(), Some("/w"));
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.labels["a"], "b");
+    }
+
+    #[test]
+    fn rejects_unknown_changes() {
+        assert!(Changes::parse(&["RUN rm -rf /"]).unwrap_err().to_string().contains("unsupported instruction RUN"));
+        assert!(Changes::parse(&["CMD [broken"]).is_err());
+    }
+
+    #[test]
+    fn import_dir_roundtrips_through_the_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::write(src.join("bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
+        std::os::unix::fs::symlink("tool", src.join("bin/alias")).unwrap();
+        fs::hard_link(src.join("bin/tool"), src.join("bin/hard")).unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let tag: Reference = "mybox:1".parse().unwrap();
+        let changes = Changes::parse(&[r#"CMD ["/bin/tool"]"#]).unwrap();
+        let img = import(&store, &src, Some(&tag), &changes).unwrap();
+        assert_eq!(img.tags, vec!["mybox:1"]);
+        let again = store.resolve("mybox:1").unwrap();
+        assert_eq!(again.id, img.id);
+        let cfg = store.config(&img).unwrap();
+        assert_eq!(cfg.config().as_ref().unwrap().cmd().as_ref().unwrap(), &vec!["/bin/tool".to_string()]);
+        let dirs = store.layer_dirs(&img).unwrap();
+        let layer = &dirs[0];
+        assert_eq!(fs::read(layer.join("bin/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
+        assert_eq!(fs::read_link(layer.join("bin/alias")).unwrap(), PathBuf::from("tool"));
+        let (a, h) = (fs::metadata(layer.join("bin/tool")).unwrap(), fs::metadata(layer.join("bin/hard")).unwrap());
+        assert_eq!(a.ino(), h.ino());
+        // Importing the same tree again gives the same layer (stored once).
+        let img2 = import(&store, &src, Some(&"other:2".parse().unwrap()), &changes).unwrap();
+        assert_eq!(img2.layers[0].diff_id, img.layers[0].diff_id);
+        assert_eq!(store.layer_dirs(&img2).unwrap()[0], *layer);
+        // Removing one image keeps the shared layer for the other.
+        store.remove("mybox:1", false).unwrap();
+        assert!(layer.is_dir());
+        assert!(matches!(store.resolve("mybox:1"), Err(Error::ImageNotFound(_))));
+        store.remove("other:2", false).unwrap();
+        assert!(!layer.exists());
+        assert!(store.list().unwrap().is_empty());
+    }
+}

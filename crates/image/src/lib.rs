@@ -1,0 +1,18 @@
+//! vessel's OCI image layer, shared by the container and the microVM backends.
+//!
+//! - [`store`]: content-addressed blobs, tags in SQLite, one unpacked directory per layer.
+//! - [`unpack`]: hostile-tar-safe layer extraction with overlayfs-style whiteouts.
+//! - [`import`]: a root filesystem directory or tar becomes an image.
+//! - [`reference`], [`digest`]: the names and hashes everything is keyed by.
+
+pub mod digest;
+pub mod error;
+pub mod import;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use reference::Reference;
+pub use store::{ImageRecord, LayerRecord, Store};
