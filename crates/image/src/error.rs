@@ -114,13 +114,23 @@ impl Error {
     }
 
     /// Wraps a rustix errno the same way as [`Error::io`].
-    pub fn errno(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(rustix::io::Errno) -> Error {
+    pub fn errno(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(rustix::io::Errno) -> Error {
         let path = path.into();
-        move |e| Error::Io { op, path, source: e.into() }
+        move |e| Error::Io {
+            op,
+            path,
+            source: e.into(),
+        }
     }
 
     /// A malformed-document error.
     pub fn malformed(what: impl Into<String>, reason: impl ToString) -> Error {
-        Error::Malformed { what: what.into(), reason: reason.to_string() }
+        Error::Malformed {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
     }
 }

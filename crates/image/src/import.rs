@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
-    ConfigBuilder, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageManifestBuilder,
-    MediaType, RootFsBuilder,
+    ConfigBuilder, DescriptorBuilder, HistoryBuilder, ImageConfiguration,
+    ImageConfigurationBuilder, ImageManifestBuilder, MediaType, RootFsBuilder,
 };
 
 use crate::digest::{Digest, HashingWriter};
@@ -59,7 +59,9 @@ impl Changes {
                     match rest.split_once('=') {
                         Some(_) => c.env.extend(rest.split_whitespace().map(str::to_string)),
                         None => {
-                            let (k, v) = rest.split_once(char::is_whitespace).ok_or_else(|| bad("ENV needs a value"))?;
+                            let (k, v) = rest
+                                .split_once(char::is_whitespace)
+                                .ok_or_else(|| bad("ENV needs a value"))?;
                             c.env.push(format!("{k}={}", v.trim()));
                         }
                     }
@@ -69,8 +71,11 @@ impl Changes {
                 "STOPSIGNAL" if !rest.is_empty() => c.stop_signal = Some(rest.to_string()),
                 "LABEL" => {
                     for kv in rest.split_whitespace() {
-                        let (k, v) = kv.split_once('=').ok_or_else(|| bad("LABEL needs key=value"))?;
-                        c.labels.insert(k.to_string(), v.trim_matches('"').to_string());
+                        let (k, v) = kv
+                            .split_once('=')
+                            .ok_or_else(|| bad("LABEL needs key=value"))?;
+                        c.labels
+                            .insert(k.to_string(), v.trim_matches('"').to_string());
                     }
                 }
                 "WORKDIR" | "USER" | "STOPSIGNAL" => return Err(bad("needs a value")),
@@ -94,7 +99,12 @@ fn command_form(s: &str) -> std::result::Result<Vec<String>, String> {
 
 /// Imports `source` (a directory, or a tar/tar.gz/tar.zst file) as a one-layer image tagged
 /// `tag`, like `docker import`.
-pub fn import(store: &Store, source: &Path, tag: Option<&Reference>, changes: &Changes) -> Result<ImageRecord> {
+pub fn import(
+    store: &Store,
+    source: &Path,
+    tag: Option<&Reference>,
+    changes: &Changes,
+) -> Result<ImageRecord> {
     let meta = fs::metadata(source).map_err(Error::io("import from", source))?;
     let tmp = store.tmp_path("import");
     let result = (|| {
@@ -105,20 +115,38 @@ pub fn import(store: &Store, source: &Path, tag: Option<&Reference>, changes: &C
             let stream = unpack::decompress(f).map_err(Error::io("read", source))?;
             write_layer(&tmp, |b| copy_tar(b, stream, source))?
         };
-        let (blob_d, _) = store.put_blob(File::open(&tmp).map_err(Error::io("open", &tmp))?, Some((&blob, Some(size))))?;
+        let (blob_d, _) = store.put_blob(
+            File::open(&tmp).map_err(Error::io("open", &tmp))?,
+            Some((&blob, Some(size))),
+        )?;
         Ok::<_, Error>((blob_d, size, diff_id))
     })();
     let _ = fs::remove_file(&tmp);
     let (blob, size, diff_id) = result?;
-    let layer = LayerRecord { blob, diff_id, media_type: LAYER_MEDIA_TYPE.to_string(), size };
+    let layer = LayerRecord {
+        blob,
+        diff_id,
+        media_type: LAYER_MEDIA_TYPE.to_string(),
+        size,
+    };
     store.unpack_layer(&layer)?;
-    let config = build_config(std::slice::from_ref(&layer.diff_id), changes, &format!("vessel import {}", source.display()))?;
+    let config = build_config(
+        std::slice::from_ref(&layer.diff_id),
+        changes,
+        &format!("vessel import {}", source.display()),
+    )?;
     commit_single(store, config, vec![layer], tag)
 }
 
 /// Stores a config and a manifest for `layers` and commits the image.
-pub fn commit_single(store: &Store, config: ImageConfiguration, layers: Vec<LayerRecord>, tag: Option<&Reference>) -> Result<ImageRecord> {
-    let config_json = serde_json::to_vec(&config).map_err(|e| Error::malformed("image config", e))?;
+pub fn commit_single(
+    store: &Store,
+    config: ImageConfiguration,
+    layers: Vec<LayerRecord>,
+    tag: Option<&Reference>,
+) -> Result<ImageRecord> {
+    let config_json =
+        serde_json::to_vec(&config).map_err(|e| Error::malformed("image config", e))?;
     let config_digest = store.put_blob_bytes(&config_json)?;
     let descriptors = layers
         .iter()
@@ -145,18 +173,33 @@ pub fn commit_single(store: &Store, config: ImageConfiguration, layers: Vec<Laye
         .layers(descriptors)
         .build()
         .map_err(|e| Error::malformed("image manifest", e))?;
-    let manifest_json = serde_json::to_vec(&manifest).map_err(|e| Error::malformed("image manifest", e))?;
+    let manifest_json =
+        serde_json::to_vec(&manifest).map_err(|e| Error::malformed("image manifest", e))?;
     let manifest_digest = store.put_blob_bytes(&manifest_json)?;
-    store.commit(NewImage { manifest: &manifest_digest, config: &config_digest, config_doc: &config, layers: &layers }, tag)
+    store.commit(
+        NewImage {
+            manifest: &manifest_digest,
+            config: &config_digest,
+            config_doc: &config,
+            layers: &layers,
+        },
+        tag,
+    )
 }
 
 /// Converts our digest into oci-spec's.
 pub fn oci_digest(d: &Digest) -> Result<oci_spec::image::Digest> {
-    d.to_string().parse().map_err(|e| Error::malformed("digest", e))
+    d.to_string()
+        .parse()
+        .map_err(|e| Error::malformed("digest", e))
 }
 
 /// A linux/amd64 config with `changes` applied.
-pub fn build_config(diff_ids: &[Digest], changes: &Changes, created_by: &str) -> Result<ImageConfiguration> {
+pub fn build_config(
+    diff_ids: &[Digest],
+    changes: &Changes,
+    created_by: &str,
+) -> Result<ImageConfiguration> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut cfg = ConfigBuilder::default();
     if let Some(c) = &changes.cmd {
@@ -180,7 +223,9 @@ pub fn build_config(diff_ids: &[Digest], changes: &Changes, created_by: &str) ->
     if let Some(s) = &changes.stop_signal {
         cfg = cfg.stop_signal(s.clone());
     }
-    let config = cfg.build().map_err(|e| Error::malformed("image config", e))?;
+    let config = cfg
+        .build()
+        .map_err(|e| Error::malformed("image config", e))?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
         .diff_ids(diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>())
@@ -202,17 +247,23 @@ pub fn build_config(diff_ids: &[Digest], changes: &Changes, created_by: &str) ->
         .map_err(|e| Error::malformed("image config", e))
 }
 
-type LayerWriter = tar::Builder<HashingWriter<flate2::write::GzEncoder<HashingWriter<io::BufWriter<File>>>>>;
+type LayerWriter =
+    tar::Builder<HashingWriter<flate2::write::GzEncoder<HashingWriter<io::BufWriter<File>>>>>;
 
 /// Writes a gzip layer to `path` with `fill`, returning (blob digest, blob size, diff id).
-fn write_layer(path: &Path, fill: impl FnOnce(&mut LayerWriter) -> Result<()>) -> Result<(Digest, u64, Digest)> {
+fn write_layer(
+    path: &Path,
+    fill: impl FnOnce(&mut LayerWriter) -> Result<()>,
+) -> Result<(Digest, u64, Digest)> {
     let file = File::create(path).map_err(Error::io("create", path))?;
     let compressed = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
     let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::fast());
     let mut builder = tar::Builder::new(HashingWriter::new(gz));
     builder.mode(tar::HeaderMode::Complete);
     fill(&mut builder)?;
-    let tar_hash = builder.into_inner().map_err(Error::io("write layer", path))?;
+    let tar_hash = builder
+        .into_inner()
+        .map_err(Error::io("write layer", path))?;
     let (gz, diff_id, _) = tar_hash.finish();
     let compressed = gz.finish().map_err(Error::io("compress layer", path))?;
     let (mut buf, blob, size) = compressed.finish();
@@ -225,10 +276,16 @@ fn write_layer(path: &Path, fill: impl FnOnce(&mut LayerWriter) -> Result<()>) -
 /// unpacker is the one that judges them.
 fn copy_tar(b: &mut LayerWriter, stream: impl Read, source: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(stream);
-    let entries = archive.entries().map_err(|e| Error::malformed(format!("tar {}", source.display()), e))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::malformed(format!("tar {}", source.display()), e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| Error::malformed(format!("tar {}", source.display()), e))?;
-        if let Some(exts) = entry.pax_extensions().map_err(|e| Error::malformed("tar PAX header", e))? {
+        let mut entry =
+            entry.map_err(|e| Error::malformed(format!("tar {}", source.display()), e))?;
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| Error::malformed("tar PAX header", e))?
+        {
             let pairs: Vec<(String, Vec<u8>)> = exts
                 .filter_map(|e| e.ok())
                 .filter_map(|e| Some((e.key().ok()?.to_string(), e.value_bytes().to_vec())))
@@ -243,7 +300,11 @@ fn copy_tar(b: &mut LayerWriter, stream: impl Read, source: &Path) -> Result<()>
         let path = entry.path_bytes().into_owned();
         let link = entry.link_name_bytes().map(|l| l.into_owned());
         let kind = header.entry_type();
-        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
             continue;
         }
         let path = String::from_utf8_lossy(&path).into_owned();
@@ -290,7 +351,10 @@ fn append_tree(b: &mut LayerWriter, root: &Path) -> Result<()> {
                 let target = fs::read_link(&path).map_err(Error::io("read link", &path))?;
                 h.set_size(0);
                 b.append_link(&mut h, &rel_path, &target).map_err(w)?;
-            } else if meta.nlink() > 1 && !ft.is_dir() && links.contains_key(&(meta.dev(), meta.ino())) {
+            } else if meta.nlink() > 1
+                && !ft.is_dir()
+                && links.contains_key(&(meta.dev(), meta.ino()))
+            {
                 h.set_entry_type(tar::EntryType::Link);
                 h.set_size(0);
                 let first = &links[&(meta.dev(), meta.ino())];
@@ -332,7 +396,9 @@ fn append_xattrs(b: &mut LayerWriter, path: &Path) -> Result<()> {
     };
     let mut pairs = Vec::new();
     for name in names[..n].split(|&c| c == 0).filter(|s| !s.is_empty()) {
-        let Ok(name) = std::str::from_utf8(name) else { continue };
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
         if name.starts_with("trusted.overlay.") {
             continue;
         }
@@ -375,7 +441,10 @@ mod tests {
 
     #[test]
     fn rejects_unknown_changes() {
-        assert!(Changes::parse(&["RUN rm -rf /"]).unwrap_err().to_string().contains("unsupported instruction RUN"));
+        assert!(Changes::parse(&["RUN rm -rf /"])
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported instruction RUN"));
         assert!(Changes::parse(&["CMD [broken"]).is_err());
     }
 
@@ -395,12 +464,24 @@ mod tests {
         let again = store.resolve("mybox:1").unwrap();
         assert_eq!(again.id, img.id);
         let cfg = store.config(&img).unwrap();
-        assert_eq!(cfg.config().as_ref().unwrap().cmd().as_ref().unwrap(), &vec!["/bin/tool".to_string()]);
+        assert_eq!(
+            cfg.config().as_ref().unwrap().cmd().as_ref().unwrap(),
+            &vec!["/bin/tool".to_string()]
+        );
         let dirs = store.layer_dirs(&img).unwrap();
         let layer = &dirs[0];
-        assert_eq!(fs::read(layer.join("bin/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
-        assert_eq!(fs::read_link(layer.join("bin/alias")).unwrap(), PathBuf::from("tool"));
-        let (a, h) = (fs::metadata(layer.join("bin/tool")).unwrap(), fs::metadata(layer.join("bin/hard")).unwrap());
+        assert_eq!(
+            fs::read(layer.join("bin/tool")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            fs::read_link(layer.join("bin/alias")).unwrap(),
+            PathBuf::from("tool")
+        );
+        let (a, h) = (
+            fs::metadata(layer.join("bin/tool")).unwrap(),
+            fs::metadata(layer.join("bin/hard")).unwrap(),
+        );
         assert_eq!(a.ino(), h.ino());
         // Importing the same tree again gives the same layer (stored once).
         let img2 = import(&store, &src, Some(&"other:2".parse().unwrap()), &changes).unwrap();
@@ -409,7 +490,10 @@ mod tests {
         // Removing one image keeps the shared layer for the other.
         store.remove("mybox:1", false).unwrap();
         assert!(layer.is_dir());
-        assert!(matches!(store.resolve("mybox:1"), Err(Error::ImageNotFound(_))));
+        assert!(matches!(
+            store.resolve("mybox:1"),
+            Err(Error::ImageNotFound(_))
+        ));
         store.remove("other:2", false).unwrap();
         assert!(!layer.exists());
         assert!(store.list().unwrap().is_empty());

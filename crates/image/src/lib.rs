@@ -3,12 +3,19 @@
 //! - [`store`]: content-addressed blobs, tags in SQLite, one unpacked directory per layer.
 //! - [`unpack`]: hostile-tar-safe layer extraction with overlayfs-style whiteouts.
 //! - [`import`]: a root filesystem directory or tar becomes an image.
+//! - [`registry`]: pull from and push to OCI/Docker registries.
+//! - [`archive`]: load and save docker-archive and oci-archive tars.
 //! - [`reference`], [`digest`]: the names and hashes everything is keyed by.
 
+pub mod archive;
 pub mod digest;
 pub mod error;
 pub mod import;
+pub mod manifest;
+pub mod progress;
 pub mod reference;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod store;
 pub mod unpack;
 

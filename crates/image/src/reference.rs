@@ -62,14 +62,20 @@ impl Reference {
 
     /// A copy of this reference with another tag and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
+        Reference {
+            tag: Some(tag.to_string()),
+            digest: None,
+            ..self.clone()
+        }
     }
 }
 
 fn valid_component(c: &str) -> bool {
     // Docker: [a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*
     !c.is_empty()
-        && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && c.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
         && c.as_bytes()[0].is_ascii_alphanumeric()
         && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
 }
@@ -78,23 +84,35 @@ fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && (t.as_bytes()[0].is_ascii_alphanumeric() || t.as_bytes()[0] == b'_')
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn valid_host(h: &str) -> bool {
-    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 impl FromStr for Reference {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = |reason| Error::InvalidReference { reference: s.to_string(), reason };
+        let bad = |reason| Error::InvalidReference {
+            reference: s.to_string(),
+            reason,
+        };
         if s.is_empty() {
             return Err(bad("empty"));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| bad("digest is not sha256:<64 hex>"))?)),
+            Some((r, d)) => (
+                r,
+                Some(
+                    d.parse::<Digest>()
+                        .map_err(|_| bad("digest is not sha256:<64 hex>"))?,
+                ),
+            ),
             None => (s, None),
         };
         // A ':' after the last '/' separates the tag; one before it is a registry port.
@@ -104,11 +122,15 @@ impl FromStr for Reference {
         };
         if let Some(t) = tag {
             if !valid_tag(t) {
-                return Err(bad("tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -"));
+                return Err(bad(
+                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 if !valid_host(first) {
                     return Err(bad("registry host has invalid characters"));
                 }
@@ -117,16 +139,27 @@ impl FromStr for Reference {
             _ => (None, name.to_string()),
         };
         if !repository.split('/').all(valid_component) {
-            return Err(bad("repository must be lowercase [a-z0-9._-] components separated by /"));
+            return Err(bad(
+                "repository must be lowercase [a-z0-9._-] components separated by /",
+            ));
         }
         // docker.io/library/x and x name the same image.
         let (registry, repository) = match registry.as_deref() {
-            Some("docker.io" | "index.docker.io") => {
-                (None, repository.strip_prefix("library/").map(str::to_string).unwrap_or(repository))
-            }
+            Some("docker.io" | "index.docker.io") => (
+                None,
+                repository
+                    .strip_prefix("library/")
+                    .map(str::to_string)
+                    .unwrap_or(repository),
+            ),
             _ => (registry, repository),
         };
-        Ok(Reference { registry, repository, tag: tag.map(str::to_string), digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag: tag.map(str::to_string),
+            digest,
+        })
     }
 }
 
@@ -175,7 +208,10 @@ mod tests {
 
     #[test]
     fn docker_hub_prefix_is_dropped() {
-        assert_eq!(r("docker.io/library/busybox:1").tag_key().unwrap(), "busybox:1");
+        assert_eq!(
+            r("docker.io/library/busybox:1").tag_key().unwrap(),
+            "busybox:1"
+        );
         assert_eq!(r("docker.io/user/app").name(), "user/app");
     }
 
@@ -190,7 +226,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "UPPER", "a:", "a:-x", "a@sha256:zz", "a//b", "-a", "a b", "a/../b"] {
+        for bad in [
+            "",
+            "UPPER",
+            "a:",
+            "a:-x",
+            "a@sha256:zz",
+            "a//b",
+            "-a",
+            "a b",
+            "a/../b",
+        ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad:?} accepted");
         }
     }

@@ -123,14 +123,24 @@ impl Store {
             fs::create_dir_all(dir.join(sub)).map_err(Error::io("create", dir.join(sub)))?;
         }
         let db_path = dir.join("images.db");
-        let db_err = |source| Error::Database { path: db_path.clone(), source };
+        let db_err = |source| Error::Database {
+            path: db_path.clone(),
+            source,
+        };
         let db = Connection::open(&db_path).map_err(db_err)?;
         db.busy_timeout(Duration::from_secs(60)).map_err(db_err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        db.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
-        db.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        db.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;
-        let store = Store { dir, db_path, db: Mutex::new(db) };
+        let store = Store {
+            dir,
+            db_path,
+            db: Mutex::new(db),
+        };
         store.sweep_tmp();
         Ok(store)
     }
@@ -141,15 +151,23 @@ impl Store {
     }
 
     fn db_err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-        move |source| Error::Database { path: self.db_path.clone(), source }
+        move |source| Error::Database {
+            path: self.db_path.clone(),
+            source,
+        }
     }
 
     /// Removes work files left by processes that no longer exist (a `kill -9` mid-pull).
     fn sweep_tmp(&self) {
-        let Ok(entries) = fs::read_dir(self.dir.join("tmp")) else { return };
+        let Ok(entries) = fs::read_dir(self.dir.join("tmp")) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name();
-            let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
             let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
             if !alive {
                 let p = e.path();
@@ -163,8 +181,13 @@ impl Store {
         use std::sync::atomic::{AtomicU64, Ordering};
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        self.dir.join("tmp").join(format!("{}-{what}-{n}-{nanos}", std::process::id()))
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.dir
+            .join("tmp")
+            .join(format!("{}-{what}-{n}-{nanos}", std::process::id()))
     }
 
     /// Where a blob lives (whether or not it is there).
@@ -184,10 +207,19 @@ impl Store {
 
     /// Stores a blob from a reader. With `expected`, the content must have that digest
     /// (and size, if given) or nothing is stored.
-    pub fn put_blob(&self, reader: impl Read, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {
+    pub fn put_blob(
+        &self,
+        reader: impl Read,
+        expected: Option<(&Digest, Option<u64>)>,
+    ) -> Result<(Digest, u64)> {
         if let Some((d, _)) = expected {
             if self.has_blob(d) {
-                return Ok((d.clone(), fs::metadata(self.blob_path(d)).map(|m| m.len()).unwrap_or(0)));
+                return Ok((
+                    d.clone(),
+                    fs::metadata(self.blob_path(d))
+                        .map(|m| m.len())
+                        .unwrap_or(0),
+                ));
             }
         }
         let tmp = self.tmp_path("blob");
@@ -198,20 +230,35 @@ impl Store {
         result
     }
 
-    fn write_blob(&self, mut reader: impl Read, tmp: &Path, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {
+    fn write_blob(
+        &self,
+        mut reader: impl Read,
+        tmp: &Path,
+        expected: Option<(&Digest, Option<u64>)>,
+    ) -> Result<(Digest, u64)> {
         let file = File::create(tmp).map_err(Error::io("create", tmp))?;
         let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
         std::io::copy(&mut reader, &mut w).map_err(Error::io("write blob", tmp))?;
         let (buf, digest, size) = w.finish();
-        let file = buf.into_inner().map_err(|e| Error::io("write blob", tmp)(e.into_error()))?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| Error::io("write blob", tmp)(e.into_error()))?;
         if let Some((want, want_size)) = expected {
             if let Some(ws) = want_size {
                 if ws != size {
-                    return Err(Error::SizeMismatch { what: format!("blob {want}"), expected: ws, actual: size });
+                    return Err(Error::SizeMismatch {
+                        what: format!("blob {want}"),
+                        expected: ws,
+                        actual: size,
+                    });
                 }
             }
             if *want != digest {
-                return Err(Error::DigestMismatch { what: "blob".into(), expected: want.to_string(), actual: digest.to_string() });
+                return Err(Error::DigestMismatch {
+                    what: "blob".into(),
+                    expected: want.to_string(),
+                    actual: digest.to_string(),
+                });
             }
         }
         file.sync_all().map_err(Error::io("sync", tmp))?;
@@ -236,7 +283,11 @@ impl Store {
         })?;
         let actual = Digest::of(&data);
         if actual != *d {
-            return Err(Error::DigestMismatch { what: format!("stored blob {}", p.display()), expected: d.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                what: format!("stored blob {}", p.display()),
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(data)
     }
@@ -269,7 +320,8 @@ impl Store {
                     actual: out.diff_id.to_string(),
                 });
             }
-            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(Error::io("chmod", &tmp))?;
+            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(Error::io("chmod", &tmp))?;
             match fs::rename(&tmp, &dest) {
                 Ok(()) => Ok(()),
                 // Another process unpacked the same layer first: theirs is as good as ours.
@@ -310,10 +362,20 @@ impl Store {
         tx.execute(
             "INSERT INTO images (id, manifest, created, size, added) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(id) DO UPDATE SET manifest = excluded.manifest",
-            params![image.config.to_string(), image.manifest.to_string(), created, size as i64, now],
+            params![
+                image.config.to_string(),
+                image.manifest.to_string(),
+                created,
+                size as i64,
+                now
+            ],
         )
         .map_err(self.db_err())?;
-        tx.execute("DELETE FROM image_layers WHERE image = ?1", params![image.config.to_string()]).map_err(self.db_err())?;
+        tx.execute(
+            "DELETE FROM image_layers WHERE image = ?1",
+            params![image.config.to_string()],
+        )
+        .map_err(self.db_err())?;
         for (i, l) in image.layers.iter().enumerate() {
             tx.execute(
                 "INSERT INTO image_layers (image, idx, blob, diff_id, media_type, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -337,7 +399,9 @@ impl Store {
 
     /// Points `tag` at an existing image.
     pub fn tag(&self, image: &Digest, tag: &Reference) -> Result<()> {
-        let key = tag.tag_key().ok_or_else(|| Error::InvalidInput(format!("{tag} has no tag to set")))?;
+        let key = tag
+            .tag_key()
+            .ok_or_else(|| Error::InvalidInput(format!("{tag} has no tag to set")))?;
         self.db()
             .execute(
                 "INSERT INTO tags (name, image) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image = excluded.image",
@@ -352,10 +416,16 @@ impl Store {
     pub fn resolve(&self, name_or_id: &str) -> Result<ImageRecord> {
         let not_found = || Error::ImageNotFound(name_or_id.to_string());
         let db = self.db();
-        let by_tag = Reference::from_str(name_or_id).ok().and_then(|r| r.tag_key().map(|k| (r, k)));
+        let by_tag = Reference::from_str(name_or_id)
+            .ok()
+            .and_then(|r| r.tag_key().map(|k| (r, k)));
         if let Some((_, key)) = &by_tag {
             let id: Option<String> = db
-                .query_row("SELECT image FROM tags WHERE name = ?1", params![key], |r| r.get(0))
+                .query_row(
+                    "SELECT image FROM tags WHERE name = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(self.db_err())?;
             if let Some(id) = id {
@@ -367,7 +437,11 @@ impl Store {
             if let Some(d) = r.digest() {
                 // name@digest: the manifest digest (or config digest) the image was stored with.
                 let id: Option<String> = db
-                    .query_row("SELECT id FROM images WHERE manifest = ?1 OR id = ?1", params![d.to_string()], |r| r.get(0))
+                    .query_row(
+                        "SELECT id FROM images WHERE manifest = ?1 OR id = ?1",
+                        params![d.to_string()],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(self.db_err())?;
                 drop(db);
@@ -379,9 +453,14 @@ impl Store {
         }
         let hex = name_or_id.strip_prefix("sha256:").unwrap_or(name_or_id);
         if hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut stmt = db.prepare("SELECT id FROM images WHERE id LIKE ?1").map_err(self.db_err())?;
+            let mut stmt = db
+                .prepare("SELECT id FROM images WHERE id LIKE ?1")
+                .map_err(self.db_err())?;
             let ids: Vec<String> = stmt
-                .query_map(params![format!("sha256:{}%", hex.to_ascii_lowercase())], |r| r.get(0))
+                .query_map(
+                    params![format!("sha256:{}%", hex.to_ascii_lowercase())],
+                    |r| r.get(0),
+                )
                 .map_err(self.db_err())?
                 .collect::<Result<_, _>>()
                 .map_err(self.db_err())?;
@@ -390,7 +469,9 @@ impl Store {
             return match ids.as_slice() {
                 [one] => self.get(&one.parse()?),
                 [] => Err(not_found()),
-                _ => Err(Error::InvalidInput(format!("image id prefix {name_or_id} is ambiguous"))),
+                _ => Err(Error::InvalidInput(format!(
+                    "image id prefix {name_or_id} is ambiguous"
+                ))),
             };
         }
         Err(not_found())
@@ -400,13 +481,17 @@ impl Store {
     pub fn get(&self, id: &Digest) -> Result<ImageRecord> {
         let db = self.db();
         let row: Option<(String, Option<String>, i64)> = db
-            .query_row("SELECT manifest, created, size FROM images WHERE id = ?1", params![id.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT manifest, created, size FROM images WHERE id = ?1",
+                params![id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
             .map_err(self.db_err())?;
         let (manifest, created, size) = row.ok_or_else(|| Error::ImageNotFound(id.to_string()))?;
-        let mut stmt = db.prepare("SELECT name FROM tags WHERE image = ?1 ORDER BY name").map_err(self.db_err())?;
+        let mut stmt = db
+            .prepare("SELECT name FROM tags WHERE image = ?1 ORDER BY name")
+            .map_err(self.db_err())?;
         let tags = stmt
             .query_map(params![id.to_string()], |r| r.get(0))
             .map_err(self.db_err())?
@@ -417,24 +502,47 @@ impl Store {
             .map_err(self.db_err())?;
         let rows = stmt
             .query_map(params![id.to_string()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
             })
             .map_err(self.db_err())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.db_err())?;
         let mut layers = Vec::with_capacity(rows.len());
         for (blob, diff_id, media_type, size) in rows {
-            layers.push(LayerRecord { blob: blob.parse()?, diff_id: diff_id.parse()?, media_type, size: size as u64 });
+            layers.push(LayerRecord {
+                blob: blob.parse()?,
+                diff_id: diff_id.parse()?,
+                media_type,
+                size: size as u64,
+            });
         }
-        Ok(ImageRecord { id: id.clone(), manifest: manifest.parse()?, tags, created, size: size as u64, layers })
+        Ok(ImageRecord {
+            id: id.clone(),
+            manifest: manifest.parse()?,
+            tags,
+            created,
+            size: size as u64,
+            layers,
+        })
     }
 
     /// Every image, newest first.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
         let ids: Vec<String> = {
             let db = self.db();
-            let mut stmt = db.prepare("SELECT id FROM images ORDER BY created DESC, added DESC").map_err(self.db_err())?;
-            let ids = stmt.query_map([], |r| r.get(0)).map_err(self.db_err())?.collect::<Result<_, _>>().map_err(self.db_err())?;
+            let mut stmt = db
+                .prepare("SELECT id FROM images ORDER BY created DESC, added DESC")
+                .map_err(self.db_err())?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(self.db_err())?
+                .collect::<Result<_, _>>()
+                .map_err(self.db_err())?;
             ids
         };
         ids.iter().map(|id| self.get(&id.parse()?)).collect()
@@ -443,13 +551,15 @@ impl Store {
     /// The image's parsed config.
     pub fn config(&self, image: &ImageRecord) -> Result<ImageConfiguration> {
         let data = self.read_blob(&image.id)?;
-        ImageConfiguration::from_reader(&data[..]).map_err(|e| Error::malformed(format!("image config {}", image.id), e))
+        ImageConfiguration::from_reader(&data[..])
+            .map_err(|e| Error::malformed(format!("image config {}", image.id), e))
     }
 
     /// The image's parsed manifest.
     pub fn manifest(&self, image: &ImageRecord) -> Result<ImageManifest> {
         let data = self.read_blob(&image.manifest)?;
-        ImageManifest::from_reader(&data[..]).map_err(|e| Error::malformed(format!("image manifest {}", image.manifest), e))
+        ImageManifest::from_reader(&data[..])
+            .map_err(|e| Error::malformed(format!("image manifest {}", image.manifest), e))
     }
 
     /// The image's unpacked layer directories, bottom first, unpacking any not yet unpacked.
@@ -460,14 +570,19 @@ impl Store {
     /// Marks an image as used by `holder` (a container or VM id): `rmi` refuses it then.
     pub fn hold(&self, image: &Digest, holder: &str) -> Result<()> {
         self.db()
-            .execute("INSERT OR IGNORE INTO holds (image, holder) VALUES (?1, ?2)", params![image.to_string(), holder])
+            .execute(
+                "INSERT OR IGNORE INTO holds (image, holder) VALUES (?1, ?2)",
+                params![image.to_string(), holder],
+            )
             .map_err(self.db_err())?;
         Ok(())
     }
 
     /// Drops every hold of `holder`.
     pub fn release(&self, holder: &str) -> Result<()> {
-        self.db().execute("DELETE FROM holds WHERE holder = ?1", params![holder]).map_err(self.db_err())?;
+        self.db()
+            .execute("DELETE FROM holds WHERE holder = ?1", params![holder])
+            .map_err(self.db_err())?;
         Ok(())
     }
 
@@ -483,7 +598,9 @@ impl Store {
         let mut out = Vec::new();
         let mut db = self.db();
         let holders: Vec<String> = {
-            let mut stmt = db.prepare("SELECT holder FROM holds WHERE image = ?1").map_err(self.db_err())?;
+            let mut stmt = db
+                .prepare("SELECT holder FROM holds WHERE image = ?1")
+                .map_err(self.db_err())?;
             let h = stmt
                 .query_map(params![image.id.to_string()], |r| r.get(0))
                 .map_err(self.db_err())?
@@ -498,7 +615,11 @@ impl Store {
             None if image.tags.len() > 1 && !force => {
                 return Err(Error::InUse(
                     image.id.short().to_string(),
-                    format!("referenced by {} tags ({}); remove by tag or use --force", image.tags.len(), image.tags.join(", ")),
+                    format!(
+                        "referenced by {} tags ({}); remove by tag or use --force",
+                        image.tags.len(),
+                        image.tags.join(", ")
+                    ),
                 ))
             }
             None => image.tags.clone(),
@@ -507,36 +628,55 @@ impl Store {
         if remaining == 0 && !holders.is_empty() && !force {
             return Err(Error::InUse(
                 name_or_id.to_string(),
-                format!("used by {} (remove it first, or use --force)", holders.join(", ")),
+                format!(
+                    "used by {} (remove it first, or use --force)",
+                    holders.join(", ")
+                ),
             ));
         }
         for t in &untag {
-            tx.execute("DELETE FROM tags WHERE name = ?1", params![t]).map_err(self.db_err())?;
+            tx.execute("DELETE FROM tags WHERE name = ?1", params![t])
+                .map_err(self.db_err())?;
             out.push(Removed::Untagged(t.clone()));
         }
         let mut dead_blobs = Vec::new();
         let mut dead_layers = Vec::new();
         if remaining == 0 && (holders.is_empty() || force) {
             let id = image.id.to_string();
-            tx.execute("DELETE FROM holds WHERE image = ?1", params![id]).map_err(self.db_err())?;
-            tx.execute("DELETE FROM image_layers WHERE image = ?1", params![id]).map_err(self.db_err())?;
-            tx.execute("DELETE FROM images WHERE id = ?1", params![id]).map_err(self.db_err())?;
+            tx.execute("DELETE FROM holds WHERE image = ?1", params![id])
+                .map_err(self.db_err())?;
+            tx.execute("DELETE FROM image_layers WHERE image = ?1", params![id])
+                .map_err(self.db_err())?;
+            tx.execute("DELETE FROM images WHERE id = ?1", params![id])
+                .map_err(self.db_err())?;
             for l in &image.layers {
                 let blob_used: i64 = tx
-                    .query_row("SELECT COUNT(*) FROM image_layers WHERE blob = ?1", params![l.blob.to_string()], |r| r.get(0))
+                    .query_row(
+                        "SELECT COUNT(*) FROM image_layers WHERE blob = ?1",
+                        params![l.blob.to_string()],
+                        |r| r.get(0),
+                    )
                     .map_err(self.db_err())?;
                 if blob_used == 0 {
                     dead_blobs.push(l.blob.clone());
                 }
                 let diff_used: i64 = tx
-                    .query_row("SELECT COUNT(*) FROM image_layers WHERE diff_id = ?1", params![l.diff_id.to_string()], |r| r.get(0))
+                    .query_row(
+                        "SELECT COUNT(*) FROM image_layers WHERE diff_id = ?1",
+                        params![l.diff_id.to_string()],
+                        |r| r.get(0),
+                    )
                     .map_err(self.db_err())?;
                 if diff_used == 0 {
                     dead_layers.push(l.diff_id.clone());
                 }
             }
             let manifest_used: i64 = tx
-                .query_row("SELECT COUNT(*) FROM images WHERE manifest = ?1", params![image.manifest.to_string()], |r| r.get(0))
+                .query_row(
+                    "SELECT COUNT(*) FROM images WHERE manifest = ?1",
+                    params![image.manifest.to_string()],
+                    |r| r.get(0),
+                )
                 .map_err(self.db_err())?;
             if manifest_used == 0 {
                 dead_blobs.push(image.manifest.clone());
@@ -589,8 +729,11 @@ pub fn dir_size(p: &Path) -> u64 {
 /// Writes `data` to `path` atomically (temp file in the same directory, then rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io("create temp file in", dir))?;
-    tmp.write_all(data).map_err(Error::io("write", tmp.path().to_path_buf()))?;
-    tmp.persist(path).map_err(|e| Error::io("rename into", path)(e.error))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(Error::io("create temp file in", dir))?;
+    tmp.write_all(data)
+        .map_err(Error::io("write", tmp.path().to_path_buf()))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into", path)(e.error))?;
     Ok(())
 }

@@ -21,7 +21,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
+};
 use rustix::io::Errno;
 use tar::EntryType;
 
@@ -54,9 +56,13 @@ impl Compression {
             "application/vnd.oci.image.layer.v1.tar+gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
             "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Compression::Zstd)
+            }
             _ => None,
         }
     }
@@ -106,7 +112,9 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
     let entries = {
         let mut archive = tar::Archive::new(&mut hashing);
         let mut unpacker = Unpacker::new(dest)?;
-        let iter = archive.entries().map_err(Error::io("read layer tar for", dest))?;
+        let iter = archive
+            .entries()
+            .map_err(Error::io("read layer tar for", dest))?;
         let mut count = 0u64;
         for entry in iter {
             let mut entry = entry.map_err(|e| Error::malformed("layer tar", e))?;
@@ -116,8 +124,14 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
         unpacker.finish()?;
         count
     };
-    let (diff_id, tar_size) = hashing.finish().map_err(|e| Error::malformed("layer tar", e))?;
-    Ok(Unpacked { diff_id, tar_size, entries })
+    let (diff_id, tar_size) = hashing
+        .finish()
+        .map_err(|e| Error::malformed("layer tar", e))?;
+    Ok(Unpacked {
+        diff_id,
+        tar_size,
+        entries,
+    })
 }
 
 /// A path inside the layer, validated: no `..`, no empty or `.` components, relative.
@@ -141,7 +155,11 @@ impl InnerPath {
                 c => out.push(OsStr::from_bytes(c)),
             }
         }
-        Ok(if out.as_os_str().is_empty() { None } else { Some(InnerPath(out)) })
+        Ok(if out.as_os_str().is_empty() {
+            None
+        } else {
+            Some(InnerPath(out))
+        })
     }
 
     fn split(&self) -> (&Path, &OsStr) {
@@ -168,12 +186,18 @@ struct Unpacker {
     is_root: bool,
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS).union(ResolveFlags::NO_XDEV);
+const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
 
 impl Unpacker {
     fn new(dest: &Path) -> Result<Unpacker> {
-        let root = rfs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(Error::errno("open layer directory", dest))?;
+        let root = rfs::open(
+            dest,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(Error::errno("open layer directory", dest))?;
         Ok(Unpacker {
             root,
             root_path: dest.to_path_buf(),
@@ -184,7 +208,10 @@ impl Unpacker {
     }
 
     fn hostile(entry: &InnerPath, reason: impl Into<String>) -> Error {
-        Error::HostileEntry { entry: entry.0.display().to_string(), reason: reason.into() }
+        Error::HostileEntry {
+            entry: entry.0.display().to_string(),
+            reason: reason.into(),
+        }
     }
 
     fn io_err(&self, op: &'static str, path: &Path) -> impl FnOnce(Errno) -> Error {
@@ -195,7 +222,9 @@ impl Unpacker {
     /// component, symlinks included, as if the root were `/`.
     fn open_dir(&mut self, dir: &Path) -> Result<OwnedFd> {
         if let Some(fd) = self.parents.get(dir) {
-            return fd.try_clone().map_err(Error::io("dup directory fd", self.root_path.join(dir)));
+            return fd
+                .try_clone()
+                .map_err(Error::io("dup directory fd", self.root_path.join(dir)));
         }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = match rfs::openat2(&self.root, dir, flags, Mode::empty(), RESOLVE) {
@@ -231,14 +260,22 @@ impl Unpacker {
             }
             Err(e) => return Err(self.io_err("open directory", dir)(e)),
         };
-        let dup = fd.try_clone().map_err(Error::io("dup directory fd", self.root_path.join(dir)))?;
+        let dup = fd
+            .try_clone()
+            .map_err(Error::io("dup directory fd", self.root_path.join(dir)))?;
         self.parents.insert(dir.to_path_buf(), dup);
         Ok(fd)
     }
 
     /// Removes whatever `name` is in `parent`, without following it. Keeps a directory
     /// when `keep_dir` (a directory entry over a directory merges, as tar does).
-    fn clear(&mut self, parent: &OwnedFd, name: &OsStr, path: &InnerPath, keep_dir: bool) -> Result<()> {
+    fn clear(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &InnerPath,
+        keep_dir: bool,
+    ) -> Result<()> {
         let st = match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(()),
@@ -251,9 +288,11 @@ impl Unpacker {
             // A directory replaced by something else: its cached fds are stale.
             self.parents.clear();
             let full = proc_fd_path(parent).join(name);
-            std::fs::remove_dir_all(&full).map_err(Error::io("remove directory", self.root_path.join(&path.0)))?;
+            std::fs::remove_dir_all(&full)
+                .map_err(Error::io("remove directory", self.root_path.join(&path.0)))?;
         } else {
-            rfs::unlinkat(parent, name, AtFlags::empty()).map_err(self.io_err("remove", &path.0))?;
+            rfs::unlinkat(parent, name, AtFlags::empty())
+                .map_err(self.io_err("remove", &path.0))?;
         }
         Ok(())
     }
@@ -278,16 +317,29 @@ impl Unpacker {
                 let hidden = OsStr::from_bytes(&name_bytes[WHITEOUT_PREFIX.len()..]);
                 let target = InnerPath(dir.join(hidden));
                 self.clear(&parent, hidden, &target, false)?;
-                rfs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), rfs::makedev(0, 0))
-                    .map_err(self.io_err("create whiteout", &target.0))?;
+                rfs::mknodat(
+                    &parent,
+                    hidden,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rfs::makedev(0, 0),
+                )
+                .map_err(self.io_err("create whiteout", &target.0))?;
             }
             return Ok(());
         }
 
         let parent = self.open_dir(dir)?;
-        let mode = header.mode().map_err(|e| Self::hostile(&path, format!("bad mode: {e}")))? & 0o7777;
-        let uid = header.uid().map_err(|e| Self::hostile(&path, format!("bad uid: {e}")))?;
-        let gid = header.gid().map_err(|e| Self::hostile(&path, format!("bad gid: {e}")))?;
+        let mode = header
+            .mode()
+            .map_err(|e| Self::hostile(&path, format!("bad mode: {e}")))?
+            & 0o7777;
+        let uid = header
+            .uid()
+            .map_err(|e| Self::hostile(&path, format!("bad uid: {e}")))?;
+        let gid = header
+            .gid()
+            .map_err(|e| Self::hostile(&path, format!("bad gid: {e}")))?;
         let mtime = header.mtime().unwrap_or(0);
         let xattrs = pax_xattrs(entry)?;
 
@@ -298,27 +350,44 @@ impl Unpacker {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(self.io_err("create directory", &path.0)(e)),
                 }
-                let fd = rfs::openat(&parent, &name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(self.io_err("open directory", &path.0))?;
+                let fd = rfs::openat(
+                    &parent,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(self.io_err("open directory", &path.0))?;
                 self.chown(&fd, uid, gid, &path)?;
                 self.set_xattrs(&fd, &xattrs, &path)?;
-                self.dirs.push(DeferredDir { path: path.0.clone(), mode, mtime });
+                self.dirs.push(DeferredDir {
+                    path: path.0.clone(),
+                    mode,
+                    mtime,
+                });
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.clear(&parent, &name, &path, false)?;
                 let fd = rfs::openat(
                     &parent,
                     &name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(self.io_err("create file", &path.0))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(|e| Error::malformed("layer tar", format!("{}: {e}", path.0.display())))?;
+                io::copy(entry, &mut file).map_err(|e| {
+                    Error::malformed("layer tar", format!("{}: {e}", path.0.display()))
+                })?;
                 self.chown(&file, uid, gid, &path)?;
-                rfs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(self.io_err("chmod", &path.0))?;
+                rfs::fchmod(&file, Mode::from_raw_mode(mode))
+                    .map_err(self.io_err("chmod", &path.0))?;
                 self.set_xattrs(&file, &xattrs, &path)?;
-                rfs::futimens(&file, &times(mtime)).map_err(self.io_err("set times of", &path.0))?;
+                rfs::futimens(&file, &times(mtime))
+                    .map_err(self.io_err("set times of", &path.0))?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -326,7 +395,8 @@ impl Unpacker {
                     .ok_or_else(|| Self::hostile(&path, "symlink without a target"))?
                     .into_owned();
                 self.clear(&parent, &name, &path, false)?;
-                rfs::symlinkat(OsStr::from_bytes(&target), &parent, &name).map_err(self.io_err("create symlink", &path.0))?;
+                rfs::symlinkat(OsStr::from_bytes(&target), &parent, &name)
+                    .map_err(self.io_err("create symlink", &path.0))?;
                 self.chownat(&parent, &name, uid, gid, &path)?;
                 self.set_xattrs_at(&parent, &name, &xattrs, &path)?;
                 rfs::utimensat(&parent, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
@@ -340,14 +410,34 @@ impl Unpacker {
                     .ok_or_else(|| Self::hostile(&path, "hard link without a target"))?
                     .into_owned();
                 let target = InnerPath::parse(&raw_target)
-                    .map_err(|_| Self::hostile(&path, format!("hard link target {:?} leaves the layer", String::from_utf8_lossy(&raw_target))))?
+                    .map_err(|_| {
+                        Self::hostile(
+                            &path,
+                            format!(
+                                "hard link target {:?} leaves the layer",
+                                String::from_utf8_lossy(&raw_target)
+                            ),
+                        )
+                    })?
                     .ok_or_else(|| Self::hostile(&path, "hard link to the layer root"))?;
                 let (tdir, tname) = target.split();
                 let tparent = self.open_dir(tdir).map_err(|_| {
-                    Self::hostile(&path, format!("hard link target {} does not exist in the layer", target.0.display()))
+                    Self::hostile(
+                        &path,
+                        format!(
+                            "hard link target {} does not exist in the layer",
+                            target.0.display()
+                        ),
+                    )
                 })?;
                 let st = rfs::statat(&tparent, tname, AtFlags::SYMLINK_NOFOLLOW).map_err(|_| {
-                    Self::hostile(&path, format!("hard link target {} does not exist in the layer", target.0.display()))
+                    Self::hostile(
+                        &path,
+                        format!(
+                            "hard link target {} does not exist in the layer",
+                            target.0.display()
+                        ),
+                    )
                 })?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     return Err(Self::hostile(&path, "hard link to a directory"));
@@ -356,7 +446,8 @@ impl Unpacker {
                     return Ok(());
                 }
                 self.clear(&parent, &name, &path, false)?;
-                rfs::linkat(&tparent, tname, &parent, &name, AtFlags::empty()).map_err(self.io_err("create hard link", &path.0))?;
+                rfs::linkat(&tparent, tname, &parent, &name, AtFlags::empty())
+                    .map_err(self.io_err("create hard link", &path.0))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let ftype = match kind {
@@ -367,16 +458,31 @@ impl Unpacker {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 self.clear(&parent, &name, &path, false)?;
-                rfs::mknodat(&parent, &name, ftype, Mode::from_raw_mode(mode), rfs::makedev(major, minor))
-                    .map_err(self.io_err("create device node", &path.0))?;
+                rfs::mknodat(
+                    &parent,
+                    &name,
+                    ftype,
+                    Mode::from_raw_mode(mode),
+                    rfs::makedev(major, minor),
+                )
+                .map_err(self.io_err("create device node", &path.0))?;
                 self.chownat(&parent, &name, uid, gid, &path)?;
                 // mknod honours the umask; set the exact mode.
-                rfs::chmodat(&parent, &name, Mode::from_raw_mode(mode), AtFlags::empty()).map_err(self.io_err("chmod", &path.0))?;
+                rfs::chmodat(&parent, &name, Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(self.io_err("chmod", &path.0))?;
                 self.set_xattrs_at(&parent, &name, &xattrs, &path)?;
             }
             // Metadata-only entries the tar crate already folded into the next entry.
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {}
-            other => return Err(Self::hostile(&path, format!("unsupported tar entry type {other:?}"))),
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => {}
+            other => {
+                return Err(Self::hostile(
+                    &path,
+                    format!("unsupported tar entry type {other:?}"),
+                ))
+            }
         }
         Ok(())
     }
@@ -389,7 +495,14 @@ impl Unpacker {
         }
     }
 
-    fn chownat(&self, parent: &OwnedFd, name: &OsStr, uid: u64, gid: u64, path: &InnerPath) -> Result<()> {
+    fn chownat(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        uid: u64,
+        gid: u64,
+        path: &InnerPath,
+    ) -> Result<()> {
         let (u, g) = ids(uid, gid, path)?;
         match rfs::chownat(parent, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::PERM) if !self.is_root => Ok(()),
@@ -397,7 +510,12 @@ impl Unpacker {
         }
     }
 
-    fn set_xattrs(&self, fd: impl AsFd, xattrs: &[(String, Vec<u8>)], path: &InnerPath) -> Result<()> {
+    fn set_xattrs(
+        &self,
+        fd: impl AsFd,
+        xattrs: &[(String, Vec<u8>)],
+        path: &InnerPath,
+    ) -> Result<()> {
         for (k, v) in xattrs {
             match rfs::fsetxattr(&fd, k.as_str(), v, XattrFlags::empty()) {
                 Ok(()) => {}
@@ -408,7 +526,13 @@ impl Unpacker {
         Ok(())
     }
 
-    fn set_xattrs_at(&self, parent: &OwnedFd, name: &OsStr, xattrs: &[(String, Vec<u8>)], path: &InnerPath) -> Result<()> {
+    fn set_xattrs_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        xattrs: &[(String, Vec<u8>)],
+        path: &InnerPath,
+    ) -> Result<()> {
         if xattrs.is_empty() {
             return Ok(());
         }
@@ -428,10 +552,17 @@ impl Unpacker {
     /// Applies the deferred directory modes and times, deepest first.
     fn finish(mut self) -> Result<()> {
         self.parents.clear();
-        self.dirs.sort_by(|a, b| b.path.components().count().cmp(&a.path.components().count()));
+        self.dirs
+            .sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
         for d in &self.dirs {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            let fd = match rfs::openat2(&self.root, &d.path, flags, Mode::empty(), RESOLVE | ResolveFlags::NO_SYMLINKS) {
+            let fd = match rfs::openat2(
+                &self.root,
+                &d.path,
+                flags,
+                Mode::empty(),
+                RESOLVE | ResolveFlags::NO_SYMLINKS,
+            ) {
                 Ok(fd) => fd,
                 // Replaced or whited out later in the same layer.
                 Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
@@ -449,13 +580,22 @@ fn ids(uid: u64, gid: u64, path: &InnerPath) -> Result<(rfs::Uid, rfs::Gid)> {
     match (conv(uid), conv(gid)) {
         // SAFETY-free: from_raw is safe for any value except -1, excluded above.
         (Some(u), Some(g)) => Ok((rfs::Uid::from_raw(u), rfs::Gid::from_raw(g))),
-        _ => Err(Unpacker::hostile(path, format!("owner {uid}:{gid} out of range"))),
+        _ => Err(Unpacker::hostile(
+            path,
+            format!("owner {uid}:{gid} out of range"),
+        )),
     }
 }
 
 fn times(mtime: u64) -> Timestamps {
-    let t = Timespec { tv_sec: mtime.min(i64::MAX as u64) as i64, tv_nsec: 0 };
-    Timestamps { last_access: t, last_modification: t }
+    let t = Timespec {
+        tv_sec: mtime.min(i64::MAX as u64) as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
@@ -467,7 +607,10 @@ fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
 /// layer must not forge whiteouts or redirects through `trusted.overlay.*`.
 fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    let Some(exts) = entry.pax_extensions().map_err(|e| Error::malformed("layer tar PAX header", e))? else {
+    let Some(exts) = entry
+        .pax_extensions()
+        .map_err(|e| Error::malformed("layer tar PAX header", e))?
+    else {
         return Ok(out);
     };
     for ext in exts {
@@ -512,7 +655,11 @@ mod tests {
                     (p, d)
                 }
                 E::Sym(p, t) | E::Hard(p, t) => {
-                    h.set_entry_type(if matches!(e, E::Sym(..)) { EntryType::Symlink } else { EntryType::Link });
+                    h.set_entry_type(if matches!(e, E::Sym(..)) {
+                        EntryType::Symlink
+                    } else {
+                        EntryType::Link
+                    });
                     h.set_mode(0o777);
                     // Write the raw name bytes: set_link_name refuses '..'.
                     let gnu = h.as_gnu_mut().unwrap();
@@ -547,12 +694,23 @@ mod tests {
         std::fs::create_dir(&layer).unwrap();
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("secret"), b"keep").unwrap();
-        Sandbox { _tmp: tmp, layer, outside }
+        Sandbox {
+            _tmp: tmp,
+            layer,
+            outside,
+        }
     }
 
     fn outside_untouched(s: &Sandbox) {
-        let names: Vec<_> = std::fs::read_dir(&s.outside).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("secret")], "something was written outside the layer");
+        let names: Vec<_> = std::fs::read_dir(&s.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("secret")],
+            "something was written outside the layer"
+        );
         assert_eq!(std::fs::read(s.outside.join("secret")).unwrap(), b"keep");
     }
 
@@ -561,7 +719,10 @@ mod tests {
         let s = sandbox();
         let tar = craft(&[E::File("../outside/pwned", b"x")]);
         let err = unpack_layer(&tar[..], &s.layer).unwrap_err().to_string();
-        assert!(err.contains("hostile layer entry") && err.contains("../outside/pwned"), "{err}");
+        assert!(
+            err.contains("hostile layer entry") && err.contains("../outside/pwned"),
+            "{err}"
+        );
         outside_untouched(&s);
     }
 
@@ -594,7 +755,11 @@ mod tests {
         let mut dirs = Vec::new();
         let mut acc = String::new();
         for c in target.trim_start_matches('/').split('/') {
-            acc = if acc.is_empty() { c.to_string() } else { format!("{acc}/{c}") };
+            acc = if acc.is_empty() {
+                c.to_string()
+            } else {
+                format!("{acc}/{c}")
+            };
             dirs.push(acc.clone());
         }
         let mut entries: Vec<E> = dirs.iter().map(|d| E::Dir(d)).collect();
@@ -604,14 +769,23 @@ mod tests {
         unpack_layer(&tar[..], &s.layer).unwrap();
         outside_untouched(&s);
         // The symlink itself is kept verbatim (inside the container it points inside).
-        assert_eq!(std::fs::read_link(s.layer.join("escape")).unwrap(), PathBuf::from(&target));
-        assert_eq!(std::fs::read(s.layer.join(target.trim_start_matches('/')).join("pwned")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::read_link(s.layer.join("escape")).unwrap(),
+            PathBuf::from(&target)
+        );
+        assert_eq!(
+            std::fs::read(s.layer.join(target.trim_start_matches('/')).join("pwned")).unwrap(),
+            b"x"
+        );
     }
 
     #[test]
     fn write_through_relative_symlink_stays_inside() {
         let s = sandbox();
-        let tar = craft(&[E::Sym("up", "../../../../../../../.."), E::File("up/outside/pwned", b"x")]);
+        let tar = craft(&[
+            E::Sym("up", "../../../../../../../.."),
+            E::File("up/outside/pwned", b"x"),
+        ]);
         unpack_layer(&tar[..], &s.layer).unwrap();
         outside_untouched(&s);
         assert_eq!(std::fs::read(s.layer.join("outside/pwned")).unwrap(), b"x");
@@ -633,7 +807,10 @@ mod tests {
         let s = sandbox();
         let tar = craft(&[E::Hard("h", "../outside/secret")]);
         let err = unpack_layer(&tar[..], &s.layer).unwrap_err().to_string();
-        assert!(err.contains("hostile layer entry") && err.contains("\"h\""), "{err}");
+        assert!(
+            err.contains("hostile layer entry") && err.contains("\"h\""),
+            "{err}"
+        );
         outside_untouched(&s);
     }
 
@@ -654,14 +831,21 @@ mod tests {
         let s = sandbox();
         let tar = craft(&[E::File("a", b"data"), E::Hard("b", "/a")]);
         unpack_layer(&tar[..], &s.layer).unwrap();
-        let (a, b) = (std::fs::metadata(s.layer.join("a")).unwrap(), std::fs::metadata(s.layer.join("b")).unwrap());
+        let (a, b) = (
+            std::fs::metadata(s.layer.join("a")).unwrap(),
+            std::fs::metadata(s.layer.join("b")).unwrap(),
+        );
         assert_eq!(a.ino(), b.ino());
     }
 
     #[test]
     fn whiteouts_become_overlay_whiteouts() {
         let s = sandbox();
-        let tar = craft(&[E::Dir("d"), E::File("d/.wh..wh..opq", b""), E::File(".wh.gone", b"")]);
+        let tar = craft(&[
+            E::Dir("d"),
+            E::File("d/.wh..wh..opq", b""),
+            E::File(".wh.gone", b""),
+        ]);
         unpack_layer(&tar[..], &s.layer).unwrap();
         let wh = std::fs::symlink_metadata(s.layer.join("gone")).unwrap();
         use std::os::unix::fs::FileTypeExt;
@@ -676,8 +860,11 @@ mod tests {
     fn forged_overlay_xattrs_are_dropped() {
         let s = sandbox();
         let mut b = tar::Builder::new(Vec::new());
-        b.append_pax_extensions([("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]), ("SCHILY.xattr.user.k", &b"v"[..])])
-            .unwrap();
+        b.append_pax_extensions([
+            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+            ("SCHILY.xattr.user.k", &b"v"[..]),
+        ])
+        .unwrap();
         let mut h = tar::Header::new_ustar();
         h.set_uid(0);
         h.set_gid(0);
@@ -687,8 +874,14 @@ mod tests {
         b.append_data(&mut h, "f", &b""[..]).unwrap();
         let tar = b.into_inner().unwrap();
         unpack_layer(&tar[..], &s.layer).unwrap();
-        assert_eq!(xattr_get(&s.layer.join("f"), "trusted.overlay.redirect"), None);
-        assert_eq!(xattr_get(&s.layer.join("f"), "user.k").as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            xattr_get(&s.layer.join("f"), "trusted.overlay.redirect"),
+            None
+        );
+        assert_eq!(
+            xattr_get(&s.layer.join("f"), "user.k").as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     #[test]

@@ -41,8 +41,20 @@ pub struct Layout {
 
 /// v1 controllers vessel knows how to configure or must join.
 const KNOWN_V1: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
-    "net_cls", "net_prio", "perf_event", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+    "misc",
 ];
 
 /// Parse the text of `/proc/self/mountinfo` into the cgroup layout. Returns `None` when no
@@ -63,16 +75,14 @@ pub fn parse_mountinfo(text: &str) -> Option<Layout> {
         let root = unescape(pre[3]);
         let mountpoint = PathBuf::from(unescape(pre[4]));
         match post[0] {
-            "cgroup2" => {
-                // Prefer the canonical location if several are mounted.
-                if v2.is_none() || mountpoint == Path::new("/sys/fs/cgroup") {
-                    v2 = Some(Hierarchy {
-                        mountpoint,
-                        root,
-                        controllers: Vec::new(),
-                        v2: true,
-                    });
-                }
+            // Prefer the canonical location if several are mounted.
+            "cgroup2" if v2.is_none() || mountpoint == Path::new("/sys/fs/cgroup") => {
+                v2 = Some(Hierarchy {
+                    mountpoint,
+                    root,
+                    controllers: Vec::new(),
+                    v2: true,
+                });
             }
             "cgroup" => {
                 let controllers: Vec<String> = post[2]

@@ -704,4 +704,3 @@ pub(crate) const SYSCALLS: &[(&str, i64)] = &[
     ("write", 64),
     ("writev", 66),
 ];
-

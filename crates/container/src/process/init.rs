@@ -1,0 +1,251 @@
+//! Code that runs in the forked children: the intermediate, the container init and exec'd
+//! processes. Each step's error goes back to the runtime over the sync socket.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::{Gid, Uid};
+
+use super::channel::{Channel, Msg};
+use super::setup::{self, exit};
+use crate::cgroups::Cgroup;
+use crate::config::{ContainerConfig, ProcessConfig};
+use crate::error::{Error, Result};
+use crate::{rootfs, seccomp};
+
+fn fail(chan: &Channel, e: Error) -> ! {
+    let _ = chan.send(&Msg::Error(e.into()));
+    exit(1)
+}
+
+fn wait_go(chan: &Channel) -> Result<()> {
+    match chan.recv()? {
+        Some((Msg::Go, _)) => Ok(()),
+        _ => Err(Error::InitFailed(
+            "the runtime went away during setup".into(),
+        )),
+    }
+}
+
+/// The intermediate process of `create`: enter/create namespaces, clone init.
+pub(super) fn intermediate(
+    cfg: &ContainerConfig,
+    cgroup: &Cgroup,
+    chan: Channel,
+    stdio: Option<[RawFd; 3]>,
+    fifo: &OwnedFd,
+) -> ! {
+    setup::reset_signals();
+    if let Some(fds) = stdio {
+        if let Err(e) = setup::install_stdio(fds) {
+            fail(&chan, e)
+        }
+    }
+    setup::close_fds_except(&[chan.raw(), fifo.as_raw_fd()]);
+    match intermediate_steps(cfg, &chan) {
+        Ok(0) => init_main(cfg, cgroup, chan, fifo),
+        Ok(pid) => {
+            let _ = chan.send(&Msg::Pid(pid));
+            exit(0)
+        }
+        Err(e) => fail(&chan, e),
+    }
+}
+
+fn intermediate_steps(cfg: &ContainerConfig, chan: &Channel) -> Result<libc::pid_t> {
+    // Joining by path: the user namespace first, it decides what we may do next.
+    let mut joined = Vec::new();
+    for ns in cfg.namespaces.iter().filter(|n| n.path.is_some()) {
+        let path = ns.path.as_deref().unwrap_or(Path::new(""));
+        let f = File::open(path).map_err(|e| Error::io("open namespace", path, e))?;
+        joined.push((f, ns.flag, path.to_path_buf()));
+    }
+    joined.sort_by_key(|(_, flag, _)| *flag != CloneFlags::CLONE_NEWUSER);
+    for (f, flag, path) in &joined {
+        setns(f, *flag).map_err(|e| Error::sys("setns", path, e))?;
+    }
+    if cfg.new_ns(CloneFlags::CLONE_NEWUSER) {
+        unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| Error::syscall("unshare(CLONE_NEWUSER)", e))?;
+        chan.send(&Msg::UserNsReady)?;
+    }
+    wait_go(chan)?;
+    let mut flags = CloneFlags::empty();
+    for ns in cfg.namespaces.iter().filter(|n| n.path.is_none()) {
+        if ns.flag != CloneFlags::CLONE_NEWUSER {
+            flags |= ns.flag;
+        }
+    }
+    // After the cgroup join (done by the runtime before Go), so a new cgroup namespace
+    // is rooted at the container's cgroup.
+    unshare(flags).map_err(|e| Error::syscall(format!("unshare({flags:?})"), e))?;
+    setup::clone_parent()
+}
+
+/// The container's init: set everything up, report Ready, wait for start, exec.
+fn init_main(cfg: &ContainerConfig, cgroup: &Cgroup, chan: Channel, fifo_fd: &OwnedFd) -> ! {
+    let exe = match init_steps(cfg, cgroup, &chan, fifo_fd) {
+        Ok(v) => v,
+        Err(e) => fail(&chan, e),
+    };
+    if let Err(e) = chan.send(&Msg::Ready) {
+        fail(&chan, e)
+    }
+    drop(chan);
+    // Block until `start` writes to the exec fifo.
+    let mut pfd = [PollFd::new(
+        std::os::fd::AsFd::as_fd(fifo_fd),
+        PollFlags::POLLIN,
+    )];
+    loop {
+        match poll(&mut pfd, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => setup::die_after_start(&Error::syscall("poll exec fifo", e)),
+        }
+    }
+    let mut b = [0u8; 1];
+    match nix::unistd::read(fifo_fd, &mut b) {
+        Ok(1) => {}
+        // Opened and closed without a byte: not a start request.
+        _ => exit(1),
+    }
+    let e = setup::exec(&cfg.process, &exe);
+    setup::die_after_start(&e)
+}
+
+fn init_steps(
+    cfg: &ContainerConfig,
+    cgroup: &Cgroup,
+    chan: &Channel,
+    fifo_fd: &OwnedFd,
+) -> Result<CString> {
+    let p = &cfg.process;
+    nix::unistd::setsid().map_err(|e| Error::syscall("setsid", e))?;
+    if cfg.has_ns(CloneFlags::CLONE_NEWUSER) {
+        // Become the namespace's root so what we create is owned by it.
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .map_err(|e| Error::syscall("setresgid(0) in user namespace", e))?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .map_err(|e| Error::syscall("setresuid(0) in user namespace", e))?;
+    }
+    rootfs::prepare_root(cfg)?;
+    rootfs::mount_all(cfg, cgroup)?;
+    rootfs::setup_dev(cfg)?;
+    rootfs::pivot(&cfg.rootfs)?;
+    if p.terminal {
+        let master = setup::open_pty(p.console_size)?;
+        chan.send_with(&Msg::PtyMaster, Some(master.as_raw_fd()))?;
+    }
+    for (k, v) in &cfg.sysctl {
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&path, v).map_err(|e| Error::io("write sysctl", &path, e))?;
+    }
+    rootfs::mask_paths(&cfg.masked_paths)?;
+    rootfs::readonly_paths(&cfg.readonly_paths)?;
+    if cfg.readonly_root {
+        rootfs::readonly_root()?;
+    }
+    if let Some(h) = &cfg.hostname {
+        nix::unistd::sethostname(h)
+            .map_err(|e| Error::syscall(format!("sethostname({h:?})"), e))?;
+    }
+    if let Some(d) = &cfg.domainname {
+        // SAFETY: pointer and length describe `d`'s bytes.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(Error::syscall(
+                format!("setdomainname({d:?})"),
+                nix::Error::last(),
+            ));
+        }
+    }
+    if cfg.new_ns(CloneFlags::CLONE_NEWNET) {
+        setup::loopback_up()?;
+    }
+    let userns = cfg.new_ns(CloneFlags::CLONE_NEWUSER);
+    let exe = prepare_process(p, !userns || setgroups_allowed(), chan)?;
+    setup::close_fds_except(&[chan.raw(), fifo_fd.as_raw_fd()]);
+    Ok(exe)
+}
+
+fn setgroups_allowed() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups")
+        .map(|s| s.trim() != "deny")
+        .unwrap_or(true)
+}
+
+/// The process-level steps shared by init and exec: limits, seccomp (early when it must
+/// be loaded while we still have CAP_SYS_ADMIN), user and capabilities, cwd, program
+/// lookup, no_new_privs.
+fn prepare_process(p: &ProcessConfig, setgroups_ok: bool, chan: &Channel) -> Result<CString> {
+    for w in setup::set_process_limits(p)? {
+        chan.send(&Msg::Warning(w))?;
+    }
+    if !p.no_new_privs {
+        if let Some(s) = &p.seccomp {
+            seccomp::load(s)?;
+        }
+    }
+    setup::set_user_and_caps(p, setgroups_ok)?;
+    nix::unistd::chdir(&p.cwd).map_err(|e| Error::sys("chdir to process.cwd", &p.cwd, e))?;
+    let exe = setup::resolve_executable(p)?;
+    setup::set_no_new_privs(p)?;
+    Ok(exe)
+}
+
+/// The intermediate of `exec`: join the container's namespaces, clone the process.
+pub(super) fn exec_intermediate(
+    namespaces: &[(File, CloneFlags)],
+    p: &ProcessConfig,
+    chan: Channel,
+    stdio: Option<[RawFd; 3]>,
+    userns: bool,
+) -> ! {
+    setup::reset_signals();
+    if let Some(fds) = stdio {
+        if let Err(e) = setup::install_stdio(fds) {
+            fail(&chan, e)
+        }
+    }
+    let mut keep: Vec<RawFd> = namespaces.iter().map(|(f, _)| f.as_raw_fd()).collect();
+    keep.push(chan.raw());
+    setup::close_fds_except(&keep);
+    let r = (|| -> Result<libc::pid_t> {
+        wait_go(&chan)?;
+        for (f, flag) in namespaces {
+            setns(f, *flag).map_err(|e| Error::syscall(format!("setns({flag:?})"), e))?;
+        }
+        setup::clone_parent()
+    })();
+    match r {
+        Ok(0) => exec_child(p, chan, userns),
+        Ok(pid) => {
+            let _ = chan.send(&Msg::Pid(pid));
+            exit(0)
+        }
+        Err(e) => fail(&chan, e),
+    }
+}
+
+fn exec_child(p: &ProcessConfig, chan: Channel, userns: bool) -> ! {
+    let r = (|| -> Result<CString> {
+        setup::close_fds_except(&[chan.raw()]);
+        nix::unistd::setsid().map_err(|e| Error::syscall("setsid", e))?;
+        if p.terminal {
+            let master = setup::open_pty(p.console_size)?;
+            chan.send_with(&Msg::PtyMaster, Some(master.as_raw_fd()))?;
+        }
+        prepare_process(p, !userns || setgroups_allowed(), &chan)
+    })();
+    let exe = match r {
+        Ok(exe) => exe,
+        Err(e) => fail(&chan, e),
+    };
+    // On success the close-on-exec socket closes: that is the runtime's signal.
+    let e = setup::exec(p, &exe);
+    fail(&chan, e)
+}

@@ -1,0 +1,414 @@
+//! Root filesystem setup, run by the container init inside its new mount namespace:
+//! propagation, overlay, spec mounts, /dev, pivot_root, masked and read-only paths.
+//!
+//! Runs in the forked child: no logging (a lock held by another thread of the parent at
+//! fork time would deadlock us); errors carry the path and errno back to the parent.
+
+mod paths;
+
+use std::fs;
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, chown, pivot_root, Gid, Uid};
+
+use crate::cgroups::Cgroup;
+use crate::config::{ContainerConfig, DeviceNode, MountPlan};
+use crate::error::{Error, Result};
+pub(crate) use paths::secure_join;
+
+const NONE: Option<&str> = None;
+
+/// Devices every container gets, bind-mounted from the host (works in user namespaces).
+const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Make the mount tree private (or as the spec says) so nothing propagates to the host,
+/// then mount the overlay (or bind the rootfs on itself) so it is a mount point.
+pub(crate) fn prepare_root(cfg: &ContainerConfig) -> Result<()> {
+    mount(NONE, "/", NONE, cfg.propagation, NONE)
+        .map_err(|e| Error::sys("make mount propagation private on", "/", e))?;
+    match &cfg.overlay {
+        Some(ov) => {
+            if let Some(dir) = &ov.chdir {
+                chdir(dir).map_err(|e| Error::sys("chdir to layer parent", dir, e))?;
+            }
+            mount(
+                Some("overlay"),
+                &cfg.rootfs,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(ov.data.as_str()),
+            )
+            .map_err(|e| {
+                Error::InitFailed(format!(
+                    "mount overlay on {} (options {}): {e}",
+                    cfg.rootfs.display(),
+                    ov.data
+                ))
+            })?;
+        }
+        None => {
+            mount(
+                Some(&cfg.rootfs),
+                &cfg.rootfs,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )
+            .map_err(|e| Error::sys("bind-mount rootfs on itself", &cfg.rootfs, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Perform the spec's mounts under the rootfs, in order.
+pub(crate) fn mount_all(cfg: &ContainerConfig, cgroup: &Cgroup) -> Result<()> {
+    for m in &cfg.mounts {
+        let target = secure_join(&cfg.rootfs, &m.destination)?;
+        if m.typ == "cgroup" || m.typ == "cgroup2" {
+            mkdir_all(&target)?;
+            mount_cgroup(cfg, cgroup, m, &target)?;
+        } else if m.bind {
+            mount_bind(m, &target)?;
+        } else {
+            mkdir_all(&target)?;
+            let r = mount(
+                m.source.as_deref().or(Some(Path::new(&m.typ))),
+                &target,
+                Some(m.typ.as_str()),
+                m.flags,
+                Some(m.data.as_str()).filter(|d| !d.is_empty()),
+            );
+            match r {
+                // Without its own network namespace a container may not mount sysfs:
+                // give it the host's, read-only like Docker does.
+                Err(Errno::EPERM) if m.typ == "sysfs" => {
+                    mount(
+                        Some("/sys"),
+                        &target,
+                        NONE,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        NONE,
+                    )
+                    .map_err(|e| Error::sys("bind-mount /sys on", &target, e))?;
+                    remount_bind(&target, m.flags | MsFlags::MS_RDONLY)?;
+                }
+                Err(e) => {
+                    return Err(Error::InitFailed(format!(
+                        "mount {} ({}) on {}: {e}",
+                        m.source.as_deref().unwrap_or(Path::new("")).display(),
+                        m.typ,
+                        target.display()
+                    )))
+                }
+                Ok(()) => {}
+            }
+        }
+        for p in &m.propagation {
+            mount(NONE, &target, NONE, *p, NONE)
+                .map_err(|e| Error::sys("set mount propagation of", &target, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn mount_bind(m: &MountPlan, target: &Path) -> Result<()> {
+    let source = m.source.as_deref().unwrap_or(Path::new(""));
+    let meta = fs::metadata(source).map_err(|e| Error::io("stat bind source", source, e))?;
+    if meta.is_dir() {
+        mkdir_all(target)?;
+    } else {
+        if let Some(parent) = target.parent() {
+            mkdir_all(parent)?;
+        }
+        if fs::symlink_metadata(target).is_err() {
+            fs::File::create(target).map_err(|e| Error::io("create bind target", target, e))?;
+        }
+    }
+    let rec = m.flags & MsFlags::MS_REC;
+    mount(Some(source), target, NONE, MsFlags::MS_BIND | rec, NONE).map_err(|e| {
+        Error::InitFailed(format!(
+            "bind-mount {} on {}: {e}",
+            source.display(),
+            target.display()
+        ))
+    })?;
+    // Flags other than BIND/REC only take effect on a remount.
+    let extra = m.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    if !extra.is_empty() {
+        remount_bind(target, extra)?;
+    }
+    Ok(())
+}
+
+/// Remount a bind mount with `flags`, keeping the flags the kernel locked (nosuid, nodev,
+/// noexec... a remount may not clear those in a user namespace).
+fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
+    let locked = statvfs(target)
+        .map(|s| {
+            let f = s.flags();
+            let mut m = MsFlags::empty();
+            for (fs_flag, ms) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            ] {
+                if f.contains(fs_flag) {
+                    m |= ms;
+                }
+            }
+            m
+        })
+        .unwrap_or(MsFlags::empty());
+    mount(
+        NONE,
+        target,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
+        NONE,
+    )
+    .map_err(|e| Error::sys("remount", target, e))
+}
+
+/// Mount /sys/fs/cgroup. With a cgroup namespace the container gets fresh cgroup
+/// filesystems rooted at its own cgroup; without, its cgroup directories are bind-mounted.
+fn mount_cgroup(
+    cfg: &ContainerConfig,
+    cgroup: &Cgroup,
+    m: &MountPlan,
+    target: &Path,
+) -> Result<()> {
+    let ro = m.flags.contains(MsFlags::MS_RDONLY);
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let ro_flag = if ro {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    let cgns = cfg.has_ns(nix::sched::CloneFlags::CLONE_NEWCGROUP);
+    if cgroup.unified {
+        if cgns {
+            mount(
+                Some("cgroup2"),
+                target,
+                Some("cgroup2"),
+                base | ro_flag,
+                NONE,
+            )
+            .map_err(|e| Error::sys("mount cgroup2 on", target, e))?;
+        } else if let Some(d) = cgroup.dirs.iter().find(|d| d.v2) {
+            mount(Some(&d.path), target, NONE, MsFlags::MS_BIND, NONE)
+                .map_err(|e| Error::sys("bind-mount cgroup on", target, e))?;
+            remount_bind(target, base | ro_flag)?;
+        }
+        return Ok(());
+    }
+    mount(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))
+        .map_err(|e| Error::sys("mount tmpfs on", target, e))?;
+    for d in &cgroup.dirs {
+        let name = d
+            .mountpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unified".into());
+        let sub = target.join(&name);
+        mkdir_all(&sub)?;
+        let r = if cgns {
+            if d.v2 {
+                mount(Some("cgroup2"), &sub, Some("cgroup2"), base | ro_flag, NONE)
+            } else {
+                mount(
+                    Some("cgroup"),
+                    &sub,
+                    Some("cgroup"),
+                    base | ro_flag,
+                    Some(d.controllers.join(",").as_str()),
+                )
+            }
+        } else {
+            mount(Some(&d.path), &sub, NONE, MsFlags::MS_BIND, NONE).and_then(|()| {
+                mount(
+                    NONE,
+                    &sub,
+                    NONE,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | base | ro_flag,
+                    NONE,
+                )
+            })
+        };
+        r.map_err(|e| Error::sys("mount cgroup hierarchy on", &sub, e))?;
+    }
+    if ro {
+        mount(
+            NONE,
+            target,
+            NONE,
+            MsFlags::MS_REMOUNT | base | MsFlags::MS_RDONLY,
+            Some("mode=755"),
+        )
+        .map_err(|e| Error::sys("remount read-only", target, e))?;
+    }
+    Ok(())
+}
+
+/// Populate /dev when the spec mounted a fresh one: default devices, spec devices,
+/// the standard symlinks and /dev/ptmx.
+pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
+    let dev = cfg.rootfs.join("dev");
+    let fresh_dev = cfg
+        .mounts
+        .iter()
+        .any(|m| m.destination == Path::new("/dev") && !m.bind);
+    if fresh_dev {
+        for name in DEFAULT_DEVICES {
+            if cfg
+                .devices
+                .iter()
+                .any(|d| d.path == Path::new("/dev").join(name))
+            {
+                continue;
+            }
+            bind_device(&Path::new("/dev").join(name), &dev.join(name))?;
+        }
+        let links: &[(&str, &str)] = &[
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+        ];
+        for (src, name) in links {
+            make_symlink(src, &dev.join(name))?;
+        }
+        if Path::new("/proc/kcore").exists() {
+            make_symlink("/proc/kcore", &dev.join("core"))?;
+        }
+    }
+    for d in &cfg.devices {
+        let target = secure_join(&cfg.rootfs, &d.path)?;
+        create_device(d, &target)?;
+    }
+    // /dev/ptmx must be the container's devpts instance.
+    if cfg
+        .mounts
+        .iter()
+        .any(|m| m.typ == "devpts" && m.destination == Path::new("/dev/pts"))
+    {
+        let ptmx = dev.join("ptmx");
+        let _ = fs::remove_file(&ptmx);
+        make_symlink("pts/ptmx", &ptmx)?;
+    }
+    Ok(())
+}
+
+fn make_symlink(src: &str, link: &Path) -> Result<()> {
+    match symlink(src, link) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("symlink", link, e)),
+    }
+}
+
+fn bind_device(host: &Path, target: &Path) -> Result<()> {
+    if fs::symlink_metadata(target).is_err() {
+        fs::File::create(target).map_err(|e| Error::io("create device placeholder", target, e))?;
+    }
+    mount(Some(host), target, NONE, MsFlags::MS_BIND, NONE)
+        .map_err(|e| Error::sys("bind-mount device on", target, e))
+}
+
+fn create_device(d: &DeviceNode, target: &Path) -> Result<()> {
+    if let Some(parent) = target.parent() {
+        mkdir_all(parent)?;
+    }
+    let _ = fs::remove_file(target);
+    let kind = SFlag::from_bits_truncate(d.kind);
+    let r = mknod(
+        target,
+        kind,
+        Mode::from_bits_truncate(d.mode & 0o7777),
+        makedev(d.major, d.minor),
+    );
+    match r {
+        Ok(()) => chown(
+            target,
+            Some(Uid::from_raw(d.uid)),
+            Some(Gid::from_raw(d.gid)),
+        )
+        .map_err(|e| Error::sys("chown device", target, e)),
+        // In a user namespace mknod is refused: bind the host's node instead.
+        Err(Errno::EPERM) => bind_device(&d.path, target),
+        Err(e) => Err(Error::sys("mknod", target, e)),
+    }
+}
+
+/// Make the rootfs the process's `/`, detaching the old root.
+pub(crate) fn pivot(rootfs: &Path) -> Result<()> {
+    chdir(rootfs).map_err(|e| Error::sys("chdir", rootfs, e))?;
+    // pivot_root(".", ".") stacks the old root under the new one; unmounting "." then
+    // removes it without needing a directory for it (the runc trick).
+    pivot_root(".", ".").map_err(|e| Error::sys("pivot_root", rootfs, e))?;
+    mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
+        .map_err(|e| Error::sys("make old root rslave", "/", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("unmount old root", "/", e))?;
+    chdir("/").map_err(|e| Error::sys("chdir", "/", e))?;
+    Ok(())
+}
+
+/// Hide paths: /dev/null over files, an empty read-only tmpfs over directories.
+pub(crate) fn mask_paths(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        let meta = match fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(_) => continue, // absent: nothing to hide
+        };
+        let r = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0k"),
+            )
+        } else {
+            mount(Some("/dev/null"), p, NONE, MsFlags::MS_BIND, NONE)
+        };
+        r.map_err(|e| Error::sys("mask", p, e))?;
+    }
+    Ok(())
+}
+
+/// Make paths read-only with a bind mount on themselves.
+pub(crate) fn readonly_paths(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        match mount(Some(p), p, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(Error::sys("bind-mount read-only path", p, e)),
+        }
+        remount_bind(
+            p,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
+    }
+    Ok(())
+}
+
+/// Remount `/` read-only (after pivot_root).
+pub(crate) fn readonly_root() -> Result<()> {
+    remount_bind(Path::new("/"), MsFlags::MS_RDONLY)
+}
+
+fn mkdir_all(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(p)
+        .map_err(|e| Error::io("mkdir", p, e))
+}

@@ -1,0 +1,263 @@
+//! Compile an OCI `linux.seccomp` profile into BPF with seccompiler, and load it.
+//!
+//! seccompiler builds filters with a single "match" action. An OCI profile has a default
+//! action plus per-syscall actions, so it becomes a small stack of filters:
+//! - the main filter returns ALLOW for every syscall the profile names with a
+//!   non-default action (with the same argument conditions) and the default action for
+//!   everything else;
+//! - one filter per other action `A` (e.g. `ERRNO(ENOSYS)` for `clone3`) returns `A` for
+//!   its syscalls and ALLOW otherwise.
+//!
+//! The kernel runs every filter and keeps the most restrictive verdict, so a syscall gets
+//! its own action when it matches one and the default action when it matches nothing.
+
+mod syscalls;
+
+use std::collections::BTreeMap;
+
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::error::{Error, Result};
+
+/// A compiled profile, ready to load in the container process.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledSeccomp {
+    /// The BPF programs, loaded in order.
+    pub programs: Vec<BpfProgram>,
+    /// `seccomp(2)` flags.
+    pub flags: libc::c_ulong,
+}
+
+/// Syscall number on this architecture, if the kernel headers know the name.
+pub fn syscall_number(name: &str) -> Option<i64> {
+    syscalls::SYSCALLS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, nr)| *nr)
+}
+
+fn target_arch() -> Result<TargetArch> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| Error::Seccomp(format!("unsupported architecture: {e}")))
+}
+
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction> {
+    Ok(match a {
+        LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
+        LinuxSeccompAction::ScmpActErrno => {
+            SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32))
+        }
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
+        LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
+        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(0)),
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(Error::Seccomp(
+                "SCMP_ACT_NOTIFY is not supported (no seccomp agent)".into(),
+            ))
+        }
+    })
+}
+
+/// Stable key to group rules by action (SeccompAction is not Ord).
+fn action_key(a: &SeccompAction) -> u32 {
+    u32::from(a.clone())
+}
+
+/// Compile `profile` into BPF. Syscall names unknown on this architecture are skipped
+/// (as libseccomp does), so one profile serves several architectures.
+pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp> {
+    let arch = target_arch()?;
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
+
+    // action key -> (action, syscall -> rules)
+    type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+    let mut main: Rules = BTreeMap::new();
+    let mut by_action: BTreeMap<u32, (SeccompAction, Rules)> = BTreeMap::new();
+
+    for sc in profile.syscalls().iter().flatten() {
+        let act = action(sc.action(), sc.errno_ret())?;
+        if act == default {
+            continue;
+        }
+        let conditions = sc
+            .args()
+            .iter()
+            .flatten()
+            .map(|a| {
+                let idx = u8::try_from(a.index()).map_err(|_| {
+                    Error::Seccomp(format!("argument index {} out of range", a.index()))
+                })?;
+                let (op, value) = match a.op() {
+                    LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, a.value()),
+                    LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, a.value()),
+                    LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, a.value()),
+                    LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, a.value()),
+                    LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, a.value()),
+                    LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, a.value()),
+                    // libseccomp: (arg & value) == valueTwo
+                    LinuxSeccompOperator::ScmpCmpMaskedEq => (
+                        SeccompCmpOp::MaskedEq(a.value()),
+                        a.value_two().unwrap_or(0),
+                    ),
+                };
+                SeccompCondition::new(idx, SeccompCmpArgLen::Qword, op, value)
+                    .map_err(|e| Error::Seccomp(format!("argument {idx}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rule = if conditions.is_empty() {
+            None
+        } else {
+            Some(
+                SeccompRule::new(conditions)
+                    .map_err(|e| Error::Seccomp(format!("rule for {:?}: {e}", sc.names())))?,
+            )
+        };
+        for name in sc.names() {
+            let Some(nr) = syscall_number(name) else {
+                tracing::trace!(syscall = %name, "unknown on this architecture, skipped");
+                continue;
+            };
+            add_rule(&mut main, nr, rule.clone());
+            if act != SeccompAction::Allow {
+                let entry = by_action
+                    .entry(action_key(&act))
+                    .or_insert_with(|| (act.clone(), BTreeMap::new()));
+                add_rule(&mut entry.1, nr, rule.clone());
+            }
+        }
+    }
+
+    let mut programs = Vec::new();
+    if default != SeccompAction::Allow {
+        programs.push(build(main, default.clone(), SeccompAction::Allow, arch)?);
+    }
+    for (_, (act, rules)) in by_action {
+        programs.push(build(rules, SeccompAction::Allow, act, arch)?);
+    }
+
+    let mut flags: libc::c_ulong = 0;
+    for f in profile.flags().iter().flatten() {
+        flags |= match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
+            // Single-threaded at load time: TSYNC is meaningless.
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => 0,
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => 0,
+        };
+    }
+    Ok(CompiledSeccomp { programs, flags })
+}
+
+/// Unconditional rules (empty chain) match always; keep that when merging.
+fn add_rule(map: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: i64, rule: Option<SeccompRule>) {
+    match (map.get_mut(&nr), rule) {
+        // Already unconditional: stays so.
+        (Some(v), _) if v.is_empty() => {}
+        (Some(v), Some(r)) => v.push(r),
+        (Some(v), None) => v.clear(),
+        (None, r) => {
+            map.insert(nr, r.into_iter().collect());
+        }
+    }
+}
+
+fn build(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+    arch: TargetArch,
+) -> Result<BpfProgram> {
+    let filter = SeccompFilter::new(rules, mismatch, matched, arch)
+        .map_err(|e| Error::Seccomp(e.to_string()))?;
+    BpfProgram::try_from(filter).map_err(|e| Error::Seccomp(e.to_string()))
+}
+
+/// Load the compiled filters into the calling thread. Does not set no_new_privs: the
+/// caller does that when the spec asks for it (otherwise CAP_SYS_ADMIN is required).
+pub fn load(compiled: &CompiledSeccomp) -> Result<()> {
+    for prog in &compiled.programs {
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(prog.len()).map_err(|_| {
+                Error::Seccomp(format!("filter too long: {} instructions", prog.len()))
+            })?,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the
+        // program and does not keep the pointer. seccompiler's sock_filter has the same
+        // layout as the kernel's (u16, u8, u8, u32).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                compiled.flags,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::syscall(
+                "seccomp(SET_MODE_FILTER)",
+                nix::Error::last(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_names() {
+        assert!(syscall_number("read").is_some());
+        assert!(syscall_number("unshare").is_some());
+        assert_eq!(syscall_number("no_such_syscall"), None);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(syscall_number("read"), Some(0));
+            assert_eq!(syscall_number("clone3"), Some(435));
+        }
+    }
+
+    #[test]
+    fn docker_profile_compiles() {
+        let caps = crate::spec::docker_default_capabilities();
+        let profile = crate::spec::docker_seccomp_profile(&caps);
+        let c = compile(&profile).unwrap();
+        // main allowlist + ERRNO(ENOSYS) for clone3
+        assert_eq!(c.programs.len(), 2);
+        assert!(c.programs[0].len() > 300, "allowlist of ~350 syscalls");
+        assert!(c.programs.iter().all(|p| p.len() < 4096));
+    }
+
+    #[test]
+    fn notify_is_refused() {
+        let p: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(compile(&p), Err(Error::Seccomp(_))));
+    }
+
+    #[test]
+    fn denylist_profile_has_no_main_filter() {
+        let p: LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+        )
+        .unwrap();
+        let c = compile(&p).unwrap();
+        assert_eq!(c.programs.len(), 1);
+    }
+}
