@@ -50,6 +50,76 @@ pub enum Format {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create and start an instance from an image
+    Run(Box<RunArgs>),
+    /// Create an instance without starting it
+    Create(Box<RunArgs>),
+    /// Start created or stopped instances
+    Start {
+        /// Attach to the instance's output and wait for it
+        #[arg(short, long)]
+        attach: bool,
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// List instances
+    Ps(PsArgs),
+    /// Show an instance's output
+    Logs(LogsArgs),
+    /// Run a command in a running instance
+    Exec(ExecArgs),
+    /// Stop running instances (stop signal, then SIGKILL after a timeout)
+    Stop {
+        /// Seconds to wait before killing
+        #[arg(short = 't', long = "time")]
+        time: Option<u32>,
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Send a signal to running instances
+    Kill {
+        /// Signal name or number
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Wait for instances to stop and print their exit codes
+    Wait {
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Remove instances
+    Rm {
+        /// Kill and remove running instances
+        #[arg(short, long)]
+        force: bool,
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Show instances' state and configuration as JSON
+    Inspect {
+        /// Instances (or images)
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// runc-compatible low-level runtime commands on OCI bundles
+    #[command(subcommand)]
+    Oci(OciCommand),
+    /// (internal) the per-instance monitor process
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// Instance id
+        id: String,
+        /// Copy output to our stdout/stderr as well as the log
+        #[arg(long)]
+        attached: bool,
+    },
     /// List images
     Images(ImagesArgs),
     /// Manage images
@@ -200,4 +270,214 @@ pub struct SaveArgs {
     /// Images to save
     #[arg(required = true)]
     pub images: Vec<String>,
+}
+
+/// Which isolation runs an instance.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsolationArg {
+    /// Namespaces and cgroups on the host kernel
+    Container,
+    /// A KVM microVM with its own guest kernel
+    Vm,
+}
+
+/// `run` and `create`.
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Run in the background and print the instance id
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep standard input open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Remove the instance when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Name the instance
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to copy it from here)
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User: name|uid[:group|gid]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Hostname
+    #[arg(short = 'h', long)]
+    pub hostname: Option<String>,
+    /// Bind mount a host path: /host:/inside[:ro]
+    #[arg(short, long = "volume")]
+    pub volumes: Vec<String>,
+    /// Mount the root filesystem read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Memory limit (e.g. 64m, 1g)
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// CPU limit (e.g. 0.5)
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Maximum number of processes
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// container (default) or vm
+    #[arg(long, value_enum, default_value_t = IsolationArg::Container)]
+    pub isolation: IsolationArg,
+    /// Run an init as PID 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+    /// Run in a private user namespace (root inside is unprivileged outside)
+    #[arg(long)]
+    pub userns: bool,
+    /// Network: "private" (default, loopback only), "none" (same), or "host"
+    #[arg(long, default_value = "private")]
+    pub network: String,
+    /// Override the image's entrypoint ("" clears it)
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Signal that stop sends first
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Seconds stop waits before SIGKILL
+    #[arg(long)]
+    pub stop_timeout: Option<u32>,
+    /// Image name or id
+    pub image: String,
+    /// Command and arguments (default: the image's)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `ps`.
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show all instances (default: running only)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only show ids
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Show full ids and commands
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// `logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow the output while the instance runs
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Prefix each line with its timestamp
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Only the last N lines
+    #[arg(short = 'n', long)]
+    pub tail: Option<usize>,
+    /// Instance
+    pub instance: String,
+}
+
+/// `exec`.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep standard input open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Run in the background
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Set environment variables
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User: name|uid[:group|gid]
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Instance
+    pub instance: String,
+    /// Command and arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `vessel oci`: the runc command-line interface, so engines can use vessel as a runtime.
+#[derive(Subcommand, Debug)]
+pub enum OciCommand {
+    /// Create a container from a bundle (the process waits for `start`)
+    Create {
+        /// Bundle directory (holding config.json)
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Unix socket that receives the pty master (with process.terminal)
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Write the init pid here
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Runtime state directory
+        #[arg(long, default_value = "/run/vessel/oci")]
+        state_root: PathBuf,
+        /// Container id
+        id: String,
+    },
+    /// Start a created container
+    Start {
+        /// Runtime state directory
+        #[arg(long, default_value = "/run/vessel/oci")]
+        state_root: PathBuf,
+        /// Container id
+        id: String,
+    },
+    /// Print a container's OCI state as JSON
+    State {
+        /// Runtime state directory
+        #[arg(long, default_value = "/run/vessel/oci")]
+        state_root: PathBuf,
+        /// Container id
+        id: String,
+    },
+    /// Send a signal to a container
+    Kill {
+        /// Signal every process of the container
+        #[arg(short, long)]
+        all: bool,
+        /// Runtime state directory
+        #[arg(long, default_value = "/run/vessel/oci")]
+        state_root: PathBuf,
+        /// Container id
+        id: String,
+        /// Signal name or number
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// Delete a container (its cgroup and state)
+    Delete {
+        /// Kill it first if it runs
+        #[arg(short, long)]
+        force: bool,
+        /// Runtime state directory
+        #[arg(long, default_value = "/run/vessel/oci")]
+        state_root: PathBuf,
+        /// Container id
+        id: String,
+    },
 }

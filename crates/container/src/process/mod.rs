@@ -182,7 +182,7 @@ pub(crate) fn spawn_init(
     loop {
         match ours.recv()? {
             Some((Msg::PtyMaster, fd)) => pty_master = fd,
-            Some((Msg::Warning(w), _)) => tracing::warn!("{w}"),
+            Some((Msg::Warning(w), _)) => tracing::debug!("{w}"),
             Some((Msg::Ready, _)) => break,
             Some((Msg::Error(e), _)) => return Err(e.into()),
             Some((other, _)) => {
@@ -259,7 +259,7 @@ pub(crate) fn spawn_exec(
     loop {
         match ours.recv()? {
             Some((Msg::PtyMaster, fd)) => pty_master = fd,
-            Some((Msg::Warning(w), _)) => tracing::warn!("{w}"),
+            Some((Msg::Warning(w), _)) => tracing::debug!("{w}"),
             Some((Msg::Error(e), _)) => return Err(e.into()),
             Some((other, _)) => {
                 return Err(Error::InitFailed(format!("unexpected message {other:?}")))

@@ -1,9 +1,13 @@
 //! One function per command: call the engine or the image store, print the result.
 
+mod containers;
 mod images;
+mod oci;
 mod transfer;
 
 use vessel_image::Store;
+
+use crate::engine::Engine;
 
 use crate::cli::{Cli, Command, ImageCommand};
 use crate::{CmdResult, Failure};
@@ -12,7 +16,23 @@ use crate::{CmdResult, Failure};
 pub fn run(cli: Cli) -> CmdResult {
     let root = cli.global.root;
     let store = || Store::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
+    let engine = || Engine::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     match cli.command {
+        Command::Run(a) => containers::run(&engine()?, &a),
+        Command::Create(a) => containers::create(&engine()?, &a),
+        Command::Start { attach, instances } => containers::start(&engine()?, attach, &instances),
+        Command::Ps(a) => containers::ps(&engine()?, &a),
+        Command::Logs(a) => containers::logs(&engine()?, &a),
+        Command::Exec(a) => containers::exec(&engine()?, &a),
+        Command::Stop { time, instances } => containers::stop(&engine()?, time, &instances),
+        Command::Kill { signal, instances } => containers::kill(&engine()?, &signal, &instances),
+        Command::Wait { instances } => containers::wait(&engine()?, &instances),
+        Command::Rm { force, instances } => containers::rm(&engine()?, force, &instances),
+        Command::Inspect { names } => containers::inspect(&engine()?, &names),
+        Command::Oci(c) => oci::run(c),
+        Command::Monitor { id, attached } => {
+            Ok(crate::engine::monitor::run(&engine()?, &id, attached))
+        }
         Command::Images(a) | Command::Image(ImageCommand::Ls(a)) => images::list(&store()?, &a),
         Command::Image(ImageCommand::Inspect { images: names }) => {
             images::inspect(&store()?, &names)

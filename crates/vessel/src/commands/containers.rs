@@ -1,0 +1,688 @@
+//! `run`, `create`, `start`, `ps`, `logs`, `exec`, `stop`, `kill`, `wait`, `rm`, `inspect`.
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+
+use crate::cli::{ExecArgs, Format, IsolationArg, LogsArgs, PsArgs, RunArgs};
+use crate::engine::backend::{ExecRequest, Stdio};
+use crate::engine::catalogue::{Instance, Status};
+use crate::engine::logs::{self, Stream};
+use crate::engine::monitor::{self, Report};
+use crate::engine::request::{parse_signal, parse_size, Isolation, RunRequest, Volume};
+use crate::engine::{CreateSpec, Engine, EngineError};
+use crate::{CmdResult, Failure};
+
+use super::images::{human_age, print_table};
+
+fn fail(e: EngineError) -> Failure {
+    Failure::new(e.exit_code(), e)
+}
+
+/// Signals `vessel run` passes on to the instance while attached.
+const PROXIED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Builds the request from the flags and the image config.
+fn build_request(
+    a: &RunArgs,
+    config: &oci_spec::image::ImageConfiguration,
+    id: &str,
+) -> Result<RunRequest, EngineError> {
+    let c = config.config().clone().unwrap_or_default();
+    let entrypoint: Vec<String> = match &a.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => c.entrypoint().clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !a.command.is_empty() {
+        a.command.clone()
+    } else if a.entrypoint.is_some() {
+        Vec::new() // Docker: --entrypoint discards the image's Cmd
+    } else {
+        c.cmd().clone().unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(EngineError::InvalidFlag(
+            "no command specified: the image has no Cmd or Entrypoint; give one".into(),
+        ));
+    }
+    let mut env: Vec<String> = c.env().clone().unwrap_or_default();
+    for e in &a.env {
+        let kv = match e.split_once('=') {
+            Some(_) => e.clone(),
+            None => match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue, // Docker drops unset variables named without a value
+            },
+        };
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        if key.is_empty() {
+            return Err(EngineError::InvalidFlag(format!(
+                "invalid environment variable {e:?}"
+            )));
+        }
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    }
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| Volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory = a
+        .memory
+        .as_deref()
+        .map(|m| parse_size("--memory", m))
+        .transpose()?;
+    if memory.is_some_and(|m| m < 6 << 20) {
+        return Err(EngineError::InvalidFlag(
+            "--memory: the minimum allowed is 6m".into(),
+        ));
+    }
+    let cpus = match &a.cpus {
+        Some(s) => match s.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
+            _ => {
+                return Err(EngineError::InvalidFlag(format!(
+                    "invalid value {s:?} for --cpus: expected a positive number like 0.5"
+                )))
+            }
+        },
+        None => None,
+    };
+    if a.pids_limit.is_some_and(|p| p == 0 || p < -1) {
+        return Err(EngineError::InvalidFlag(
+            "--pids-limit must be positive (or -1 for unlimited)".into(),
+        ));
+    }
+    let host_network = match a.network.as_str() {
+        "private" | "none" | "default" | "bridge" => false,
+        "host" => true,
+        other => {
+            return Err(EngineError::InvalidFlag(format!(
+                "invalid --network {other:?}: use private, none or host"
+            )))
+        }
+    };
+    let stop_signal = match a.stop_signal.as_deref().or(c.stop_signal().as_deref()) {
+        Some(s) => parse_signal(s)?,
+        None => libc::SIGTERM,
+    };
+    let workdir = a
+        .workdir
+        .clone()
+        .or_else(|| c.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !workdir.starts_with('/') {
+        return Err(EngineError::InvalidFlag(format!(
+            "the working directory {workdir:?} is not an absolute path"
+        )));
+    }
+    Ok(RunRequest {
+        isolation: match a.isolation {
+            IsolationArg::Container => Isolation::Container,
+            IsolationArg::Vm => Isolation::Vm,
+        },
+        args,
+        env,
+        workdir,
+        user: a
+            .user
+            .clone()
+            .or_else(|| c.user().clone())
+            .unwrap_or_default(),
+        hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        tty: a.tty,
+        interactive: a.interactive,
+        auto_remove: a.rm,
+        read_only: a.read_only,
+        volumes,
+        memory,
+        cpus,
+        pids_limit: a.pids_limit.filter(|&p| p > 0),
+        init: a.init,
+        userns: a.userns,
+        host_network,
+        stop_signal,
+        stop_timeout: a.stop_timeout.unwrap_or(10),
+    })
+}
+
+fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
+    engine
+        .create(
+            CreateSpec {
+                image: a.image.clone(),
+                name: a.name.clone(),
+            },
+            |_, config, id| build_request(a, config, id),
+        )
+        .map_err(fail)
+}
+
+/// `vessel run`.
+pub fn run(engine: &Engine, a: &RunArgs) -> CmdResult {
+    let inst = create_instance(engine, a)?;
+    start_one(engine, &inst, !a.detach)
+}
+
+/// `vessel create`.
+pub fn create(engine: &Engine, a: &RunArgs) -> CmdResult {
+    let inst = create_instance(engine, a)?;
+    println!("{}", inst.id);
+    Ok(0)
+}
+
+/// `vessel start`.
+pub fn start(engine: &Engine, attach: bool, names: &[String]) -> CmdResult {
+    let mut status = 0;
+    for n in names {
+        let inst = engine.get(n).map_err(|e| Failure::new(1, e))?;
+        if inst.status == Status::Running {
+            if !attach {
+                println!("{n}");
+            }
+            continue;
+        }
+        let code = start_one(engine, &inst, attach)?;
+        if attach {
+            status = code;
+        } else {
+            println!("{n}");
+        }
+    }
+    Ok(status)
+}
+
+/// Puts the terminal in raw mode for the life of the guard.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enable(on: bool) -> RawMode {
+        if !on || !std::io::stdin().is_terminal() {
+            return RawMode(None);
+        }
+        let stdin = std::io::stdin();
+        let Ok(orig) = nix::sys::termios::tcgetattr(&stdin) else {
+            return RawMode(None);
+        };
+        let mut raw = orig.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        let _ = nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &raw);
+        RawMode(Some(orig))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(orig) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                orig,
+            );
+        }
+    }
+}
+
+/// Starts an instance's monitor; attached, waits for the end and returns its status.
+fn start_one(engine: &Engine, inst: &Instance, attached: bool) -> CmdResult {
+    let req = &inst.request;
+    let mut blocked = SigSet::empty();
+    for s in PROXIED {
+        blocked.add(*s);
+    }
+    if attached {
+        // Taken synchronously below and forwarded to the instance.
+        let _ = blocked.thread_block();
+    }
+    let raw = RawMode::enable(attached && req.tty && req.interactive);
+    let mut m = monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
+        .map_err(fail)?;
+    let pid = match m.next() {
+        Some(Report::Started { pid }) => pid,
+        Some(Report::Error { code, message }) => {
+            drop(raw);
+            let _ = m.child.wait();
+            return Err(Failure::new(code, message));
+        }
+        Some(Report::Exited { code }) => return Ok(code as u8),
+        None => {
+            drop(raw);
+            let st = m.child.wait();
+            return Err(Failure::new(
+                125,
+                format!(
+                    "the monitor of {} exited before starting it ({st:?})",
+                    inst.name
+                ),
+            ));
+        }
+    };
+    if !attached {
+        println!("{}", inst.id);
+        return Ok(0);
+    }
+    let target = nix::unistd::Pid::from_raw(pid);
+    let code = loop {
+        if let Ok(Some(st)) = m.child.try_wait() {
+            break st;
+        }
+        // SAFETY: sigtimedwait with a valid set and timeout; no siginfo requested.
+        let sig = unsafe {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            libc::sigtimedwait(blocked.as_ref(), std::ptr::null_mut(), &ts)
+        };
+        if sig > 0 {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = nix::sys::signal::kill(target, s);
+            }
+        }
+    };
+    drop(raw);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (code.code(), code.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => (128 + s) as u8,
+        _ => 125,
+    })
+}
+
+fn short(id: &str, full: bool) -> &str {
+    if full {
+        id
+    } else {
+        &id[..12]
+    }
+}
+
+fn status_text(i: &Instance) -> String {
+    let age = |t: &Option<String>| {
+        t.as_deref()
+            .map(human_age)
+            .unwrap_or_default()
+            .replace(" ago", "")
+    };
+    match i.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", age(&i.started_at)),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            i.exit_code.unwrap_or(-1),
+            age(&i.finished_at)
+        ),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn command_text(i: &Instance, full: bool) -> String {
+    let c = i.request.args.join(" ");
+    let c = if !full && c.chars().count() > 20 {
+        format!("{}…", c.chars().take(19).collect::<String>())
+    } else {
+        c
+    };
+    format!("\"{c}\"")
+}
+
+/// `vessel ps`.
+pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
+    let all = engine.list().map_err(|e| Failure::new(1, e))?;
+    let shown: Vec<&Instance> = all
+        .iter()
+        .filter(|i| a.all || i.status == Status::Running)
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.quiet {
+        for i in shown {
+            let _ = writeln!(out, "{}", short(&i.id, a.no_trunc));
+        }
+        return Ok(0);
+    }
+    if a.format == Format::Json {
+        let v: Vec<_> = shown.iter().map(|i| instance_json(engine, i)).collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let rows: Vec<[String; 7]> = shown
+        .iter()
+        .map(|i| {
+            [
+                short(&i.id, a.no_trunc).to_string(),
+                i.image.clone(),
+                command_text(i, a.no_trunc),
+                human_age(&i.created),
+                status_text(i),
+                i.request.isolation.as_str().to_string(),
+                i.name.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &mut out,
+        &[
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "ISOLATION",
+            "NAMES",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
+    let r = &i.request;
+    let mut mounts: Vec<_> = r
+        .volumes
+        .iter()
+        .map(|v| json!({"Type": "bind", "Source": v.source, "Destination": v.target, "RW": !v.read_only}))
+        .collect();
+    if r.isolation == Isolation::Container {
+        mounts.insert(0, json!({"Type": "overlay", "Destination": "/", "Upper": engine.instance_dir(&i.id).join("upper"), "RW": !r.read_only}));
+    }
+    json!({
+        "Id": i.id,
+        "Name": i.name,
+        "Created": i.created,
+        "Path": r.args.first(),
+        "Args": r.args.get(1..).unwrap_or_default(),
+        "Image": i.image_id,
+        "ImageName": i.image,
+        "State": {
+            "Status": i.status.as_str(),
+            "Running": i.status == Status::Running,
+            "Dead": i.status == Status::Dead,
+            "Pid": if i.status == Status::Running { i.pid.unwrap_or(0) } else { 0 },
+            "ExitCode": i.exit_code.unwrap_or(0),
+            "OOMKilled": i.oom_killed,
+            "Error": i.error.clone().unwrap_or_default(),
+            "StartedAt": i.started_at,
+            "FinishedAt": i.finished_at,
+            "MonitorPid": i.monitor.map(|m| m.0),
+        },
+        "HostConfig": {
+            "Isolation": r.isolation.as_str(),
+            "Memory": r.memory.unwrap_or(0),
+            "NanoCpus": r.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "PidsLimit": r.pids_limit,
+            "ReadonlyRootfs": r.read_only,
+            "Binds": r.volumes.iter().map(|v| format!("{}:{}{}", v.source, v.target, if v.read_only { ":ro" } else { "" })).collect::<Vec<_>>(),
+            "AutoRemove": r.auto_remove,
+            "Init": r.init,
+            "UsernsMode": if r.userns { "private" } else { "host" },
+            "NetworkMode": if r.host_network { "host" } else { "private" },
+        },
+        "Config": {
+            "Hostname": r.hostname,
+            "User": r.user,
+            "Env": r.env,
+            "Cmd": r.args,
+            "WorkingDir": r.workdir,
+            "Tty": r.tty,
+            "OpenStdin": r.interactive,
+            "Image": i.image,
+            "StopSignal": r.stop_signal,
+            "StopTimeout": r.stop_timeout,
+        },
+        "Mounts": mounts,
+        "LogPath": engine.log_path(&i.id),
+    })
+}
+
+/// `vessel inspect`: instances, or images when no instance matches.
+pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
+    let mut docs = Vec::new();
+    for n in names {
+        match engine.get(n) {
+            Ok(i) => docs.push(instance_json(engine, &i)),
+            Err(EngineError::NoSuchInstance(_)) => {
+                if engine.store().resolve(n).is_ok() {
+                    return super::images::inspect(engine.store(), names);
+                }
+                return Err(Failure::new(1, format!("no such instance or image: {n}")));
+            }
+            Err(e) => return Err(Failure::new(1, e)),
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&docs).unwrap_or_default()
+    );
+    Ok(0)
+}
+
+/// `vessel logs`.
+pub fn logs(engine: &Engine, a: &LogsArgs) -> CmdResult {
+    let inst = engine.get(&a.instance).map_err(|e| Failure::new(1, e))?;
+    let path = engine.log_path(&inst.id);
+    let (mut entries, mut offset) = logs::read_from(&path, 0)
+        .map_err(|e| Failure::new(1, format!("read {}: {e}", path.display())))?;
+    if let Some(n) = a.tail {
+        let skip = entries.len().saturating_sub(n);
+        entries.drain(..skip);
+    }
+    let print = |entries: &[logs::Entry]| -> bool {
+        for e in entries {
+            let line = if a.timestamps {
+                format!("{} {}", e.time, e.log)
+            } else {
+                e.log.clone()
+            };
+            let r = match e.stream {
+                Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+            };
+            if r.is_err() {
+                return false;
+            }
+        }
+        let _ = std::io::stdout().flush();
+        true
+    };
+    if !print(&entries) || !a.follow {
+        return Ok(0);
+    }
+    loop {
+        let running = engine
+            .get(&inst.id)
+            .map(|i| i.status == Status::Running)
+            .unwrap_or(false);
+        let (more, next) = logs::read_from(&path, offset)
+            .map_err(|e| Failure::new(1, format!("read {}: {e}", path.display())))?;
+        offset = next;
+        if !print(&more) {
+            return Ok(0);
+        }
+        if !running && more.is_empty() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `vessel exec`.
+pub fn exec(engine: &Engine, a: &ExecArgs) -> CmdResult {
+    let inst = engine.get(&a.instance).map_err(|e| Failure::new(1, e))?;
+    if inst.status != Status::Running {
+        return Err(Failure::new(
+            1,
+            format!("instance {} is not running", inst.name),
+        ));
+    }
+    let backend = engine.backend(inst.request.isolation).map_err(fail)?;
+    let req = ExecRequest {
+        args: a.command.clone(),
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        tty: a.tty,
+    };
+    let dup = |fd: i32| -> Result<OwnedFd, Failure> {
+        // SAFETY: 0, 1, 2 are open for the life of the process.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        b.try_clone_to_owned()
+            .map_err(|e| Failure::new(125, format!("dup fd {fd}: {e}")))
+    };
+    let null = || -> Result<OwnedFd, Failure> {
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| Failure::new(125, format!("open /dev/null: {e}")))
+    };
+    let stdio = if a.tty {
+        Stdio::Pty
+    } else if a.detach {
+        Stdio::Fds {
+            stdin: null()?,
+            stdout: null()?,
+            stderr: null()?,
+        }
+    } else {
+        Stdio::Fds {
+            stdin: if a.interactive { dup(0)? } else { null()? },
+            stdout: dup(1)?,
+            stderr: dup(2)?,
+        }
+    };
+    let dir = engine.instance_dir(&inst.id);
+    let p = backend.exec(&inst, &dir, &req, stdio).map_err(fail)?;
+    if a.detach {
+        return Ok(0);
+    }
+    let raw = RawMode::enable(a.tty && a.interactive);
+    if let Some(master) = &p.pty_master {
+        proxy_pty(master, a.interactive);
+    }
+    let code = loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p.pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(Failure::new(
+                    125,
+                    format!("wait for the exec'd process: {e}"),
+                ))
+            }
+        }
+    };
+    drop(raw);
+    Ok(code as u8)
+}
+
+/// Copies between our terminal and a pty master until the master closes.
+fn proxy_pty(master: &OwnedFd, stdin: bool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize on fds we hold.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+    let mut stdin_open = stdin;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // SAFETY: fd 0 is open for the life of the process.
+        let fd0 = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut fds = vec![PollFd::new(
+            std::os::fd::AsFd::as_fd(master),
+            PollFlags::POLLIN,
+        )];
+        if stdin_open {
+            fds.push(PollFd::new(fd0, PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let m_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let in_ready = stdin_open && fds[1].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if m_ready {
+            match nix::unistd::read(master, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(&buf[..n]);
+                    let _ = o.flush();
+                }
+            }
+        }
+        if in_ready {
+            match nix::unistd::read(fd0, &mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    let _ = nix::unistd::write(master, &buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// `vessel stop`.
+pub fn stop(engine: &Engine, time: Option<u32>, names: &[String]) -> CmdResult {
+    each(names, |n| engine.stop(n, time).map(|_| ()))
+}
+
+/// `vessel kill`.
+pub fn kill(engine: &Engine, signal: &str, names: &[String]) -> CmdResult {
+    let sig = parse_signal(signal).map_err(|e| Failure::new(1, e))?;
+    each(names, |n| engine.get(n).and_then(|i| engine.kill(&i, sig)))
+}
+
+/// `vessel rm`.
+pub fn rm(engine: &Engine, force: bool, names: &[String]) -> CmdResult {
+    each(names, |n| engine.remove(n, force))
+}
+
+/// `vessel wait`.
+pub fn wait(engine: &Engine, names: &[String]) -> CmdResult {
+    let mut status = 0;
+    for n in names {
+        match engine.wait(n, None) {
+            Ok(i) => println!("{}", i.exit_code.unwrap_or(-1)),
+            Err(e) => {
+                eprintln!("vessel: {e}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// Runs `f` on each name, printing it on success (as Docker does) and errors as they come.
+fn each(names: &[String], f: impl Fn(&str) -> Result<(), EngineError>) -> CmdResult {
+    let mut status = 0;
+    for n in names {
+        match f(n) {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("vessel: {e}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}

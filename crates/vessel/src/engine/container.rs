@@ -1,0 +1,305 @@
+//! The container backend: an OCI bundle run by `vessel_container::Runtime`, with the
+//! image's shared layers as overlayfs lower dirs and a per-instance upper dir.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use vessel_container::spec::{self, BindMount, IdMap, SpecOptions};
+use vessel_container::{CreateOptions, Runtime};
+
+use super::backend::{Backend, Exec, ExecRequest, Exit, Started, Stdio};
+use super::catalogue::Instance;
+use super::{userdb, EngineError, Result};
+
+/// Runs instances as Linux containers.
+pub struct ContainerBackend {
+    runtime: Runtime,
+}
+
+impl ContainerBackend {
+    /// A backend whose runtime state lives under `state_root`.
+    pub fn new(state_root: impl Into<PathBuf>) -> ContainerBackend {
+        ContainerBackend {
+            runtime: Runtime::new(state_root),
+        }
+    }
+}
+
+fn rt_err(e: vessel_container::Error) -> EngineError {
+    match e.exit_code() {
+        Some(127) => EngineError::CommandNotFound(e.to_string()),
+        Some(126) => EngineError::NotExecutable(e.to_string()),
+        _ => EngineError::Backend(e.to_string()),
+    }
+}
+
+fn write(path: &Path, data: &str) -> Result<()> {
+    std::fs::write(path, data).map_err(|e| EngineError::io("write", path, e))
+}
+
+/// The host's resolv.conf minus loopback nameservers (unreachable from a private netns),
+/// as Docker does; Google's public resolvers if nothing is left.
+fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out: Vec<&str> = host
+        .lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace();
+            !(w.next() == Some("nameserver")
+                && w.next()
+                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+        })
+        .collect();
+    if !out.iter().any(|l| l.starts_with("nameserver")) {
+        out.push("nameserver 8.8.8.8");
+        out.push("nameserver 8.8.4.4");
+    }
+    out.join("\n") + "\n"
+}
+
+impl Backend for ContainerBackend {
+    fn prepare(&self, inst: &Instance, dir: &Path, layers: &[PathBuf]) -> Result<()> {
+        let req = &inst.request;
+        for sub in ["upper", "work", "rootfs"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| EngineError::io("create", &p, e))?;
+        }
+        let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+        let user = userdb::resolve(&req.user, &top_first)?;
+        write(&dir.join("hostname"), &format!("{}\n", req.hostname))?;
+        write(
+            &dir.join("hosts"),
+            &format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n\
+                 ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{}\n",
+                req.hostname
+            ),
+        )?;
+        write(&dir.join("resolv.conf"), &resolv_conf())?;
+
+        let mut binds: Vec<BindMount> = ["hostname", "hosts", "resolv.conf"]
+            .iter()
+            .map(|f| BindMount {
+                source: dir.join(f),
+                destination: Path::new("/etc").join(f),
+                readonly: req.read_only,
+            })
+            .collect();
+        binds.extend(req.volumes.iter().map(|v| BindMount {
+            source: v.source.clone().into(),
+            destination: v.target.clone().into(),
+            readonly: v.read_only,
+        }));
+
+        let mut env = req.env.clone();
+        if let Some(h) = userdb::home_env(&env, &user) {
+            env.push(h);
+        }
+        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            env.push(format!("HOSTNAME={}", req.hostname));
+        }
+        let overlay = serde_json::json!({
+            "lower": top_first,
+            "upper": dir.join("upper"),
+            "work": dir.join("work"),
+        });
+        let mut annotations = HashMap::new();
+        annotations.insert(spec::OVERLAY_ANNOTATION.to_string(), overlay.to_string());
+        let user_namespace = req.userns.then(|| {
+            let map = vec![IdMap {
+                container_id: 0,
+                host_id: 100_000,
+                size: 65_536,
+            }];
+            (map.clone(), map)
+        });
+        let mut args = req.args.clone();
+        if req.init {
+            args.insert(0, super::init::INIT_PATH.to_string());
+            args.insert(1, "--".to_string());
+            binds.push(BindMount {
+                source: super::init::binary()?,
+                destination: super::init::INIT_PATH.into(),
+                readonly: true,
+            });
+        }
+        let opts = SpecOptions {
+            rootfs: dir.join("rootfs"),
+            args,
+            env,
+            cwd: req.workdir.clone(),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+            hostname: Some(req.hostname.clone()),
+            terminal: req.tty,
+            readonly_rootfs: req.read_only,
+            binds,
+            memory_limit: req.memory.map(|m| m as i64),
+            cpus: req.cpus,
+            pids_limit: req.pids_limit,
+            network_namespace: !req.host_network,
+            user_namespace,
+            cgroups_path: Some(format!("vessel/{}", inst.id)),
+            annotations,
+        };
+        let spec = spec::docker_default(&opts);
+        let json =
+            serde_json::to_vec_pretty(&spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let p = dir.join("config.json");
+        std::fs::write(&p, json).map_err(|e| EngineError::io("write", &p, e))
+    }
+
+    fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started> {
+        let stdio = match stdio {
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => vessel_container::Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            },
+            Stdio::Pty => vessel_container::Stdio::Pty,
+        };
+        // A leftover from a crashed earlier start of the same instance would block create.
+        let _ = self.runtime.delete(&inst.id, true);
+        let mut state = self
+            .runtime
+            .create(
+                &inst.id,
+                dir,
+                CreateOptions {
+                    stdio,
+                    pid_file: None,
+                    console_socket: None,
+                },
+            )
+            .map_err(rt_err)?;
+        let pid = state
+            .pid
+            .ok_or_else(|| EngineError::Backend("the runtime reported no init pid".into()))?;
+        if let Err(e) = self.runtime.start(&inst.id) {
+            let _ = self.runtime.delete(&inst.id, true);
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(rt_err(e));
+        }
+        Ok(Started {
+            pid,
+            pty_master: state.pty_master.take(),
+        })
+    }
+
+    fn wait(&self, inst: &Instance, started: &Started) -> Result<Exit> {
+        let code = loop {
+            match waitpid(Pid::from_raw(started.pid), None) {
+                Ok(WaitStatus::Exited(_, c)) => break c,
+                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(EngineError::Backend(format!(
+                        "wait for container init {}: {e}",
+                        started.pid
+                    )))
+                }
+            }
+        };
+        let oom_killed = self
+            .runtime
+            .stats(&inst.id)
+            .map(|s| s.oom_killed)
+            .unwrap_or(false);
+        Ok(Exit { code, oom_killed })
+    }
+
+    fn kill(&self, inst: &Instance, signal: i32) -> Result<()> {
+        self.runtime.kill(&inst.id, signal, false).map_err(rt_err)
+    }
+
+    fn alive(&self, inst: &Instance) -> bool {
+        matches!(
+            self.runtime.state(&inst.id).map(|s| s.status),
+            Ok(vessel_container::Status::Running | vessel_container::Status::Created)
+        )
+    }
+
+    fn exec(&self, inst: &Instance, dir: &Path, req: &ExecRequest, stdio: Stdio) -> Result<Exec> {
+        let spec_path = dir.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path)
+            .map_err(|e| EngineError::Backend(format!("read {}: {e}", spec_path.display())))?;
+        let mut process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| EngineError::Backend("the bundle has no process".into()))?;
+        let top_first: Vec<PathBuf> = vec![dir.join("upper")];
+        process.set_args(Some(req.args.clone()));
+        process.set_terminal(Some(req.tty));
+        if let Some(w) = &req.workdir {
+            process.set_cwd(w.into());
+        }
+        if let Some(u) = &req.user {
+            // Resolve against the container's live /etc via its root, through the upper dir
+            // first and then the image layers named in the overlay annotation.
+            let mut layers = top_first;
+            if let Some(v) = spec
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(spec::OVERLAY_ANNOTATION))
+            {
+                if let Ok(o) = serde_json::from_str::<serde_json::Value>(v) {
+                    layers.extend(
+                        o["lower"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|p| p.as_str())
+                            .map(PathBuf::from),
+                    );
+                }
+            }
+            let user = userdb::resolve(u, &layers)?;
+            let mut pu = process.user().clone();
+            pu.set_uid(user.uid);
+            pu.set_gid(user.gid);
+            pu.set_additional_gids(Some(user.additional_gids));
+            process.set_user(pu);
+        }
+        if !req.env.is_empty() {
+            let mut env = process.env().clone().unwrap_or_default();
+            for kv in &req.env {
+                let key = kv.split('=').next().unwrap_or_default();
+                env.retain(|e| e.split('=').next() != Some(key));
+                env.push(kv.clone());
+            }
+            process.set_env(Some(env));
+        }
+        let stdio = match stdio {
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => vessel_container::Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            },
+            Stdio::Pty => vessel_container::Stdio::Pty,
+        };
+        let p = self
+            .runtime
+            .exec_process(&inst.id, &process, stdio)
+            .map_err(rt_err)?;
+        Ok(Exec {
+            pid: p.pid.as_raw(),
+            pty_master: p.pty_master,
+        })
+    }
+
+    fn cleanup(&self, inst: &Instance, _dir: &Path) -> Result<()> {
+        self.runtime.delete(&inst.id, true).map_err(rt_err)
+    }
+}

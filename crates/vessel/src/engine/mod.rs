@@ -1,0 +1,380 @@
+//! The engine: names, ids, the instance catalogue, lifecycle rules, logs. It picks the
+//! backend from the request's isolation and never asks which one ran an instance except
+//! to dispatch to it.
+
+pub mod backend;
+pub mod catalogue;
+pub mod container;
+pub mod init;
+pub mod logs;
+pub mod monitor;
+pub mod names;
+pub mod request;
+pub mod userdb;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vessel_image::{ImageRecord, Store};
+
+use self::backend::Backend;
+use self::catalogue::{Catalogue, Instance, Status};
+use self::container::ContainerBackend;
+use self::request::{Isolation, RunRequest};
+
+/// Engine errors. Each maps to Docker's exit status through [`EngineError::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A bad flag value; names the flag.
+    #[error("{0}")]
+    InvalidFlag(String),
+    /// From the image store (image not found, ...).
+    #[error(transparent)]
+    Image(#[from] vessel_image::Error),
+    /// `--name` already taken.
+    #[error(
+        "the name {0:?} is already in use by another instance: remove it or choose another name"
+    )]
+    NameInUse(String),
+    /// No instance by that name or id.
+    #[error("no such instance: {0}")]
+    NoSuchInstance(String),
+    /// An id prefix matching several instances.
+    #[error("id prefix {0} matches several instances: give more digits")]
+    Ambiguous(String),
+    /// The command does not exist in the image.
+    #[error("{0}")]
+    CommandNotFound(String),
+    /// The command exists but cannot be executed.
+    #[error("{0}")]
+    NotExecutable(String),
+    /// An operation the instance's state forbids (`rm` of a running one...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend failed.
+    #[error("{0}")]
+    Backend(String),
+    /// The catalogue database failed.
+    #[error("instance database {0}: {1}")]
+    Db(PathBuf, #[source] rusqlite::Error),
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something that should not happen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Wraps an I/O error with its operation and path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> EngineError {
+        EngineError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Docker's exit status for a failure to run: 127 not found, 126 not executable,
+    /// 125 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            EngineError::CommandNotFound(_) => 127,
+            EngineError::NotExecutable(_) => 126,
+            _ => 125,
+        }
+    }
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Default directory for state that dies with the host (runtime state, sockets).
+pub const RUN_DIR: &str = "/run/vessel";
+
+/// The engine over one data root.
+pub struct Engine {
+    root: PathBuf,
+    store: Store,
+    catalogue: Catalogue,
+    container: ContainerBackend,
+}
+
+/// What `create` needs beyond the request.
+pub struct CreateSpec {
+    /// The image as the user named it.
+    pub image: String,
+    /// `--name`.
+    pub name: Option<String>,
+}
+
+impl Engine {
+    /// Opens the engine on data root `root`.
+    pub fn open(root: &Path) -> Result<Engine> {
+        let store = Store::open(root)?;
+        let catalogue = Catalogue::open(root)?;
+        let run = std::env::var_os("VESSEL_RUN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(RUN_DIR));
+        let container = ContainerBackend::new(run.join("runtime"));
+        Ok(Engine {
+            root: root.to_path_buf(),
+            store,
+            catalogue,
+            container,
+        })
+    }
+
+    /// The image store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The data root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The backend for an isolation.
+    pub fn backend(&self, isolation: Isolation) -> Result<&dyn Backend> {
+        match isolation {
+            Isolation::Container => Ok(&self.container),
+            Isolation::Vm => Err(EngineError::InvalidFlag(
+                "--isolation vm: the microVM backend is not part of this build yet; use --isolation container".into(),
+            )),
+        }
+    }
+
+    /// An instance's directory.
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
+        self.root.join("instances").join(id)
+    }
+
+    /// The log file of an instance.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("log.json")
+    }
+
+    /// Resolves the image and records a new instance, with its directory prepared.
+    /// `finish` completes the request from the image's config (Cmd, Env, ...).
+    pub fn create(
+        &self,
+        spec: CreateSpec,
+        finish: impl FnOnce(
+            &ImageRecord,
+            &oci_spec::image::ImageConfiguration,
+            &str,
+        ) -> Result<RunRequest>,
+    ) -> Result<Instance> {
+        let image = self.store.resolve(&spec.image)?;
+        let config = self.store.config(&image)?;
+        let id = names::new_id();
+        let request = finish(&image, &config, &id)?;
+        let backend = self.backend(request.isolation)?;
+        let layers = self.store.layer_dirs(&image)?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let mut inst = Instance {
+            id: id.clone(),
+            name: String::new(),
+            image: spec.image.clone(),
+            image_id: image.id.to_string(),
+            status: Status::Created,
+            pid: None,
+            monitor: None,
+            exit_code: None,
+            oom_killed: false,
+            created: now,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            request,
+        };
+        match spec.name {
+            Some(n) => {
+                names::validate(&n)?;
+                inst.name = n;
+                self.catalogue.insert(&inst)?;
+            }
+            None => {
+                // Generated names can collide; try a few before giving up.
+                let mut tries = 0;
+                loop {
+                    inst.name = names::generate();
+                    match self.catalogue.insert(&inst) {
+                        Err(EngineError::NameInUse(_)) if tries < 20 => tries += 1,
+                        r => break r?,
+                    }
+                }
+            }
+        }
+        let dir = self.instance_dir(&id);
+        let prepared = std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::io("create", &dir, e))
+            .and_then(|()| self.store.hold(&image.id, &id).map_err(EngineError::from))
+            .and_then(|()| backend.prepare(&inst, &dir, &layers));
+        if let Err(e) = prepared {
+            let _ = self.purge(&inst);
+            return Err(e);
+        }
+        Ok(inst)
+    }
+
+    /// Finds an instance and refreshes its status from the processes that exist.
+    pub fn get(&self, key: &str) -> Result<Instance> {
+        let inst = self.catalogue.find(key)?;
+        Ok(self.refresh(inst))
+    }
+
+    /// Every instance, refreshed.
+    pub fn list(&self) -> Result<Vec<Instance>> {
+        Ok(self
+            .catalogue
+            .list()?
+            .into_iter()
+            .map(|i| self.refresh(i))
+            .collect())
+    }
+
+    /// The catalogue (for the monitor).
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// Makes the recorded status truthful: a "running" instance whose monitor is gone is
+    /// dead (its exit was never recorded), whether or not its process lingers.
+    pub fn refresh(&self, mut inst: Instance) -> Instance {
+        if inst.status != Status::Running {
+            return inst;
+        }
+        let monitor_alive = inst
+            .monitor
+            .is_some_and(|(pid, start)| catalogue::alive(pid, start));
+        if monitor_alive {
+            return inst;
+        }
+        // Re-read: the monitor may have recorded the exit just now.
+        if let Ok(fresh) = self.catalogue.find(&inst.id) {
+            if fresh.status != Status::Running {
+                return fresh;
+            }
+        }
+        let lingering = self
+            .backend(inst.request.isolation)
+            .map(|b| b.alive(&inst))
+            .unwrap_or(false);
+        let why = if lingering {
+            "the monitor process died; the instance's processes still run unwatched (vessel rm -f cleans up)"
+        } else {
+            "the monitor process died before recording the exit status"
+        };
+        let _ = self.catalogue.set_dead(&inst.id, why);
+        inst.status = Status::Dead;
+        inst.error = Some(why.to_string());
+        inst
+    }
+
+    /// Sends a signal to a running instance.
+    pub fn kill(&self, inst: &Instance, signal: i32) -> Result<()> {
+        if inst.status != Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "instance {} is not running",
+                inst.name
+            )));
+        }
+        self.backend(inst.request.isolation)?.kill(inst, signal)
+    }
+
+    /// Waits until the instance is no longer running (or `timeout` passes); returns it.
+    pub fn wait(&self, key: &str, timeout: Option<Duration>) -> Result<Instance> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let inst = self.get(key)?;
+            if inst.status != Status::Running {
+                return Ok(inst);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(inst);
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// `stop`: the stop signal, then SIGKILL after `timeout` seconds.
+    pub fn stop(&self, key: &str, timeout: Option<u32>) -> Result<Instance> {
+        let inst = self.get(key)?;
+        if inst.status != Status::Running {
+            return Ok(inst);
+        }
+        let secs = timeout.unwrap_or(inst.request.stop_timeout);
+        let backend = self.backend(inst.request.isolation)?;
+        let _ = backend.kill(&inst, inst.request.stop_signal);
+        let after = self.wait(&inst.id, Some(Duration::from_secs(secs as u64)))?;
+        if after.status != Status::Running {
+            return Ok(after);
+        }
+        let _ = backend.kill(&inst, libc::SIGKILL);
+        self.wait(&inst.id, Some(Duration::from_secs(30)))
+    }
+
+    /// `rm`: refuses a running instance unless `force`, which kills it first. Removes
+    /// every trace: processes, cgroups, the directory, the catalogue row, the image hold.
+    pub fn remove(&self, key: &str, force: bool) -> Result<()> {
+        let inst = self.get(key)?;
+        match inst.status {
+            Status::Running if !force => {
+                return Err(EngineError::Conflict(format!(
+                    "cannot remove running instance {}: stop it first, or use rm -f",
+                    inst.name
+                )))
+            }
+            Status::Running => {
+                let _ = self
+                    .backend(inst.request.isolation)?
+                    .kill(&inst, libc::SIGKILL);
+                // Give the monitor a moment to record the exit and clean up itself.
+                self.wait(&inst.id, Some(Duration::from_secs(10)))?;
+                if let Some((pid, start)) = inst.monitor {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while catalogue::alive(pid, start) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let inst = self.catalogue.find(&inst.id).unwrap_or(inst);
+        // A monitor that outlived everything (hung) must not keep writing the catalogue.
+        if let Some((pid, start)) = inst.monitor {
+            if catalogue::alive(pid, start) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        self.purge(&inst)
+    }
+
+    /// Removes an instance's traces without asking (the monitor's `--rm`, failed creates).
+    pub fn purge(&self, inst: &Instance) -> Result<()> {
+        let dir = self.instance_dir(&inst.id);
+        if let Ok(b) = self.backend(inst.request.isolation) {
+            b.cleanup(inst, &dir)?;
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
+        }
+        self.store.release(&inst.id)?;
+        self.catalogue.delete(&inst.id)
+    }
+}

@@ -1,0 +1,548 @@
+//! The per-instance monitor (like conmon): the parent of the instance's main process.
+//!
+//! It is `vessel` itself, re-executed with a hidden subcommand by `run`/`start`, so that
+//! `vessel` needs no daemon: the monitor outlives the command that started it, copies the
+//! instance's output into its log (and to the attached terminal, if any), forwards
+//! signals, waits for the exit, records it in the catalogue, cleans up, and exits with
+//! the instance's exit status. It reports to its parent over a pipe (fd 3) in JSON lines.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Exit, Started, Stdio};
+use super::catalogue::{self, Instance};
+use super::logs::{self, Stream};
+use super::{Engine, EngineError};
+
+/// The fd on which the monitor reports to its parent.
+pub const SYNC_FD: RawFd = 3;
+
+/// What the monitor tells its parent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Report {
+    /// The instance runs; `pid` is its main process.
+    Started {
+        /// Host pid.
+        pid: i32,
+    },
+    /// It could not start; `code` is Docker's exit status for that.
+    Error {
+        /// 125, 126 or 127.
+        code: u8,
+        /// One line.
+        message: String,
+    },
+    /// It ran and ended with `code`.
+    Exited {
+        /// Exit status (128 + signal if killed).
+        code: i32,
+    },
+}
+
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
+}
+
+/// Signals the monitor passes on to the instance (handlers, not SIG_IGN, so that the
+/// instance's process, after exec, gets default dispositions back).
+const FORWARD: &[libc::c_int] = &[
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn install_handlers() -> std::io::Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+    SIGNAL_PIPE.store(w.as_raw_fd(), Ordering::Relaxed);
+    std::mem::forget(w); // lives as long as the process
+    for &s in FORWARD.iter().chain(&[libc::SIGWINCH, libc::SIGPIPE]) {
+        // SAFETY: a plain sigaction with a handler that only calls write(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+    }
+    Ok(r)
+}
+
+struct Sync(Option<std::fs::File>);
+
+impl Sync {
+    fn send(&mut self, r: &Report) {
+        if let Some(f) = &mut self.0 {
+            let mut line = serde_json::to_vec(r).unwrap_or_default();
+            line.push(b'\n');
+            if f.write_all(&line).is_err() {
+                self.0 = None; // parent gone: carry on alone
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// Runs the monitor for instance `id`; returns the process exit status.
+pub fn run(engine: &Engine, id: &str, attached: bool) -> u8 {
+    // SAFETY: fd 3 is handed to us by our parent for exactly this purpose (or is absent).
+    let sync_file = if nix::fcntl::fcntl(
+        unsafe { BorrowedFd::borrow_raw(SYNC_FD) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .is_ok()
+    {
+        let _ = nix::fcntl::fcntl(
+            // SAFETY: as above.
+            unsafe { BorrowedFd::borrow_raw(SYNC_FD) },
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        // SAFETY: we own fd 3 from here on.
+        Some(unsafe { std::fs::File::from_raw_fd(SYNC_FD) })
+    } else {
+        None
+    };
+    let mut sync = Sync(sync_file);
+    let inst = match engine.catalogue().find(id) {
+        Ok(i) => i,
+        Err(e) => {
+            sync.send(&Report::Error {
+                code: 125,
+                message: e.to_string(),
+            });
+            return 125;
+        }
+    };
+    let me = std::process::id() as i32;
+    if let Some(start) = catalogue::process_start_time(me) {
+        let _ = engine.catalogue().set_monitor(&inst.id, me, start);
+    }
+    match supervise(engine, &inst, attached, &mut sync) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = engine.catalogue().set_exited(
+                &inst.id,
+                code as i32,
+                false,
+                &now(),
+                Some(&e.to_string()),
+            );
+            let _ = engine
+                .backend(inst.request.isolation)
+                .map(|b| b.cleanup(&inst, &engine.instance_dir(&inst.id)));
+            sync.send(&Report::Error {
+                code,
+                message: e.to_string(),
+            });
+            if inst.request.auto_remove {
+                let _ = engine.purge(&inst);
+            }
+            code
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| EngineError::Internal(format!("pipe: {e}")))
+}
+
+fn supervise(
+    engine: &Engine,
+    inst: &Instance,
+    attached: bool,
+    sync: &mut Sync,
+) -> Result<u8, EngineError> {
+    let dir = engine.instance_dir(&inst.id);
+    let backend = engine.backend(inst.request.isolation)?;
+    let sig_r =
+        install_handlers().map_err(|e| EngineError::Internal(format!("signal pipe: {e}")))?;
+    let mut log = logs::Writer::open(&engine.log_path(&inst.id))
+        .map_err(|e| EngineError::io("open", engine.log_path(&inst.id), e))?;
+    let tty = inst.request.tty;
+    let forward_stdin = attached && inst.request.interactive;
+
+    // The instance's stdio: a pty, or pipes whose far ends we keep.
+    let (stdio, ours) = if tty {
+        (Stdio::Pty, None)
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (in_r, in_w) = if inst.request.interactive {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let null = std::fs::File::open("/dev/null")
+                .map_err(|e| EngineError::io("open", "/dev/null", e))?;
+            (OwnedFd::from(null), None)
+        };
+        (
+            Stdio::Fds {
+                stdin: in_r,
+                stdout: out_w,
+                stderr: err_w,
+            },
+            Some((out_r, err_r, in_w)),
+        )
+    };
+    let started = backend.start(inst, &dir, stdio)?;
+    engine
+        .catalogue()
+        .set_running(&inst.id, started.pid, &now())?;
+    sync.send(&Report::Started { pid: started.pid });
+
+    let exit = std::thread::scope(|s| -> Result<Exit, EngineError> {
+        let (done_r, done_w) = pipe()?;
+        let waiter = s.spawn(|| {
+            let r = backend.wait(inst, &started);
+            let _ = nix::unistd::write(&done_w, b"x");
+            drop(done_w);
+            r
+        });
+        let mut io = Io::new(&started, ours, forward_stdin, attached, tty);
+        io.pump(&mut log, &sig_r, &done_r, |sig| {
+            let _ = backend.kill(inst, sig);
+        });
+        let exit = waiter
+            .join()
+            .map_err(|_| EngineError::Internal("the wait thread panicked".into()))??;
+        io.drain(&mut log, Duration::from_secs(2));
+        Ok(exit)
+    })?;
+    let _ = log.flush();
+    engine
+        .catalogue()
+        .set_exited(&inst.id, exit.code, exit.oom_killed, &now(), None)?;
+    backend.cleanup(inst, &dir)?;
+    sync.send(&Report::Exited { code: exit.code });
+    if inst.request.auto_remove {
+        engine.purge(inst)?;
+    }
+    Ok(exit.code.clamp(0, 255) as u8)
+}
+
+/// The monitor's copying between the instance's streams, the log and the attached
+/// terminal.
+struct Io<'a> {
+    started: &'a Started,
+    /// (stdout read end, stderr read end, stdin write end).
+    pipes: Option<(OwnedFd, OwnedFd, Option<OwnedFd>)>,
+    forward_stdin: bool,
+    attached: bool,
+    tty: bool,
+    out_open: bool,
+    err_open: bool,
+}
+
+impl<'a> Io<'a> {
+    fn new(
+        started: &'a Started,
+        pipes: Option<(OwnedFd, OwnedFd, Option<OwnedFd>)>,
+        forward_stdin: bool,
+        attached: bool,
+        tty: bool,
+    ) -> Self {
+        if tty && attached {
+            resize(started);
+        }
+        Io {
+            started,
+            pipes,
+            forward_stdin,
+            attached,
+            tty,
+            out_open: true,
+            err_open: true,
+        }
+    }
+
+    fn sources(&self) -> Vec<(RawFd, Stream)> {
+        let mut v = Vec::new();
+        match (&self.pipes, &self.started.pty_master) {
+            (Some((o, e, _)), _) => {
+                if self.out_open {
+                    v.push((o.as_raw_fd(), Stream::Stdout));
+                }
+                if self.err_open {
+                    v.push((e.as_raw_fd(), Stream::Stderr));
+                }
+            }
+            (None, Some(m)) if self.out_open => v.push((m.as_raw_fd(), Stream::Stdout)),
+            _ => {}
+        }
+        v
+    }
+
+    fn stdin_target(&self) -> Option<RawFd> {
+        if !self.forward_stdin {
+            return None;
+        }
+        match (&self.pipes, &self.started.pty_master) {
+            (Some((_, _, Some(w))), _) => Some(w.as_raw_fd()),
+            (None, Some(m)) => Some(m.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Copies one chunk from `fd`; false at EOF or error.
+    fn copy_out(&mut self, fd: RawFd, stream: Stream, log: &mut logs::Writer) -> bool {
+        let mut buf = [0u8; 32 * 1024];
+        // SAFETY: fd is one of our own open descriptors for the duration of the call.
+        let n = match nix::unistd::read(unsafe { BorrowedFd::borrow_raw(fd) }, &mut buf) {
+            Ok(0) | Err(_) => return false, // EIO on a pty master means the slave closed
+            Ok(n) => n,
+        };
+        let _ = log.write(stream, &buf[..n]);
+        if self.attached {
+            let r = match stream {
+                Stream::Stdout => std::io::stdout()
+                    .lock()
+                    .write_all(&buf[..n])
+                    .and_then(|()| std::io::stdout().flush()),
+                Stream::Stderr => std::io::stderr().lock().write_all(&buf[..n]),
+            };
+            if r.is_err() {
+                self.attached = false; // our terminal went away; keep logging
+            }
+        }
+        true
+    }
+
+    fn close(&mut self, stream: Stream) {
+        match stream {
+            Stream::Stdout => self.out_open = false,
+            Stream::Stderr => self.err_open = false,
+        }
+    }
+
+    /// Runs until the instance's process exits (a byte on `done`).
+    fn pump(
+        &mut self,
+        log: &mut logs::Writer,
+        sig: &OwnedFd,
+        done: &OwnedFd,
+        forward: impl Fn(i32),
+    ) {
+        loop {
+            let sources = self.sources();
+            let stdin = self.stdin_target();
+            let mut fds: Vec<PollFd> = Vec::new();
+            // SAFETY: every raw fd below is owned by self/started/args and outlives `fds`.
+            let b = |fd: RawFd| unsafe { BorrowedFd::borrow_raw(fd) };
+            fds.push(PollFd::new(done.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(sig.as_fd(), PollFlags::POLLIN));
+            for (fd, _) in &sources {
+                fds.push(PollFd::new(b(*fd), PollFlags::POLLIN));
+            }
+            if stdin.is_some() {
+                fds.push(PollFd::new(b(0), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            let done_ready = ready(0);
+            let sig_ready = ready(1);
+            let src_ready: Vec<bool> = (0..sources.len()).map(|i| ready(2 + i)).collect();
+            let stdin_ready = stdin.is_some() && ready(2 + sources.len());
+            drop(fds);
+            if sig_ready {
+                let mut buf = [0u8; 64];
+                // SAFETY: sig is our own nonblocking pipe.
+                if let Ok(n) =
+                    nix::unistd::read(unsafe { BorrowedFd::borrow_raw(sig.as_raw_fd()) }, &mut buf)
+                {
+                    for &s in &buf[..n] {
+                        let s = s as i32;
+                        if s == libc::SIGWINCH {
+                            if self.tty && self.attached {
+                                resize(self.started);
+                            }
+                        } else if s != libc::SIGPIPE {
+                            forward(s);
+                        }
+                    }
+                }
+            }
+            for (i, (fd, stream)) in sources.iter().enumerate() {
+                if src_ready[i] && !self.copy_out(*fd, *stream, log) {
+                    self.close(*stream);
+                }
+            }
+            if stdin_ready {
+                self.copy_in(stdin.unwrap_or(-1));
+            }
+            if done_ready {
+                return;
+            }
+        }
+    }
+
+    fn copy_in(&mut self, target: RawFd) {
+        let mut buf = [0u8; 32 * 1024];
+        match std::io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => {
+                self.forward_stdin = false;
+                // EOF: close the instance's stdin (for a pty, send EOF as ^D).
+                if let Some((_, _, w)) = &mut self.pipes {
+                    *w = None;
+                } else if let Some(m) = &self.started.pty_master {
+                    let _ = nix::unistd::write(m, &[4u8]);
+                }
+            }
+            Ok(n) => {
+                // SAFETY: target is our own pipe or pty master.
+                if nix::unistd::write(unsafe { BorrowedFd::borrow_raw(target) }, &buf[..n]).is_err()
+                {
+                    self.forward_stdin = false;
+                }
+            }
+        }
+    }
+
+    /// After the exit: read what is still buffered, for at most `limit`.
+    fn drain(&mut self, log: &mut logs::Writer, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let sources = self.sources();
+            if sources.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            // SAFETY: fds owned by self for the duration of the poll.
+            let mut fds: Vec<PollFd> = sources
+                .iter()
+                .map(|(fd, _)| {
+                    PollFd::new(unsafe { BorrowedFd::borrow_raw(*fd) }, PollFlags::POLLIN)
+                })
+                .collect();
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(60_000) as u16;
+            match poll(&mut fds, PollTimeout::from(left)) {
+                Ok(0) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            for (i, (fd, stream)) in sources.iter().enumerate() {
+                if ready[i] && !self.copy_out(*fd, *stream, log) {
+                    self.close(*stream);
+                }
+            }
+        }
+    }
+}
+
+/// Gives the instance's terminal the size of ours.
+fn resize(started: &Started) {
+    let Some(m) = &started.pty_master else { return };
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize pointer on fds we hold.
+    unsafe {
+        if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// A monitor started by `run`/`start`, and the pipe it reports on.
+pub struct Spawned {
+    /// The monitor process (our child).
+    pub child: std::process::Child,
+    /// Its reports.
+    pub reports: std::io::BufReader<std::fs::File>,
+}
+
+impl Spawned {
+    /// The next report, or `None` if the monitor closed the pipe (it exited).
+    pub fn next(&mut self) -> Option<Report> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reports.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => serde_json::from_str(&line).ok(),
+        }
+    }
+}
+
+/// Starts the monitor of instance `id`. With `attached`, it shares our stdout and stderr
+/// (and stdin if `stdin`); it stays in our session (to get SIGWINCH) only when it drives
+/// an attached terminal, and otherwise gets a session of its own so that it survives us.
+pub fn spawn(
+    root: &std::path::Path,
+    id: &str,
+    attached: bool,
+    stdin: bool,
+    tty: bool,
+) -> Result<Spawned, EngineError> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio as P};
+    let exe = std::env::current_exe()
+        .map_err(|e| EngineError::Internal(format!("locate the vessel binary: {e}")))?;
+    let (r, w) = pipe()?;
+    let w_raw = w.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(root).arg("__monitor").arg(id);
+    if attached {
+        cmd.arg("--attached");
+    }
+    cmd.stdin(if attached && stdin {
+        P::inherit()
+    } else {
+        P::null()
+    });
+    cmd.stdout(if attached { P::inherit() } else { P::null() });
+    cmd.stderr(if attached { P::inherit() } else { P::null() });
+    let own_session = !(attached && tty);
+    // SAFETY: only async-signal-safe calls (dup2, sigprocmask, setsid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(w_raw, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            if own_session {
+                libc::setsid();
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
+    drop(w);
+    Ok(Spawned {
+        child,
+        reports: std::io::BufReader::new(std::fs::File::from(r)),
+    })
+}

@@ -1,0 +1,203 @@
+//! The validated run request: the image's config merged with the user's flags, parsed
+//! once at the boundary. Both backends take the same request.
+
+use serde::{Deserialize, Serialize};
+
+use super::{EngineError, Result};
+
+/// Which kind of isolation runs the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces and cgroups on the host kernel.
+    Container,
+    /// A KVM microVM with its own kernel.
+    Vm,
+}
+
+impl Isolation {
+    /// The word the CLI and `ps` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Container => "container",
+            Isolation::Vm => "vm",
+        }
+    }
+}
+
+/// A host path mounted into the instance (`-v /host:/ctr[:ro]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Absolute host path.
+    pub source: String,
+    /// Absolute path inside.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// Parses `-v SRC:DST[:ro|rw]`.
+    pub fn parse(s: &str) -> Result<Volume> {
+        let bad = |why: &str| {
+            EngineError::InvalidFlag(format!("invalid volume specification {s:?}: {why}"))
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, "rw"),
+            [src, dst, mode] => (*src, *dst, *mode),
+            _ => return Err(bad("expected /host/path:/container/path[:ro]")),
+        };
+        if !source.starts_with('/') {
+            return Err(bad(
+                "the host path must be absolute (named volumes are not supported)",
+            ));
+        }
+        if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+            return Err(bad("the container path must be absolute, without '..'"));
+        }
+        let read_only = match mode {
+            "ro" => true,
+            "rw" => false,
+            _ => return Err(bad("mode must be ro or rw")),
+        };
+        if !std::path::Path::new(source).exists() {
+            return Err(bad("the host path does not exist"));
+        }
+        Ok(Volume {
+            source: source.to_string(),
+            target: target.to_string(),
+            read_only,
+        })
+    }
+}
+
+/// Everything needed to run an instance, resolved from flags and the image config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Container or VM.
+    pub isolation: Isolation,
+    /// The full argv (entrypoint + command), never empty.
+    pub args: Vec<String>,
+    /// Environment, `K=V`.
+    pub env: Vec<String>,
+    /// Working directory inside.
+    pub workdir: String,
+    /// `user[:group]` as given (resolved against the image's /etc/passwd at start).
+    pub user: String,
+    /// Hostname (defaults to the id's first 12 digits).
+    pub hostname: String,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Keep stdin open.
+    pub interactive: bool,
+    /// Remove when it exits.
+    pub auto_remove: bool,
+    /// Read-only root filesystem.
+    pub read_only: bool,
+    /// Bind mounts.
+    pub volumes: Vec<Volume>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs.
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    pub pids_limit: Option<i64>,
+    /// Run a reaping init as PID 1.
+    pub init: bool,
+    /// Private user namespace (root inside maps to an unprivileged range).
+    pub userns: bool,
+    /// Share the host's network namespace (`--network host`).
+    pub host_network: bool,
+    /// Signal `stop` sends first.
+    pub stop_signal: i32,
+    /// Seconds `stop` waits before SIGKILL.
+    pub stop_timeout: u32,
+}
+
+/// Parses Docker-style sizes: `64m`, `1g`, `512k`, `1048576`, `1.5g` (binary units).
+pub fn parse_size(flag: &str, s: &str) -> Result<u64> {
+    let bad = || {
+        EngineError::InvalidFlag(format!(
+            "invalid value {s:?} for {flag}: expected a size like 64m, 1g, 512k or bytes"
+        ))
+    };
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some(c) if c.is_ascii_digit() => (t, 1),
+        _ => return Err(bad()),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(bad());
+    }
+    let bytes = v * mult as f64;
+    if bytes > u64::MAX as f64 / 2.0 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a signal by name (`TERM`, `SIGTERM`, `sigterm`) or number.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| EngineError::InvalidFlag(format!("invalid signal {s:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("--memory", "64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("--memory", "1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("--memory", "512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("--memory", "1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("--memory", "4096").unwrap(), 4096);
+        assert_eq!(parse_size("--memory", "64mb").unwrap(), 64 << 20);
+        for bad in ["12zz", "", "m", "-1m", "0", "nan", "infg"] {
+            let e = parse_size("--memory", bad).unwrap_err().to_string();
+            assert!(e.contains("--memory"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("HUP").unwrap(), 1);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), 9);
+        assert_eq!(parse_signal("15").unwrap(), 15);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn volumes() {
+        let v = Volume::parse("/tmp:/data:ro").unwrap();
+        assert_eq!(
+            (v.source.as_str(), v.target.as_str(), v.read_only),
+            ("/tmp", "/data", true)
+        );
+        assert!(Volume::parse("rel:/data").is_err());
+        assert!(Volume::parse("/tmp:/../x").is_err());
+        assert!(Volume::parse("/tmp:/x:zz").is_err());
+        assert!(Volume::parse("/does/not/exist:/x").is_err());
+    }
+}
