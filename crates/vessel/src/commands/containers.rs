@@ -643,7 +643,22 @@ fn proxy_pty(master: &OwnedFd, stdin: bool) {
 
 /// `vessel stop`.
 pub fn stop(engine: &Engine, time: Option<u32>, names: &[String]) -> CmdResult {
-    each(names, |n| engine.stop(n, time).map(|_| ()))
+    // In parallel, as Docker does: N stubborn instances take one timeout, not N.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = names.iter().map(|n| s.spawn(move || engine.stop(n, time).map(|_| ()))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Internal("stop panicked".into())))).collect()
+    });
+    let mut status = 0;
+    for (n, r) in names.iter().zip(results) {
+        match r {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("vessel: {e}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
 }
 
 /// `vessel kill`.

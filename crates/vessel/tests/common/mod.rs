@@ -1,0 +1,139 @@
+//! Shared helpers for the end-to-end tests: run the real `vessel` binary against a
+//! private data root that holds the default busybox image.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// A data root with `busybox:latest` imported, shared by the tests of one binary.
+pub fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these end-to-end tests create namespaces, cgroups and mounts: run them as root"
+        );
+        let dir = std::env::temp_dir().join(format!("vessel-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rootfs = dir.join("busybox-rootfs");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs");
+        let st = Command::new(&script).arg(&rootfs).status().expect("run scripts/busybox-rootfs");
+        assert!(st.success(), "scripts/busybox-rootfs failed: is busybox-static installed? (apt-get install busybox-static)");
+        let out = Command::new(vessel_bin())
+            .args(["--root"])
+            .arg(dir.join("data"))
+            .args(["import", "-c", r#"CMD ["sh"]"#, "-c", "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            .arg(&rootfs)
+            .arg("busybox:latest")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "import busybox: {}", String::from_utf8_lossy(&out.stderr));
+        dir.join("data")
+    })
+}
+
+/// The binary under test.
+pub fn vessel_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vessel")
+}
+
+/// `vessel --root <shared root> args...`, stdin closed.
+pub fn vessel(args: &[&str]) -> Output {
+    cmd(args).stdin(Stdio::null()).output().expect("run vessel")
+}
+
+/// The same as a `Command`, to customise.
+pub fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(vessel_bin());
+    c.arg("--root").arg(root()).args(args);
+    let init = Path::new(vessel_bin()).with_file_name("vessel-init");
+    c.env("VESSEL_INIT", init);
+    c
+}
+
+/// stdout as a string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The exit code (panics if killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or_else(|| panic!("vessel was killed: {o:?}"))
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(args: &[&str]) -> String {
+    let o = vessel(args);
+    assert!(o.status.success(), "vessel {args:?} failed ({:?}): {}", o.status, stderr(&o));
+    stdout(&o)
+}
+
+/// A unique instance name for a test.
+pub fn name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An instance's full id.
+pub fn id_of(name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", name])).unwrap();
+    v[0]["Id"].as_str().unwrap().to_string()
+}
+
+/// `inspect` of one instance.
+pub fn inspect(name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+/// Asserts that nothing of instance `id` is left on the host: no mount, no cgroup, no
+/// process, no runtime state.
+pub fn assert_no_leftovers(id: &str) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(id), "a mount of {id} is left:\n{mountinfo}");
+    let cgroups = find_dirs(Path::new("/sys/fs/cgroup"), id, 8);
+    assert!(cgroups.is_empty(), "cgroups of {id} are left: {cgroups:?}");
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            // A zombie is already dead; reaping it is its parent's job (after a monitor is
+            // killed, that is the host's PID 1, which may reap lazily).
+            let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+            if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+                continue;
+            }
+            if let Ok(cg) = std::fs::read_to_string(p.path().join("cgroup")) {
+                assert!(!cg.contains(id), "process {:?} of {id} is left", p.file_name());
+            }
+        }
+    }
+    let state = Path::new("/run/vessel/runtime").join(id);
+    assert!(!state.exists(), "runtime state {} is left", state.display());
+    assert!(!root().join("instances").join(id).exists(), "instance directory of {id} is left");
+}
+
+fn find_dirs(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if depth == 0 {
+        return out;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() && !ft.is_symlink() {
+            if e.file_name().to_string_lossy() == name {
+                out.push(e.path());
+            }
+            out.extend(find_dirs(&e.path(), name, depth - 1));
+        }
+    }
+    out
+}
