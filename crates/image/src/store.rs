@@ -133,6 +133,13 @@ impl Store {
             .map_err(db_err)?;
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_err)?;
+        // Every vessel command opens and closes the database: without this, each close
+        // would checkpoint the WAL (two fsyncs) on the hot path of `vessel run`.
+        db.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(db_err)?;
         db.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;

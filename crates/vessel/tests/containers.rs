@@ -18,14 +18,35 @@ fn echo_prints_and_exits_zero() {
 
 #[test]
 fn exit_status_propagates() {
-    assert_eq!(code(&vessel(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])), 3);
+    assert_eq!(
+        code(&vessel(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])),
+        3
+    );
     // Killed by a signal: 128 + N (under --init, since PID 1 cannot be killed from inside).
-    assert_eq!(code(&vessel(&["run", "--rm", "--init", "busybox", "sh", "-c", "kill -9 $$"])), 137);
+    assert_eq!(
+        code(&vessel(&[
+            "run",
+            "--rm",
+            "--init",
+            "busybox",
+            "sh",
+            "-c",
+            "kill -9 $$"
+        ])),
+        137
+    );
 }
 
 #[test]
 fn stdout_and_stderr_stay_separate() {
-    let o = vessel(&["run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2"]);
+    let o = vessel(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
     assert_eq!(stdout(&o), "out\n");
     assert_eq!(stderr(&o), "err\n");
 }
@@ -47,7 +68,10 @@ fn docker_exit_codes_for_failures() {
     assert_eq!(code(&o), 125);
     // Nothing was left behind by the failed runs.
     let ps = ok(&["ps", "-a", "--format", "json"]);
-    assert!(!ps.contains("no-such-command") && !ps.contains("/etc/passwd"), "{ps}");
+    assert!(
+        !ps.contains("no-such-command") && !ps.contains("/etc/passwd"),
+        "{ps}"
+    );
 }
 
 #[test]
@@ -76,7 +100,10 @@ fn env_workdir_user_hostname_readonly_and_binds() {
         "sh", "-c", "cat f; echo $K; pwd; id -u; id -g; hostname; touch /x 2>/dev/null || echo ro-root; touch /data/y 2>/dev/null || echo ro-bind",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(stdout(&o), "from-host\nV\n/data\n1000\n1000\nh1\nro-root\nro-bind\n");
+    assert_eq!(
+        stdout(&o),
+        "from-host\nV\n/data\n1000\n1000\nh1\nro-root\nro-bind\n"
+    );
     assert!(!host.path().join("y").exists());
 }
 
@@ -84,14 +111,36 @@ fn env_workdir_user_hostname_readonly_and_binds() {
 fn rw_bind_mount_writes_through() {
     let host = tempfile::tempdir().unwrap();
     let vol = format!("{}:/out", host.path().display());
-    ok(&["run", "--rm", "-v", &vol, "busybox", "sh", "-c", "echo written > /out/file"]);
-    assert_eq!(std::fs::read_to_string(host.path().join("file")).unwrap(), "written\n");
+    ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &vol,
+        "busybox",
+        "sh",
+        "-c",
+        "echo written > /out/file",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("file")).unwrap(),
+        "written\n"
+    );
 }
 
 #[test]
 fn memory_limit_ooms_and_is_reported() {
     let n = name("oom");
-    let o = vessel(&["run", "--name", &n, "--memory", "16m", "busybox", "sh", "-c", "tail /dev/zero"]);
+    let o = vessel(&[
+        "run",
+        "--name",
+        &n,
+        "--memory",
+        "16m",
+        "busybox",
+        "sh",
+        "-c",
+        "tail /dev/zero",
+    ]);
     assert_eq!(code(&o), 137, "{}", stderr(&o));
     let st = &inspect(&n)["State"];
     assert_eq!(st["OOMKilled"], true, "{st}");
@@ -108,12 +157,24 @@ fn pids_limit_is_enforced() {
         "run", "--rm", "--pids-limit", "10", "busybox", "sh", "-c",
         "n=0; for i in $(seq 30); do sleep 5 & n=$((n+1)); done; echo started; kill $(jobs -p) 2>/dev/null; exit 0",
     ]);
-    assert!(stderr(&o).contains("can't fork") || stderr(&o).contains("Resource temporarily unavailable"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("can't fork")
+            || stderr(&o).contains("Resource temporarily unavailable"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn capabilities_are_dockers_default() {
-    let out = ok(&["run", "--rm", "busybox", "sh", "-c", "grep -E '^Cap(Eff|Bnd)|^NoNewPrivs|^Seccomp:' /proc/self/status"]);
+    let out = ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "grep -E '^Cap(Eff|Bnd)|^NoNewPrivs|^Seccomp:' /proc/self/status",
+    ]);
     assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
     assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
@@ -124,22 +185,40 @@ fn capabilities_are_dockers_default() {
 fn seccomp_blocks_namespace_creation() {
     let o = vessel(&["run", "--rm", "busybox", "unshare", "-n", "true"]);
     assert_ne!(code(&o), 0);
-    assert!(stderr(&o).contains("Operation not permitted"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn pid_namespace_makes_the_command_pid_1() {
-    let out = ok(&["run", "--rm", "busybox", "sh", "-c", "echo $$; ps -o pid,comm; true"]);
+    let out = ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $$; ps -o pid,comm; true",
+    ]);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("1"));
-    let pids: Vec<&str> = lines.skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let pids: Vec<&str> = lines
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(pids, vec!["1", "2"], "{out}");
 }
 
 #[test]
 fn private_network_has_only_loopback() {
     let out = ok(&["run", "--rm", "busybox", "ip", "-o", "link"]);
-    let links: Vec<&str> = out.lines().filter_map(|l| l.split(':').nth(1)).map(str::trim).collect();
+    let links: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .collect();
     assert_eq!(links, vec!["lo"], "{out}");
 }
 
@@ -155,8 +234,22 @@ fn masked_and_readonly_proc_paths() {
 #[test]
 fn detached_lifecycle_logs_exec_stop_wait() {
     let n = name("web");
-    let id = ok(&["run", "-d", "--name", &n, "--memory", "64m", "--cpus", "0.5", "--pids-limit", "100", "busybox", "sh", "-c",
-        "echo started; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"])
+    let id = ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "100",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+    ])
     .trim()
     .to_string();
     assert_eq!(id.len(), 64);
@@ -177,7 +270,13 @@ fn detached_lifecycle_logs_exec_stop_wait() {
     let ts = ok(&["logs", "-t", &n]);
     assert!(ts.starts_with("20") && ts.contains("Z started"), "{ts}");
     // exec joins the same namespaces and cgroup.
-    let out = ok(&["exec", &n, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname"]);
+    let out = ok(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname",
+    ]);
     assert!(out.starts_with("sh -c echo started"), "{out}");
     assert_eq!(out.lines().nth(1), Some(&id[..12]));
     assert_eq!(code(&vessel(&["exec", &n, "sh", "-c", "exit 7"])), 7);
@@ -211,7 +310,10 @@ fn stop_kills_after_the_timeout() {
     let t = Instant::now();
     ok(&["stop", "-t", "1", &n]);
     let took = t.elapsed();
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(8), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
     assert_eq!(inspect(&n)["State"]["ExitCode"], 137);
     let id = id_of(&n);
     ok(&["rm", &n]);
@@ -221,30 +323,58 @@ fn stop_kills_after_the_timeout() {
 #[test]
 fn init_reaps_zombies_and_forwards_signals() {
     let init = std::path::Path::new(vessel_bin()).with_file_name("vessel-init");
-    assert!(init.exists(), "{} is missing: build it with ./x setup (static vessel-agent)", init.display());
+    assert!(
+        init.exists(),
+        "{} is missing: build it with ./x setup (static vessel-agent)",
+        init.display()
+    );
     // Without an init, an orphan's zombie stays; with --init it is reaped.
     let out = ok(&[
-        "run", "--rm", "--init", "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
         "sh -c 'sleep 0.2 & exit 0'; sleep 0.6; ps -o stat,comm | grep -c '^Z' || true",
     ]);
     assert_eq!(out.trim(), "0", "zombies left: {out}");
-    let out = ok(&["run", "--rm", "--init", "busybox", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]);
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
     assert!(out.starts_with("/dev/init -- sh"), "{out}");
 }
 
 #[test]
 fn signals_reach_the_attached_container() {
-    let mut child = cmd(&["run", "--rm", "busybox", "sh", "-c", "trap 'echo got-term; exit 9' TERM; echo ready; while true; do sleep 0.1; done"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut buf = [0u8; 6];
     std::io::Read::read_exact(&mut out, &mut buf).unwrap();
     assert_eq!(&buf, b"ready\n");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let st = child.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -254,11 +384,19 @@ fn signals_reach_the_attached_container() {
 
 #[test]
 fn interactive_stdin_and_tty() {
-    let mut child = cmd(&["run", "--rm", "-i", "busybox", "sh", "-c", "read a; echo got:$a"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd(&[
+        "run",
+        "--rm",
+        "-i",
+        "busybox",
+        "sh",
+        "-c",
+        "read a; echo got:$a",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "got:hi\n");
@@ -268,9 +406,16 @@ fn interactive_stdin_and_tty() {
         vessel_bin(),
         root().display()
     );
-    let o = std::process::Command::new("script").args(["-qec", &cmdline, "/dev/null"]).stdin(Stdio::piped()).output().expect("script (bsdutils)");
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("script (bsdutils)");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("/dev/pts/0") && out.contains("is-a-tty"), "{out}");
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("is-a-tty"),
+        "{out}"
+    );
     assert_eq!(o.status.code(), Some(4), "{out}");
 }
 
@@ -279,9 +424,15 @@ fn killed_monitor_leaves_a_truthful_state_and_rm_cleans_up() {
     let n = name("orphan");
     ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"]);
     let id = id_of(&n);
-    let monitor = inspect(&n)["State"]["MonitorPid"].as_i64().expect("monitor pid") as i32;
+    let monitor = inspect(&n)["State"]["MonitorPid"]
+        .as_i64()
+        .expect("monitor pid") as i32;
     let init = inspect(&n)["State"]["Pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let st = inspect(&n)["State"].clone();
     assert_eq!(st["Status"], "dead", "{st}");
@@ -291,7 +442,12 @@ fn killed_monitor_leaves_a_truthful_state_and_rm_cleans_up() {
     assert!(std::path::Path::new(&format!("/proc/{init}")).exists());
     ok(&["rm", "-f", &n]);
     std::thread::sleep(Duration::from_millis(100));
-    assert!(!std::path::Path::new(&format!("/proc/{init}/cmdline")).exists() || std::fs::read(format!("/proc/{init}/cmdline")).unwrap().is_empty());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{init}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{init}/cmdline"))
+                .unwrap()
+                .is_empty()
+    );
     assert_no_leftovers(&id);
 }
 
@@ -307,9 +463,14 @@ fn interrupted_start_is_shown_as_created_and_removable() {
     assert_no_leftovers(&id);
     // And a `vessel run` killed while attached: the monitor carries on; rm -f cleans up.
     let n = name("attached");
-    let mut child = cmd(&["run", "--name", &n, "busybox", "sleep", "1000"]).stdin(Stdio::null()).spawn().unwrap();
+    let mut child = cmd(&["run", "--name", &n, "busybox", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while vessel(&["inspect", &n]).status.code() != Some(0) || inspect(&n)["State"]["Status"] != "running" {
+    while vessel(&["inspect", &n]).status.code() != Some(0)
+        || inspect(&n)["State"]["Status"] != "running"
+    {
         assert!(Instant::now() < deadline, "never started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -327,7 +488,15 @@ fn twenty_concurrent_runs_all_succeed_without_leftovers() {
         .map(|i| {
             std::thread::spawn(move || {
                 let n = name("many");
-                let o = vessel(&["run", "--name", &n, "busybox", "sh", "-c", &format!("echo run-{i}")]);
+                let o = vessel(&[
+                    "run",
+                    "--name",
+                    &n,
+                    "busybox",
+                    "sh",
+                    "-c",
+                    &format!("echo run-{i}"),
+                ]);
                 (n, i, o)
             })
         })
@@ -349,10 +518,12 @@ fn twenty_concurrent_runs_all_succeed_without_leftovers() {
 fn oci_runtime_commands_drive_a_bundle() {
     let bundle = tempfile::tempdir().unwrap();
     let rootfs = bundle.path().join("rootfs");
-    let st = std::process::Command::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs"))
-        .arg(&rootfs)
-        .status()
-        .unwrap();
+    let st = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs"),
+    )
+    .arg(&rootfs)
+    .status()
+    .unwrap();
     assert!(st.success());
     let out_file = bundle.path().join("out");
     std::fs::File::create(&out_file).unwrap();
@@ -367,7 +538,11 @@ fn oci_runtime_commands_drive_a_bundle() {
         ],
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}]}
     });
-    std::fs::write(bundle.path().join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    std::fs::write(
+        bundle.path().join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
     let state_root = bundle.path().join("state");
     let sr = state_root.to_str().unwrap();
     let id = name("oci");
@@ -380,19 +555,24 @@ fn oci_runtime_commands_drive_a_bundle() {
         .status()
         .unwrap();
     assert!(st.success());
-    let st: serde_json::Value = serde_json::from_str(&ok(&["oci", "state", "--state-root", sr, &id])).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&["oci", "state", "--state-root", sr, &id])).unwrap();
     assert_eq!(st["status"], "created");
     ok(&["oci", "start", "--state-root", sr, &id]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let st: serde_json::Value = serde_json::from_str(&ok(&["oci", "state", "--state-root", sr, &id])).unwrap();
+        let st: serde_json::Value =
+            serde_json::from_str(&ok(&["oci", "state", "--state-root", sr, &id])).unwrap();
         if st["status"] == "stopped" {
             break;
         }
         assert!(Instant::now() < deadline, "never stopped: {st}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(std::fs::read_to_string(bundle.path().join("file")).unwrap(), "from-oci\n");
+    assert_eq!(
+        std::fs::read_to_string(bundle.path().join("file")).unwrap(),
+        "from-oci\n"
+    );
     ok(&["oci", "delete", "--state-root", sr, &id]);
     assert!(!state_root.join(&id).exists());
 }

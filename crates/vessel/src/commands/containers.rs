@@ -175,6 +175,7 @@ fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
 /// `vessel run`.
 pub fn run(engine: &Engine, a: &RunArgs) -> CmdResult {
     let inst = create_instance(engine, a)?;
+    tracing::debug!("run: created");
     start_one(engine, &inst, !a.detach)
 }
 
@@ -245,8 +246,11 @@ fn start_one(engine: &Engine, inst: &Instance, attached: bool) -> CmdResult {
         blocked.add(*s);
     }
     if attached {
-        // Taken synchronously below and forwarded to the instance.
-        let _ = blocked.thread_block();
+        // Taken synchronously below and forwarded to the instance; SIGCHLD too, to learn
+        // of the monitor's exit without polling.
+        let mut with_chld = blocked;
+        with_chld.add(Signal::SIGCHLD);
+        let _ = with_chld.thread_block();
     }
     let raw = RawMode::enable(attached && req.tty && req.interactive);
     let mut m = monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
@@ -276,6 +280,9 @@ fn start_one(engine: &Engine, inst: &Instance, attached: bool) -> CmdResult {
         return Ok(0);
     }
     let target = nix::unistd::Pid::from_raw(pid);
+    // SIGCHLD (blocked with the proxied signals) wakes us the moment the monitor exits.
+    let mut waitset = blocked;
+    waitset.add(Signal::SIGCHLD);
     let code = loop {
         if let Ok(Some(st)) = m.child.try_wait() {
             break st;
@@ -283,12 +290,12 @@ fn start_one(engine: &Engine, inst: &Instance, attached: bool) -> CmdResult {
         // SAFETY: sigtimedwait with a valid set and timeout; no siginfo requested.
         let sig = unsafe {
             let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 20_000_000,
+                tv_sec: 1,
+                tv_nsec: 0,
             };
-            libc::sigtimedwait(blocked.as_ref(), std::ptr::null_mut(), &ts)
+            libc::sigtimedwait(waitset.as_ref(), std::ptr::null_mut(), &ts)
         };
-        if sig > 0 {
+        if sig > 0 && sig != libc::SIGCHLD {
             if let Ok(s) = Signal::try_from(sig) {
                 let _ = nix::sys::signal::kill(target, s);
             }
@@ -459,8 +466,10 @@ pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
         match engine.get(n) {
             Ok(i) => docs.push(instance_json(engine, &i)),
             Err(EngineError::NoSuchInstance(_)) => {
-                if engine.store().resolve(n).is_ok() {
-                    return super::images::inspect(engine.store(), names);
+                if let Ok(store) = engine.store() {
+                    if store.resolve(n).is_ok() {
+                        return super::images::inspect(store, names);
+                    }
                 }
                 return Err(Failure::new(1, format!("no such instance or image: {n}")));
             }
@@ -645,8 +654,17 @@ fn proxy_pty(master: &OwnedFd, stdin: bool) {
 pub fn stop(engine: &Engine, time: Option<u32>, names: &[String]) -> CmdResult {
     // In parallel, as Docker does: N stubborn instances take one timeout, not N.
     let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = names.iter().map(|n| s.spawn(move || engine.stop(n, time).map(|_| ()))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Internal("stop panicked".into())))).collect()
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| s.spawn(move || engine.stop(n, time).map(|_| ())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(EngineError::Internal("stop panicked".into())))
+            })
+            .collect()
     });
     let mut status = 0;
     for (n, r) in names.iter().zip(results) {

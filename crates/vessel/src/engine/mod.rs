@@ -103,7 +103,8 @@ pub const RUN_DIR: &str = "/run/vessel";
 /// The engine over one data root.
 pub struct Engine {
     root: PathBuf,
-    store: Store,
+    /// Opened on first use: the monitor never needs it unless it removes (`--rm`).
+    store: std::sync::OnceLock<Store>,
     catalogue: Catalogue,
     container: ContainerBackend,
 }
@@ -119,7 +120,6 @@ pub struct CreateSpec {
 impl Engine {
     /// Opens the engine on data root `root`.
     pub fn open(root: &Path) -> Result<Engine> {
-        let store = Store::open(root)?;
         let catalogue = Catalogue::open(root)?;
         let run = std::env::var_os("VESSEL_RUN_DIR")
             .map(PathBuf::from)
@@ -127,15 +127,19 @@ impl Engine {
         let container = ContainerBackend::new(run.join("runtime"));
         Ok(Engine {
             root: root.to_path_buf(),
-            store,
+            store: std::sync::OnceLock::new(),
             catalogue,
             container,
         })
     }
 
     /// The image store.
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> Result<&Store> {
+        if let Some(s) = self.store.get() {
+            return Ok(s);
+        }
+        let s = Store::open(&self.root)?;
+        Ok(self.store.get_or_init(|| s))
     }
 
     /// The data root.
@@ -174,12 +178,12 @@ impl Engine {
             &str,
         ) -> Result<RunRequest>,
     ) -> Result<Instance> {
-        let image = self.store.resolve(&spec.image)?;
-        let config = self.store.config(&image)?;
+        let image = self.store()?.resolve(&spec.image)?;
+        let config = self.store()?.config(&image)?;
         let id = names::new_id();
         let request = finish(&image, &config, &id)?;
         let backend = self.backend(request.isolation)?;
-        let layers = self.store.layer_dirs(&image)?;
+        let layers = self.store()?.layer_dirs(&image)?;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let mut inst = Instance {
             id: id.clone(),
@@ -218,7 +222,11 @@ impl Engine {
         let dir = self.instance_dir(&id);
         let prepared = std::fs::create_dir_all(&dir)
             .map_err(|e| EngineError::io("create", &dir, e))
-            .and_then(|()| self.store.hold(&image.id, &id).map_err(EngineError::from))
+            .and_then(|()| {
+                self.store()?
+                    .hold(&image.id, &id)
+                    .map_err(EngineError::from)
+            })
             .and_then(|()| backend.prepare(&inst, &dir, &layers));
         if let Err(e) = prepared {
             let _ = self.purge(&inst);
@@ -374,7 +382,7 @@ impl Engine {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
         }
-        self.store.release(&inst.id)?;
+        self.store()?.release(&inst.id)?;
         self.catalogue.delete(&inst.id)
     }
 }

@@ -205,7 +205,9 @@ fn supervise(
             Some((out_r, err_r, in_w)),
         )
     };
+    tracing::debug!("monitor: starting");
     let started = backend.start(inst, &dir, stdio)?;
+    tracing::debug!("monitor: started");
     engine
         .catalogue()
         .set_running(&inst.id, started.pid, &now())?;

@@ -66,13 +66,20 @@ pub fn stderr(o: &Output) -> String {
 
 /// The exit code (panics if killed by a signal).
 pub fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or_else(|| panic!("vessel was killed: {o:?}"))
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("vessel was killed: {o:?}"))
 }
 
 /// Runs and asserts success, returning stdout.
 pub fn ok(args: &[&str]) -> String {
     let o = vessel(args);
-    assert!(o.status.success(), "vessel {args:?} failed ({:?}): {}", o.status, stderr(&o));
+    assert!(
+        o.status.success(),
+        "vessel {args:?} failed ({:?}): {}",
+        o.status,
+        stderr(&o)
+    );
     stdout(&o)
 }
 
@@ -80,7 +87,11 @@ pub fn ok(args: &[&str]) -> String {
 pub fn name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// An instance's full id.
@@ -99,25 +110,43 @@ pub fn inspect(name: &str) -> serde_json::Value {
 /// process, no runtime state.
 pub fn assert_no_leftovers(id: &str) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mountinfo.contains(id), "a mount of {id} is left:\n{mountinfo}");
+    assert!(
+        !mountinfo.contains(id),
+        "a mount of {id} is left:\n{mountinfo}"
+    );
     let cgroups = find_dirs(Path::new("/sys/fs/cgroup"), id, 8);
     assert!(cgroups.is_empty(), "cgroups of {id} are left: {cgroups:?}");
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        if p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if p.file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             // A zombie is already dead; reaping it is its parent's job (after a monitor is
             // killed, that is the host's PID 1, which may reap lazily).
             let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-            if stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
                 continue;
             }
             if let Ok(cg) = std::fs::read_to_string(p.path().join("cgroup")) {
-                assert!(!cg.contains(id), "process {:?} of {id} is left", p.file_name());
+                assert!(
+                    !cg.contains(id),
+                    "process {:?} of {id} is left",
+                    p.file_name()
+                );
             }
         }
     }
     let state = Path::new("/run/vessel/runtime").join(id);
     assert!(!state.exists(), "runtime state {} is left", state.display());
-    assert!(!root().join("instances").join(id).exists(), "instance directory of {id} is left");
+    assert!(
+        !root().join("instances").join(id).exists(),
+        "instance directory of {id} is left"
+    );
 }
 
 fn find_dirs(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
@@ -125,7 +154,9 @@ fn find_dirs(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
     if depth == 0 {
         return out;
     }
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() && !ft.is_symlink() {
