@@ -498,4 +498,34 @@ mod tests {
         assert!(!layer.exists());
         assert!(store.list().unwrap().is_empty());
     }
+
+    #[test]
+    fn concurrent_stores_share_one_index() {
+        // Separate Store handles are separate SQLite connections, as separate processes
+        // have: concurrent imports and tags must all land.
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), b"x").unwrap();
+        let root = tmp.path().join("root");
+        Store::open(&root).unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (root, src) = (root.clone(), src.clone());
+                std::thread::spawn(move || {
+                    let store = Store::open(&root).unwrap();
+                    let tag: Reference = format!("par:{i}").parse().unwrap();
+                    import(&store, &src, Some(&tag), &Changes::default()).unwrap()
+                })
+            })
+            .collect();
+        let images: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let store = Store::open(&root).unwrap();
+        for i in 0..8 {
+            assert!(store.resolve(&format!("par:{i}")).is_ok());
+        }
+        // Same tree, same layer: unpacked once and shared.
+        assert!(images.iter().all(|i| i.layers[0].diff_id == images[0].layers[0].diff_id));
+        assert_eq!(fs::read_dir(root.join("images/layers")).unwrap().count(), 1);
+    }
 }
