@@ -348,6 +348,12 @@ pub struct RunArgs {
     /// Signal that stop sends first
     #[arg(long)]
     pub stop_signal: Option<String>,
+    /// VM: boot this kernel (bzImage or ELF vmlinux) instead of the default guest kernel
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// VM: show the guest's console output on the terminal
+    #[arg(long)]
+    pub console: bool,
     /// Seconds stop waits before SIGKILL
     #[arg(long)]
     pub stop_timeout: Option<u32>,

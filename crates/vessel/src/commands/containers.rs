@@ -157,6 +157,21 @@ fn build_request(
         host_network,
         stop_signal,
         stop_timeout: a.stop_timeout.unwrap_or(10),
+        kernel: match &a.kernel {
+            Some(k) if a.isolation != IsolationArg::Vm => {
+                return Err(EngineError::InvalidFlag(format!(
+                    "--kernel {} needs --isolation vm",
+                    k.display()
+                )))
+            }
+            Some(k) => {
+                Some(std::fs::canonicalize(k).map_err(|e| {
+                    EngineError::InvalidFlag(format!("--kernel {}: {e}", k.display()))
+                })?)
+            }
+            None => None,
+        },
+        console: a.console,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod names;
 pub mod request;
 pub mod userdb;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -107,6 +108,7 @@ pub struct Engine {
     store: std::sync::OnceLock<Store>,
     catalogue: Catalogue,
     container: ContainerBackend,
+    vm: vm::VmBackend,
 }
 
 /// What `create` needs beyond the request.
@@ -130,6 +132,7 @@ impl Engine {
             store: std::sync::OnceLock::new(),
             catalogue,
             container,
+            vm: vm::VmBackend::new(root),
         })
     }
 
@@ -151,9 +154,7 @@ impl Engine {
     pub fn backend(&self, isolation: Isolation) -> Result<&dyn Backend> {
         match isolation {
             Isolation::Container => Ok(&self.container),
-            Isolation::Vm => Err(EngineError::InvalidFlag(
-                "--isolation vm: the microVM backend is not part of this build yet; use --isolation container".into(),
-            )),
+            Isolation::Vm => Ok(&self.vm),
         }
     }
 

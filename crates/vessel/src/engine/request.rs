@@ -113,6 +113,12 @@ pub struct RunRequest {
     pub stop_signal: i32,
     /// Seconds `stop` waits before SIGKILL.
     pub stop_timeout: u32,
+    /// VM only: the guest kernel to boot instead of the default one.
+    #[serde(default)]
+    pub kernel: Option<std::path::PathBuf>,
+    /// VM only: show the guest's console on the attached terminal.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// Parses Docker-style sizes: `64m`, `1g`, `512k`, `1048576`, `1.5g` (binary units).

@@ -1,0 +1,681 @@
+//! The microVM backend: the same image, booted as a KVM guest with its own kernel.
+//!
+//! Storage follows the seed's "storage efficiency" row as closely as a VM allows: the
+//! image's layers become one read-only ext4 image, built once per image and shared by
+//! every VM of that image (`<root>/vm/images/<id>.ext4`, guest `/dev/vda`); each VM adds
+//! only a small sparse writable disk (`/dev/vdb`) that the guest agent overlays on it.
+//! The guest's PID 1 is `vessel-agent` in an initramfs built once per kernel; it talks
+//! to the monitor over virtio-console with `vessel_agent::protocol` frames, which this
+//! backend bridges to the same stdio pipes the container backend uses, so the monitor's
+//! logging, attach and signal handling are shared.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{mpsc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vessel_agent::protocol::{self, GuestConfig, Kind};
+use vessel_vmm::{DiskConfig, ExitReason, KvmKind, SerialOut, StopHandle, Vm, VmConfig};
+
+use super::backend::{Backend, Exec, ExecRequest, Exit, Started, Stdio};
+use super::catalogue::{self, Instance};
+use super::{EngineError, Result};
+
+/// Modules the guest agent loads, by name (dependencies are added from `modules.dep`).
+const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
+
+/// How long a guest may take to report that its workload started. Generous: under nested
+/// emulation a boot takes seconds; a guest that never reports is killed.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Size of each VM's sparse writable disk.
+const SCRATCH_BYTES: u64 = 1 << 30;
+
+/// The guest kernel vessel boots: `vmlinuz`, `modules/` (with `modules.dep`) and
+/// `version`, as `scripts/fetch-kernel` lays them out.
+pub struct KernelDir(pub PathBuf);
+
+impl KernelDir {
+    /// `VESSEL_KERNEL_DIR`, else `<root>/kernel`.
+    pub fn locate(root: &Path) -> KernelDir {
+        KernelDir(
+            std::env::var_os("VESSEL_KERNEL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("kernel")),
+        )
+    }
+
+    fn vmlinuz(&self) -> PathBuf {
+        self.0.join("vmlinuz")
+    }
+
+    fn version(&self) -> Result<String> {
+        let p = self.0.join("version");
+        std::fs::read_to_string(&p).map(|v| v.trim().to_string()).map_err(|_| {
+            EngineError::InvalidFlag(format!(
+                "no guest kernel in {}: run scripts/fetch-kernel {} (./x setup does), or pass --kernel",
+                self.0.display(),
+                self.0.display()
+            ))
+        })
+    }
+}
+
+/// Runs instances as microVMs.
+pub struct VmBackend {
+    root: PathBuf,
+    /// The running VM of this process (the monitor), for `kill` from signal forwarding.
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    id: String,
+    control: mpsc::Sender<Control>,
+    stop: StopHandle,
+    vm: Option<JoinHandle<vessel_vmm::Result<ExitReason>>>,
+    bridge: Option<JoinHandle<Outcome>>,
+}
+
+enum Control {
+    Signal(i32),
+}
+
+/// What the guest reported.
+#[derive(Debug, Default)]
+struct Outcome {
+    exit: Option<i32>,
+    error: Option<(u8, String)>,
+}
+
+fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> EngineError + 'a {
+    move |e| EngineError::io(op, p, e)
+}
+
+impl VmBackend {
+    /// A backend over data root `root`.
+    pub fn new(root: &Path) -> VmBackend {
+        VmBackend {
+            root: root.to_path_buf(),
+            running: Mutex::new(None),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kernel directory whose modules go into the initramfs (`--kernel` replaces only
+    /// the kernel image that boots).
+    fn kernel(&self, _inst: &Instance) -> KernelDir {
+        KernelDir::locate(&self.root)
+    }
+
+    /// The shared read-only root disk of an image, built on first use.
+    fn image_disk(&self, image_id: &str, layers: &[PathBuf]) -> Result<PathBuf> {
+        let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
+        let dir = self.root.join("vm/images");
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let disk = dir.join(format!("{hex}.ext4"));
+        if disk.exists() {
+            return Ok(disk);
+        }
+        let tmp = dir.join(format!(".{hex}.{}.tmp", std::process::id()));
+        let size: u64 = layers
+            .iter()
+            .map(|l| vessel_image::store::dir_size(l))
+            .sum();
+        // ext4 metadata, inode tables and slack: a quarter more, and at least 64 MiB.
+        let mib = ((size + size / 4) >> 20).max(32) + 32;
+        let mnt = dir.join(format!(".{hex}.{}.mnt", std::process::id()));
+        std::fs::create_dir_all(&mnt).map_err(io("create", &mnt))?;
+        let source = match layers {
+            [one] => one.clone(),
+            _ => mnt.clone(),
+        };
+        let mut cmd = Command::new("mkfs.ext4");
+        cmd.args([
+            "-q",
+            "-F",
+            "-L",
+            "vessel-root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(&source)
+        .arg(&tmp)
+        .arg(format!("{mib}M"));
+        if layers.len() > 1 {
+            // Stack the layers (whiteouts applied by the kernel) in a private mount
+            // namespace of the mkfs process, so nothing is ever mounted on the host.
+            let lower = layers
+                .iter()
+                .rev()
+                .map(|l| l.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            let data = std::ffi::CString::new(format!("lowerdir={lower}"))
+                .map_err(|_| EngineError::Internal("layer path with NUL".into()))?;
+            let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
+                .map_err(|_| EngineError::Internal("path with NUL".into()))?;
+            // SAFETY: only async-signal-safe syscalls between fork and exec, on
+            // CStrings that outlive the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            c"none".as_ptr(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            c"overlay".as_ptr(),
+                            target.as_ptr(),
+                            c"overlay".as_ptr(),
+                            libc::MS_RDONLY,
+                            data.as_ptr().cast(),
+                        ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = cmd.output().map_err(|e| {
+            EngineError::Backend(format!("run mkfs.ext4 (apt-get install e2fsprogs): {e}"))
+        });
+        let _ = std::fs::remove_dir(&mnt);
+        let out = out?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(EngineError::Backend(format!(
+                "build the VM root disk of {image_id}: mkfs.ext4: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        std::fs::rename(&tmp, &disk).map_err(io("rename into", &disk))?;
+        Ok(disk)
+    }
+
+    /// The initramfs for a kernel version, built once (rebuilt if the agent changed).
+    fn initramfs(&self, kernel: &KernelDir) -> Result<PathBuf> {
+        let version = kernel.version()?;
+        let agent = super::init::binary()?;
+        let dir = self.root.join("vm/initramfs");
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let out = dir.join(format!("{version}.cpio"));
+        let newer = |a: &Path, b: &Path| match (
+            std::fs::metadata(a).and_then(|m| m.modified()),
+            std::fs::metadata(b).and_then(|m| m.modified()),
+        ) {
+            (Ok(x), Ok(y)) => x > y,
+            _ => true,
+        };
+        if out.exists() && !newer(&agent, &out) {
+            return Ok(out);
+        }
+        let modules =
+            vessel_agent::initramfs::module_load_order(&kernel.0.join("modules"), GUEST_MODULES)
+                .map_err(|e| {
+                    EngineError::Backend(format!(
+                        "guest kernel modules in {}: {e}",
+                        kernel.0.display()
+                    ))
+                })?;
+        let tmp = dir.join(format!(".{version}.{}.tmp", std::process::id()));
+        vessel_agent::initramfs::build(&tmp, &agent, &modules)
+            .map_err(|e| EngineError::Backend(format!("build the initramfs: {e}")))?;
+        std::fs::rename(&tmp, &out).map_err(io("rename into", &out))?;
+        Ok(out)
+    }
+}
+
+fn guest_config(inst: &Instance) -> GuestConfig {
+    let r = &inst.request;
+    GuestConfig {
+        args: r.args.clone(),
+        env: r.env.clone(),
+        workdir: r.workdir.clone(),
+        user: r.user.clone(),
+        hostname: r.hostname.clone(),
+        tty: r.tty,
+        interactive: r.interactive,
+        read_only: r.read_only,
+        ..Default::default()
+    }
+}
+
+/// Reads the guest's frames until it exits, copying output to the monitor's pipes and
+/// feeding it stdin and signals. Tells `ready` once the workload started (or failed).
+fn bridge(
+    mut conn: UnixStream,
+    config: GuestConfig,
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    control: mpsc::Receiver<Control>,
+    ready: mpsc::Sender<std::result::Result<(), (u8, String)>>,
+) -> Outcome {
+    let mut out = std::fs::File::from(stdout);
+    let mut err = std::fs::File::from(stderr);
+    let mut outcome = Outcome::default();
+    let writer = match conn.try_clone() {
+        Ok(w) => std::sync::Arc::new(Mutex::new(w)),
+        Err(e) => {
+            let _ = ready.send(Err((125, format!("virtio-console: {e}"))));
+            return outcome;
+        }
+    };
+    let send = |w: &Mutex<UnixStream>, kind: Kind, data: &[u8]| {
+        protocol::write_frame(
+            &mut *w.lock().unwrap_or_else(|p| p.into_inner()),
+            kind,
+            data,
+        )
+    };
+    // Host → guest: stdin and signals, on threads of their own that end with the process
+    // (a monitor's stdin may never reach EOF; the bridge must not wait for it).
+    if let Some(stdin) = stdin {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(stdin);
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = send(&w, Kind::StdinEof, &[]);
+                        return;
+                    }
+                    Ok(n) => {
+                        if send(&w, Kind::Stdin, &buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            while let Ok(Control::Signal(sig)) = control.recv() {
+                let _ = send(&w, Kind::Signal, &sig.to_le_bytes());
+            }
+        });
+    }
+    {
+        let mut told = false;
+        loop {
+            let frame = match protocol::read_frame(&mut conn) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("guest channel: {e}");
+                    break;
+                }
+            };
+            match frame {
+                (Kind::Ready, _) => {
+                    let json = serde_json::to_vec(&config).unwrap_or_default();
+                    let _ = send(&writer, Kind::Config, &json);
+                }
+                (Kind::Started, _) => {
+                    told = true;
+                    let _ = ready.send(Ok(()));
+                }
+                (Kind::Stdout, data) => {
+                    let _ = out.write_all(&data);
+                }
+                (Kind::Stderr, data) => {
+                    let _ = err.write_all(&data);
+                }
+                (Kind::Exit, data) => {
+                    outcome.exit = data
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(i32::from_le_bytes);
+                }
+                (Kind::Error, data) => {
+                    #[derive(serde::Deserialize)]
+                    struct E {
+                        code: u8,
+                        message: String,
+                    }
+                    let e = serde_json::from_slice::<E>(&data)
+                        .map(|e| (e.code, e.message))
+                        .unwrap_or_else(|_| (125, String::from_utf8_lossy(&data).into_owned()));
+                    if !told {
+                        told = true;
+                        let _ = ready.send(Err(e.clone()));
+                    }
+                    outcome.error = Some(e);
+                }
+                _ => {}
+            }
+        }
+        if !told {
+            let _ = ready.send(Err((
+                125,
+                "the guest closed its channel before starting the workload".into(),
+            )));
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
+    outcome
+}
+
+fn serial_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.is_empty() {
+        "(the guest console printed nothing)".into()
+    } else {
+        format!("last console lines:\n{tail}")
+    }
+}
+
+impl Backend for VmBackend {
+    fn prepare(&self, inst: &Instance, dir: &Path, layers: &[PathBuf]) -> Result<()> {
+        // Host check first: say clearly why a VM cannot run here.
+        let kvm = vessel_vmm::detect_kvm();
+        match (&kvm, &inst.request.kernel) {
+            (KvmKind::Hardware { .. }, _) | (KvmKind::Pvm, Some(_)) => {}
+            _ => return Err(EngineError::InvalidFlag(format!("--isolation vm: {kvm}"))),
+        }
+        let kernel = self.kernel(inst);
+        let vmlinuz = inst
+            .request
+            .kernel
+            .clone()
+            .unwrap_or_else(|| kernel.vmlinuz());
+        if !vmlinuz.is_file() {
+            return Err(EngineError::InvalidFlag(format!(
+                "--isolation vm: guest kernel {} not found: run scripts/fetch-kernel {} (./x setup does), or pass --kernel",
+                vmlinuz.display(),
+                kernel.0.display()
+            )));
+        }
+        if inst
+            .request
+            .memory
+            .is_some_and(|m| m < (vessel_vmm::MIN_MEMORY_MIB as u64) << 20)
+        {
+            return Err(EngineError::InvalidFlag(format!(
+                "--memory: a VM needs at least {}m",
+                vessel_vmm::MIN_MEMORY_MIB
+            )));
+        }
+        self.initramfs(&kernel)?;
+        let shared = self.image_disk(&inst.image_id, layers)?;
+        std::os::unix::fs::symlink(&shared, dir.join("root.ext4"))
+            .map_err(io("link", &dir.join("root.ext4")))?;
+        // The per-VM disk: sparse, so it costs only what the guest writes.
+        let scratch = dir.join("scratch.ext4");
+        let f = std::fs::File::create(&scratch).map_err(io("create", &scratch))?;
+        f.set_len(SCRATCH_BYTES).map_err(io("size", &scratch))?;
+        let out = Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                "vessel-rw",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                "-O",
+                "^has_journal",
+            ])
+            .arg(&scratch)
+            .output()
+            .map_err(|e| {
+                EngineError::Backend(format!("run mkfs.ext4 (apt-get install e2fsprogs): {e}"))
+            })?;
+        if !out.status.success() {
+            return Err(EngineError::Backend(format!(
+                "mkfs.ext4 {}: {}",
+                scratch.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started> {
+        let r = &inst.request;
+        let kernel = self.kernel(inst);
+        let (stdin, stdout, stderr, pty_master) = match stdio {
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => (r.interactive.then_some(stdin), stdout, stderr, None),
+            Stdio::Pty => {
+                // The guest has the real terminal; a host pty carries its bytes to the
+                // monitor, which treats it like a container's.
+                let pty = nix::pty::openpty(None, None)
+                    .map_err(|e| EngineError::Backend(format!("openpty: {e}")))?;
+                let mut raw = nix::sys::termios::tcgetattr(&pty.slave)
+                    .map_err(|e| EngineError::Backend(format!("tcgetattr: {e}")))?;
+                nix::sys::termios::cfmakeraw(&mut raw);
+                let _ = nix::sys::termios::tcsetattr(
+                    &pty.slave,
+                    nix::sys::termios::SetArg::TCSANOW,
+                    &raw,
+                );
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone()
+                        .map_err(|e| EngineError::Backend(format!("dup: {e}")))
+                };
+                let slave_in = dup(&pty.slave)?;
+                let slave_err = dup(&pty.slave)?;
+                (
+                    r.interactive.then_some(slave_in),
+                    pty.slave,
+                    slave_err,
+                    Some(pty.master),
+                )
+            }
+        };
+        let serial_log = dir.join("console.log");
+        let (host_end, vm_end) =
+            UnixStream::pair().map_err(|e| EngineError::Backend(format!("socketpair: {e}")))?;
+        let mut cmdline = VmConfig::default_cmdline();
+        if !cmdline.contains("loglevel") {
+            cmdline.push_str(" loglevel=3");
+        }
+        let memory_mib = r.memory.map(|m| (m >> 20) as u32).unwrap_or(256);
+        let vcpus = r.cpus.map(|c| c.ceil() as u8).unwrap_or(1).max(1);
+        let cfg = VmConfig {
+            kernel: r.kernel.clone().unwrap_or_else(|| kernel.vmlinuz()),
+            initrd: Some(self.initramfs(&kernel)?),
+            cmdline,
+            vcpus,
+            memory_mib,
+            disks: vec![
+                DiskConfig {
+                    path: dir.join("root.ext4"),
+                    read_only: true,
+                },
+                DiskConfig {
+                    path: dir.join("scratch.ext4"),
+                    read_only: false,
+                },
+            ],
+            serial: if r.console {
+                SerialOut::Stdout
+            } else {
+                SerialOut::File(serial_log.clone())
+            },
+            virtio_console: Some(OwnedFd::from(vm_end)),
+            vsock_cid: None,
+            net: Vec::new(),
+        };
+        let vm = Vm::new(cfg).map_err(|e| EngineError::Backend(format!("create the VM: {e}")))?;
+        let stop = vm.stop_handle();
+        let vm_thread = std::thread::Builder::new()
+            .name("vm".into())
+            .spawn(move || vm.run())
+            .map_err(|e| EngineError::Backend(format!("start the VM thread: {e}")))?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (control_tx, control_rx) = mpsc::channel();
+        let config = guest_config(inst);
+        let bridge_thread = std::thread::Builder::new()
+            .name("guest-channel".into())
+            .spawn(move || {
+                bridge(
+                    host_end, config, stdin, stdout, stderr, control_rx, ready_tx,
+                )
+            })
+            .map_err(|e| EngineError::Backend(format!("start the guest channel: {e}")))?;
+        let mut running = Running {
+            id: inst.id.clone(),
+            control: control_tx,
+            stop,
+            vm: Some(vm_thread),
+            bridge: Some(bridge_thread),
+        };
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err((code, message))) => {
+                running.stop.stop();
+                finish(&mut running);
+                return Err(match code {
+                    127 => EngineError::CommandNotFound(message),
+                    126 => EngineError::NotExecutable(message),
+                    _ => EngineError::Backend(format!("{message}; {}", serial_tail(&serial_log))),
+                });
+            }
+            Err(_) => {
+                running.stop.stop();
+                finish(&mut running);
+                return Err(EngineError::Backend(format!(
+                    "the guest did not start the workload within {} s; {}",
+                    READY_TIMEOUT.as_secs(),
+                    serial_tail(&serial_log)
+                )));
+            }
+        }
+        *self.running() = Some(running);
+        Ok(Started {
+            pid: std::process::id() as i32,
+            pty_master,
+        })
+    }
+
+    fn wait(&self, inst: &Instance, _started: &Started) -> Result<Exit> {
+        let taken = self.running().take();
+        let Some(mut running) = taken.filter(|r| r.id == inst.id) else {
+            return Err(EngineError::Internal("no VM runs in this process".into()));
+        };
+        let (reason, outcome) = finish(&mut running);
+        let log = self
+            .root
+            .join("instances")
+            .join(&inst.id)
+            .join("console.log");
+        match (outcome.exit, outcome.error, reason) {
+            (Some(code), _, _) => Ok(Exit {
+                code,
+                oom_killed: false,
+            }),
+            (None, Some((code, message)), _) => Err(match code {
+                127 => EngineError::CommandNotFound(message),
+                126 => EngineError::NotExecutable(message),
+                _ => EngineError::Backend(message),
+            }),
+            // Stopped by SIGKILL from `vessel kill`/`stop`: as a container killed with 9.
+            (None, None, Some(ExitReason::Stopped)) => Ok(Exit {
+                code: 128 + libc::SIGKILL,
+                oom_killed: false,
+            }),
+            (None, None, reason) => Err(EngineError::Backend(format!(
+                "the VM ended ({reason:?}) without reporting an exit status; {}",
+                serial_tail(&log)
+            ))),
+        }
+    }
+
+    fn kill(&self, inst: &Instance, signal: i32) -> Result<()> {
+        // In the monitor (signal forwarding): deliver to the workload in the guest; KILL
+        // stops the VM itself.
+        if let Some(r) = self.running().as_ref().filter(|r| r.id == inst.id) {
+            if signal == libc::SIGKILL {
+                r.stop.stop();
+            } else {
+                let _ = r.control.send(Control::Signal(signal));
+            }
+            return Ok(());
+        }
+        // From another process: the monitor is the VMM; it forwards what it catches, and
+        // SIGKILL to it ends the VM (as killing a Firecracker process does).
+        let (pid, start) = inst.monitor.ok_or_else(|| {
+            EngineError::Conflict(format!("instance {} has no VMM process", inst.name))
+        })?;
+        if !catalogue::alive(pid, start) {
+            return Err(EngineError::Conflict(format!(
+                "instance {} is not running",
+                inst.name
+            )));
+        }
+        let sig = nix::sys::signal::Signal::try_from(signal)
+            .map_err(|_| EngineError::InvalidFlag(format!("invalid signal {signal}")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .map_err(|e| EngineError::Backend(format!("signal the VMM {pid}: {e}")))
+    }
+
+    fn alive(&self, inst: &Instance) -> bool {
+        inst.monitor
+            .is_some_and(|(pid, start)| catalogue::alive(pid, start))
+    }
+
+    fn exec(
+        &self,
+        inst: &Instance,
+        _dir: &Path,
+        _req: &ExecRequest,
+        _stdio: Stdio,
+    ) -> Result<Exec> {
+        Err(EngineError::Conflict(format!(
+            "exec into microVM {} is not supported yet",
+            inst.name
+        )))
+    }
+
+    fn cleanup(&self, inst: &Instance, _dir: &Path) -> Result<()> {
+        // The VM lives and dies with its VMM process; one that outlived its record goes.
+        if let Some((pid, start)) = inst.monitor {
+            if pid != std::process::id() as i32 && catalogue::alive(pid, start) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Joins the VM and bridge threads.
+fn finish(r: &mut Running) -> (Option<ExitReason>, Outcome) {
+    let reason =
+        r.vm.take()
+            .and_then(|h| h.join().ok())
+            .map(|res| match res {
+                Ok(reason) => reason,
+                Err(e) => ExitReason::Crashed(e.to_string()),
+            });
+    let outcome = r
+        .bridge
+        .take()
+        .and_then(|h| h.join().ok())
+        .unwrap_or_default();
+    (reason, outcome)
+}
