@@ -525,7 +525,9 @@ mod tests {
             assert!(store.resolve(&format!("par:{i}")).is_ok());
         }
         // Same tree, same layer: unpacked once and shared.
-        assert!(images.iter().all(|i| i.layers[0].diff_id == images[0].layers[0].diff_id));
+        assert!(images
+            .iter()
+            .all(|i| i.layers[0].diff_id == images[0].layers[0].diff_id));
         assert_eq!(fs::read_dir(root.join("images/layers")).unwrap().count(), 1);
     }
 }
