@@ -71,7 +71,11 @@ fn install_handlers() -> std::io::Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
     SIGNAL_PIPE.store(w.as_raw_fd(), Ordering::Relaxed);
     std::mem::forget(w); // lives as long as the process
-    for &s in FORWARD.iter().chain(&[libc::SIGWINCH, libc::SIGPIPE]) {
+    let hard_stop = super::vm::stop_signal();
+    for &s in FORWARD
+        .iter()
+        .chain(&[libc::SIGWINCH, libc::SIGPIPE, hard_stop])
+    {
         // SAFETY: a plain sigaction with a handler that only calls write(2).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -382,6 +386,9 @@ impl<'a> Io<'a> {
                             if self.tty && self.attached {
                                 resize(self.started);
                             }
+                        } else if s == super::vm::stop_signal() {
+                            // Another vessel process asks for a hard stop of a VM.
+                            forward(libc::SIGKILL);
                         } else if s != libc::SIGPIPE {
                             forward(s);
                         }

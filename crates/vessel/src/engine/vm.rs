@@ -71,12 +71,25 @@ pub struct VmBackend {
     root: PathBuf,
     /// The running VM of this process (the monitor), for `kill` from signal forwarding.
     running: Mutex<Option<Running>>,
+    /// Its threads, which `wait` joins (apart from `running`, which `kill` keeps using).
+    threads: Mutex<Option<Threads>>,
 }
 
+/// Asks a VM's monitor, from another process, to stop the VM (the monitor turns it into
+/// a hard stop, as SIGKILL would a container, and records exit 137). A real-time signal,
+/// so it cannot be confused with one meant for the workload.
+pub fn stop_signal() -> i32 {
+    libc::SIGRTMIN() + 2
+}
+
+#[derive(Clone)]
 struct Running {
     id: String,
     control: mpsc::Sender<Control>,
     stop: StopHandle,
+}
+
+struct Threads {
     vm: Option<JoinHandle<vessel_vmm::Result<ExitReason>>>,
     bridge: Option<JoinHandle<Outcome>>,
 }
@@ -102,6 +115,7 @@ impl VmBackend {
         VmBackend {
             root: root.to_path_buf(),
             running: Mutex::new(None),
+            threads: Mutex::new(None),
         }
     }
 
@@ -535,10 +549,12 @@ impl Backend for VmBackend {
                 )
             })
             .map_err(|e| EngineError::Backend(format!("start the guest channel: {e}")))?;
-        let mut running = Running {
+        let running = Running {
             id: inst.id.clone(),
             control: control_tx,
             stop,
+        };
+        let mut threads = Threads {
             vm: Some(vm_thread),
             bridge: Some(bridge_thread),
         };
@@ -546,7 +562,7 @@ impl Backend for VmBackend {
             Ok(Ok(())) => {}
             Ok(Err((code, message))) => {
                 running.stop.stop();
-                finish(&mut running);
+                finish(&mut threads);
                 return Err(match code {
                     127 => EngineError::CommandNotFound(message),
                     126 => EngineError::NotExecutable(message),
@@ -555,7 +571,7 @@ impl Backend for VmBackend {
             }
             Err(_) => {
                 running.stop.stop();
-                finish(&mut running);
+                finish(&mut threads);
                 return Err(EngineError::Backend(format!(
                     "the guest did not start the workload within {} s; {}",
                     READY_TIMEOUT.as_secs(),
@@ -564,6 +580,7 @@ impl Backend for VmBackend {
             }
         }
         *self.running() = Some(running);
+        *self.threads.lock().unwrap_or_else(|p| p.into_inner()) = Some(threads);
         Ok(Started {
             pid: std::process::id() as i32,
             pty_master,
@@ -571,11 +588,18 @@ impl Backend for VmBackend {
     }
 
     fn wait(&self, inst: &Instance, _started: &Started) -> Result<Exit> {
-        let taken = self.running().take();
-        let Some(mut running) = taken.filter(|r| r.id == inst.id) else {
+        let taken = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut threads) =
+            taken.filter(|_| self.running().as_ref().is_some_and(|r| r.id == inst.id))
+        else {
             return Err(EngineError::Internal("no VM runs in this process".into()));
         };
-        let (reason, outcome) = finish(&mut running);
+        let (reason, outcome) = finish(&mut threads);
+        *self.running() = None;
         let log = self
             .root
             .join("instances")
@@ -625,10 +649,21 @@ impl Backend for VmBackend {
                 inst.name
             )));
         }
-        let sig = nix::sys::signal::Signal::try_from(signal)
-            .map_err(|_| EngineError::InvalidFlag(format!("invalid signal {signal}")))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-            .map_err(|e| EngineError::Backend(format!("signal the VMM {pid}: {e}")))
+        // The monitor forwards the signals it catches to the workload; a hard kill is
+        // asked for with our own signal so that the monitor records it.
+        let sig = if signal == libc::SIGKILL {
+            stop_signal()
+        } else {
+            signal
+        };
+        // SAFETY: kill(2) on a pid we verified is our live monitor.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(EngineError::Backend(format!(
+                "signal the VMM {pid}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
     }
 
     fn alive(&self, inst: &Instance) -> bool {
@@ -664,7 +699,7 @@ impl Backend for VmBackend {
 }
 
 /// Joins the VM and bridge threads.
-fn finish(r: &mut Running) -> (Option<ExitReason>, Outcome) {
+fn finish(r: &mut Threads) -> (Option<ExitReason>, Outcome) {
     let reason =
         r.vm.take()
             .and_then(|h| h.join().ok())
