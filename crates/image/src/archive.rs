@@ -21,16 +21,12 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use oci_spec::image::{
-    DescriptorBuilder, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder,
-    MediaType,
-};
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info_span};
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
-use crate::import::oci_digest;
 use crate::manifest::{check_manifest, classify, select_platform, Kind, OCI_INDEX, OCI_MANIFEST};
 use crate::progress::Progress;
 use crate::reference::Reference;
@@ -378,7 +374,8 @@ fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<
             layers.push(layer);
         }
         let stored_config = store.put_blob_bytes(&config_bytes)?;
-        let manifest = synth_manifest(&stored_config, config_bytes.len() as u64, &layers)?;
+        let manifest =
+            crate::import::manifest_json(&stored_config, config_bytes.len() as u64, &layers)?;
         let manifest = store.put_blob_bytes(&manifest)?;
         let tags = entry
             .repo_tags
@@ -544,36 +541,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     Ok(filled)
 }
 
-/// An OCI manifest for a config and layers that came without one.
-fn synth_manifest(config: &Digest, config_size: u64, layers: &[LayerRecord]) -> Result<Vec<u8>> {
-    let descriptors = layers
-        .iter()
-        .map(|l| {
-            DescriptorBuilder::default()
-                .media_type(MediaType::from(l.media_type.as_str()))
-                .digest(oci_digest(&l.blob)?)
-                .size(l.size)
-                .build()
-                .map_err(|e| Error::malformed("layer descriptor", e))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(
-            DescriptorBuilder::default()
-                .media_type(MediaType::ImageConfig)
-                .digest(oci_digest(config)?)
-                .size(config_size)
-                .build()
-                .map_err(|e| Error::malformed("config descriptor", e))?,
-        )
-        .layers(descriptors)
-        .build()
-        .map_err(|e| Error::malformed("image manifest", e))?;
-    serde_json::to_vec(&manifest).map_err(|e| Error::malformed("image manifest", e))
-}
-
 /// An image to save and the tags to save it under.
 struct ToSave {
     image: ImageRecord,
@@ -644,7 +611,7 @@ pub fn save(
                 let config_size = fs::metadata(store.blob_path(&s.image.id))
                     .map(|m| m.len())
                     .unwrap_or(0);
-                let manifest = synth_manifest(&s.image.id, config_size, &layers)?;
+                let manifest = crate::import::manifest_json(&s.image.id, config_size, &layers)?;
                 let manifest_digest = Digest::of(&manifest);
                 w.blob(&manifest_digest, &manifest)?;
                 index_entries.extend(index_entry(

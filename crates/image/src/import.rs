@@ -148,6 +148,21 @@ pub fn commit_single(
     let config_json =
         serde_json::to_vec(&config).map_err(|e| Error::malformed("image config", e))?;
     let config_digest = store.put_blob_bytes(&config_json)?;
+    let manifest_json = manifest_json(&config_digest, config_json.len() as u64, &layers)?;
+    let manifest_digest = store.put_blob_bytes(&manifest_json)?;
+    store.commit(
+        NewImage {
+            manifest: &manifest_digest,
+            config: &config_digest,
+            config_doc: &config,
+            layers: &layers,
+        },
+        tag,
+    )
+}
+
+/// The OCI image manifest (JSON) for a stored config and its layers.
+pub fn manifest_json(config: &Digest, config_size: u64, layers: &[LayerRecord]) -> Result<Vec<u8>> {
     let descriptors = layers
         .iter()
         .map(|l| {
@@ -165,26 +180,15 @@ pub fn commit_single(
         .config(
             DescriptorBuilder::default()
                 .media_type(MediaType::ImageConfig)
-                .digest(oci_digest(&config_digest)?)
-                .size(config_json.len() as u64)
+                .digest(oci_digest(config)?)
+                .size(config_size)
                 .build()
                 .map_err(|e| Error::malformed("config descriptor", e))?,
         )
         .layers(descriptors)
         .build()
         .map_err(|e| Error::malformed("image manifest", e))?;
-    let manifest_json =
-        serde_json::to_vec(&manifest).map_err(|e| Error::malformed("image manifest", e))?;
-    let manifest_digest = store.put_blob_bytes(&manifest_json)?;
-    store.commit(
-        NewImage {
-            manifest: &manifest_digest,
-            config: &config_digest,
-            config_doc: &config,
-            layers: &layers,
-        },
-        tag,
-    )
+    serde_json::to_vec(&manifest).map_err(|e| Error::malformed("image manifest", e))
 }
 
 /// Converts our digest into oci-spec's.

@@ -216,7 +216,15 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     assert!(ok(&["logs", &n]).contains("bye"));
     // Forced stop of a workload that ignores TERM.
     let m = name("v2");
-    vm_ok(&["-d", "--name", &m, "busybox", "sh", "-c", "trap '' TERM; sleep 1000"]);
+    vm_ok(&[
+        "-d",
+        "--name",
+        &m,
+        "busybox",
+        "sh",
+        "-c",
+        "trap '' TERM; sleep 1000",
+    ]);
     ok(&["stop", "-t", "2", &m]);
     assert_eq!(inspect(&m)["State"]["ExitCode"], 137);
     let mid = id_of(&m);

@@ -59,6 +59,21 @@ fn resolv_conf() -> String {
     out.join("\n") + "\n"
 }
 
+fn runtime_stdio(stdio: Stdio) -> vessel_container::Stdio {
+    match stdio {
+        Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => vessel_container::Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        },
+        Stdio::Pty => vessel_container::Stdio::Pty,
+    }
+}
+
 impl Backend for ContainerBackend {
     fn prepare(&self, inst: &Instance, dir: &Path, layers: &[PathBuf]) -> Result<()> {
         let req = &inst.request;
@@ -153,18 +168,7 @@ impl Backend for ContainerBackend {
     }
 
     fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started> {
-        let stdio = match stdio {
-            Stdio::Fds {
-                stdin,
-                stdout,
-                stderr,
-            } => vessel_container::Stdio::Fds {
-                stdin,
-                stdout,
-                stderr,
-            },
-            Stdio::Pty => vessel_container::Stdio::Pty,
-        };
+        let stdio = runtime_stdio(stdio);
         // A leftover from a crashed earlier start of the same instance would block create.
         let _ = self.runtime.delete(&inst.id, true);
         let mut state = self
@@ -277,18 +281,7 @@ impl Backend for ContainerBackend {
             }
             process.set_env(Some(env));
         }
-        let stdio = match stdio {
-            Stdio::Fds {
-                stdin,
-                stdout,
-                stderr,
-            } => vessel_container::Stdio::Fds {
-                stdin,
-                stdout,
-                stderr,
-            },
-            Stdio::Pty => vessel_container::Stdio::Pty,
-        };
+        let stdio = runtime_stdio(stdio);
         let p = self
             .runtime
             .exec_process(&inst.id, &process, stdio)
