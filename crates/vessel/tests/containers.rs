@@ -576,3 +576,42 @@ fn oci_runtime_commands_drive_a_bundle() {
     ok(&["oci", "delete", "--state-root", sr, &id]);
     assert!(!state_root.join(&id).exists());
 }
+
+#[test]
+fn vm_isolation_says_clearly_when_this_host_cannot_run_it() {
+    // Whatever the host, --isolation vm must answer at once with a clear 125, and leave
+    // nothing behind, when it cannot boot the default kernel here.
+    let empty = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let o = cmd(&["run", "--isolation", "vm", "--rm", "busybox", "true"])
+        .env("VESSEL_KERNEL_DIR", empty.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    let err = stderr(&o);
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(err.contains("PVM") && err.contains("--kernel"), "{err}");
+    } else if !std::path::Path::new("/dev/kvm").exists() {
+        assert!(err.contains("/dev/kvm"), "{err}");
+    } else {
+        assert!(
+            err.contains("guest kernel") && err.contains(&empty.path().display().to_string()),
+            "{err}"
+        );
+    }
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(&["ps", "-a", "--format", "json"])).unwrap();
+    let vms = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["HostConfig"]["Isolation"] == "vm")
+        .count();
+    assert_eq!(vms, 0, "a failed VM run left an instance");
+}
