@@ -510,21 +510,7 @@ fn read_verified(x: &Extracted, digest: &Digest, size: u64) -> Result<Vec<u8>> {
         ));
     }
     let bytes = x.read(&name)?;
-    let actual = Digest::of(&bytes);
-    if actual != *digest {
-        return Err(Error::DigestMismatch {
-            what: format!("archive {name}"),
-            expected: digest.to_string(),
-            actual: actual.to_string(),
-        });
-    }
-    if bytes.len() as u64 != size {
-        return Err(Error::SizeMismatch {
-            what: format!("archive {name}"),
-            expected: size,
-            actual: bytes.len() as u64,
-        });
-    }
+    crate::digest::verify(&bytes, digest, size, &format!("archive {name}"))?;
     Ok(bytes)
 }
 

@@ -83,6 +83,26 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// Checks that `data`, announced as `what`, has digest `expected` and `size` bytes.
+pub fn verify(data: &[u8], expected: &Digest, size: u64, what: &str) -> Result<(), Error> {
+    let actual = Digest::of(data);
+    if actual != *expected {
+        return Err(Error::DigestMismatch {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    if data.len() as u64 != size {
+        return Err(Error::SizeMismatch {
+            what: what.to_string(),
+            expected: size,
+            actual: data.len() as u64,
+        });
+    }
+    Ok(())
+}
+
 /// A reader that hashes and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,

@@ -554,21 +554,12 @@ pub fn pull(
                 Ok(v)
             },
         )?;
-        let actual = Digest::of(&data);
-        if actual != config_digest {
-            return Err(Error::DigestMismatch {
-                what: format!("config of {reference}"),
-                expected: config_digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        if data.len() as u64 != config_size {
-            return Err(Error::SizeMismatch {
-                what: format!("config of {reference}"),
-                expected: config_size,
-                actual: data.len() as u64,
-            });
-        }
+        crate::digest::verify(
+            &data,
+            &config_digest,
+            config_size,
+            &format!("config of {reference}"),
+        )?;
         data
     };
     let config = ImageConfiguration::from_reader(&config_bytes[..])
