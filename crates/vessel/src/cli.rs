@@ -120,6 +120,15 @@ pub enum Command {
         #[arg(long)]
         attached: bool,
     },
+    /// (internal) the end of a detached container's monitor, run by vessel-shim
+    #[command(name = "__monitor-finish", hide = true)]
+    MonitorFinish {
+        /// Instance id
+        id: String,
+        /// The container's exit status
+        #[arg(long, allow_negative_numbers = true)]
+        code: i32,
+    },
     /// List images
     Images(ImagesArgs),
     /// Manage images

@@ -152,6 +152,46 @@ fn memory_limit_ooms_and_is_reported() {
 }
 
 #[test]
+fn a_detached_container_is_watched_by_the_lean_shim() {
+    // Once a detached container runs, its monitor is `vessel-shim`, not `vessel`; it
+    // still logs, and once the container ends (here killed by the OOM killer) it records
+    // the exit, OOMKilled included, and cleans up.
+    let n = name("shim");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "--memory",
+        "16m",
+        "busybox",
+        "sh",
+        "-c",
+        "echo before; echo oops >&2; sleep 1; tail /dev/zero",
+    ]);
+    let monitor = inspect(&n)["State"]["MonitorPid"]
+        .as_i64()
+        .expect("a running instance has a monitor pid");
+    let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
+    assert_eq!(
+        exe.file_name().and_then(|f| f.to_str()),
+        Some("vessel-shim"),
+        "{exe:?}"
+    );
+    let o = vessel(&["wait", &n]);
+    assert_eq!(stdout(&o).trim(), "137", "{}", stderr(&o));
+    let st = &inspect(&n)["State"];
+    assert_eq!(st["Status"], "exited", "{st}");
+    assert_eq!(st["OOMKilled"], true, "{st}");
+    let o = vessel(&["logs", &n]);
+    assert_eq!(stdout(&o), "before\n");
+    assert_eq!(stderr(&o), "oops\n");
+    let id = id_of(&n);
+    ok(&["rm", &n]);
+    assert_no_leftovers(&id);
+}
+
+#[test]
 fn pids_limit_is_enforced() {
     let o = vessel(&[
         "run", "--rm", "--pids-limit", "10", "busybox", "sh", "-c",

@@ -33,6 +33,9 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Monitor { id, attached } => {
             Ok(crate::engine::monitor::run(&engine()?, &id, attached))
         }
+        Command::MonitorFinish { id, code } => {
+            Ok(crate::engine::monitor::finish(&engine()?, &id, code))
+        }
         Command::Images(a) | Command::Image(ImageCommand::Ls(a)) => images::list(&store()?, &a),
         Command::Image(ImageCommand::Inspect { images: names }) => {
             images::inspect(&store()?, &names)

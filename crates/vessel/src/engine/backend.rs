@@ -71,6 +71,11 @@ pub trait Backend: Sync {
     fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started>;
     /// Waits for the started process to end (in the monitor) and reports how.
     fn wait(&self, inst: &Instance, started: &Started) -> Result<Exit>;
+    /// Whether the kernel's OOM killer ended the instance (asked once its main process
+    /// has exited, before [`Backend::cleanup`]).
+    fn oom_killed(&self, _inst: &Instance) -> bool {
+        false
+    }
     /// Sends a signal to the instance's main process.
     fn kill(&self, inst: &Instance, signal: i32) -> Result<()>;
     /// Whether the instance's main process still exists (even with its monitor gone).

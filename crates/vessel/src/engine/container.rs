@@ -212,12 +212,17 @@ impl Backend for ContainerBackend {
                 }
             }
         };
-        let oom_killed = self
-            .runtime
+        Ok(Exit {
+            code,
+            oom_killed: self.oom_killed(inst),
+        })
+    }
+
+    fn oom_killed(&self, inst: &Instance) -> bool {
+        self.runtime
             .stats(&inst.id)
             .map(|s| s.oom_killed)
-            .unwrap_or(false);
-        Ok(Exit { code, oom_killed })
+            .unwrap_or(false)
     }
 
     fn kill(&self, inst: &Instance, signal: i32) -> Result<()> {

@@ -6,7 +6,7 @@ pub mod backend;
 pub mod catalogue;
 pub mod container;
 pub mod init;
-pub mod logs;
+pub use vessel_shim::logs;
 pub mod monitor;
 pub mod names;
 pub mod request;

@@ -217,6 +217,18 @@ fn supervise(
         .set_running(&inst.id, started.pid, &now())?;
     sync.send(&Report::Started { pid: started.pid });
 
+    // A detached container needs no more of `vessel` until it exits: become the shim.
+    if !attached && inst.request.isolation == super::request::Isolation::Container {
+        if let Some(shim) = shim_binary() {
+            drop(log);
+            let e = exec_shim(engine, inst, &shim, &started, ours.as_ref());
+            // Still here: the shim could not run; stay the monitor ourselves.
+            tracing::warn!("monitor: cannot run {}: {e}", shim.display());
+            log = logs::Writer::open(&engine.log_path(&inst.id))
+                .map_err(|e| EngineError::io("open", engine.log_path(&inst.id), e))?;
+        }
+    }
+
     let exit = std::thread::scope(|s| -> Result<Exit, EngineError> {
         let (done_r, done_w) = pipe()?;
         let waiter = s.spawn(|| {
@@ -236,15 +248,99 @@ fn supervise(
         Ok(exit)
     })?;
     let _ = log.flush();
+    conclude(engine, inst, exit, sync)
+}
+
+/// Records how the instance ended, removes what it held and reports the end.
+fn conclude(
+    engine: &Engine,
+    inst: &Instance,
+    exit: Exit,
+    sync: &mut Sync,
+) -> Result<u8, EngineError> {
+    let backend = engine.backend(inst.request.isolation)?;
     engine
         .catalogue()
         .set_exited(&inst.id, exit.code, exit.oom_killed, &now(), None)?;
-    backend.cleanup(inst, &dir)?;
+    backend.cleanup(inst, &engine.instance_dir(&inst.id))?;
     sync.send(&Report::Exited { code: exit.code });
     if inst.request.auto_remove {
         engine.purge(inst)?;
     }
     Ok(exit.code.clamp(0, 255) as u8)
+}
+
+/// `vessel-shim`, beside the running `vessel` binary (`VESSEL_SHIM` overrides), if there.
+fn shim_binary() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("VESSEL_SHIM") {
+        return Some(p.into());
+    }
+    let p = std::env::current_exe().ok()?.with_file_name("vessel-shim");
+    p.is_file().then_some(p)
+}
+
+/// Replaces this process with the shim, which keeps the container's stdio, waits for it
+/// and then runs `vessel __monitor-finish`. Returns only if the exec failed.
+fn exec_shim(
+    engine: &Engine,
+    inst: &Instance,
+    shim: &std::path::Path,
+    started: &Started,
+    pipes: Option<&(OwnedFd, OwnedFd, Option<OwnedFd>)>,
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let mut cmd = std::process::Command::new(shim);
+    cmd.arg("--pid").arg(started.pid.to_string());
+    cmd.arg("--log").arg(engine.log_path(&inst.id));
+    let mut keep: Vec<RawFd> = Vec::new();
+    match (pipes, &started.pty_master) {
+        (Some((out, err, hold)), _) => {
+            cmd.arg("--stdout").arg(out.as_raw_fd().to_string());
+            cmd.arg("--stderr").arg(err.as_raw_fd().to_string());
+            keep.extend([out.as_raw_fd(), err.as_raw_fd()]);
+            if let Some(h) = hold {
+                cmd.arg("--hold").arg(h.as_raw_fd().to_string());
+                keep.push(h.as_raw_fd());
+            }
+        }
+        (None, Some(m)) => {
+            cmd.arg("--pty").arg(m.as_raw_fd().to_string());
+            keep.push(m.as_raw_fd());
+        }
+        (None, None) => {}
+    }
+    cmd.arg("--").arg(exe).arg("--root").arg(engine.root());
+    cmd.arg("__monitor-finish").arg(&inst.id);
+    for fd in keep {
+        // SAFETY: F_SETFD on descriptors we own, so that they survive the exec.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    cmd.exec()
+}
+
+/// The end of a detached container's monitor, run by the shim once the container exited
+/// with `code`: records the exit (and whether the OOM killer caused it) and cleans up.
+pub fn finish(engine: &Engine, id: &str, code: i32) -> u8 {
+    let inst = match engine.catalogue().find(id) {
+        Ok(i) => i,
+        Err(_) => return code.clamp(0, 255) as u8,
+    };
+    let oom_killed = engine
+        .backend(inst.request.isolation)
+        .map(|b| b.oom_killed(&inst))
+        .unwrap_or(false);
+    let exit = Exit { code, oom_killed };
+    match conclude(engine, &inst, exit, &mut Sync(None)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("monitor: finishing {}: {e}", inst.id);
+            code.clamp(0, 255) as u8
+        }
+    }
 }
 
 /// The monitor's copying between the instance's streams, the log and the attached

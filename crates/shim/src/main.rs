@@ -1,0 +1,377 @@
+//! `vessel-shim`: what a detached container's monitor becomes once the container runs.
+//!
+//! ```text
+//! vessel-shim --pid PID --log FILE (--stdout FD --stderr FD | --pty FD) [--hold FD] -- FINISH...
+//! ```
+//!
+//! PID must be a child of this process (the monitor started it before exec'ing the shim).
+//! The shim copies the container's output from the pipe or terminal fds into the JSON-lines
+//! log, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to PID, reaps it,
+//! drains what output is left, and then executes `FINISH... --code N` (`vessel
+//! __monitor-finish`), which records the exit and removes what the container held. `--hold`
+//! keeps a descriptor open until then (the stdin of a detached `-i` container).
+//! It is an internal interface: the arguments are written by `vessel`, not by people.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use vessel_shim::logs::{Stream, Writer};
+
+/// Signals passed on to the container.
+const FORWARD: &[libc::c_int] = &[
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// How long output may still be read after the container's main process exited (other
+/// processes can hold the pipes open).
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Args {
+    pid: libc::pid_t,
+    log: PathBuf,
+    sources: Vec<(RawFd, Stream)>,
+    hold: Option<RawFd>,
+    finish: Vec<OsString>,
+}
+
+fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
+    let mut pid = None;
+    let mut log = None;
+    let mut sources = Vec::new();
+    let mut hold = None;
+    let fd = |v: Option<OsString>, flag: &str| -> Result<RawFd, String> {
+        v.and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| format!("{flag} needs a file descriptor number"))
+    };
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--pid") => {
+                pid = Some(
+                    it.next()
+                        .and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
+                        .ok_or("--pid needs a process id")?,
+                )
+            }
+            Some("--log") => log = Some(PathBuf::from(it.next().ok_or("--log needs a path")?)),
+            Some("--stdout") => sources.push((fd(it.next(), "--stdout")?, Stream::Stdout)),
+            Some("--stderr") => sources.push((fd(it.next(), "--stderr")?, Stream::Stderr)),
+            Some("--pty") => sources.push((fd(it.next(), "--pty")?, Stream::Stdout)),
+            Some("--hold") => hold = Some(fd(it.next(), "--hold")?),
+            Some("--") => break,
+            _ => return Err(format!("unexpected argument {a:?}")),
+        }
+    }
+    let finish: Vec<OsString> = it.collect();
+    Ok(Args {
+        pid: pid.ok_or("--pid is required")?,
+        log: log.ok_or("--log is required")?,
+        sources,
+        hold,
+        finish,
+    })
+}
+
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
+}
+
+/// A self-pipe that the handlers of the forwarded signals and of SIGCHLD write to.
+fn signal_pipe() -> std::io::Result<RawFd> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 with a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+    for &s in FORWARD.iter().chain(&[libc::SIGCHLD, libc::SIGPIPE]) {
+        // SAFETY: a plain sigaction whose handler only calls write(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+    }
+    Ok(fds[0])
+}
+
+/// The exit status of `pid` if it has ended: its code, or 128 + the signal.
+fn reap(pid: libc::pid_t) -> Option<i32> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return Some(libc::WEXITSTATUS(status));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Some(128 + libc::WTERMSIG(status));
+            }
+            continue; // stopped or continued: not an end
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        // 0: still running. ECHILD: not our child (cannot happen with a correct caller);
+        // report it as an engine error rather than wait forever.
+        return if r == 0 { None } else { Some(125) };
+    }
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: F_SETFD on a descriptor we were handed.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// Copies one chunk from `fd` into the log; false at end of file or on an error (a
+/// terminal master reads EIO once the container's side is closed).
+fn copy(fd: RawFd, stream: Stream, log: &mut Writer) -> bool {
+    let mut buf = [0u8; 32 * 1024];
+    loop {
+        // SAFETY: read into a local buffer of the given length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        let _ = log.write(stream, &buf[..n as usize]);
+        return true;
+    }
+}
+
+/// Polls `fds` (all for input) for at most `timeout_ms` (-1: no limit); returns which are
+/// ready, or `None` on a signal interruption.
+fn poll_in(fds: &[RawFd], timeout_ms: i32) -> Option<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll over a vector of pollfds of the given length.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        return None;
+    }
+    Some(p.iter().map(|p| p.revents != 0).collect())
+}
+
+fn supervise(args: &mut Args, log: &mut Writer) -> Result<i32, String> {
+    let sig = signal_pipe().map_err(|e| format!("signal pipe: {e}"))?;
+    let mut open: Vec<bool> = vec![true; args.sources.len()];
+    let code = loop {
+        // Checked before each wait: the container may have ended before the handler was
+        // installed, and SIGCHLD is only a wake-up.
+        if let Some(code) = reap(args.pid) {
+            break code;
+        }
+        let mut fds = vec![sig];
+        let live: Vec<usize> = (0..args.sources.len()).filter(|&i| open[i]).collect();
+        fds.extend(live.iter().map(|&i| args.sources[i].0));
+        let Some(ready) = poll_in(&fds, -1) else {
+            continue;
+        };
+        if ready[0] {
+            let mut buf = [0u8; 64];
+            // SAFETY: read from our nonblocking self-pipe into a local buffer.
+            let n = unsafe { libc::read(sig, buf.as_mut_ptr().cast(), buf.len()) };
+            for &s in &buf[..n.max(0) as usize] {
+                if FORWARD.contains(&(s as libc::c_int)) {
+                    // SAFETY: kill(2) on the container's main process, our child.
+                    unsafe { libc::kill(args.pid, s as libc::c_int) };
+                }
+            }
+        }
+        for (k, &i) in live.iter().enumerate() {
+            if ready[k + 1] && !copy(args.sources[i].0, args.sources[i].1, log) {
+                open[i] = false;
+            }
+        }
+    };
+    // Whatever output is still buffered, for a bounded time.
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        let live: Vec<usize> = (0..args.sources.len()).filter(|&i| open[i]).collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if live.is_empty() || left.is_zero() {
+            break;
+        }
+        let fds: Vec<RawFd> = live.iter().map(|&i| args.sources[i].0).collect();
+        let Some(ready) = poll_in(&fds, left.as_millis() as i32) else {
+            continue;
+        };
+        if !ready.iter().any(|&r| r) {
+            break;
+        }
+        for (k, &i) in live.iter().enumerate() {
+            if ready[k] && !copy(args.sources[i].0, args.sources[i].1, log) {
+                open[i] = false;
+            }
+        }
+    }
+    let _ = log.flush();
+    Ok(code)
+}
+
+fn main() {
+    let mut args = match parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vessel-shim: {e}");
+            std::process::exit(125);
+        }
+    };
+    // Nothing of ours may leak into the finishing command.
+    for &(fd, _) in &args.sources {
+        set_cloexec(fd);
+    }
+    if let Some(fd) = args.hold {
+        set_cloexec(fd);
+    }
+    let mut log = match Writer::open(&args.log) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("vessel-shim: open {}: {e}", args.log.display());
+            std::process::exit(125);
+        }
+    };
+    let code = match supervise(&mut args, &mut log) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vessel-shim: {e}");
+            125
+        }
+    };
+    if args.finish.is_empty() {
+        std::process::exit(code.clamp(0, 255));
+    }
+    // Default dispositions again for the finishing command.
+    for &s in FORWARD.iter().chain(&[libc::SIGCHLD, libc::SIGPIPE]) {
+        // SAFETY: resetting a disposition to the default.
+        unsafe { libc::signal(s, libc::SIG_DFL) };
+    }
+    let mut argv: Vec<CString> = Vec::new();
+    for a in args
+        .finish
+        .iter()
+        .map(|a| a.as_bytes().to_vec())
+        .chain([b"--code".to_vec(), code.to_string().into_bytes()])
+    {
+        match CString::new(a) {
+            Ok(c) => argv.push(c),
+            Err(_) => std::process::exit(code.clamp(0, 255)),
+        }
+    }
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: a NULL-terminated argv of valid C strings that outlive the call.
+    unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+    eprintln!(
+        "vessel-shim: run {:?}: {}",
+        args.finish[0],
+        std::io::Error::last_os_error()
+    );
+    std::process::exit(code.clamp(0, 255));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_its_arguments() {
+        let a = parse(
+            os(&[
+                "--pid",
+                "42",
+                "--log",
+                "/l",
+                "--stdout",
+                "5",
+                "--stderr",
+                "6",
+                "--hold",
+                "7",
+                "--",
+                "vessel",
+                "__monitor-finish",
+                "x",
+            ])
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(a.pid, 42);
+        assert_eq!(a.log, PathBuf::from("/l"));
+        assert_eq!(a.sources, vec![(5, Stream::Stdout), (6, Stream::Stderr)]);
+        assert_eq!(a.hold, Some(7));
+        assert_eq!(a.finish, os(&["vessel", "__monitor-finish", "x"]));
+    }
+
+    #[test]
+    fn refuses_bad_arguments() {
+        assert!(parse(os(&["--log", "/l"]).into_iter())
+            .unwrap_err()
+            .contains("--pid"));
+        assert!(parse(os(&["--pid", "x"]).into_iter())
+            .unwrap_err()
+            .contains("process id"));
+        assert!(parse(os(&["--pid", "1", "--stdout"]).into_iter())
+            .unwrap_err()
+            .contains("--stdout"));
+        assert!(parse(os(&["--bogus"]).into_iter())
+            .unwrap_err()
+            .contains("unexpected"));
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // supervise() reaps it: that is what is tested
+    fn copies_a_child_output_and_reports_its_status() {
+        use std::os::fd::IntoRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        let child = std::process::Command::new("sh")
+            .args(["-c", "echo out; exit 7"])
+            .stdout(w)
+            .spawn()
+            .unwrap();
+        let mut args = Args {
+            pid: child.id() as i32,
+            log: dir.path().join("log"),
+            sources: vec![(r.into_raw_fd(), Stream::Stdout)],
+            hold: None,
+            finish: Vec::new(),
+        };
+        let mut log = Writer::open(&args.log).unwrap();
+        assert_eq!(supervise(&mut args, &mut log).unwrap(), 7);
+        let (entries, _) = vessel_shim::logs::read_from(&args.log, 0).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].log, "out\n");
+    }
+}
