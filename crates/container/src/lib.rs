@@ -20,6 +20,7 @@ mod runtime;
 mod seccomp;
 pub mod spec;
 mod state;
+pub mod trash;
 
 pub use cgroups::{CgroupMode, Stats};
 pub use error::{Error, Result};

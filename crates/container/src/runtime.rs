@@ -312,7 +312,8 @@ impl Runtime {
             tracing::warn!("processes still in the cgroup after SIGKILL");
         }
         p.cgroup.destroy()?;
-        fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+        crate::trash::remove_dir_soon(&dir, &self.state_root.join(".trash"))
+            .map_err(|e| Error::io("remove", &dir, e))?;
         tracing::info!("container deleted");
         Ok(())
     }

@@ -288,7 +288,7 @@ fn detached_lifecycle_logs_exec_stop_wait() {
         "busybox",
         "sh",
         "-c",
-        "echo started; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'echo bye; exit 0' TERM; echo started; echo oops >&2; while true; do sleep 0.1; done",
     ])
     .trim()
     .to_string();
@@ -317,7 +317,7 @@ fn detached_lifecycle_logs_exec_stop_wait() {
         "-c",
         "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname",
     ]);
-    assert!(out.starts_with("sh -c echo started"), "{out}");
+    assert!(out.starts_with("sh -c trap "), "{out}");
     assert_eq!(out.lines().nth(1), Some(&id[..12]));
     assert_eq!(code(&vessel(&["exec", &n, "sh", "-c", "exit 7"])), 7);
     assert_eq!(code(&vessel(&["exec", &n, "no-such-cmd"])), 127);
@@ -335,6 +335,16 @@ fn detached_lifecycle_logs_exec_stop_wait() {
     // A stopped container starts again.
     ok(&["start", &n]);
     assert_eq!(inspect(&n)["State"]["Status"], "running");
+    // PID 1 of a PID namespace gets only the signals it has a handler for: send TERM
+    // once the shell has printed its second "started", i.e. has set its trap.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ok(&["logs", &n]).matches("started").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted container printed nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ok(&["kill", "-s", "TERM", &n]);
     assert_eq!(ok(&["wait", &n]), "0\n");
     ok(&["rm", &n]);

@@ -380,9 +380,8 @@ impl Engine {
         if let Ok(b) = self.backend(inst.request.isolation) {
             b.cleanup(inst, &dir)?;
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
-        }
+        vessel_container::trash::remove_dir_soon(&dir, &self.root.join("trash"))
+            .map_err(|e| EngineError::io("remove", &dir, e))?;
         self.store()?.release(&inst.id)?;
         self.catalogue.delete(&inst.id)
     }

@@ -1,0 +1,128 @@
+//! Removing directories without waiting for the disk.
+//!
+//! Deleting even a few small files can take milliseconds each where the filesystem
+//! discards freed blocks synchronously (ext4 mounted with `discard`, as on these hosts),
+//! and a container's upper directory can hold any amount of data. Removal is on the path
+//! of `vessel run --rm` and `vessel rm`, so a directory is first renamed into a trash
+//! directory on the same filesystem (one metadata operation: it is gone from its place at
+//! once) and then deleted by a background `rm -rf`. Entries that a crash left in the
+//! trash are deleted by the next removal.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+/// Trash entries older than this are taken to be left over by a crash.
+const STALE: Duration = Duration::from_secs(60);
+
+/// Removes `dir`, deleting its contents in the background via `trash` (created if needed;
+/// it must be on the same filesystem). Falls back to removing it here when it cannot be
+/// moved (another filesystem, a mount point) or no background process can be started.
+/// A missing `dir` is not an error.
+pub fn remove_dir_soon(dir: &Path, trash: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    let moved = fs::create_dir_all(trash).and_then(|()| {
+        let to = trash.join(unique_name());
+        fs::rename(dir, &to).map(|()| to)
+    });
+    let Ok(moved) = moved else {
+        return fs::remove_dir_all(dir);
+    };
+    let mut victims = vec![moved.clone()];
+    victims.extend(stale_entries(trash, &moved));
+    let spawned = Command::new("rm")
+        .arg("-rf")
+        .arg("--one-file-system")
+        .arg("--")
+        .args(&victims)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match spawned {
+        // Not waited for: it outlives short-lived callers and is reaped by init.
+        Ok(_child) => Ok(()),
+        Err(_) => fs::remove_dir_all(&moved),
+    }
+}
+
+fn unique_name() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn stale_entries(trash: &Path, except: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(trash) else {
+        return Vec::new();
+    };
+    let now = SystemTime::now();
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p != except)
+        .filter(|p| {
+            fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > STALE)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_gone(p: &Path) -> bool {
+        for _ in 0..200 {
+            if !p.exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn moves_at_once_and_deletes_in_the_background() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("victim");
+        fs::create_dir_all(dir.join("a/b")).unwrap();
+        fs::write(dir.join("a/b/f"), b"data").unwrap();
+        let trash = t.path().join("trash");
+        remove_dir_soon(&dir, &trash).unwrap();
+        assert!(!dir.exists(), "gone from its place at once");
+        let emptied = (0..200).any(|_| {
+            let empty = fs::read_dir(&trash).unwrap().next().is_none();
+            if !empty {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            empty
+        });
+        assert!(emptied, "the trash was not emptied");
+    }
+
+    #[test]
+    fn a_missing_directory_is_fine_and_stale_trash_is_swept() {
+        let t = tempfile::tempdir().unwrap();
+        let trash = t.path().join("trash");
+        remove_dir_soon(&t.path().join("nothing"), &trash).unwrap();
+        fs::create_dir_all(trash.join("old/x")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::open(trash.join("old"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let dir = t.path().join("victim");
+        fs::create_dir(&dir).unwrap();
+        remove_dir_soon(&dir, &trash).unwrap();
+        assert!(wait_gone(&trash.join("old")), "a stale entry was left");
+    }
+}
