@@ -178,3 +178,75 @@ fn compare_bad_input_is_a_clear_125() {
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("no-such-image"), "{}", stderr(&o));
 }
+
+/// Headless Chromium from Debian (`./x setup` installs it).
+fn chromium() -> &'static str {
+    let found = std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "chromium is not installed: apt-get install chromium (./x setup does)"
+    );
+    "chromium"
+}
+
+#[test]
+fn the_html_report_renders_offline_with_every_row() {
+    let browser = chromium();
+    let out = tempfile::tempdir().unwrap();
+    let html = out.path().join("report.html");
+    let (o, _k) = compare(&[
+        "--runs",
+        "1",
+        "--isolation",
+        "container",
+        "--html",
+        html.to_str().unwrap(),
+        "busybox",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg"), "no chart");
+    // Chromium in a network namespace of its own: the page cannot fetch anything.
+    let url = format!("file://{}", html.display());
+    let profile = out.path().join("profile");
+    let shot = out.path().join("shot.png");
+    let run = |extra: &[&str]| {
+        let o = std::process::Command::new("unshare")
+            .args([
+                "--net",
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--window-size=1400,2400", "--hide-scrollbars"])
+            .args(extra)
+            .arg(&url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "chromium {extra:?}: {}", stderr(&o));
+        o
+    };
+    let dom = stdout(&run(&["--dump-dom"]));
+    for title in [
+        "Virtualization level",
+        "Boot/start time",
+        "Resource overhead",
+        "Storage efficiency",
+        "Isolation",
+        "Performance",
+        "Portability and use cases",
+    ] {
+        assert!(dom.contains(title), "{title} not rendered:\n{dom}");
+    }
+    assert!(dom.contains("<svg"), "no chart in the rendered page");
+    run(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(png.len() > 20_000, "screenshot of {} bytes", png.len());
+}

@@ -83,6 +83,9 @@ pub fn compare(root: &Path, a: &CompareArgs) -> CmdResult {
             .map_err(|e| Failure::new(EXIT_ENGINE, format!("encode the report: {e}")))?;
         write(p, "JSON", &json)?;
     }
+    if let Some(p) = &a.html {
+        write(p, "HTML", compare::html::render(&report).as_bytes())?;
+    }
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     print!("{}", compare::table::render(&report, colour));
     Ok(0)

@@ -9,6 +9,7 @@
 //! (microVMs have no bind mounts). The same probe binary runs on the host for the
 //! "relative to the host" figures. Nothing is assumed: a measurement that fails says why.
 
+pub mod html;
 mod measure;
 pub mod report;
 pub mod table;
