@@ -220,8 +220,8 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
         let r = Report {
-            image: "<img>".into(),
-            command: vec!["echo".into(), "<b>".into()],
+            image: "<evil-image>".into(),
+            command: vec!["echo".into(), "<evil-cmd>".into()],
             runs: 1,
             budget: 1 << 30,
             host: Host {
@@ -231,7 +231,7 @@ mod tests {
                 kvm: "none".into(),
             },
             isolations: vec!["container".into()],
-            vm_unavailable: Some("no <kvm>".into()),
+            vm_unavailable: Some("no <evil-kvm>".into()),
             started: "t".into(),
             seconds: 1.0,
             rows: vec![Row {
@@ -247,7 +247,10 @@ mod tests {
             }],
         };
         let page = render(&r);
-        assert!(!page.contains("<img>") && !page.contains("<b>") && !page.contains("<kvm>"));
+        for raw in ["<evil-image>", "<evil-cmd>", "<evil-kvm>"] {
+            assert!(!page.contains(raw), "{raw} unescaped");
+        }
+        assert!(page.contains("&lt;evil-kvm&gt;"));
         assert!(page.contains("<svg"));
         assert!(page.contains("5.00x"));
         // Nothing to fetch: no scripts, no linked resources.

@@ -53,10 +53,12 @@ fn reason(stderr: &str, status: std::process::ExitStatus) -> String {
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().trim_start_matches("vessel: ").to_string());
-    match (line, status.code()) {
-        (Some(l), _) => l,
-        (None, Some(c)) => format!("exited with status {c}"),
-        (None, None) => "killed by a signal".to_string(),
+    use std::os::unix::process::ExitStatusExt;
+    match (line, status.code(), status.signal()) {
+        (Some(l), _, _) => l,
+        (None, Some(c), _) => format!("exited with status {c} and printed no error"),
+        (None, None, Some(s)) => format!("vessel was killed by signal {s}"),
+        (None, None, None) => format!("ended with {status}"),
     }
 }
 
