@@ -138,6 +138,57 @@ pub fn import(
     commit_single(store, config, vec![layer], tag)
 }
 
+/// Commits a new image made of `base` plus one layer holding the directory tree `source`
+/// (like a `COPY` of a directory onto `/`), with `base`'s config otherwise unchanged, and
+/// tags it `tag`.
+pub fn add_layer(
+    store: &Store,
+    base: &ImageRecord,
+    source: &Path,
+    tag: Option<&Reference>,
+    created_by: &str,
+) -> Result<ImageRecord> {
+    let tmp = store.tmp_path("layer");
+    let result = (|| {
+        let (blob, size, diff_id) = write_layer(&tmp, |b| append_tree(b, source))?;
+        let (blob_d, _) = store.put_blob(
+            File::open(&tmp).map_err(Error::io("open", &tmp))?,
+            Some((&blob, Some(size))),
+        )?;
+        Ok::<_, Error>((blob_d, size, diff_id))
+    })();
+    let _ = fs::remove_file(&tmp);
+    let (blob, size, diff_id) = result?;
+    let layer = LayerRecord {
+        blob,
+        diff_id,
+        media_type: LAYER_MEDIA_TYPE.to_string(),
+        size,
+    };
+    store.unpack_layer(&layer)?;
+    let mut config = store.config(base)?;
+    let mut diff_ids = config.rootfs().diff_ids().clone();
+    diff_ids.push(layer.diff_id.to_string());
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(diff_ids)
+        .build()
+        .map_err(|e| Error::malformed("image rootfs", e))?;
+    config.set_rootfs(rootfs);
+    let mut history = config.history().clone().unwrap_or_default();
+    history.push(
+        HistoryBuilder::default()
+            .created(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .created_by(created_by.to_string())
+            .build()
+            .map_err(|e| Error::malformed("image history", e))?,
+    );
+    config.set_history(Some(history));
+    let mut layers = base.layers.clone();
+    layers.push(layer);
+    commit_single(store, config, layers, tag)
+}
+
 /// Stores a config and a manifest for `layers` and commits the image.
 pub fn commit_single(
     store: &Store,
@@ -501,6 +552,41 @@ mod tests {
         store.remove("other:2", false).unwrap();
         assert!(!layer.exists());
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn add_layer_stacks_on_the_base_and_keeps_its_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base_src, extra) = (tmp.path().join("base"), tmp.path().join("extra"));
+        fs::create_dir_all(base_src.join("bin")).unwrap();
+        fs::write(base_src.join("bin/sh"), b"shell").unwrap();
+        fs::create_dir_all(extra.join("opt")).unwrap();
+        fs::write(extra.join("opt/tool"), b"tool").unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let changes = Changes::parse(&[r#"CMD ["sh"]"#, "ENV A=1"]).unwrap();
+        let base = import(
+            &store,
+            &base_src,
+            Some(&"base:1".parse().unwrap()),
+            &changes,
+        )
+        .unwrap();
+        let tag: Reference = "derived:1".parse().unwrap();
+        let img = add_layer(&store, &base, &extra, Some(&tag), "test").unwrap();
+        assert_eq!(img.layers.len(), 2);
+        assert_eq!(img.layers[0], base.layers[0]);
+        let cfg = store.config(&img).unwrap();
+        assert_eq!(cfg.rootfs().diff_ids().len(), 2);
+        assert_eq!(cfg.history().as_ref().unwrap().len(), 2);
+        let inner = cfg.config().as_ref().unwrap();
+        assert_eq!(inner.cmd().as_ref().unwrap(), &vec!["sh".to_string()]);
+        assert_eq!(inner.env().as_ref().unwrap(), &vec!["A=1".to_string()]);
+        let dirs = store.layer_dirs(&img).unwrap();
+        assert_eq!(fs::read(dirs[1].join("opt/tool")).unwrap(), b"tool");
+        // Removing the derived image keeps the base's layer.
+        store.remove("derived:1", false).unwrap();
+        assert!(!dirs[1].exists());
+        assert!(dirs[0].is_dir());
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Measure container vs microVM on this host, side by side, for one image
+    Compare(CompareArgs),
     /// runc-compatible low-level runtime commands on OCI bundles
     #[command(subcommand)]
     Oci(OciCommand),
@@ -370,6 +372,45 @@ pub struct RunArgs {
     pub image: String,
     /// Command and arguments (default: the image's)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Which isolations `compare` runs.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareIsolation {
+    /// Both, side by side
+    Both,
+    /// Containers only
+    Container,
+    /// MicroVMs only
+    Vm,
+}
+
+/// `compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Samples per timed measurement
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// Also write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also write a self-contained HTML report with charts to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Which isolations to measure
+    #[arg(long, value_enum, default_value_t = CompareIsolation::Both)]
+    pub isolation: CompareIsolation,
+    /// Memory budget for the "idle instances that fit" extrapolation (e.g. 1g)
+    #[arg(long, default_value = "1g")]
+    pub budget: String,
+    /// Print no progress
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Image name or id
+    pub image: String,
+    /// Your own workload, timed like `true` (after --)
+    #[arg(last = true)]
     pub command: Vec<String>,
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod compare;
 mod engine;
 mod progress;
 

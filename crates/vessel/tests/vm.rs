@@ -301,3 +301,90 @@ fn bad_vm_input_is_a_clear_125() {
     ]);
     assert_eq!(code(&o), 125, "{}", stderr(&o));
 }
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn compare_measures_both_isolations_side_by_side() {
+    assert!(
+        std::env::var_os("VESSEL_KERNEL_DIR").is_some(),
+        "VESSEL_KERNEL_DIR is not set: run these tests through scripts/vm-suite"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("report.json");
+    // One run per figure (six VM boots in all): a VM start under nested emulation takes
+    // seconds to a minute, and the whole VM suite shares one testbed time limit.
+    let o = vessel(&[
+        "compare",
+        "--runs",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "busybox",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(r["vm_unavailable"].is_null(), "{}", r["vm_unavailable"]);
+    let metric = |key: &str| {
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["metrics"].as_array().unwrap())
+            .find(|m| m["key"] == key)
+            .unwrap_or_else(|| panic!("no metric {key}"))
+            .clone()
+    };
+    // Every cell of both sides was measured (or observed); none failed.
+    for row in r["rows"].as_array().unwrap() {
+        for m in row["metrics"].as_array().unwrap() {
+            for side in ["container", "vm"] {
+                let s = m[side]["status"].as_str().unwrap();
+                assert!(
+                    ["measured", "observed", "stated"].contains(&s),
+                    "{side} {}: {}",
+                    m["key"],
+                    m[side]
+                );
+            }
+        }
+    }
+    // The "host" here is the testbed's own kernel; the guest runs the cloud kernel.
+    let host = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let kernel = metric("kernel");
+    assert_eq!(kernel["container"]["text"], host.as_str());
+    let guest = std::env::var("VESSEL_TEST_KERNEL_VERSION").unwrap_or_default();
+    assert_eq!(kernel["vm"]["text"], guest.as_str());
+    assert_ne!(guest, host);
+    assert!(metric("own_kernel")["vm"]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("yes"));
+    assert!(metric("own_kernel")["container"]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("no"));
+    let kallsyms = metric("host_kallsyms_visible");
+    assert!(kallsyms["vm"]["text"].as_str().unwrap().starts_with("no"));
+    // A VM boots a kernel; a container starts a process.
+    let start = metric("start_median");
+    let (c, v) = (
+        start["container"]["value"].as_f64().unwrap(),
+        start["vm"]["value"].as_f64().unwrap(),
+    );
+    assert!(v > c, "VM start {v} ms <= container start {c} ms");
+    assert_eq!(start["vm"]["samples"], 1);
+    assert!(start["ratio"].as_f64().unwrap() > 1.0);
+    // The VM's memory is its VMM's; each VM adds its own sparse disk.
+    let mem = metric("idle_memory");
+    assert!(mem["vm"]["value"].as_f64().unwrap() > mem["container"]["value"].as_f64().unwrap());
+    assert!(
+        metric("additional_instance_disk")["vm"]["value"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(stdout(&o).contains("MICROVM"), "{}", stdout(&o));
+}

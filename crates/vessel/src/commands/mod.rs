@@ -1,5 +1,6 @@
 //! One function per command: call the engine or the image store, print the result.
 
+mod compare;
 mod containers;
 mod images;
 mod oci;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Wait { instances } => containers::wait(&engine()?, &instances),
         Command::Rm { force, instances } => containers::rm(&engine()?, force, &instances),
         Command::Inspect { names } => containers::inspect(&engine()?, &names),
+        Command::Compare(a) => compare::compare(&root, &a),
         Command::Oci(c) => oci::run(c),
         Command::Monitor { id, attached } => {
             Ok(crate::engine::monitor::run(&engine()?, &id, attached))

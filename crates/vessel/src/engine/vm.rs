@@ -33,6 +33,9 @@ const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", 
 /// emulation a boot takes seconds; a guest that never reports is killed.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Guest RAM of a VM without `--memory`, MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+
 /// Size of each VM's sparse writable disk.
 const SCRATCH_BYTES: u64 = 1 << 30;
 
@@ -64,6 +67,18 @@ impl KernelDir {
             ))
         })
     }
+}
+
+/// The shared read-only root disk built for an image under data root `root`.
+pub fn image_disk_path(root: &Path, image_id: &str) -> PathBuf {
+    let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
+    root.join("vm/images").join(format!("{hex}.ext4"))
+}
+
+/// Removes an image's shared root disk (for an image that is gone). Best effort: a disk
+/// that is not there is already removed.
+pub fn remove_image_disk(root: &Path, image_id: &str) {
+    let _ = std::fs::remove_file(image_disk_path(root, image_id));
 }
 
 /// Runs instances as microVMs.
@@ -505,7 +520,10 @@ impl Backend for VmBackend {
         if !cmdline.contains("loglevel") {
             cmdline.push_str(" loglevel=3");
         }
-        let memory_mib = r.memory.map(|m| (m >> 20) as u32).unwrap_or(256);
+        let memory_mib = r
+            .memory
+            .map(|m| (m >> 20) as u32)
+            .unwrap_or(DEFAULT_MEMORY_MIB);
         let vcpus = r.cpus.map(|c| c.ceil() as u8).unwrap_or(1).max(1);
         let cfg = VmConfig {
             kernel: r.kernel.clone().unwrap_or_else(|| kernel.vmlinuz()),

@@ -1,0 +1,948 @@
+//! `vessel compare`: measures the seed's comparison table (hypervisor vs container engine)
+//! on this host, for one image, with both of vessel's isolations side by side.
+//!
+//! It is a client of vessel like any user: every instance is started by running the
+//! `vessel` binary itself (`run --rm`, `run -d`, `inspect`, `rm -f`), so the times are
+//! what a user sees. Memory and disk are read from the host; what an instance can see
+//! is read from inside by the static probe (`vessel-init probe`), added to a derived
+//! image as one extra layer so that containers and microVMs run it from the image alike
+//! (microVMs have no bind mounts). The same probe binary runs on the host for the
+//! "relative to the host" figures. Nothing is assumed: a measurement that fails says why.
+
+pub mod html;
+mod measure;
+pub mod report;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vessel_image::Store;
+
+use self::measure::{Facts, Perf, Vessel};
+use self::report::{Cell, Host, Metric, Report, Row};
+use crate::engine::request::Isolation;
+
+/// Where the probe lives inside the derived image.
+const PROBE_PATH: &str = "/.vessel-compare/probe";
+/// A directory of the derived image the file loop writes in.
+const PROBE_WORK: &str = "/.vessel-compare/work";
+
+/// What to compare.
+pub struct Options {
+    /// Data root.
+    pub root: PathBuf,
+    /// Image name or id.
+    pub image: String,
+    /// Samples per timed measurement.
+    pub runs: u32,
+    /// The user's own workload (after `--`), timed like `true`.
+    pub command: Vec<String>,
+    /// Which isolations to run.
+    pub isolations: Vec<Isolation>,
+    /// Memory budget for the "how many fit" extrapolation, bytes.
+    pub budget: u64,
+}
+
+/// Errors that stop the comparison before it measures anything.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A bad option.
+    #[error("{0}")]
+    Invalid(String),
+    /// The image store.
+    #[error(transparent)]
+    Image(#[from] vessel_image::Error),
+    /// Something the comparison needs is missing.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Told about progress (the CLI draws a bar).
+pub trait Observer {
+    /// The number of steps about to run.
+    fn plan(&self, steps: u64);
+    /// One step is starting.
+    fn step(&self, what: &str);
+}
+
+/// What one isolation gave.
+struct Side {
+    isolation: Isolation,
+    unavailable: Option<String>,
+    idle: Result<Idle, String>,
+    start: Result<Vec<Duration>, String>,
+    first_output: Result<Vec<Duration>, String>,
+    workload: Result<Vec<Duration>, String>,
+    facts: Result<Facts, String>,
+    perf: Result<Perf, String>,
+    /// Successful instance runs.
+    ran: u32,
+}
+
+/// Idle instances: memory per instance and disk use.
+struct Idle {
+    /// (bytes, how it was made up) per instance.
+    memory: Vec<(u64, String)>,
+    /// Bytes written by the first and by the second instance.
+    first_disk: u64,
+    more_disk: u64,
+    /// Bytes of what all instances share.
+    shared: u64,
+    shared_what: String,
+}
+
+/// Runs the comparison.
+pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
+    if opts.runs == 0 || opts.runs > 1000 {
+        return Err(CompareError::Invalid(format!(
+            "--runs must be 1 to 1000, not {}",
+            opts.runs
+        )));
+    }
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let clock = Instant::now();
+    let exe = std::env::current_exe()
+        .map_err(|e| CompareError::Setup(format!("locate the vessel binary: {e}")))?;
+    let probe = crate::engine::init::binary().map_err(|e| {
+        CompareError::Setup(format!(
+            "compare runs the static probe vessel-init: {}",
+            e.to_string().trim_start_matches("internal error: ")
+        ))
+    })?;
+    let vessel = Vessel {
+        exe,
+        root: opts.root.clone(),
+    };
+    let store = Store::open(&opts.root)?;
+    let base = store.resolve(&opts.image)?;
+
+    let per_side = 2
+        + 2 * opts.runs as u64
+        + if opts.command.is_empty() {
+            0
+        } else {
+            opts.runs as u64
+        }
+        + 2;
+    obs.plan(2 + per_side * opts.isolations.len() as u64);
+
+    obs.step("probe image");
+    let probe_image = ProbeImage::create(&store, &base, &probe)?;
+    obs.step("host probes");
+    let host_dir = tempfile::Builder::new()
+        .prefix("compare-host.")
+        .tempdir_in(&opts.root)
+        .map_err(|e| CompareError::Setup(format!("temp dir in {}: {e}", opts.root.display())))?;
+    let host_facts =
+        host_probe(&probe, &["facts"]).and_then(|o| measure::parse::<Facts>("facts", &o));
+    let host_perf = host_probe(
+        &probe,
+        &[
+            "perf",
+            &opts.runs.to_string(),
+            &host_dir.path().display().to_string(),
+        ],
+    )
+    .and_then(|o| measure::parse::<Perf>("perf", &o));
+
+    let sides: Vec<Side> = opts
+        .isolations
+        .iter()
+        .map(|&iso| measure_side(&vessel, opts, &probe_image.tag, iso, obs))
+        .collect();
+    probe_image.remove(&store, &opts.root);
+
+    let host = Host {
+        kernel: rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory: measure::mem_total(),
+        kvm: vessel_vmm::detect_kvm().to_string(),
+    };
+    let side = |iso| sides.iter().find(|s| s.isolation == iso);
+    let not_asked = |iso: Isolation| Cell::Unavailable {
+        reason: format!("not requested (--isolation {})", other(iso).as_str()),
+    };
+    let rows = build_rows(
+        opts,
+        &host,
+        host_facts.as_ref(),
+        host_perf.as_ref(),
+        side(Isolation::Container),
+        side(Isolation::Vm),
+        &not_asked,
+    );
+    Ok(Report {
+        image: opts.image.clone(),
+        command: opts.command.clone(),
+        runs: opts.runs,
+        budget: opts.budget,
+        host,
+        isolations: opts
+            .isolations
+            .iter()
+            .map(|i| i.as_str().to_string())
+            .collect(),
+        vm_unavailable: side(Isolation::Vm).and_then(|s| s.unavailable.clone()),
+        started,
+        seconds: clock.elapsed().as_secs_f64(),
+        rows,
+    })
+}
+
+fn other(i: Isolation) -> Isolation {
+    match i {
+        Isolation::Container => Isolation::Vm,
+        Isolation::Vm => Isolation::Container,
+    }
+}
+
+/// The base image plus the probe, tagged for the duration of the comparison.
+struct ProbeImage {
+    tag: String,
+    id: vessel_image::digest::Digest,
+    /// Whether this run created it (and so removes it).
+    ours: bool,
+}
+
+impl ProbeImage {
+    fn create(
+        store: &Store,
+        base: &vessel_image::ImageRecord,
+        probe: &Path,
+    ) -> Result<ProbeImage, CompareError> {
+        let tag = format!("vessel-compare-probe:{}", base.id.short());
+        let dir = tempfile::tempdir()
+            .map_err(|e| CompareError::Setup(format!("temp dir for the probe layer: {e}")))?;
+        let setup = |op: &str, e: std::io::Error| CompareError::Setup(format!("{op}: {e}"));
+        let inner = dir.path().join(PROBE_PATH.trim_start_matches('/'));
+        let work = dir.path().join(PROBE_WORK.trim_start_matches('/'));
+        std::fs::create_dir_all(&work).map_err(|e| setup("create the probe layer", e))?;
+        std::fs::copy(probe, &inner)
+            .map_err(|e| setup(&format!("copy {} into the probe layer", probe.display()), e))?;
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in [(&inner, 0o755), (&work, 0o1777)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| setup("chmod the probe layer", e))?;
+        }
+        let existed = store.resolve(&tag).is_ok();
+        let reference = tag
+            .parse()
+            .map_err(|e| CompareError::Setup(format!("probe image tag {tag}: {e}")))?;
+        let img = vessel_image::import::add_layer(
+            store,
+            base,
+            dir.path(),
+            Some(&reference),
+            "vessel compare: the probe",
+        )?;
+        Ok(ProbeImage {
+            tag,
+            id: img.id,
+            ours: !existed,
+        })
+    }
+
+    /// Removes the probe image and the VM root disk built from it.
+    fn remove(&self, store: &Store, root: &Path) {
+        if self.ours {
+            let _ = store.remove(&self.tag, false);
+            crate::engine::vm::remove_image_disk(root, &self.id.to_string());
+        }
+    }
+}
+
+fn host_probe(probe: &Path, args: &[&str]) -> Result<String, String> {
+    let mut c = std::process::Command::new(probe);
+    c.arg("probe").args(args);
+    measure::timed(c).map(|t| t.stdout)
+}
+
+fn measure_side(
+    vessel: &Vessel,
+    opts: &Options,
+    probe_tag: &str,
+    iso: Isolation,
+    obs: &dyn Observer,
+) -> Side {
+    let name = iso.as_str();
+    let run = |extra: &[&str], image: &str, cmd: &[&str]| {
+        let mut args = vec!["run", "--isolation", name];
+        args.extend_from_slice(extra);
+        args.push(image);
+        args.extend_from_slice(cmd);
+        vessel.timed(&args)
+    };
+    let mut side = Side {
+        isolation: iso,
+        unavailable: None,
+        idle: Err(String::new()),
+        start: Err(String::new()),
+        first_output: Err(String::new()),
+        workload: Err(String::new()),
+        facts: Err(String::new()),
+        perf: Err(String::new()),
+        ran: 0,
+    };
+    // First: idle instances (memory, disk). The first start is also the check that this
+    // isolation runs here at all.
+    obs.step(&format!("{name}: idle instances"));
+    side.idle = idle_instances(vessel, opts, iso, obs);
+    if let Err(e) = &side.idle {
+        if let Some(reason) = e.strip_prefix(CANNOT_START) {
+            side.unavailable = Some(reason.to_string());
+            return side;
+        }
+    }
+    side.ran += 2;
+    let times = |label: &str, cmd: &[&str], first: bool| {
+        let mut v = Vec::new();
+        for i in 0..opts.runs {
+            obs.step(&format!("{name}: {label} {}/{}", i + 1, opts.runs));
+            let t = run(&["--rm"], &opts.image, cmd)?;
+            v.push(if first {
+                t.first_output
+                    .ok_or_else(|| format!("{cmd:?} printed nothing"))?
+            } else {
+                t.total
+            });
+        }
+        Ok::<_, String>(v)
+    };
+    side.start = times("start", &["true"], false);
+    side.first_output = times("first output", &["echo", "vessel-compare"], true);
+    if !opts.command.is_empty() {
+        let cmd: Vec<&str> = opts.command.iter().map(String::as_str).collect();
+        side.workload = times("workload", &cmd, false);
+    }
+    for r in [&side.start, &side.first_output, &side.workload] {
+        side.ran += r.as_ref().map_or(0, |v| v.len() as u32);
+    }
+    obs.step(&format!("{name}: isolation facts"));
+    side.facts = run(&["--rm"], probe_tag, &[PROBE_PATH, "probe", "facts"])
+        .and_then(|t| measure::parse("facts", &t.stdout));
+    obs.step(&format!("{name}: performance loops"));
+    side.perf = run(
+        &["--rm"],
+        probe_tag,
+        &[
+            PROBE_PATH,
+            "probe",
+            "perf",
+            &opts.runs.to_string(),
+            PROBE_WORK,
+        ],
+    )
+    .and_then(|t| measure::parse("perf", &t.stdout));
+    side.ran += side.facts.is_ok() as u32 + side.perf.is_ok() as u32;
+    side
+}
+
+/// Prefix of an idle-instance error meaning the isolation cannot run here at all.
+const CANNOT_START: &str = "cannot start: ";
+
+/// Starts two idle instances one after the other, measuring disk use before and after
+/// each and their memory once each has settled; removes them.
+fn idle_instances(
+    vessel: &Vessel,
+    opts: &Options,
+    iso: Isolation,
+    obs: &dyn Observer,
+) -> Result<Idle, String> {
+    let trees = [opts.root.join("instances"), opts.root.join("vm")];
+    let mut ids = Vec::new();
+    let result = (|| {
+        let d0 = measure::disk_usage(&trees);
+        let mut disk = Vec::new();
+        let mut memory = Vec::new();
+        for i in 0..2 {
+            if i == 1 {
+                obs.step(&format!("{}: second idle instance", iso.as_str()));
+            }
+            let t = vessel
+                .timed(&[
+                    "run",
+                    "-d",
+                    "--isolation",
+                    iso.as_str(),
+                    &opts.image,
+                    "sleep",
+                    "100000",
+                ])
+                .map_err(|e| {
+                    if i == 0 {
+                        format!("{CANNOT_START}{e}")
+                    } else {
+                        e
+                    }
+                })?;
+            let id = t.stdout.trim().to_string();
+            ids.push(id.clone());
+            // Let it reach its idle state (a guest finishes booting, a shell settles).
+            std::thread::sleep(Duration::from_secs(1));
+            memory.push(instance_memory(vessel, &id, iso)?);
+            disk.push(measure::disk_usage(&trees));
+        }
+        let (shared, shared_what) = shared_artefacts(vessel, opts, iso, &ids[0])?;
+        Ok(Idle {
+            memory,
+            first_disk: disk[0].saturating_sub(d0),
+            more_disk: disk[1].saturating_sub(disk[0]),
+            shared,
+            shared_what,
+        })
+    })();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        if let Err(e) = vessel.timed(&args) {
+            return Err(format!("remove the idle instances: {e}"));
+        }
+    }
+    result
+}
+
+fn inspect(vessel: &Vessel, id: &str) -> Result<serde_json::Value, String> {
+    let t = vessel.timed(&["inspect", id])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&t.stdout).map_err(|e| format!("inspect {id}: {e}"))?;
+    Ok(v[0].clone())
+}
+
+/// Host memory one idle instance costs, and what it is made of.
+fn instance_memory(vessel: &Vessel, id: &str, iso: Isolation) -> Result<(u64, String), String> {
+    let v = inspect(vessel, id)?;
+    let pid = v["State"]["Pid"].as_i64().unwrap_or(0) as i32;
+    let monitor = v["State"]["MonitorPid"].as_i64().unwrap_or(0) as i32;
+    if pid <= 0 || monitor <= 0 {
+        return Err(format!("instance {id} is not running: {}", v["State"]));
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    match iso {
+        Isolation::Container => {
+            let (cg, file) = measure::cgroup_memory(pid)?;
+            let mon = measure::pss(monitor)?;
+            Ok((
+                cg + mon,
+                format!(
+                    "cgroup {:.1} MiB ({}) + monitor PSS {:.1} MiB",
+                    mib(cg),
+                    file.file_name().unwrap_or_default().to_string_lossy(),
+                    mib(mon)
+                ),
+            ))
+        }
+        Isolation::Vm => {
+            let vmm = measure::pss(monitor)?;
+            let guest = v["HostConfig"]["Memory"]
+                .as_u64()
+                .filter(|m| *m > 0)
+                .unwrap_or((crate::engine::vm::DEFAULT_MEMORY_MIB as u64) << 20);
+            Ok((
+                vmm,
+                format!(
+                    "VMM PSS {:.1} MiB, of which guest RAM touched so far; guest RAM committed {:.0} MiB",
+                    mib(vmm),
+                    mib(guest)
+                ),
+            ))
+        }
+    }
+}
+
+/// What every instance of the image shares on disk.
+fn shared_artefacts(
+    vessel: &Vessel,
+    opts: &Options,
+    iso: Isolation,
+    id: &str,
+) -> Result<(u64, String), String> {
+    let v = inspect(vessel, id)?;
+    let image_id = v["Image"].as_str().unwrap_or_default().to_string();
+    let store = Store::open(&opts.root).map_err(|e| e.to_string())?;
+    let img = store.resolve(&image_id).map_err(|e| e.to_string())?;
+    let layers = store.layer_dirs(&img).map_err(|e| e.to_string())?;
+    match iso {
+        Isolation::Container => Ok((
+            measure::disk_usage(&layers),
+            format!(
+                "{} unpacked layer(s), used as overlay lower dirs",
+                layers.len()
+            ),
+        )),
+        Isolation::Vm => {
+            let disk = crate::engine::vm::image_disk_path(&opts.root, &image_id);
+            let initramfs = opts.root.join("vm/initramfs");
+            Ok((
+                measure::disk_usage(&[disk, initramfs]),
+                "read-only ext4 root disk of the image + agent initramfs (the layers stay in the image store too)".into(),
+            ))
+        }
+    }
+}
+
+fn ms_cell(r: &Result<Vec<Duration>, String>, pick: fn(f64, f64) -> f64) -> Cell {
+    match r {
+        Ok(v) => match measure::median_p95(v) {
+            Some((med, p95)) => Cell::measured(pick(med, p95), "ms", v.len() as u32, None),
+            None => Cell::Failed {
+                reason: "no samples".into(),
+            },
+        },
+        Err(e) => Cell::Failed { reason: e.clone() },
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Builds the table from what each side gave.
+fn build_rows(
+    opts: &Options,
+    host: &Host,
+    host_facts: Result<&Facts, &String>,
+    host_perf: Result<&Perf, &String>,
+    container: Option<&Side>,
+    vm: Option<&Side>,
+    not_asked: &dyn Fn(Isolation) -> Cell,
+) -> Vec<Row> {
+    // One cell per side from a function of that side's results.
+    let pair = |f: &dyn Fn(&Side) -> Cell| -> (Cell, Cell) {
+        let one = |s: Option<&Side>, iso: Isolation| match s {
+            None => not_asked(other(iso)),
+            Some(s) => match &s.unavailable {
+                Some(r) => Cell::Unavailable { reason: r.clone() },
+                None => f(s),
+            },
+        };
+        (one(container, Isolation::Container), one(vm, Isolation::Vm))
+    };
+    let metric = |key: &str, label: &str, method: &str, f: &dyn Fn(&Side) -> Cell| {
+        let (c, v) = pair(f);
+        Metric::new(key, label, method, c, v)
+    };
+    let facts_cell = |s: &Side, f: &dyn Fn(&Facts) -> Cell| match &s.facts {
+        Ok(x) => f(x),
+        Err(e) => Cell::Failed { reason: e.clone() },
+    };
+    let hf = host_facts.ok();
+    let runs = opts.runs;
+    let mut rows = Vec::new();
+
+    rows.push(Row {
+        key: "virtualization".into(),
+        title: "Virtualization level".into(),
+        metrics: vec![
+            metric(
+                "kernel",
+                "kernel seen inside",
+                &format!(
+                    "uname(2) inside one instance, by the probe; host: {}",
+                    host.kernel
+                ),
+                &|s| {
+                    facts_cell(s, &|f| Cell::Observed {
+                        text: f.kernel.clone(),
+                        samples: 1,
+                    })
+                },
+            ),
+            metric(
+                "syscalls_handled_by",
+                "kernel handling its syscalls",
+                "boot id inside (/proc/sys/kernel/random/boot_id) compared with the host's",
+                &|s| {
+                    facts_cell(s, &|f| match hf {
+                        Some(h) if h.boot_id == f.boot_id => Cell::Observed {
+                            text: format!("the host's ({})", h.kernel),
+                            samples: 1,
+                        },
+                        Some(_) => Cell::Observed {
+                            text: format!("its own guest kernel ({})", f.kernel),
+                            samples: 1,
+                        },
+                        None => Cell::Failed {
+                            reason: format!("host probe: {}", host_facts.err().map_or("", |e| e)),
+                        },
+                    })
+                },
+            ),
+        ],
+    });
+
+    rows.push(Row {
+        key: "start".into(),
+        title: "Boot/start time".into(),
+        metrics: vec![
+            metric(
+                "start_median",
+                "start to exit of `true`, median",
+                &format!("wall time of `vessel run --rm IMAGE true`, spawn to exit, {runs} runs"),
+                &|s| ms_cell(&s.start, |m, _| m),
+            ),
+            metric(
+                "start_p95",
+                "start to exit of `true`, p95",
+                &format!("95th percentile (nearest rank) of the same {runs} runs"),
+                &|s| ms_cell(&s.start, |_, p| p),
+            ),
+            metric(
+                "first_output_median",
+                "time to first output, median",
+                &format!("spawn of `vessel run --rm IMAGE echo` to its first byte on stdout, {runs} runs"),
+                &|s| ms_cell(&s.first_output, |m, _| m),
+            ),
+        ],
+    });
+
+    if !opts.command.is_empty() {
+        let cmd = opts.command.join(" ");
+        rows.push(Row {
+            key: "workload".into(),
+            title: "Your workload".into(),
+            metrics: vec![
+                metric(
+                    "workload_median",
+                    "run to exit, median",
+                    &format!("wall time of `vessel run --rm IMAGE {cmd}`, {runs} runs"),
+                    &|s| ms_cell(&s.workload, |m, _| m),
+                ),
+                metric(
+                    "workload_p95",
+                    "run to exit, p95",
+                    &format!("95th percentile of the same {runs} runs"),
+                    &|s| ms_cell(&s.workload, |_, p| p),
+                ),
+            ],
+        });
+    }
+
+    let idle_cell = |s: &Side, f: &dyn Fn(&Idle) -> Cell| match &s.idle {
+        Ok(i) => f(i),
+        Err(e) => Cell::Failed { reason: e.clone() },
+    };
+    let per_instance = |i: &Idle| {
+        let mut v: Vec<f64> = i.memory.iter().map(|(b, _)| *b as f64).collect();
+        v.sort_by(f64::total_cmp);
+        measure::median_sorted(&v)
+    };
+    let budget_mib = opts.budget >> 20;
+    rows.push(Row {
+        key: "resources".into(),
+        title: "Resource overhead".into(),
+        metrics: vec![
+            metric(
+                "idle_memory",
+                "host memory per idle instance",
+                "2 idle instances (`sleep`), 1 s after start: container = cgroup memory usage + monitor PSS; VM = VMM process PSS (guest RAM it touched included)",
+                &|s| {
+                    idle_cell(s, &|i| {
+                        Cell::measured(
+                            per_instance(i),
+                            "B",
+                            i.memory.len() as u32,
+                            i.memory.last().map(|(_, d)| d.clone()),
+                        )
+                    })
+                },
+            ),
+            metric(
+                "instances_in_budget",
+                &format!("idle instances in {budget_mib} MiB (extrapolated)"),
+                &format!("extrapolated, not run: {budget_mib} MiB / measured memory per idle instance"),
+                &|s| {
+                    idle_cell(s, &|i| {
+                        let per = per_instance(i);
+                        if per > 0.0 {
+                            Cell::measured(
+                                (opts.budget as f64 / per).floor(),
+                                "instances",
+                                i.memory.len() as u32,
+                                Some("extrapolated from the measured per-instance cost".into()),
+                            )
+                        } else {
+                            Cell::Failed {
+                                reason: "measured 0 bytes per instance".into(),
+                            }
+                        }
+                    })
+                },
+            ),
+        ],
+    });
+
+    rows.push(Row {
+        key: "storage".into(),
+        title: "Storage efficiency".into(),
+        metrics: vec![
+            metric(
+                "first_instance_disk",
+                "disk written by the first instance",
+                "blocks allocated under <root>/instances and <root>/vm, before vs after starting one idle instance",
+                &|s| idle_cell(s, &|i| Cell::measured(i.first_disk as f64, "B", 1, None)),
+            ),
+            metric(
+                "additional_instance_disk",
+                "disk written by each additional instance",
+                "the same, before vs after a second idle instance of the same image",
+                &|s| idle_cell(s, &|i| Cell::measured(i.more_disk as f64, "B", 1, None)),
+            ),
+            metric(
+                "shared_disk",
+                "shared by all instances of the image",
+                "blocks allocated by what every instance of the image uses read-only",
+                &|s| {
+                    idle_cell(s, &|i| {
+                        Cell::measured(i.shared as f64, "B", 1, Some(i.shared_what.clone()))
+                    })
+                },
+            ),
+        ],
+    });
+
+    let obs = |text: String| Cell::Observed { text, samples: 1 };
+    let host_missing = || Cell::Failed {
+        reason: format!(
+            "host probe: {}",
+            host_facts.err().map_or("failed", |e| e.as_str())
+        ),
+    };
+    rows.push(Row {
+        key: "isolation".into(),
+        title: "Isolation".into(),
+        metrics: vec![
+            metric(
+                "own_kernel",
+                "own kernel",
+                "boot id inside vs the host's: a different one is a different kernel",
+                &|s| {
+                    facts_cell(s, &|f| match hf {
+                        Some(h) => obs(format!(
+                            "{} ({})",
+                            yes_no(h.boot_id != f.boot_id),
+                            if h.boot_id == f.boot_id {
+                                "shared with the host"
+                            } else {
+                                "separate boot"
+                            }
+                        )),
+                        None => host_missing(),
+                    })
+                },
+            ),
+            metric(
+                "host_processes_visible",
+                "host processes visible",
+                "processes listed in /proc inside vs on the host",
+                &|s| {
+                    facts_cell(s, &|f| match hf {
+                        Some(h) => obs(format!(
+                            "{} ({} inside, host has {})",
+                            yes_no(f.processes >= h.processes),
+                            f.processes,
+                            h.processes
+                        )),
+                        None => host_missing(),
+                    })
+                },
+            ),
+            metric(
+                "host_kallsyms_visible",
+                "host kernel symbols visible",
+                "hash of the symbol names in /proc/kallsyms inside vs on the host",
+                &|s| {
+                    facts_cell(s, &|f| match (hf, &f.kallsyms) {
+                        (_, None) => obs("no (/proc/kallsyms unreadable)".into()),
+                        (Some(h), Some(k)) => obs(if h.kallsyms.as_ref() == Some(k) {
+                            format!("yes (the host's {} symbols)", f.kallsyms_symbols)
+                        } else {
+                            format!("no (its own kernel's {} symbols)", f.kallsyms_symbols)
+                        }),
+                        (None, _) => host_missing(),
+                    })
+                },
+            ),
+            metric(
+                "host_modules_visible",
+                "host kernel modules visible",
+                "/proc/modules inside vs on the host",
+                &|s| {
+                    facts_cell(s, &|f| match (hf, &f.modules) {
+                        (_, None) => obs("no (/proc/modules unreadable)".into()),
+                        (Some(h), Some(m)) => obs(if h.modules.as_ref() == Some(m) {
+                            format!("yes (the host's {} modules)", m.len())
+                        } else {
+                            format!("no (its own kernel's {} modules)", m.len())
+                        }),
+                        (None, _) => host_missing(),
+                    })
+                },
+            ),
+            metric(
+                "cap_eff",
+                "effective capabilities",
+                "CapEff of /proc/self/status inside (bits set)",
+                &|s| {
+                    facts_cell(s, &|f| {
+                        let n = u64::from_str_radix(&f.cap_eff, 16).map(u64::count_ones);
+                        obs(match n {
+                            Ok(n) => format!("{} ({n} capabilities)", f.cap_eff),
+                            Err(_) => f.cap_eff.clone(),
+                        })
+                    })
+                },
+            ),
+            metric(
+                "seccomp",
+                "seccomp mode",
+                "Seccomp of /proc/self/status inside",
+                &|s| {
+                    facts_cell(s, &|f| {
+                        obs(match f.seccomp {
+                            Some(0) => "0 (off)".into(),
+                            Some(1) => "1 (strict)".into(),
+                            Some(2) => "2 (filter)".into(),
+                            Some(n) => n.to_string(),
+                            None => "unknown (no Seccomp field)".into(),
+                        })
+                    })
+                },
+            ),
+            metric(
+                "kernel_panic_scope",
+                "a kernel panic inside takes down",
+                "stated from the kernel observed above, not triggered",
+                &|s| {
+                    facts_cell(s, &|f| match hf {
+                        Some(h) if h.boot_id == f.boot_id => Cell::Stated {
+                            text: "the host and every instance on it (one shared kernel)".into(),
+                        },
+                        Some(_) => Cell::Stated {
+                            text: "this VM only (its own kernel; the host's keeps running)".into(),
+                        },
+                        None => host_missing(),
+                    })
+                },
+            ),
+        ],
+    });
+
+    let perf_cell = |s: &Side, pick: fn(&Perf) -> &measure::Timings| match (&s.perf, host_perf) {
+        (Ok(p), Ok(h)) => {
+            let (inside, on_host) = (
+                measure::median_ns_ms(&pick(p).ns),
+                measure::median_ns_ms(&pick(h).ns),
+            );
+            Cell::measured(
+                inside / on_host,
+                "x host",
+                pick(p).ns.len() as u32,
+                Some(format!(
+                    "median {inside:.1} ms inside, {on_host:.1} ms on the host, for {} units of work",
+                    pick(p).work
+                )),
+            )
+        }
+        (Err(e), _) => Cell::Failed { reason: e.clone() },
+        (_, Err(e)) => Cell::Failed {
+            reason: format!("host run: {e}"),
+        },
+    };
+    rows.push(Row {
+        key: "performance".into(),
+        title: "Performance".into(),
+        metrics: vec![
+            metric(
+                "cpu",
+                "CPU-bound loop",
+                &format!("xorshift rounds by the probe: median of {runs} inside / median of {runs} on the host, same static binary"),
+                &|s| perf_cell(s, |p| &p.cpu),
+            ),
+            metric(
+                "syscall",
+                "syscall loop (getpid)",
+                &format!("raw getpid(2) calls by the probe: median of {runs} inside / on the host"),
+                &|s| perf_cell(s, |p| &p.syscall),
+            ),
+            metric(
+                "file",
+                "file write+fsync+read",
+                &format!("write in 64 KiB blocks, fsync, read back, in the instance's writable root (host: in the vessel root); median of {runs} inside / on the host"),
+                &|s| perf_cell(s, |p| &p.file),
+            ),
+        ],
+    });
+
+    rows.push(Row {
+        key: "portability".into(),
+        title: "Portability and use cases".into(),
+        metrics: vec![
+            metric(
+                "runs_other_kernel",
+                "runs a kernel other than the host's",
+                "the kernel observed inside vs the host's",
+                &|s| {
+                    facts_cell(s, &|f| {
+                        if f.kernel != host.kernel || hf.is_some_and(|h| h.boot_id != f.boot_id) {
+                            Cell::Stated {
+                                text: format!("yes: ran {} (host {})", f.kernel, host.kernel),
+                            }
+                        } else {
+                            Cell::Stated {
+                                text: format!("no: ran the host's {}", host.kernel),
+                            }
+                        }
+                    })
+                },
+            ),
+            metric(
+                "same_image",
+                "the same image ran unchanged",
+                "successful instance runs of this image (and its probe layer) in this comparison",
+                &|s| Cell::Observed {
+                    text: format!("yes: {} runs", s.ran),
+                    samples: s.ran,
+                },
+            ),
+            metric("use_case", "fits", "stated from the figures above", &|s| {
+                let start = s
+                    .start
+                    .as_ref()
+                    .ok()
+                    .and_then(|v| measure::median_p95(v))
+                    .map(|(m, _)| format!("{m:.0} ms start"))
+                    .unwrap_or_else(|| "start not measured".into());
+                let fit = s
+                    .idle
+                    .as_ref()
+                    .ok()
+                    .map(|i| {
+                        format!(
+                            "~{:.0} per {budget_mib} MiB",
+                            (opts.budget as f64 / per_instance(i)).floor()
+                        )
+                    })
+                    .unwrap_or_else(|| "memory not measured".into());
+                Cell::Stated {
+                    text: match s.isolation {
+                        Isolation::Container => {
+                            format!("many apps on the host's kernel ({start}, {fit})")
+                        }
+                        Isolation::Vm => {
+                            format!("own kernel or a kernel boundary ({start}, {fit})")
+                        }
+                    },
+                }
+            }),
+        ],
+    });
+    rows
+}
