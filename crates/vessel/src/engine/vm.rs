@@ -36,8 +36,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Size of each VM's sparse writable disk.
 const SCRATCH_BYTES: u64 = 1 << 30;
 
-/// The guest kernel vessel boots: `vmlinuz`, `modules/` (with `modules.dep`) and
-/// `version`, as `scripts/fetch-kernel` lays them out.
+/// The guest kernel vessel boots: `vmlinuz` (and `vmlinux`, the same kernel as an ELF
+/// image, when it could be extracted), `modules/` (with `modules.dep`) and `version`, as
+/// `scripts/fetch-kernel` lays them out.
 pub struct KernelDir(pub PathBuf);
 
 impl KernelDir {
@@ -50,8 +51,16 @@ impl KernelDir {
         )
     }
 
+    /// The image to boot: the ELF `vmlinux` if there is one (PVH entry: no decompression
+    /// in the guest, so a faster start and ~34 MiB less guest memory touched: the
+    /// bzImage's compressed copy and decompression buffers), else the `vmlinuz` bzImage.
     fn vmlinuz(&self) -> PathBuf {
-        self.0.join("vmlinuz")
+        let elf = self.0.join("vmlinux");
+        if elf.is_file() {
+            elf
+        } else {
+            self.0.join("vmlinuz")
+        }
     }
 
     fn version(&self) -> Result<String> {
