@@ -186,6 +186,46 @@ fn two_vms_of_one_image_at_once() {
     }
 }
 
+/// The VMM's vCPU and I/O threads run under a seccomp filter (mode 2) with no
+/// capabilities; the monitor's other threads are not confined.
+fn assert_vmm_threads_confined(monitor: i64) {
+    let mut confined = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{monitor}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if !(comm.starts_with("vcpu") || comm == "vmm-io") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Seccomp:"), "2", "thread {comm}: {status}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "thread {comm}");
+        assert_eq!(field("CapPrm:"), "0000000000000000", "thread {comm}");
+        assert_eq!(field("NoNewPrivs:"), "1", "thread {comm}");
+        confined.push(comm);
+    }
+    confined.sort();
+    assert_eq!(
+        confined,
+        ["vcpu0", "vmm-io"],
+        "the VMM threads of {monitor}"
+    );
+    let main = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+    assert!(
+        main.contains("Seccomp:\t0"),
+        "the monitor's main thread is not confined"
+    );
+}
+
 #[test]
 #[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
 fn detached_lifecycle_stop_and_no_leftovers() {
@@ -204,6 +244,7 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     let st = inspect(&n);
     assert_eq!(st["State"]["Status"], "running");
     assert_eq!(st["HostConfig"]["Isolation"], "vm");
+    assert_vmm_threads_confined(st["State"]["MonitorPid"].as_i64().unwrap());
     assert!(ok(&["ps"]).contains(&n));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok(&["logs", &n]).contains("up") {
