@@ -342,3 +342,113 @@ fn bad_vm_input_is_a_clear_125() {
     ]);
     assert_eq!(code(&o), 125, "{}", stderr(&o));
 }
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn exec_runs_in_the_running_vm() {
+    let n = name("vx");
+    vm_ok(&[
+        "-d",
+        "--name",
+        &n,
+        "-e",
+        "FROM_RUN=r",
+        "busybox",
+        "sh",
+        "-c",
+        "echo main > /tmp/marker; sleep 1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = vessel(&["exec", &n, "cat", "/tmp/marker"]);
+        if o.status.success() {
+            assert_eq!(stdout(&o), "main\n", "the same guest file system");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exec never saw the marker: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Same kernel as the workload, streams, exit codes, environment.
+    let o = vessel(&[
+        "exec",
+        "-e",
+        "X=1",
+        &n,
+        "sh",
+        "-c",
+        "echo out $X $FROM_RUN; echo err >&2; uname -r; exit 7",
+    ]);
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let want = std::env::var("VESSEL_TEST_KERNEL_VERSION").unwrap_or_default();
+    assert_eq!(stdout(&o), format!("out 1 r\n{want}\n"));
+    assert_eq!(stderr(&o), "err\n");
+    let o = vessel(&["exec", &n, "no-such-cmd"]);
+    assert_eq!(code(&o), 127, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-such-cmd"), "{}", stderr(&o));
+    // stdin with -i; two sessions at once.
+    let spawn = |input: &'static [u8], tag: &str| {
+        let mut c = cmd(&[
+            "exec",
+            "-i",
+            &n,
+            "sh",
+            "-c",
+            &format!("read a; sleep 1; echo {tag}:$a"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        c
+    };
+    let (a, b) = (spawn(b"x\n", "a"), spawn(b"y\n", "b"));
+    for (c, want) in [(a, "a:x\n"), (b, "b:y\n")] {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            want,
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // A terminal with -it: util-linux's `script` gives vessel one.
+    let cmdline = format!(
+        "{} --root {} exec -it {n} sh -c 'tty; test -t 0 && echo is-a-tty; exit 4'",
+        vessel_bin(),
+        root().display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("script (bsdutils)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("/dev/pts/") && out.contains("is-a-tty"),
+        "{out}"
+    );
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    let id = id_of(&n);
+    ok(&["rm", "-f", &n]);
+    assert!(!root().join("instances").join(&id).exists());
+    assert_ne!(
+        code(&vessel(&["exec", &n, "true"])),
+        0,
+        "no exec into a removed VM"
+    );
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn console_shows_the_guest_boot() {
+    let out = vm_ok(&["--rm", "--console", "busybox", "echo", "workload-output"]);
+    assert!(out.contains("Linux version"), "no kernel console in: {out}");
+    assert!(out.contains("workload-output"), "{out}");
+}
