@@ -13,6 +13,23 @@
 //! Exit                      ──────▶       (then the guest powers off)
 //! ```
 //!
+//! While the command runs, the host may start more processes in the guest (`vessel
+//! exec`): each is a session with a host-chosen `u32` id, and its frames are the `Exec*`
+//! kinds, whose payload starts with the id (little-endian) followed by what the plain
+//! kind carries ([`session_payload`], [`split_session`]):
+//!
+//! ```text
+//! guest                                   host
+//!                           ◀──────       ExecStart (id, JSON GuestConfig)
+//! ExecStarted | ExecError   ──────▶
+//! ExecStdout/ExecStderr …   ──────▶       ◀── ExecStdin … ExecStdinEof, ExecSignal, ExecResize
+//! ExecExit                  ──────▶
+//! ```
+//!
+//! Between `vessel exec` and the VM's monitor the same frames flow without ids (one
+//! connection per session): `Config` to start, then `Stdin`/`StdinEof`/`Signal`/`Resize`
+//! one way and `Started`/`Stdout`/`Stderr`/`Exit`/`Error` the other.
+//!
 //! The reader never trusts the peer: a length above [`MAX_PAYLOAD`] or an unknown kind is
 //! an error, and payload memory grows only as bytes actually arrive.
 
@@ -41,6 +58,17 @@ pub enum Kind {
     Signal = 4,
     /// Host → guest: the terminal's new size, `u16` rows then `u16` cols, LE (tty only).
     Resize = 5,
+    /// Host → guest: start exec session `id` (payload: id, then JSON [`GuestConfig`]:
+    /// args, env, workdir, user, tty, interactive; the rest is ignored).
+    ExecStart = 6,
+    /// Host → guest: stdin bytes for a session.
+    ExecStdin = 7,
+    /// Host → guest: a session's stdin is at its end.
+    ExecStdinEof = 8,
+    /// Host → guest: signal (`i32` LE after the id) for a session's process.
+    ExecSignal = 9,
+    /// Host → guest: a session's terminal size (as [`Kind::Resize`], after the id).
+    ExecResize = 10,
     /// Guest → host: the agent is up and waits for [`Kind::Config`] (empty payload).
     Ready = 16,
     /// Guest → host: the command was executed successfully (empty payload).
@@ -55,6 +83,17 @@ pub enum Kind {
     /// Guest → host: JSON of [`ErrorReport`]; the command did not run (or the agent
     /// failed). The last frame; the guest powers off after it.
     Error = 21,
+    /// Guest → host: a session's process was executed.
+    ExecStarted = 22,
+    /// Guest → host: a session's stdout (or terminal) bytes.
+    ExecStdout = 23,
+    /// Guest → host: a session's stderr bytes.
+    ExecStderr = 24,
+    /// Guest → host: a session's exit status (`i32` LE after the id); its last frame.
+    ExecExit = 25,
+    /// Guest → host: a session's process did not run (JSON [`ErrorReport`] after the id);
+    /// its last frame.
+    ExecError = 26,
 }
 
 impl Kind {
@@ -72,8 +111,72 @@ impl Kind {
             19 => Kind::Stderr,
             20 => Kind::Exit,
             21 => Kind::Error,
+            6 => Kind::ExecStart,
+            7 => Kind::ExecStdin,
+            8 => Kind::ExecStdinEof,
+            9 => Kind::ExecSignal,
+            10 => Kind::ExecResize,
+            22 => Kind::ExecStarted,
+            23 => Kind::ExecStdout,
+            24 => Kind::ExecStderr,
+            25 => Kind::ExecExit,
+            26 => Kind::ExecError,
             _ => return None,
         })
+    }
+
+    /// The session kind that carries this plain kind for an exec session (`Stdin` →
+    /// `ExecStdin`, `Config` → `ExecStart`, `Exit` → `ExecExit`, ...); `None` for kinds
+    /// that have no session form (`Ready`) or already are one.
+    pub fn to_session(self) -> Option<Kind> {
+        Some(match self {
+            Kind::Config => Kind::ExecStart,
+            Kind::Stdin => Kind::ExecStdin,
+            Kind::StdinEof => Kind::ExecStdinEof,
+            Kind::Signal => Kind::ExecSignal,
+            Kind::Resize => Kind::ExecResize,
+            Kind::Started => Kind::ExecStarted,
+            Kind::Stdout => Kind::ExecStdout,
+            Kind::Stderr => Kind::ExecStderr,
+            Kind::Exit => Kind::ExecExit,
+            Kind::Error => Kind::ExecError,
+            _ => return None,
+        })
+    }
+
+    /// The plain kind a session kind carries (the inverse of [`Kind::to_session`]).
+    pub fn from_session(self) -> Option<Kind> {
+        [
+            Kind::Config,
+            Kind::Stdin,
+            Kind::StdinEof,
+            Kind::Signal,
+            Kind::Resize,
+            Kind::Started,
+            Kind::Stdout,
+            Kind::Stderr,
+            Kind::Exit,
+            Kind::Error,
+        ]
+        .into_iter()
+        .find(|k| k.to_session() == Some(self))
+    }
+}
+
+/// Payload of a session frame: the session id (`u32` LE), then `data`.
+pub fn session_payload(id: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(4 + data.len());
+    p.extend_from_slice(&id.to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// Splits a session frame's payload into its id and the rest; `InvalidData` if it is
+/// shorter than an id.
+pub fn split_session(payload: &[u8]) -> io::Result<(u32, &[u8])> {
+    match payload {
+        [a, b, c, d, rest @ ..] => Ok((u32::from_le_bytes([*a, *b, *c, *d]), rest)),
+        _ => Err(bad_len("a session id", 4, payload.len())),
     }
 }
 
@@ -248,7 +351,17 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 21] = [
+        Kind::ExecStart,
+        Kind::ExecStdin,
+        Kind::ExecStdinEof,
+        Kind::ExecSignal,
+        Kind::ExecResize,
+        Kind::ExecStarted,
+        Kind::ExecStdout,
+        Kind::ExecStderr,
+        Kind::ExecExit,
+        Kind::ExecError,
         Kind::Config,
         Kind::Stdin,
         Kind::StdinEof,
@@ -344,11 +457,32 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_rejected() {
-        for kind in [0u8, 6, 15, 22, 255] {
+        for kind in [0u8, 11, 15, 27, 255] {
             let err = read_frame(&mut Cursor::new(vec![kind, 0, 0, 0, 0])).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             assert!(err.to_string().contains(&kind.to_string()), "{err}");
         }
+    }
+
+    #[test]
+    fn session_kinds_map_both_ways_and_payloads_carry_the_id() {
+        for k in ALL {
+            if let Some(s) = k.to_session() {
+                assert_eq!(s.from_session(), Some(k), "{k:?}");
+                assert_eq!(s.to_session(), None);
+            }
+        }
+        assert_eq!(Kind::Config.to_session(), Some(Kind::ExecStart));
+        assert_eq!(Kind::Ready.to_session(), None);
+        assert_eq!(Kind::Ready.from_session(), None);
+        let p = session_payload(0x0102_0304, b"out");
+        assert_eq!(p, [4, 3, 2, 1, b'o', b'u', b't']);
+        assert_eq!(split_session(&p).unwrap(), (0x0102_0304, &b"out"[..]));
+        assert_eq!(
+            split_session(&[1, 2, 3, 4]).unwrap(),
+            (0x0403_0201, &[][..])
+        );
+        assert!(split_session(&[1, 2, 3]).is_err());
     }
 
     #[test]

@@ -186,6 +186,46 @@ fn two_vms_of_one_image_at_once() {
     }
 }
 
+/// The VMM's vCPU and I/O threads run under a seccomp filter (mode 2) with no
+/// capabilities; the monitor's other threads are not confined.
+fn assert_vmm_threads_confined(monitor: i64) {
+    let mut confined = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{monitor}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if !(comm.starts_with("vcpu") || comm == "vmm-io") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Seccomp:"), "2", "thread {comm}: {status}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "thread {comm}");
+        assert_eq!(field("CapPrm:"), "0000000000000000", "thread {comm}");
+        assert_eq!(field("NoNewPrivs:"), "1", "thread {comm}");
+        confined.push(comm);
+    }
+    confined.sort();
+    assert_eq!(
+        confined,
+        ["vcpu0", "vmm-io"],
+        "the VMM threads of {monitor}"
+    );
+    let main = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+    assert!(
+        main.contains("Seccomp:\t0"),
+        "the monitor's main thread is not confined"
+    );
+}
+
 #[test]
 #[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
 fn detached_lifecycle_stop_and_no_leftovers() {
@@ -204,6 +244,7 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     let st = inspect(&n);
     assert_eq!(st["State"]["Status"], "running");
     assert_eq!(st["HostConfig"]["Isolation"], "vm");
+    assert_vmm_threads_confined(st["State"]["MonitorPid"].as_i64().unwrap());
     assert!(ok(&["ps"]).contains(&n));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok(&["logs", &n]).contains("up") {
@@ -387,4 +428,114 @@ fn compare_measures_both_isolations_side_by_side() {
             > 0.0
     );
     assert!(stdout(&o).contains("MICROVM"), "{}", stdout(&o));
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn exec_runs_in_the_running_vm() {
+    let n = name("vx");
+    vm_ok(&[
+        "-d",
+        "--name",
+        &n,
+        "-e",
+        "FROM_RUN=r",
+        "busybox",
+        "sh",
+        "-c",
+        "echo main > /tmp/marker; sleep 1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = vessel(&["exec", &n, "cat", "/tmp/marker"]);
+        if o.status.success() {
+            assert_eq!(stdout(&o), "main\n", "the same guest file system");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exec never saw the marker: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Same kernel as the workload, streams, exit codes, environment.
+    let o = vessel(&[
+        "exec",
+        "-e",
+        "X=1",
+        &n,
+        "sh",
+        "-c",
+        "echo out $X $FROM_RUN; echo err >&2; uname -r; exit 7",
+    ]);
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let want = std::env::var("VESSEL_TEST_KERNEL_VERSION").unwrap_or_default();
+    assert_eq!(stdout(&o), format!("out 1 r\n{want}\n"));
+    assert_eq!(stderr(&o), "err\n");
+    let o = vessel(&["exec", &n, "no-such-cmd"]);
+    assert_eq!(code(&o), 127, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-such-cmd"), "{}", stderr(&o));
+    // stdin with -i; two sessions at once.
+    let spawn = |input: &'static [u8], tag: &str| {
+        let mut c = cmd(&[
+            "exec",
+            "-i",
+            &n,
+            "sh",
+            "-c",
+            &format!("read a; sleep 1; echo {tag}:$a"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        c
+    };
+    let (a, b) = (spawn(b"x\n", "a"), spawn(b"y\n", "b"));
+    for (c, want) in [(a, "a:x\n"), (b, "b:y\n")] {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            want,
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // A terminal with -it: util-linux's `script` gives vessel one.
+    let cmdline = format!(
+        "{} --root {} exec -it {n} sh -c 'tty; test -t 0 && echo is-a-tty; exit 4'",
+        vessel_bin(),
+        root().display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("script (bsdutils)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("/dev/pts/") && out.contains("is-a-tty"),
+        "{out}"
+    );
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    let id = id_of(&n);
+    ok(&["rm", "-f", &n]);
+    assert!(!root().join("instances").join(&id).exists());
+    assert_ne!(
+        code(&vessel(&["exec", &n, "true"])),
+        0,
+        "no exec into a removed VM"
+    );
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn console_shows_the_guest_boot() {
+    let out = vm_ok(&["--rm", "--console", "busybox", "echo", "workload-output"]);
+    assert!(out.contains("Linux version"), "no kernel console in: {out}");
+    assert!(out.contains("workload-output"), "{out}");
 }

@@ -10,6 +10,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything that can go wrong while validating, building or running a microVM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The VMM threads' seccomp filter or capability drop could not be built or applied.
+    #[error("cannot confine the VMM threads (seccomp/capabilities): {0}")]
+    Seccomp(String),
     /// The kernel image could not be opened or read.
     #[error("cannot read kernel image {path}: {source}")]
     KernelRead {

@@ -11,6 +11,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::error::{Error, Result};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::seccomp;
+use seccompiler::BpfProgram;
 
 const STOP_TOKEN: u64 = u64::MAX;
 
@@ -36,7 +39,13 @@ pub(crate) struct IoThread {
 }
 
 impl IoThread {
-    pub(crate) fn spawn(events: Vec<IoSource>) -> Result<IoThread> {
+    /// Starts the thread, which confines itself with `filter` (see [`crate::seccomp`])
+    /// before it handles any guest request; if it cannot, it ends the VM through `exit`.
+    pub(crate) fn spawn(
+        events: Vec<IoSource>,
+        filter: Option<BpfProgram>,
+        exit: Arc<ExitSignal>,
+    ) -> Result<IoThread> {
         let epoll = Epoll::new().map_err(|e| Error::os("creating the I/O epoll", e))?;
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(|e| Error::os("creating the I/O stop eventfd", e))?;
@@ -67,7 +76,12 @@ impl IoThread {
             .map_err(|e| Error::os("cloning the I/O stop eventfd", e))?;
         let handle = std::thread::Builder::new()
             .name("vmm-io".into())
-            .spawn(move || run(epoll, events, stop_clone))
+            .spawn(
+                move || match seccomp::confine_current_thread(filter.as_ref()) {
+                    Ok(()) => run(epoll, events, stop_clone),
+                    Err(e) => exit.trigger(ExitReason::Crashed(format!("I/O thread: {e}"))),
+                },
+            )
             .map_err(|e| Error::os("spawning the I/O thread", e))?;
         Ok(IoThread { stop, handle })
     }

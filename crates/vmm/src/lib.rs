@@ -24,9 +24,13 @@ mod config;
 mod devices;
 mod error;
 mod exit;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod io_thread;
 mod kvm_detect;
 mod memory;
+mod seccomp;
 mod vcpu;
 mod vm;
 

@@ -1,5 +1,10 @@
 //! Guest RAM: anonymous `MAP_NORESERVE` mappings, so the host commits a page only when
 //! the guest first touches it, registered with KVM one slot per range.
+//!
+//! Transparent huge pages are turned off for guest RAM (`MADV_NOHUGEPAGE`): with THP
+//! `always` (Debian's default) every 4 KiB the guest touches commits 2 MiB of host
+//! memory, so a booted, idle 512 MiB guest held 122 MiB of huge pages instead of the few
+//! tens of MiB it actually used (Firecracker does not use THP for guest memory either).
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -18,10 +23,28 @@ pub(crate) fn create(mem_bytes: u64) -> Result<GuestMemoryMmap> {
                 .map_err(|_| Error::boot(format!("memory range of {size} bytes exceeds usize")))
         })
         .collect::<Result<Vec<_>>>()?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
         what: format!("mapping {} MiB of guest RAM", mem_bytes >> 20),
         reason: e.to_string(),
-    })
+    })?;
+    for region in mem.iter() {
+        no_huge_pages(region.as_ptr(), region.len() as usize);
+    }
+    Ok(mem)
+}
+
+/// Asks the kernel to back `[ptr, ptr + len)` with 4 KiB pages only. Best effort: a
+/// kernel without THP refuses the advice, and then there are no huge pages anyway.
+fn no_huge_pages(ptr: *mut u8, len: usize) {
+    // SAFETY: madvise only changes how the kernel backs this range, which is one whole
+    // mapping owned by the caller's `GuestMemoryMmap`; no memory is read or written.
+    let rc = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_NOHUGEPAGE) };
+    if rc != 0 {
+        tracing::debug!(
+            "madvise(MADV_NOHUGEPAGE) on guest RAM: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Tells KVM where each range of guest RAM lives in this process.
@@ -46,6 +69,21 @@ pub(crate) fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The advice is visible in /proc/self/smaps as the `nh` VmFlag of the mapping.
+    #[test]
+    fn guest_ram_is_not_backed_by_huge_pages() {
+        let m = create(64 << 20).unwrap();
+        let start = format!("{:x}-", m.iter().next().unwrap().as_ptr() as usize);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        // VmFlags is the last line of each mapping's entry.
+        let flags = smaps
+            .lines()
+            .skip_while(|l| !l.starts_with(&start))
+            .find(|l| l.starts_with("VmFlags:"))
+            .expect("the guest mapping in /proc/self/smaps");
+        assert!(flags.split_whitespace().any(|f| f == "nh"), "{flags}");
+    }
 
     #[test]
     fn creates_regions_around_the_hole() {

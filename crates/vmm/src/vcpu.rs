@@ -15,6 +15,8 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal};
+use crate::seccomp;
+use seccompiler::BpfProgram;
 
 /// Port I/O and MMIO buses shared by all vCPUs.
 pub(crate) struct IoBuses {
@@ -130,12 +132,20 @@ impl Vcpu {
         self.fd.set_regs(&regs).map_err(self.kvm("KVM_SET_REGS"))
     }
 
-    /// Starts the vCPU thread.
-    pub(crate) fn spawn(self) -> Result<JoinHandle<()>> {
+    /// Starts the vCPU thread, which confines itself with `filter` (see [`crate::seccomp`])
+    /// before it first enters the guest.
+    pub(crate) fn spawn(self, filter: Option<Arc<BpfProgram>>) -> Result<JoinHandle<()>> {
         install_kick_handler()?;
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
-            .spawn(move || self.run_loop())
+            .spawn(move || {
+                if let Err(e) = seccomp::confine_current_thread(filter.as_deref()) {
+                    self.exit
+                        .trigger(ExitReason::Crashed(format!("vCPU {}: {e}", self.index)));
+                    return;
+                }
+                self.run_loop()
+            })
             .map_err(|e| Error::os("spawning a vCPU thread", e))
     }
 

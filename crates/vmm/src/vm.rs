@@ -25,6 +25,7 @@ pub use crate::exit::ExitReason;
 use crate::exit::ExitSignal;
 use crate::io_thread::{IoSource, IoThread};
 use crate::kvm_detect::{detect_kvm, KvmKind};
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, IoBuses, Vcpu};
 use crate::{memory, Error, Result};
 
@@ -372,11 +373,19 @@ impl Vm {
     pub fn run(mut self) -> Result<ExitReason> {
         let span = tracing::debug_span!("vm", name = %self.name);
         let _guard = span.enter();
-        let io = IoThread::spawn(std::mem::take(&mut self.io_sources))?;
+        // Compiled before any thread runs guest work; each thread installs its own.
+        let mode = seccomp::Mode::from_env();
+        let vcpu_filter = seccomp::compile(ThreadKind::Vcpu, mode)?.map(Arc::new);
+        let io_filter = seccomp::compile(ThreadKind::Io, mode)?;
+        let io = IoThread::spawn(
+            std::mem::take(&mut self.io_sources),
+            io_filter,
+            self.exit.clone(),
+        )?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
         for v in self.vcpus.drain(..) {
-            match v.spawn() {
+            match v.spawn(vcpu_filter.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_error = Some(e);

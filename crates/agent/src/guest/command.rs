@@ -10,11 +10,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use vessel_agent::protocol::{self, GuestConfig, Kind};
 
+use super::exec::Sessions;
 use super::sys::{self, check, cstr};
 use super::user::{self, Identity};
 use super::Failure;
@@ -58,7 +59,7 @@ impl ChildStep {
 }
 
 /// Everything the child needs, prepared before `fork` so the child only makes syscalls.
-struct Prepared {
+pub(super) struct Prepared {
     candidates: Vec<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -67,17 +68,40 @@ struct Prepared {
 }
 
 /// The command's ends of its standard streams, and ours.
-struct Stdio {
+pub(super) struct Stdio {
     /// Child's fd 0, 1, 2.
-    child: [OwnedFd; 3],
+    pub child: [OwnedFd; 3],
     /// Where we write its stdin (pipe; or the pty master), if interactive.
-    stdin: Option<File>,
+    pub stdin: Option<File>,
     /// Its stdout (pipe; or the pty master, carrying both streams).
-    stdout: File,
+    pub stdout: File,
     /// Its stderr pipe (none with a tty).
-    stderr: Option<File>,
+    pub stderr: Option<File>,
     /// The pty master, for `Resize`.
-    pty: Option<File>,
+    pub pty: Option<File>,
+}
+
+/// Serialises frame writes to the console: the command's relay, exec sessions and error
+/// reports write from different threads.
+static CONSOLE_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Writes one frame to the console, never interleaved with another thread's.
+pub(super) fn send(console: &File, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    let _guard = CONSOLE_WRITE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = console;
+    protocol::write_frame(&mut out, kind, payload)
+}
+
+/// Sets a terminal's size.
+pub(super) fn resize(pty: &File, rows: u16, cols: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize that lives across the call.
+    unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
 }
 
 /// Runs the command to completion. `Ok(exit status)` once it ran; `Err` if it could not
@@ -114,16 +138,16 @@ pub fn run(cfg: &GuestConfig, console: &File) -> Result<i32, Failure> {
         reap(pid);
         return Err(failure);
     }
-    let mut out = console;
-    protocol::write_frame(&mut out, Kind::Started, &[])
-        .map_err(Failure::setup("send Started to the host"))?;
+    send(console, Kind::Started, &[]).map_err(Failure::setup("send Started to the host"))?;
 
-    spawn_host_reader(console, pid, stdin, pty).map_err(Failure::setup("start the host reader"))?;
-    relay(console, pid, stdout, stderr, cfg.tty)
+    let sessions = Arc::new(Sessions::default());
+    spawn_host_reader(console, pid, stdin, pty, sessions.clone())
+        .map_err(Failure::setup("start the host reader"))?;
+    relay(console, pid, stdout, stderr, cfg.tty, &sessions)
         .map_err(Failure::setup("relay the command's output"))
 }
 
-fn prepare(cfg: &GuestConfig) -> Result<Prepared, Failure> {
+pub(super) fn prepare(cfg: &GuestConfig) -> Result<Prepared, Failure> {
     let Some(program) = cfg.args.first() else {
         return Err(Failure::engine("no command given (args is empty)".into()));
     };
@@ -183,7 +207,7 @@ fn prepare(cfg: &GuestConfig) -> Result<Prepared, Failure> {
     })
 }
 
-fn open_stdio(cfg: &GuestConfig) -> io::Result<Stdio> {
+pub(super) fn open_stdio(cfg: &GuestConfig) -> io::Result<Stdio> {
     if cfg.tty {
         let (master, slave) = open_pty()?;
         let dup = |f: &OwnedFd| f.try_clone();
@@ -252,7 +276,7 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// The forked child: session, stdio, credentials, working directory, exec. On failure it
 /// writes `[step, errno (i32 LE)]` to the exec-status pipe and exits.
-fn child(p: &Prepared, stdio: &Stdio, tty: bool, status: OwnedFd) -> ! {
+pub(super) fn child(p: &Prepared, stdio: &Stdio, tty: bool, status: OwnedFd) -> ! {
     let fail = |step: ChildStep| -> ! {
         let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
         let mut msg = [0u8; 5];
@@ -323,7 +347,7 @@ fn child(p: &Prepared, stdio: &Stdio, tty: bool, status: OwnedFd) -> ! {
 }
 
 /// Reads the exec-status pipe: EOF means the exec succeeded (the pipe was close-on-exec).
-fn exec_outcome(mut status: File, p: &Prepared, cfg: &GuestConfig) -> Option<Failure> {
+pub(super) fn exec_outcome(mut status: File, p: &Prepared, cfg: &GuestConfig) -> Option<Failure> {
     let mut msg = Vec::new();
     if status.read_to_end(&mut msg).is_err() || msg.len() < 5 {
         return None;
@@ -372,8 +396,10 @@ fn spawn_host_reader(
     pid: libc::pid_t,
     stdin: Option<File>,
     pty: Option<File>,
+    sessions: Arc<Sessions>,
 ) -> io::Result<()> {
     let mut input = console.try_clone()?;
+    let output = console.try_clone()?;
     let stdin_tx = stdin.map(|mut sink| {
         let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
         std::thread::spawn(move || {
@@ -410,16 +436,14 @@ fn spawn_host_reader(
                 Kind::Resize => {
                     if let (Some(pty), Ok((rows, cols))) = (&pty, protocol::decode_resize(&payload))
                     {
-                        let size = libc::winsize {
-                            ws_row: rows,
-                            ws_col: cols,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        };
-                        // SAFETY: TIOCSWINSZ reads a winsize that lives across the call.
-                        unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                        resize(pty, rows, cols);
                     }
                 }
+                Kind::ExecStart
+                | Kind::ExecStdin
+                | Kind::ExecStdinEof
+                | Kind::ExecSignal
+                | Kind::ExecResize => sessions.frame(&output, kind, &payload),
                 _ => {}
             }
         }
@@ -442,6 +466,7 @@ fn relay(
     stdout: File,
     stderr: Option<File>,
     tty: bool,
+    sessions: &Sessions,
 ) -> io::Result<i32> {
     let sigfd = signalfd_sigchld()?;
     let mut streams = vec![Stream {
@@ -459,7 +484,6 @@ fn relay(
     for s in &streams {
         sys::set_nonblocking(s.file.as_raw_fd())?;
     }
-    let mut out = console;
     let mut buf = vec![0u8; CHUNK];
     let mut exit: Option<i32> = None;
     let mut drain_deadline = None;
@@ -518,7 +542,7 @@ fn relay(
                         s.open = false;
                         break;
                     }
-                    Ok(n) => protocol::write_frame(&mut out, s.kind, &buf[..n])?,
+                    Ok(n) => send(console, s.kind, &buf[..n])?,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     // EIO: a pty master whose slave side is closed everywhere.
@@ -531,7 +555,7 @@ fn relay(
         }
         if exit.is_none() && fds.last().is_some_and(|p| p.revents != 0) {
             drain_signalfd(&sigfd);
-            exit = reap_all(pid);
+            exit = reap_all(pid, sessions);
             if exit.is_some() {
                 drain_deadline = Some(std::time::Instant::now() + DRAIN_LIMIT);
             }
@@ -562,9 +586,11 @@ fn drain_signalfd(fd: &OwnedFd) {
     while unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
 }
 
-/// Reaps every exited child; returns the command's status if it was among them.
-fn reap_all(command: libc::pid_t) -> Option<i32> {
+/// Reaps every exited child; returns the command's status if it was among them, and
+/// passes exec sessions' statuses on.
+fn reap_all(command: libc::pid_t, sessions: &Sessions) -> Option<i32> {
     let mut result = None;
+    let mut registered = sessions.reaper_lock();
     loop {
         let mut status = 0;
         // SAFETY: waitpid with a valid out-pointer.
@@ -572,11 +598,19 @@ fn reap_all(command: libc::pid_t) -> Option<i32> {
         if pid <= 0 {
             return result;
         }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            continue;
+        };
         if pid == command {
-            if libc::WIFEXITED(status) {
-                result = Some(libc::WEXITSTATUS(status));
-            } else if libc::WIFSIGNALED(status) {
-                result = Some(128 + libc::WTERMSIG(status));
+            result = Some(code);
+        } else {
+            // An exec session's process: its session thread wants the status.
+            if let Some(tx) = registered.remove(&pid) {
+                let _ = tx.send(code);
             }
         }
     }

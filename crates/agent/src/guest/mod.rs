@@ -9,6 +9,7 @@
 //! everything through frames.
 
 mod command;
+mod exec;
 mod rootfs;
 mod sys;
 mod user;
@@ -77,8 +78,7 @@ pub fn run() -> ! {
         .and_then(|()| command::run(&cfg, &console))
     {
         Ok(status) => {
-            let mut out = &console;
-            let _ = protocol::write_frame(&mut out, Kind::Exit, &protocol::encode_i32(status));
+            let _ = command::send(&console, Kind::Exit, &protocol::encode_i32(status));
         }
         Err(failure) => report(&failure),
     }

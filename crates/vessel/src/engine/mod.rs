@@ -12,6 +12,7 @@ pub mod names;
 pub mod request;
 pub mod userdb;
 pub mod vm;
+mod vm_exec;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,0 +1,233 @@
+//! Hardening of the threads that touch guest-controlled data: the vCPU threads (MMIO and
+//! port I/O exits run device code there) and the I/O thread (virtio queues). Each one,
+//! once the VM is built and before it runs guest work, drops every capability and installs
+//! a seccomp filter that allows only the system calls it is known to make (Firecracker's
+//! per-thread filters, compiled with `seccompiler`). Anything else kills the process: a
+//! device model bug that a guest turns into, say, `execve` ends the VM instead.
+//!
+//! The filters are per thread (no `TSYNC`): the monitor's other threads (the guest
+//! channel, signal handling, the catalogue) keep their ordinary privileges.
+//!
+//! `VESSEL_VMM_SECCOMP=log` makes a non-listed call be allowed and logged by the kernel
+//! (`audit: type=1326 ... syscall=N` in `dmesg`) instead: the way to find what a change
+//! to a device needs. `VESSEL_VMM_SECCOMP=off` installs no filter (debugging only).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::error::{Error, Result};
+
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`, the one ioctl a running vCPU makes.
+const KVM_RUN: u64 = 0xae80;
+
+/// Which of the VMM's threads a filter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ThreadKind {
+    /// A vCPU: `KVM_RUN` and the port I/O/MMIO device emulation it triggers.
+    Vcpu,
+    /// The I/O thread: epoll over ioeventfds, disk and console backends.
+    Io,
+}
+
+/// What happens to a system call that is not on the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Kill the whole process (the default).
+    Enforce,
+    /// Allow it and have the kernel log it (`VESSEL_VMM_SECCOMP=log`).
+    Log,
+    /// No filter at all (`VESSEL_VMM_SECCOMP=off`).
+    Off,
+}
+
+impl Mode {
+    /// From `VESSEL_VMM_SECCOMP`; unknown values enforce.
+    pub(crate) fn from_env() -> Mode {
+        match std::env::var("VESSEL_VMM_SECCOMP").as_deref() {
+            Ok("log") => Mode::Log,
+            Ok("off") => Mode::Off,
+            _ => Mode::Enforce,
+        }
+    }
+}
+
+/// Calls every VMM thread makes: memory allocation, locks, eventfd/file reads and writes
+/// (serial output, tracing to stderr), the vCPU kick signal, thread exit.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_futex,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_yield,
+    libc::SYS_clock_gettime,
+    libc::SYS_getrandom,
+    libc::SYS_exit,
+    // A panic that aborts still reports itself as SIGABRT, not as a seccomp kill.
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_exit_group,
+];
+
+/// Extra calls of the I/O thread: epoll, disk I/O, the console's socket.
+const IO: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fcntl,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+];
+
+/// The allowlist of `kind`, as seccompiler rules (an empty rule list allows the call
+/// with any arguments).
+pub(crate) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
+    match kind {
+        ThreadKind::Vcpu => {
+            let kvm_run =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, KVM_RUN)
+                    .and_then(|c| SeccompRule::new(vec![c]))
+                    .map_err(filter_error)?;
+            map.insert(libc::SYS_ioctl, vec![kvm_run]);
+        }
+        ThreadKind::Io => map.extend(IO.iter().map(|&nr| (nr, Vec::new()))),
+    }
+    Ok(map)
+}
+
+fn filter_error(e: seccompiler::BackendError) -> Error {
+    Error::Seccomp(e.to_string())
+}
+
+/// Compiles the filter of `kind`; `None` in [`Mode::Off`].
+pub(crate) fn compile(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>> {
+    let mismatch = match mode {
+        Mode::Off => return Ok(None),
+        Mode::Enforce => SeccompAction::KillProcess,
+        Mode::Log => SeccompAction::Log,
+    };
+    compile_with(kind, mismatch).map(Some)
+}
+
+fn compile_with(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> {
+    let filter = SeccompFilter::new(
+        rules(kind)?,
+        mismatch,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(filter_error)?;
+    filter.try_into().map_err(filter_error)
+}
+
+/// Confines the calling thread: drops all its capabilities, then installs `filter` (which
+/// also sets `no_new_privs` for it). Other threads are unaffected.
+pub(crate) fn confine_current_thread(filter: Option<&BpfProgram>) -> Result<()> {
+    // A thread's first allocation picks its malloc arena, and glibc then reads
+    // /sys/devices/system/cpu/online (openat) once per process to size the arena pool: do
+    // it now, while opening files is still allowed.
+    std::hint::black_box(Box::new([0u8; 64]));
+    for set in [
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+        caps::CapSet::Inheritable,
+    ] {
+        caps::clear(None, set)
+            .map_err(|e| Error::Seccomp(format!("dropping capabilities ({set:?}): {e}")))?;
+    }
+    if let Some(filter) = filter {
+        seccompiler::apply_filter(filter)
+            .map_err(|e| Error::Seccomp(format!("installing the filter: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_filters_compile_in_every_mode() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+            for mode in [Mode::Enforce, Mode::Log] {
+                let prog = compile(kind, mode).unwrap().unwrap();
+                assert!(
+                    !prog.is_empty() && prog.len() < 4096,
+                    "{kind:?}: {}",
+                    prog.len()
+                );
+            }
+            assert!(compile(kind, Mode::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn vcpus_may_only_run_and_io_has_no_ioctl() {
+        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        assert_eq!(
+            vcpu[&libc::SYS_ioctl].len(),
+            1,
+            "ioctl only with a condition"
+        );
+        assert!(!vcpu.contains_key(&libc::SYS_pwrite64));
+        let io = rules(ThreadKind::Io).unwrap();
+        assert!(!io.contains_key(&libc::SYS_ioctl));
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_clone,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!vcpu.contains_key(&nr) && !io.contains_key(&nr), "{nr}");
+        }
+    }
+
+    /// The filter really binds the thread it is installed on, and only that thread
+    /// (denials return EPERM here so that the test process survives).
+    #[test]
+    fn installed_filter_denies_unlisted_calls_on_its_thread_only() {
+        let prog = compile_with(ThreadKind::Io, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+        let t = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            // SAFETY: plain syscalls with valid arguments.
+            let sock = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            let err = std::io::Error::last_os_error().raw_os_error();
+            let pid = unsafe { libc::getpid() };
+            let seccomp = std::fs::read_to_string("/proc/thread-self/status");
+            (sock, err, pid, seccomp.is_ok())
+        });
+        let (sock, err, pid, opened) = t.join().unwrap();
+        assert_eq!((sock, err), (-1, Some(libc::EPERM)), "socket() is denied");
+        assert_eq!(pid, std::process::id() as i32, "getpid() is allowed");
+        assert!(!opened, "open() is denied");
+        // This thread has no filter.
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        assert!(status.contains("Seccomp:\t0"), "{status}");
+    }
+}
