@@ -200,12 +200,11 @@ fn other(i: Isolation) -> Isolation {
     }
 }
 
-/// The base image plus the probe, tagged for the duration of the comparison.
+/// The base image plus the probe, tagged for the duration of the comparison with a tag of
+/// this process's own, so that concurrent comparisons do not remove each other's.
 struct ProbeImage {
     tag: String,
     id: vessel_image::digest::Digest,
-    /// Whether this run created it (and so removes it).
-    ours: bool,
 }
 
 impl ProbeImage {
@@ -214,7 +213,11 @@ impl ProbeImage {
         base: &vessel_image::ImageRecord,
         probe: &Path,
     ) -> Result<ProbeImage, CompareError> {
-        let tag = format!("vessel-compare-probe:{}", base.id.short());
+        let tag = format!(
+            "vessel-compare-probe:{}-{}",
+            base.id.short(),
+            std::process::id()
+        );
         let dir = tempfile::tempdir()
             .map_err(|e| CompareError::Setup(format!("temp dir for the probe layer: {e}")))?;
         let setup = |op: &str, e: std::io::Error| CompareError::Setup(format!("{op}: {e}"));
@@ -228,7 +231,6 @@ impl ProbeImage {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| setup("chmod the probe layer", e))?;
         }
-        let existed = store.resolve(&tag).is_ok();
         let reference = tag
             .parse()
             .map_err(|e| CompareError::Setup(format!("probe image tag {tag}: {e}")))?;
@@ -239,17 +241,17 @@ impl ProbeImage {
             Some(&reference),
             "vessel compare: the probe",
         )?;
-        Ok(ProbeImage {
-            tag,
-            id: img.id,
-            ours: !existed,
-        })
+        Ok(ProbeImage { tag, id: img.id })
     }
 
     /// Removes the probe image and the VM root disk built from it.
     fn remove(&self, store: &Store, root: &Path) {
-        if self.ours {
-            let _ = store.remove(&self.tag, false);
+        // The disk goes only with the image (another comparison may share the image).
+        let removed = store.remove(&self.tag, false).unwrap_or_default();
+        if removed
+            .iter()
+            .any(|r| matches!(r, vessel_image::store::Removed::Deleted(_)))
+        {
             crate::engine::vm::remove_image_disk(root, &self.id.to_string());
         }
     }
