@@ -2,6 +2,7 @@
 
 mod containers;
 mod images;
+mod network;
 mod oci;
 mod transfer;
 
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Rm { force, instances } => containers::rm(&engine()?, force, &instances),
         Command::Inspect { names } => containers::inspect(&engine()?, &names),
         Command::Oci(c) => oci::run(c),
+        Command::Network(c) => network::run(&engine()?, &c),
         Command::Monitor { id, attached } => {
             Ok(crate::engine::monitor::run(&engine()?, &id, attached))
         }
