@@ -344,6 +344,19 @@ impl Networks {
         self.disconnect_locked(instance, att)
     }
 
+    /// Stops forwarding an instance's published ports (its DNAT rules), as soon as it
+    /// stops. Its veth needs no such hurry: the kernel destroys it with the namespace
+    /// once the instance's last process is gone, and [`Networks::disconnect`] at removal
+    /// makes sure (deleting a link waits for an RCU grace period, some 15 ms, which the
+    /// exit path of `vessel run` would otherwise pay).
+    pub fn unpublish(&self, instance: &str, att: &Attachment) -> Result<()> {
+        if att.ports.is_empty() {
+            return Ok(());
+        }
+        let _l = self.lock()?;
+        firewall::remove(&[&firewall::instance_tag(instance)])
+    }
+
     /// Gives up an instance's lease and host ports. Idempotent.
     pub fn release(&self, instance: &str) -> Result<()> {
         self.store()?.release(instance)

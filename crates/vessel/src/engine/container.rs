@@ -333,7 +333,7 @@ impl Backend for ContainerBackend {
         let unwired = match &inst.request.attachment {
             Some(att) => self
                 .networks
-                .disconnect(&inst.id, att)
+                .unpublish(&inst.id, att)
                 .map_err(EngineError::from),
             None => Ok(()),
         };

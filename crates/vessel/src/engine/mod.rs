@@ -475,6 +475,9 @@ impl Engine {
             std::fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
         }
         self.store()?.release(&inst.id)?;
+        if let Some(att) = &inst.request.attachment {
+            self.networks.disconnect(&inst.id, att)?;
+        }
         self.forget(inst);
         self.networks.release(&inst.id)?;
         self.catalogue.delete(&inst.id)
