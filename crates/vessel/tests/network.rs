@@ -149,6 +149,9 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
     let web = name("web");
     let site = www("by name\n");
     let bind = format!("{}:/www:ro", site.path().display());
+    // Published on every local address (no host IP given): 127.0.0.1 included.
+    let port = free_port();
+    let publish = format!("{port}:80");
     ok(&[
         "run",
         "-d",
@@ -156,6 +159,8 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
         &web,
         "--network",
         &net,
+        "-p",
+        &publish,
         "-v",
         &bind,
         "busybox",
@@ -167,6 +172,7 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
         "/www",
     ]);
     let web_id = id_of(&web);
+    assert!(http_get(port).ends_with("by name\n"));
     let client = name("client");
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
