@@ -220,3 +220,105 @@ pub fn host_addresses() -> Result<Vec<(Ipv4Addr, u8)>> {
         Ok(out)
     })
 }
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+nix::ioctl_write_ptr_bad!(tunsetiff, 0x4004_54ca, IfReq);
+
+/// Creates tap device `name` (IFF_TAP, no packet info, with virtio-net headers) as a port
+/// of `bridge`, up, and returns its queue descriptor for a VMM. The tap is not
+/// persistent: it disappears when the last descriptor closes, so a VMM that dies
+/// leaves no link behind.
+pub fn create_tap(name: &str, bridge: &str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(Error::Netlink(
+            format!("create tap {name:?}"),
+            "bad interface name".into(),
+        ));
+    }
+    let path = c"/dev/net/tun";
+    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::io(
+            "open",
+            "/dev/net/tun",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let tap = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads an ifreq from a valid pointer on our tun descriptor.
+    unsafe { tunsetiff(tap.as_raw_fd(), &req) }
+        .map_err(|e| Error::Netlink(format!("create tap {name}"), e.to_string()))?;
+    with_netlink(|h| async move {
+        let br = index_of(&h, bridge).await?.ok_or_else(|| {
+            Error::Netlink(format!("find bridge {bridge}"), "no such link".into())
+        })?;
+        let index = index_of(&h, name)
+            .await?
+            .ok_or_else(|| Error::Netlink(format!("find tap {name}"), "no such link".into()))?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(br)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!("attach tap {name} to {bridge}")))
+    })?;
+    Ok(tap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (CAP_NET_ADMIN), like every test of the real kernel objects here.
+    #[test]
+    fn a_tap_joins_the_bridge_and_vanishes_with_its_descriptor() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test creates a bridge and a tap device: run it as root"
+        );
+        let id = std::process::id() % 100_000;
+        let bridge = format!("vtb{id}");
+        let tap = format!("vtt{id}");
+        ensure_bridge(&bridge, Ipv4Addr::new(10, 86, 255, 1), 30).unwrap();
+        let fd = create_tap(&tap, &bridge).unwrap();
+        let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
+        assert!(master.ends_with(&bridge), "{master:?}");
+        drop(fd);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while exists(&tap).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{tap} outlived its descriptor"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        delete(&bridge).unwrap();
+        assert!(!exists(&bridge).unwrap());
+        assert!(create_tap("", &bridge).is_err());
+    }
+}
