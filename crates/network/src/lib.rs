@@ -280,20 +280,22 @@ impl Networks {
     }
 
     /// Gives an instance its place on the network `mode` names: an address lease and its
-    /// host ports, all or nothing. `None` for `none` and `host`.
+    /// host ports, all or nothing. `None` for `none` and `host`. `dir` is the instance's
+    /// directory, which must exist: a lease whose directory is gone is reclaimed.
     pub fn attach(
         &self,
         instance: &str,
         name: &str,
         mode: &Mode,
         ports: &[PortMap],
+        dir: &Path,
     ) -> Result<Option<Attachment>> {
         let Mode::Bridge(net) = mode else {
             return Ok(None);
         };
         let default = (net == DEFAULT_NETWORK).then_some((DEFAULT_BRIDGE, DEFAULT_SUBNET));
         self.store()?
-            .allocate(instance, name, net, ports, default)
+            .allocate(instance, name, net, ports, default, Some(dir))
             .map(Some)
     }
 

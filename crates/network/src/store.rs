@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS leases (
     network TEXT NOT NULL,
     ip TEXT NOT NULL,
     name TEXT NOT NULL,
+    dir TEXT,
     UNIQUE (network, ip)
 );
 CREATE TABLE IF NOT EXISTS ports (
@@ -142,6 +143,13 @@ impl Store {
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         db.execute_batch(SCHEMA).map_err(err)?;
+        // Databases from before leases recorded their instance's directory.
+        match db.execute("ALTER TABLE leases ADD COLUMN dir TEXT", []) {
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => {}
+            r => {
+                r.map_err(err)?;
+            }
+        }
         Ok(Store { path, db })
     }
 
@@ -209,6 +217,7 @@ impl Store {
             .optional()
             .map_err(err)?
             .ok_or_else(|| Error::NoSuchNetwork(name.to_string()))?;
+        reap(&tx)?;
         let users: Vec<String> = {
             let mut stmt = tx
                 .prepare("SELECT name FROM leases WHERE network = ?1 ORDER BY name")
@@ -235,6 +244,7 @@ impl Store {
         network: &str,
         ports: &[PortMap],
         default: Option<(&str, Subnet)>,
+        dir: Option<&Path>,
     ) -> Result<Attachment> {
         let path = self.path.clone();
         let err = |e| Error::Db(path.clone(), e);
@@ -242,6 +252,7 @@ impl Store {
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
+        reap(&tx)?;
         let found = tx
             .query_row(
                 "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
@@ -271,8 +282,14 @@ impl Store {
             .find(|ip| !used.contains(ip))
             .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?;
         tx.execute(
-            "INSERT INTO leases (instance, network, ip, name) VALUES (?1, ?2, ?3, ?4)",
-            params![instance, network, ip.to_string(), name],
+            "INSERT INTO leases (instance, network, ip, name, dir) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                instance,
+                network,
+                ip.to_string(),
+                name,
+                dir.map(|d| d.to_string_lossy().into_owned())
+            ],
         )
         .map_err(err)?;
         for (i, p) in ports.iter().enumerate() {
@@ -364,6 +381,35 @@ impl Store {
     }
 }
 
+/// Drops the leases (and host ports) of instances whose directory is gone: their data
+/// root was deleted without `vessel rm`, so no command will ever release them. An
+/// instance's directory exists before its lease is taken and is removed only by its
+/// removal, which releases the lease anyway.
+fn reap(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let path = PathBuf::from(tx.path().unwrap_or_default());
+    let err = |e| Error::Db(path.clone(), e);
+    let stale: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT instance, dir FROM leases WHERE dir IS NOT NULL")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?;
+        rows.filter_map(|r| r.ok())
+            .filter(|(_, d)| !Path::new(d).exists())
+            .map(|(i, _)| i)
+            .collect()
+    };
+    for i in stale {
+        tracing::info!(instance = %i, "dropping the lease of an instance whose directory is gone");
+        tx.execute("DELETE FROM leases WHERE instance = ?1", params![i])
+            .map_err(err)?;
+        tx.execute("DELETE FROM ports WHERE instance = ?1", params![i])
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn insert_network(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
@@ -447,7 +493,7 @@ mod tests {
         let mut ips = Vec::new();
         for i in 0..5 {
             ips.push(
-                s.allocate(&format!("i{i}"), &format!("n{i}"), "t", &[], None)
+                s.allocate(&format!("i{i}"), &format!("n{i}"), "t", &[], None, None)
                     .unwrap()
                     .ip,
             );
@@ -455,20 +501,23 @@ mod tests {
         ips.dedup();
         assert_eq!(ips.len(), 5);
         assert!(matches!(
-            s.allocate("i9", "n9", "t", &[], None),
+            s.allocate("i9", "n9", "t", &[], None, None),
             Err(Error::PoolExhausted(..))
         ));
         // Nothing half-done: the failed allocation left no lease.
         assert_eq!(s.peers("t").unwrap().len(), 5);
         s.release("i2").unwrap();
         s.release("i2").unwrap();
-        assert_eq!(s.allocate("i9", "n9", "t", &[], None).unwrap().ip, ips[2]);
+        assert_eq!(
+            s.allocate("i9", "n9", "t", &[], None, None).unwrap().ip,
+            ips[2]
+        );
         assert!(matches!(
             s.delete_network("t"),
             Err(Error::NetworkInUse(..))
         ));
         assert!(matches!(
-            s.allocate("x", "x", "nope", &[], None),
+            s.allocate("x", "x", "nope", &[], None, None),
             Err(Error::NoSuchNetwork(_))
         ));
     }
@@ -485,8 +534,8 @@ mod tests {
             .unwrap()
             .port();
         let p = PortMap::parse(&format!("127.0.0.1:{port}:80")).unwrap();
-        s.allocate("a", "web", "t", &[p], None).unwrap();
-        let e = s.allocate("b", "web2", "t", &[p], None).unwrap_err();
+        s.allocate("a", "web", "t", &[p], None, None).unwrap();
+        let e = s.allocate("b", "web2", "t", &[p], None, None).unwrap_err();
         assert!(e.to_string().contains("web"), "{e}");
         assert_eq!(
             s.peers("t").unwrap().len(),
@@ -500,7 +549,7 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(
-            s.allocate("c", "c", "t", &[q], None),
+            s.allocate("c", "c", "t", &[q], None, None),
             Err(Error::PortInUse(..))
         ));
     }

@@ -232,11 +232,10 @@ impl Engine {
             }
         }
         let dir = self.instance_dir(&id);
-        let prepared = self
-            .attach(&mut inst)
-            .and_then(|()| {
-                std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))
-            })
+        // The directory first: a network lease names it, and is reclaimed without it.
+        let prepared = std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::io("create", &dir, e))
+            .and_then(|()| self.attach(&mut inst))
             .and_then(|()| {
                 self.store()?
                     .hold(&image.id, &id)
@@ -254,9 +253,13 @@ impl Engine {
     /// Gives a new instance its address and host ports, and records them.
     fn attach(&self, inst: &mut Instance) -> Result<()> {
         let req = &inst.request;
-        let att = self
-            .networks
-            .attach(&inst.id, &inst.name, &req.network, &req.ports)?;
+        let att = self.networks.attach(
+            &inst.id,
+            &inst.name,
+            &req.network,
+            &req.ports,
+            &self.instance_dir(&inst.id),
+        )?;
         if att.is_some() {
             inst.request.attachment = att;
             self.catalogue.set_request(&inst.id, &inst.request)?;
