@@ -308,6 +308,16 @@ fn detached_lifecycle_logs_exec_stop_wait() {
     // A stopped container starts again.
     ok(&["start", &n]);
     assert_eq!(inspect(&n)["State"]["Status"], "running");
+    // PID 1 ignores TERM until its trap is set: wait for the second run to get there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stdout(&vessel(&["logs", &n])).matches("started").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted container printed nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     ok(&["kill", "-s", "TERM", &n]);
     assert_eq!(ok(&["wait", &n]), "0\n");
     ok(&["rm", &n]);
