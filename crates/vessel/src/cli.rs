@@ -131,6 +131,9 @@ pub enum Command {
         #[arg(long, allow_negative_numbers = true)]
         code: i32,
     },
+    /// Manage networks
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// List images
     Images(ImagesArgs),
     /// Manage images
@@ -155,6 +158,43 @@ pub enum Command {
     Load(LoadArgs),
     /// Save images to a docker-archive or oci-archive tar
     Save(SaveArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a bridge network
+    Create {
+        /// IPv4 subnet in CIDR form (default: a free /24 in 10.89.0.0/16)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Network name
+        name: String,
+    },
+    /// List networks
+    #[command(alias = "list")]
+    Ls {
+        /// Only show names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show networks and the instances on them as JSON
+    Inspect {
+        /// Network names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (refused while instances use them)
+    #[command(alias = "remove")]
+    Rm {
+        /// Network names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every network no instance uses
+    Prune,
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,9 +390,13 @@ pub struct RunArgs {
     /// Run in a private user namespace (root inside is unprivileged outside)
     #[arg(long)]
     pub userns: bool,
-    /// Network: "private" (default, loopback only), "none" (same), or "host"
-    #[arg(long, default_value = "private")]
-    pub network: String,
+    /// Network: "bridge" (the default network), a network's name, "none" (loopback
+    /// only) or "host" (share the host's)
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Publish a port on the host: [ip:]hostPort:containerPort[/tcp|udp]
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
     /// Override the image's entrypoint ("" clears it)
     #[arg(long)]
     pub entrypoint: Option<String>,

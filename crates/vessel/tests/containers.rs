@@ -252,14 +252,27 @@ fn pid_namespace_makes_the_command_pid_1() {
 }
 
 #[test]
-fn private_network_has_only_loopback() {
+fn network_none_has_only_loopback_and_the_default_adds_eth0() {
+    let links = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|s| s.trim().split('@').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ip",
+        "-o",
+        "link",
+    ]);
+    assert_eq!(links(&out), vec!["lo"], "{out}");
+    // The default is the default bridge network, as in Docker.
     let out = ok(&["run", "--rm", "busybox", "ip", "-o", "link"]);
-    let links: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(str::trim)
-        .collect();
-    assert_eq!(links, vec!["lo"], "{out}");
+    assert_eq!(links(&out), vec!["lo", "eth0"], "{out}");
 }
 
 #[test]

@@ -106,15 +106,28 @@ fn build_request(
             "--pids-limit must be positive (or -1 for unlimited)".into(),
         ));
     }
-    let host_network = match a.network.as_str() {
-        "private" | "none" | "default" | "bridge" => false,
-        "host" => true,
-        other => {
-            return Err(EngineError::InvalidFlag(format!(
-                "invalid --network {other:?}: use private, none or host"
-            )))
-        }
+    let network = match (&a.network, a.isolation) {
+        (Some(n), _) => vessel_network::Mode::parse(n)?,
+        // VMs have no network device yet: loopback only, unless asked otherwise.
+        (None, IsolationArg::Vm) => vessel_network::Mode::None,
+        (None, IsolationArg::Container) => vessel_network::Mode::parse("bridge")?,
     };
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| vessel_network::PortMap::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ports.is_empty() && !matches!(network, vessel_network::Mode::Bridge(_)) {
+        return Err(EngineError::InvalidFlag(format!(
+            "-p needs a bridge network; --network {} has no ports to publish",
+            network.as_str()
+        )));
+    }
+    if a.isolation == IsolationArg::Vm && network != vessel_network::Mode::None {
+        return Err(EngineError::InvalidFlag(
+            "--isolation vm does not support networks yet: use --network none (the default for VMs), without -p".into(),
+        ));
+    }
     let stop_signal = match a.stop_signal.as_deref().or(c.stop_signal().as_deref()) {
         Some(s) => parse_signal(s)?,
         None => libc::SIGTERM,
@@ -154,7 +167,9 @@ fn build_request(
         pids_limit: a.pids_limit.filter(|&p| p > 0),
         init: a.init,
         userns: a.userns,
-        host_network,
+        network,
+        ports,
+        attachment: None,
         stop_signal,
         stop_timeout: a.stop_timeout.unwrap_or(10),
         kernel: match &a.kernel {
@@ -455,7 +470,8 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "AutoRemove": r.auto_remove,
             "Init": r.init,
             "UsernsMode": if r.userns { "private" } else { "host" },
-            "NetworkMode": if r.host_network { "host" } else { "private" },
+            "NetworkMode": r.network.as_str(),
+            "PortBindings": port_bindings(&r.ports),
         },
         "Config": {
             "Hostname": r.hostname,
@@ -470,7 +486,48 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "StopTimeout": r.stop_timeout,
         },
         "Mounts": mounts,
+        "NetworkSettings": network_settings(r),
         "LogPath": engine.log_path(&i.id),
+    })
+}
+
+/// Docker's shape: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
+fn port_bindings(ports: &[vessel_network::PortMap]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for p in ports {
+        let key = format!("{}/{}", p.container_port, p.proto.as_str());
+        let entry = json!({
+            "HostIp": p.host_ip.map(|a| a.to_string()).unwrap_or_default(),
+            "HostPort": p.host_port.to_string(),
+        });
+        match m.get_mut(&key).and_then(|v| v.as_array_mut()) {
+            Some(list) => list.push(entry),
+            None => {
+                m.insert(key, json!([entry]));
+            }
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+fn network_settings(r: &RunRequest) -> serde_json::Value {
+    let Some(att) = &r.attachment else {
+        return json!({"IPAddress": "", "Ports": {}, "Networks": {}});
+    };
+    json!({
+        "IPAddress": att.ip.to_string(),
+        "IPPrefixLen": att.prefix,
+        "Gateway": att.gateway.to_string(),
+        "Ports": port_bindings(&att.ports),
+        "Networks": {
+            att.network.clone(): {
+                "NetworkID": att.network_id,
+                "IPAddress": att.ip.to_string(),
+                "IPPrefixLen": att.prefix,
+                "Gateway": att.gateway.to_string(),
+                "Bridge": att.bridge,
+            }
+        },
     })
 }
 

@@ -3,6 +3,7 @@
 mod compare;
 mod containers;
 mod images;
+mod network;
 mod oci;
 mod transfer;
 
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Inspect { names } => containers::inspect(&engine()?, &names),
         Command::Compare(a) => compare::compare(&root, &a),
         Command::Oci(c) => oci::run(c),
+        Command::Network(c) => network::run(&engine()?, &c),
         Command::Monitor { id, attached } => {
             Ok(crate::engine::monitor::run(&engine()?, &id, attached))
         }

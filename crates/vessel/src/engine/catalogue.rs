@@ -162,6 +162,19 @@ impl Catalogue {
         }
     }
 
+    /// Replaces an instance's recorded request (once create has decided its network).
+    pub fn set_request(&self, id: &str, request: &RunRequest) -> Result<()> {
+        let request =
+            serde_json::to_string(request).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.db()
+            .execute(
+                "UPDATE instances SET request = ?2 WHERE id = ?1",
+                params![id, request],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// Records that the monitor `pid` (started at `start`) watches the instance.
     pub fn set_monitor(&self, id: &str, pid: i32, start: u64) -> Result<()> {
         self.db()

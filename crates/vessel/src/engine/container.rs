@@ -16,14 +16,48 @@ use super::{userdb, EngineError, Result};
 /// Runs instances as Linux containers.
 pub struct ContainerBackend {
     runtime: Runtime,
+    networks: vessel_network::Networks,
 }
 
 impl ContainerBackend {
-    /// A backend whose runtime state lives under `state_root`.
-    pub fn new(state_root: impl Into<PathBuf>) -> ContainerBackend {
+    /// A backend whose runtime state lives under `state_root`, wiring containers to the
+    /// bridge networks of `networks`.
+    pub fn new(
+        state_root: impl Into<PathBuf>,
+        networks: vessel_network::Networks,
+    ) -> ContainerBackend {
         ContainerBackend {
             runtime: Runtime::new(state_root),
+            networks,
         }
+    }
+
+    /// The container's /etc/hosts: localhost, itself, and on a user network the
+    /// instances already on it.
+    fn hosts(&self, inst: &Instance) -> Result<String> {
+        let req = &inst.request;
+        let mut out = String::from(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+             ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+        );
+        match &req.attachment {
+            None => out.push_str(&format!("127.0.1.1\t{}\n", req.hostname)),
+            Some(att) => {
+                out.push_str(&format!("{}\t{}", att.ip, req.hostname));
+                if inst.name != req.hostname {
+                    out.push_str(&format!(" {}", inst.name));
+                }
+                out.push('\n');
+                if att.network != vessel_network::DEFAULT_NETWORK {
+                    for p in self.networks.peers(att)? {
+                        if p.instance != inst.id {
+                            out.push_str(&format!("{}\t{}\n", p.ip, p.name));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -84,14 +118,7 @@ impl Backend for ContainerBackend {
         let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
         let user = userdb::resolve(&req.user, &top_first)?;
         write(&dir.join("hostname"), &format!("{}\n", req.hostname))?;
-        write(
-            &dir.join("hosts"),
-            &format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n\
-                 ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{}\n",
-                req.hostname
-            ),
-        )?;
+        write(&dir.join("hosts"), &self.hosts(inst)?)?;
         write(&dir.join("resolv.conf"), &resolv_conf())?;
 
         let mut binds: Vec<BindMount> = ["hostname", "hosts", "resolv.conf"]
@@ -155,7 +182,7 @@ impl Backend for ContainerBackend {
             memory_limit: req.memory.map(|m| m as i64),
             cpus: req.cpus,
             pids_limit: req.pids_limit,
-            network_namespace: !req.host_network,
+            network_namespace: req.network != vessel_network::Mode::Host,
             user_namespace,
             cgroups_path: Some(format!("vessel/{}", inst.id)),
             annotations,
@@ -186,10 +213,19 @@ impl Backend for ContainerBackend {
         let pid = state
             .pid
             .ok_or_else(|| EngineError::Backend("the runtime reported no init pid".into()))?;
-        if let Err(e) = self.runtime.start(&inst.id) {
+        // Between create and start the container's namespaces exist but its program has
+        // not run: the moment to give it its network.
+        let wired = match &inst.request.attachment {
+            Some(att) => self
+                .networks
+                .connect(&inst.id, att, pid)
+                .map_err(EngineError::from),
+            None => Ok(()),
+        };
+        if let Err(e) = wired.and_then(|()| self.runtime.start(&inst.id).map_err(rt_err)) {
             let _ = self.runtime.delete(&inst.id, true);
             let _ = waitpid(Pid::from_raw(pid), None);
-            return Err(rt_err(e));
+            return Err(e);
         }
         Ok(Started {
             pid,
@@ -298,6 +334,14 @@ impl Backend for ContainerBackend {
     }
 
     fn cleanup(&self, inst: &Instance, _dir: &Path) -> Result<()> {
-        self.runtime.delete(&inst.id, true).map_err(rt_err)
+        let deleted = self.runtime.delete(&inst.id, true).map_err(rt_err);
+        let unwired = match &inst.request.attachment {
+            Some(att) => self
+                .networks
+                .unpublish(&inst.id, att)
+                .map_err(EngineError::from),
+            None => Ok(()),
+        };
+        deleted.and(unwired)
     }
 }

@@ -33,6 +33,9 @@ pub enum EngineError {
     /// From the image store (image not found, ...).
     #[error(transparent)]
     Image(#[from] vessel_image::Error),
+    /// From networking (unknown network, port in use, ...).
+    #[error(transparent)]
+    Network(#[from] vessel_network::Error),
     /// `--name` already taken.
     #[error(
         "the name {0:?} is already in use by another instance: remove it or choose another name"
@@ -110,6 +113,7 @@ pub struct Engine {
     catalogue: Catalogue,
     container: ContainerBackend,
     vm: vm::VmBackend,
+    networks: vessel_network::Networks,
 }
 
 /// What `create` needs beyond the request.
@@ -127,13 +131,15 @@ impl Engine {
         let run = std::env::var_os("VESSEL_RUN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(RUN_DIR));
-        let container = ContainerBackend::new(run.join("runtime"));
+        let container =
+            ContainerBackend::new(run.join("runtime"), vessel_network::Networks::from_env());
         Ok(Engine {
             root: root.to_path_buf(),
             store: std::sync::OnceLock::new(),
             catalogue,
             container,
             vm: vm::VmBackend::new(root),
+            networks: vessel_network::Networks::from_env(),
         })
     }
 
@@ -144,6 +150,11 @@ impl Engine {
         }
         let s = Store::open(&self.root)?;
         Ok(self.store.get_or_init(|| s))
+    }
+
+    /// The host's networks.
+    pub fn networks(&self) -> &vessel_network::Networks {
+        &self.networks
     }
 
     /// The data root.
@@ -222,8 +233,10 @@ impl Engine {
             }
         }
         let dir = self.instance_dir(&id);
+        // The directory first: a network lease names it, and is reclaimed without it.
         let prepared = std::fs::create_dir_all(&dir)
             .map_err(|e| EngineError::io("create", &dir, e))
+            .and_then(|()| self.attach(&mut inst))
             .and_then(|()| {
                 self.store()?
                     .hold(&image.id, &id)
@@ -234,7 +247,88 @@ impl Engine {
             let _ = self.purge(&inst);
             return Err(e);
         }
+        self.announce(&inst);
         Ok(inst)
+    }
+
+    /// Gives a new instance its address and host ports, and records them.
+    fn attach(&self, inst: &mut Instance) -> Result<()> {
+        let req = &inst.request;
+        let att = self.networks.attach(
+            &inst.id,
+            &inst.name,
+            &req.network,
+            &req.ports,
+            &self.instance_dir(&inst.id),
+        )?;
+        if att.is_some() {
+            inst.request.attachment = att;
+            self.catalogue.set_request(&inst.id, &inst.request)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Engine::announce`]: drops a departing instance's line from the hosts
+    /// files of the instances still on its network. Rewritten in place, since the files
+    /// are bind-mounted (a rename would leave the instances the old file).
+    fn forget(&self, inst: &Instance) {
+        let Some(att) = &inst.request.attachment else {
+            return;
+        };
+        if att.network == vessel_network::DEFAULT_NETWORK {
+            return;
+        }
+        let Ok(peers) = self.networks.peers(att) else {
+            return;
+        };
+        let gone = format!("{}\t{}", att.ip, inst.name);
+        for p in peers.iter().filter(|p| p.instance != inst.id) {
+            let hosts = self.instance_dir(&p.instance).join("hosts");
+            let Ok(text) = std::fs::read_to_string(&hosts) else {
+                continue;
+            };
+            if !text.lines().any(|l| l == gone) {
+                continue;
+            }
+            let kept: String = text
+                .lines()
+                .filter(|l| *l != gone)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if let Err(e) = std::fs::write(&hosts, kept) {
+                tracing::warn!(file = %hosts.display(), error = %e, "could not drop a peer from a hosts file");
+            }
+        }
+    }
+
+    /// Makes a new instance on a user network resolvable by name from the instances of
+    /// this data root already on it: a line in their `/etc/hosts` (bind-mounted from
+    /// their directory, so the change is visible inside at once).
+    fn announce(&self, inst: &Instance) {
+        let Some(att) = &inst.request.attachment else {
+            return;
+        };
+        if att.network == vessel_network::DEFAULT_NETWORK {
+            return; // as Docker: no name resolution on the default bridge
+        }
+        let Ok(peers) = self.networks.peers(att) else {
+            return;
+        };
+        let line = format!("{}\t{}\n", att.ip, inst.name);
+        for p in peers.iter().filter(|p| p.instance != inst.id) {
+            let hosts = self.instance_dir(&p.instance).join("hosts");
+            if !hosts.exists() {
+                continue;
+            }
+            use std::io::Write;
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hosts)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            if let Err(e) = appended {
+                tracing::warn!(file = %hosts.display(), error = %e, "could not add a peer to a hosts file");
+            }
+        }
     }
 
     /// Finds an instance and refreshes its status from the processes that exist.
@@ -384,6 +478,11 @@ impl Engine {
         vessel_container::trash::remove_dir_soon(&dir, &self.root.join("trash"))
             .map_err(|e| EngineError::io("remove", &dir, e))?;
         self.store()?.release(&inst.id)?;
+        if let Some(att) = &inst.request.attachment {
+            self.networks.disconnect(&inst.id, att)?;
+        }
+        self.forget(inst);
+        self.networks.release(&inst.id)?;
         self.catalogue.delete(&inst.id)
     }
 }

@@ -107,8 +107,6 @@ pub struct RunRequest {
     pub init: bool,
     /// Private user namespace (root inside maps to an unprivileged range).
     pub userns: bool,
-    /// Share the host's network namespace (`--network host`).
-    pub host_network: bool,
     /// Signal `stop` sends first.
     pub stop_signal: i32,
     /// Seconds `stop` waits before SIGKILL.
@@ -119,6 +117,16 @@ pub struct RunRequest {
     /// VM only: show the guest's console on the attached terminal.
     #[serde(default)]
     pub console: bool,
+    /// `--network`: none, host, or a bridge network (records from before networking
+    /// had none: loopback only).
+    #[serde(default)]
+    pub network: vessel_network::Mode,
+    /// `-p`: ports published on the host.
+    #[serde(default)]
+    pub ports: Vec<vessel_network::PortMap>,
+    /// The instance's address and ports on its network, decided at create.
+    #[serde(default)]
+    pub attachment: Option<vessel_network::Attachment>,
 }
 
 /// Parses Docker-style sizes: `64m`, `1g`, `512k`, `1048576`, `1.5g` (binary units).

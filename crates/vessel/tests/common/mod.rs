@@ -114,6 +114,17 @@ pub fn assert_no_leftovers(id: &str) {
         !mountinfo.contains(id),
         "a mount of {id} is left:\n{mountinfo}"
     );
+    let veth = format!("/sys/class/net/vv{}", &id[..12]);
+    assert!(
+        !Path::new(&veth).exists(),
+        "the veth {veth} of {id} is left"
+    );
+    let rules = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .expect("run nft");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(!rules.contains(id), "nft rules of {id} are left:\n{rules}");
     let cgroups = find_dirs(Path::new("/sys/fs/cgroup"), id, 8);
     assert!(cgroups.is_empty(), "cgroups of {id} are left: {cgroups:?}");
     for p in std::fs::read_dir("/proc").unwrap().flatten() {

@@ -1,0 +1,371 @@
+//! Networking for vessel instances: bridge networks with a persistent address manager,
+//! veth pairs into container network namespaces, and NAT (outbound masquerade and
+//! published ports) in vessel's own nftables table.
+//!
+//! Networks, leases and published ports are host-wide (the bridges and the firewall
+//! are), so their database lives in one directory per host (`/var/lib/vessel/network`
+//! by default), whatever data root an instance belongs to. Changes to links and rules
+//! are serialised by a lock file beside it.
+
+pub mod firewall;
+pub mod link;
+pub mod spec;
+pub mod store;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub use spec::{Mode, PortMap, Proto, Subnet};
+pub use store::{Attachment, Network, Peer};
+
+/// The default network's name (`--network bridge`, as Docker's).
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// The default network's bridge device.
+pub const DEFAULT_BRIDGE: &str = "vessel0";
+/// The default network's subnet: a /16 no common tool uses by default (Docker takes
+/// 172.17/16, Podman 10.88/16).
+pub const DEFAULT_SUBNET: Subnet = Subnet {
+    addr: Ipv4Addr::new(10, 87, 0, 0),
+    prefix: 16,
+};
+/// Where the network database lives unless `VESSEL_NETWORK_DIR` says otherwise.
+pub const DEFAULT_DIR: &str = "/var/lib/vessel/network";
+
+/// Networking errors. Every one is an engine error (exit status 125).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad `--subnet`.
+    #[error("invalid subnet {0}")]
+    InvalidSubnet(String),
+    /// A bad network name.
+    #[error("invalid network name {0:?}: use letters, digits, '_', '.', '-' (starting with a letter or digit), at most 64")]
+    InvalidName(String),
+    /// A name only vessel may use.
+    #[error("the network name {0:?} is reserved")]
+    ReservedName(String),
+    /// A bad `-p`.
+    #[error("invalid port specification {0}")]
+    InvalidPort(String),
+    /// The host port is taken.
+    #[error("host port {port} is already in use: {1}", port = .0.host_port)]
+    PortInUse(PortMap, String),
+    /// No network by that name.
+    #[error("no such network: {0} (vessel network ls lists them)")]
+    NoSuchNetwork(String),
+    /// The name is taken.
+    #[error("a network named {0:?} already exists")]
+    NetworkExists(String),
+    /// `network rm` of a network instances use.
+    #[error("network {0} is in use by {1}: remove those instances first")]
+    NetworkInUse(String, String),
+    /// The subnet overlaps another network.
+    #[error("subnet {0} overlaps network {1} ({2})")]
+    SubnetOverlap(Subnet, String, Subnet),
+    /// The subnet overlaps an address the host already has.
+    #[error("subnet {0} overlaps the host's address {1}/{2}: choose another subnet")]
+    HostOverlap(Subnet, Ipv4Addr, u8),
+    /// No address left.
+    #[error("no address left on network {0} ({1}): remove instances or use a larger subnet")]
+    PoolExhausted(String, Subnet),
+    /// The database failed.
+    #[error("network database {0}: {1}")]
+    Db(PathBuf, #[source] rusqlite::Error),
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A netlink request failed.
+    #[error("netlink: {0}: {1}")]
+    Netlink(String, String),
+    /// nft failed.
+    #[error("nftables: {0}: {1}")]
+    Firewall(String, String),
+}
+
+impl Error {
+    /// Wraps an I/O error with its operation and path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The host-side name of an instance's veth pair (15 bytes at most, like every link name).
+pub fn veth_name(instance: &str) -> String {
+    format!("vv{}", &instance[..instance.len().min(12)])
+}
+
+/// The host's networks, leases and their wiring.
+pub struct Networks {
+    dir: PathBuf,
+}
+
+/// An exclusive hold on the lock file that serialises link and rule changes.
+struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl Networks {
+    /// Networks whose database lives in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Networks {
+        Networks { dir: dir.into() }
+    }
+
+    /// `VESSEL_NETWORK_DIR`, or [`DEFAULT_DIR`].
+    pub fn from_env() -> Networks {
+        Networks::new(
+            std::env::var_os("VESSEL_NETWORK_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
+        )
+    }
+
+    /// The database directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn store(&self) -> Result<store::Store> {
+        store::Store::open(&self.dir)
+    }
+
+    fn lock(&self) -> Result<Lock> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create", &self.dir, e))?;
+        let path = self.dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(Lock)
+            .map_err(|(_, e)| Error::io("lock", &path, e.into()))
+    }
+
+    /// Brings a network's bridge and NAT rules into being (both vanish on reboot).
+    fn wire(&self, net: &Network) -> Result<()> {
+        link::ensure_bridge(&net.bridge, net.gateway(), net.subnet.prefix)?;
+        firewall::add_network(&net.id, &net.bridge, net.subnet)
+    }
+
+    fn check_host_overlap(&self, subnet: Subnet) -> Result<()> {
+        let ours: Vec<Ipv4Addr> = self
+            .store()?
+            .networks()?
+            .iter()
+            .map(|n| n.gateway())
+            .collect();
+        for (ip, len) in link::host_addresses()? {
+            if ours.contains(&ip) {
+                continue;
+            }
+            let theirs = Subnet {
+                addr: Ipv4Addr::from(u32::from(ip) & (u32::MAX << (32 - len.clamp(1, 32) as u32))),
+                prefix: len,
+            };
+            if theirs.overlaps(subnet) {
+                return Err(Error::HostOverlap(subnet, ip, len));
+            }
+        }
+        Ok(())
+    }
+
+    /// `network create`: records the network, creates its bridge and NAT rules.
+    pub fn create(&self, name: &str, subnet: Subnet) -> Result<Network> {
+        spec::validate_name(name)?;
+        if matches!(name, DEFAULT_NETWORK | "default" | "host" | "none") {
+            return Err(Error::ReservedName(name.to_string()));
+        }
+        self.check_host_overlap(subnet)?;
+        let net = self.store()?.create_network(name, None, subnet)?;
+        let _l = self.lock()?;
+        if let Err(e) = self.wire(&net) {
+            let _ = self.unwire(&net);
+            let _ = self.store().and_then(|mut s| s.delete_network(name));
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    /// `network create` without `--subnet`: the first free /24 of 10.89.0.0/16.
+    pub fn create_any(&self, name: &str) -> Result<Network> {
+        for n in 0..=255u8 {
+            let subnet = Subnet {
+                addr: Ipv4Addr::new(10, 89, n, 0),
+                prefix: 24,
+            };
+            match self.create(name, subnet) {
+                Err(Error::SubnetOverlap(..)) | Err(Error::HostOverlap(..)) => continue,
+                r => return r,
+            }
+        }
+        Err(Error::InvalidSubnet(
+            "no free /24 left in 10.89.0.0/16: give --subnet".into(),
+        ))
+    }
+
+    fn unwire(&self, net: &Network) -> Result<()> {
+        firewall::remove(&[&firewall::network_tag(&net.id)])?;
+        link::delete(&net.bridge)
+    }
+
+    /// Every network (the default one is recorded on first listing).
+    pub fn list(&self) -> Result<Vec<Network>> {
+        let mut s = self.store()?;
+        if s.network(DEFAULT_NETWORK).is_err() {
+            match s.create_network(DEFAULT_NETWORK, Some(DEFAULT_BRIDGE), DEFAULT_SUBNET) {
+                Ok(_) | Err(Error::NetworkExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        s.networks()
+    }
+
+    /// A network and the instances on it.
+    pub fn inspect(&self, name: &str) -> Result<(Network, Vec<Peer>)> {
+        let s = self.store()?;
+        if name == DEFAULT_NETWORK {
+            drop(s);
+            self.list()?;
+            return self.inspect_recorded(name);
+        }
+        let net = s.network(name)?;
+        let peers = s.peers(name)?;
+        Ok((net, peers))
+    }
+
+    fn inspect_recorded(&self, name: &str) -> Result<(Network, Vec<Peer>)> {
+        let s = self.store()?;
+        Ok((s.network(name)?, s.peers(name)?))
+    }
+
+    /// `network rm`: refuses the default network and networks in use; removes the
+    /// bridge and its rules.
+    pub fn remove(&self, name: &str) -> Result<Network> {
+        if name == DEFAULT_NETWORK {
+            return Err(Error::ReservedName(name.to_string()));
+        }
+        let net = self.store()?.delete_network(name)?;
+        let _l = self.lock()?;
+        self.unwire(&net)?;
+        Ok(net)
+    }
+
+    /// `network prune`: removes every user network no instance uses; returns their names.
+    pub fn prune(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for n in self.store()?.networks()? {
+            if n.name == DEFAULT_NETWORK {
+                continue;
+            }
+            match self.remove(&n.name) {
+                Ok(_) => removed.push(n.name),
+                Err(Error::NetworkInUse(..)) | Err(Error::NoSuchNetwork(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Gives an instance its place on the network `mode` names: an address lease and its
+    /// host ports, all or nothing. `None` for `none` and `host`. `dir` is the instance's
+    /// directory, which must exist: a lease whose directory is gone is reclaimed.
+    pub fn attach(
+        &self,
+        instance: &str,
+        name: &str,
+        mode: &Mode,
+        ports: &[PortMap],
+        dir: &Path,
+    ) -> Result<Option<Attachment>> {
+        let Mode::Bridge(net) = mode else {
+            return Ok(None);
+        };
+        let default = (net == DEFAULT_NETWORK).then_some((DEFAULT_BRIDGE, DEFAULT_SUBNET));
+        self.store()?
+            .allocate(instance, name, net, ports, default, Some(dir))
+            .map(Some)
+    }
+
+    /// Wires a created container (process `pid`, still before its program runs) to its
+    /// network: the bridge if missing, a veth pair into its namespace, its DNAT rules.
+    /// Undoes what it did on failure.
+    pub fn connect(&self, instance: &str, att: &Attachment, pid: i32) -> Result<()> {
+        let _l = self.lock()?;
+        let r = (|| {
+            if !link::exists(&att.bridge)? {
+                let net = self.store()?.network(&att.network)?;
+                self.wire(&net)?;
+            }
+            // A veth left by a crashed earlier start of the same instance.
+            link::delete(&veth_name(instance))?;
+            link::connect_veth(
+                &link::Endpoint {
+                    host_name: veth_name(instance),
+                    bridge: att.bridge.clone(),
+                    ip: att.ip,
+                    prefix: att.prefix,
+                    gateway: att.gateway,
+                },
+                pid,
+            )?;
+            firewall::remove(&[&firewall::instance_tag(instance)])?;
+            firewall::add_ports(instance, att.ip, &att.ports)
+        })();
+        if r.is_err() {
+            let _ = self.disconnect_locked(instance, att);
+        }
+        r
+    }
+
+    fn disconnect_locked(&self, instance: &str, att: &Attachment) -> Result<()> {
+        let links = link::delete(&veth_name(instance));
+        let rules = if att.ports.is_empty() {
+            Ok(())
+        } else {
+            firewall::remove(&[&firewall::instance_tag(instance)])
+        };
+        links.and(rules)
+    }
+
+    /// Removes an instance's wiring (veth, DNAT rules); keeps its lease. Idempotent.
+    pub fn disconnect(&self, instance: &str, att: &Attachment) -> Result<()> {
+        let _l = self.lock()?;
+        self.disconnect_locked(instance, att)
+    }
+
+    /// Stops forwarding an instance's published ports (its DNAT rules), as soon as it
+    /// stops. Its veth needs no such hurry: the kernel destroys it with the namespace
+    /// once the instance's last process is gone, and [`Networks::disconnect`] at removal
+    /// makes sure (deleting a link waits for an RCU grace period, some 15 ms, which the
+    /// exit path of `vessel run` would otherwise pay).
+    pub fn unpublish(&self, instance: &str, att: &Attachment) -> Result<()> {
+        if att.ports.is_empty() {
+            return Ok(());
+        }
+        let _l = self.lock()?;
+        firewall::remove(&[&firewall::instance_tag(instance)])
+    }
+
+    /// Gives up an instance's lease and host ports. Idempotent.
+    pub fn release(&self, instance: &str) -> Result<()> {
+        self.store()?.release(instance)
+    }
+
+    /// The other instances on the attachment's network.
+    pub fn peers(&self, att: &Attachment) -> Result<Vec<Peer>> {
+        self.store()?.peers(&att.network)
+    }
+}

@@ -1,0 +1,556 @@
+//! The network database: network definitions, address leases and published host ports.
+//!
+//! One SQLite file shared by every `vessel` process on the host. Allocation runs in an
+//! IMMEDIATE transaction, so two concurrent `vessel run` never get the same address or
+//! host port: the second waits for the first to commit and then sees its lease.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{PortMap, Proto, Subnet};
+use crate::{Error, Result};
+
+/// A bridge network as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Unique name (`bridge` for the default network).
+    pub name: String,
+    /// Random id (hex).
+    pub id: String,
+    /// The host bridge device.
+    pub bridge: String,
+    /// Its IPv4 subnet; the bridge holds the first host address (the gateway).
+    pub subnet: Subnet,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+impl Network {
+    /// The gateway: the bridge's own address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.gateway()
+    }
+}
+
+/// An instance's place on a network: recorded at create, wired at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network's name.
+    pub network: String,
+    /// The network's id (to tell a re-created network of the same name).
+    pub network_id: String,
+    /// The host bridge device.
+    pub bridge: String,
+    /// The instance's address.
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The default route.
+    pub gateway: Ipv4Addr,
+    /// Published ports.
+    pub ports: Vec<PortMap>,
+}
+
+/// Another instance on the same network, for `/etc/hosts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Instance id.
+    pub instance: String,
+    /// Instance name.
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// Handle on the database.
+pub struct Store {
+    path: PathBuf,
+    db: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    bridge TEXT NOT NULL UNIQUE,
+    subnet TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    instance TEXT PRIMARY KEY,
+    network TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    name TEXT NOT NULL,
+    dir TEXT,
+    UNIQUE (network, ip)
+);
+CREATE TABLE IF NOT EXISTS ports (
+    proto TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    PRIMARY KEY (proto, host_port)
+);
+";
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| Error::io("read", "/dev/urandom", e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn row_network(r: &rusqlite::Row<'_>) -> rusqlite::Result<Network> {
+    let subnet: String = r.get(3)?;
+    Ok(Network {
+        name: r.get(0)?,
+        id: r.get(1)?,
+        bridge: r.get(2)?,
+        subnet: subnet.parse().map_err(|e: Error| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created: r.get(4)?,
+    })
+}
+
+/// Whether a host port is free for `proto`: binding it is the only true test.
+fn host_port_free(p: &PortMap) -> bool {
+    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    match p.proto {
+        Proto::Tcp => std::net::TcpListener::bind((ip, p.host_port)).is_ok(),
+        Proto::Udp => std::net::UdpSocket::bind((ip, p.host_port)).is_ok(),
+    }
+}
+
+impl Store {
+    /// Opens (creating) `<dir>/network.db`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        let path = dir.join("network.db");
+        let err = |e| Error::Db(path.clone(), e);
+        let db = Connection::open(&path).map_err(err)?;
+        db.busy_timeout(Duration::from_secs(60)).map_err(err)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        db.execute_batch(SCHEMA).map_err(err)?;
+        // Databases from before leases recorded their instance's directory.
+        match db.execute("ALTER TABLE leases ADD COLUMN dir TEXT", []) {
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => {}
+            r => {
+                r.map_err(err)?;
+            }
+        }
+        Ok(Store { path, db })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |e| Error::Db(self.path.clone(), e)
+    }
+
+    /// Records a new network; refuses a taken name, a taken bridge name or an
+    /// overlapping subnet.
+    pub fn create_network(
+        &mut self,
+        name: &str,
+        bridge: Option<&str>,
+        subnet: Subnet,
+    ) -> Result<Network> {
+        let path = self.path.clone();
+        let err = |e| Error::Db(path.clone(), e);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let net = insert_network(&tx, name, bridge, subnet)?;
+        tx.commit().map_err(err)?;
+        Ok(net)
+    }
+
+    /// The network called `name`.
+    pub fn network(&self, name: &str) -> Result<Network> {
+        self.db
+            .query_row(
+                "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
+                params![name],
+                row_network,
+            )
+            .optional()
+            .map_err(self.err())?
+            .ok_or_else(|| Error::NoSuchNetwork(name.to_string()))
+    }
+
+    /// Every network, by name.
+    pub fn networks(&self) -> Result<Vec<Network>> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT name, id, bridge, subnet, created FROM networks ORDER BY name")
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], row_network).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Forgets network `name`; refuses while instances hold leases on it.
+    pub fn delete_network(&mut self, name: &str) -> Result<Network> {
+        let path = self.path.clone();
+        let err = |e| Error::Db(path.clone(), e);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let net = tx
+            .query_row(
+                "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
+                params![name],
+                row_network,
+            )
+            .optional()
+            .map_err(err)?
+            .ok_or_else(|| Error::NoSuchNetwork(name.to_string()))?;
+        reap(&tx)?;
+        let users: Vec<String> = {
+            let mut stmt = tx
+                .prepare("SELECT name FROM leases WHERE network = ?1 ORDER BY name")
+                .map_err(err)?;
+            let rows = stmt.query_map(params![name], |r| r.get(0)).map_err(err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+        };
+        if !users.is_empty() {
+            return Err(Error::NetworkInUse(name.to_string(), users.join(", ")));
+        }
+        tx.execute("DELETE FROM networks WHERE name = ?1", params![name])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(net)
+    }
+
+    /// Gives instance `instance` (named `name`) an address on `network` and reserves its
+    /// host ports, all or nothing. `default` describes the default network, recorded on
+    /// first use.
+    pub fn allocate(
+        &mut self,
+        instance: &str,
+        name: &str,
+        network: &str,
+        ports: &[PortMap],
+        default: Option<(&str, Subnet)>,
+        dir: Option<&Path>,
+    ) -> Result<Attachment> {
+        let path = self.path.clone();
+        let err = |e| Error::Db(path.clone(), e);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        reap(&tx)?;
+        let found = tx
+            .query_row(
+                "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
+                params![network],
+                row_network,
+            )
+            .optional()
+            .map_err(err)?;
+        let net = match (found, default) {
+            (Some(n), _) => n,
+            (None, Some((bridge, subnet))) => insert_network(&tx, network, Some(bridge), subnet)?,
+            (None, None) => return Err(Error::NoSuchNetwork(network.to_string())),
+        };
+        let used: std::collections::HashSet<Ipv4Addr> = {
+            let mut stmt = tx
+                .prepare("SELECT ip FROM leases WHERE network = ?1")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![network], |r| r.get::<_, String>(0))
+                .map_err(err)?;
+            rows.filter_map(|r| r.ok().and_then(|s| s.parse().ok()))
+                .collect()
+        };
+        let ip = net
+            .subnet
+            .hosts()
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?;
+        tx.execute(
+            "INSERT INTO leases (instance, network, ip, name, dir) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                instance,
+                network,
+                ip.to_string(),
+                name,
+                dir.map(|d| d.to_string_lossy().into_owned())
+            ],
+        )
+        .map_err(err)?;
+        for (i, p) in ports.iter().enumerate() {
+            if ports[..i]
+                .iter()
+                .any(|q| q.proto == p.proto && q.host_port == p.host_port)
+            {
+                return Err(Error::InvalidPort(format!(
+                    "host port {}/{} is given twice",
+                    p.host_port,
+                    p.proto.as_str()
+                )));
+            }
+            let holder: Option<String> = tx
+                .query_row(
+                    "SELECT l.name FROM ports p LEFT JOIN leases l ON l.instance = p.instance \
+                     WHERE p.proto = ?1 AND p.host_port = ?2",
+                    params![p.proto.as_str(), p.host_port],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()
+                .map_err(err)?
+                .map(|n| n.unwrap_or_else(|| "another instance".into()));
+            if let Some(h) = holder {
+                return Err(Error::PortInUse(*p, format!("published by {h}")));
+            }
+            if !host_port_free(p) {
+                return Err(Error::PortInUse(
+                    *p,
+                    "bound by a process on the host".into(),
+                ));
+            }
+            tx.execute(
+                "INSERT INTO ports (proto, host_port, instance) VALUES (?1, ?2, ?3)",
+                params![p.proto.as_str(), p.host_port, instance],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(Attachment {
+            network: net.name.clone(),
+            network_id: net.id.clone(),
+            bridge: net.bridge.clone(),
+            ip,
+            prefix: net.subnet.prefix,
+            gateway: net.gateway(),
+            ports: ports.to_vec(),
+        })
+    }
+
+    /// Drops an instance's lease and host ports. Idempotent.
+    pub fn release(&mut self, instance: &str) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e| Error::Db(path.clone(), e);
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute("DELETE FROM leases WHERE instance = ?1", params![instance])
+            .map_err(err)?;
+        tx.execute("DELETE FROM ports WHERE instance = ?1", params![instance])
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The instances with an address on `network`.
+    pub fn peers(&self, network: &str) -> Result<Vec<Peer>> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT instance, name, ip FROM leases WHERE network = ?1 ORDER BY ip")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![network], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (instance, name, ip) = r.map_err(self.err())?;
+            if let Ok(ip) = ip.parse() {
+                out.push(Peer { instance, name, ip });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Drops the leases (and host ports) of instances whose directory is gone: their data
+/// root was deleted without `vessel rm`, so no command will ever release them. An
+/// instance's directory exists before its lease is taken and is removed only by its
+/// removal, which releases the lease anyway.
+fn reap(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let path = PathBuf::from(tx.path().unwrap_or_default());
+    let err = |e| Error::Db(path.clone(), e);
+    let stale: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT instance, dir FROM leases WHERE dir IS NOT NULL")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?;
+        rows.filter_map(|r| r.ok())
+            .filter(|(_, d)| !Path::new(d).exists())
+            .map(|(i, _)| i)
+            .collect()
+    };
+    for i in stale {
+        tracing::info!(instance = %i, "dropping the lease of an instance whose directory is gone");
+        tx.execute("DELETE FROM leases WHERE instance = ?1", params![i])
+            .map_err(err)?;
+        tx.execute("DELETE FROM ports WHERE instance = ?1", params![i])
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn insert_network(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    bridge: Option<&str>,
+    subnet: Subnet,
+) -> Result<Network> {
+    let path = PathBuf::from(tx.path().unwrap_or_default());
+    let err = |e| Error::Db(path.clone(), e);
+    let existing: Vec<Network> = {
+        let mut stmt = tx
+            .prepare("SELECT name, id, bridge, subnet, created FROM networks")
+            .map_err(err)?;
+        let rows = stmt.query_map([], row_network).map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+    };
+    if existing.iter().any(|n| n.name == name) {
+        return Err(Error::NetworkExists(name.to_string()));
+    }
+    if let Some(n) = existing.iter().find(|n| n.subnet.overlaps(subnet)) {
+        return Err(Error::SubnetOverlap(subnet, n.name.clone(), n.subnet));
+    }
+    let id = random_hex(16)?;
+    let bridge = match bridge {
+        Some(b) => b.to_string(),
+        None => format!("vsl-{}", &id[..8]),
+    };
+    let net = Network {
+        name: name.to_string(),
+        id,
+        bridge,
+        subnet,
+        created: now(),
+    };
+    tx.execute(
+        "INSERT INTO networks (name, id, bridge, subnet, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            net.name,
+            net.id,
+            net.bridge,
+            net.subnet.to_string(),
+            net.created
+        ],
+    )
+    .map_err(err)?;
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn overlapping_and_duplicate_networks_are_refused() {
+        let (_d, mut s) = store();
+        s.create_network("a", None, "10.200.0.0/24".parse().unwrap())
+            .unwrap();
+        assert!(matches!(
+            s.create_network("b", None, "10.200.0.0/16".parse().unwrap()),
+            Err(Error::SubnetOverlap(..))
+        ));
+        assert!(matches!(
+            s.create_network("a", None, "10.201.0.0/24".parse().unwrap()),
+            Err(Error::NetworkExists(_))
+        ));
+        s.create_network("b", None, "10.200.1.0/24".parse().unwrap())
+            .unwrap();
+        assert_eq!(s.networks().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn leases_are_distinct_and_the_pool_ends() {
+        let (_d, mut s) = store();
+        s.create_network("t", None, "10.202.0.0/29".parse().unwrap())
+            .unwrap();
+        let mut ips = Vec::new();
+        for i in 0..5 {
+            ips.push(
+                s.allocate(&format!("i{i}"), &format!("n{i}"), "t", &[], None, None)
+                    .unwrap()
+                    .ip,
+            );
+        }
+        ips.dedup();
+        assert_eq!(ips.len(), 5);
+        assert!(matches!(
+            s.allocate("i9", "n9", "t", &[], None, None),
+            Err(Error::PoolExhausted(..))
+        ));
+        // Nothing half-done: the failed allocation left no lease.
+        assert_eq!(s.peers("t").unwrap().len(), 5);
+        s.release("i2").unwrap();
+        s.release("i2").unwrap();
+        assert_eq!(
+            s.allocate("i9", "n9", "t", &[], None, None).unwrap().ip,
+            ips[2]
+        );
+        assert!(matches!(
+            s.delete_network("t"),
+            Err(Error::NetworkInUse(..))
+        ));
+        assert!(matches!(
+            s.allocate("x", "x", "nope", &[], None, None),
+            Err(Error::NoSuchNetwork(_))
+        ));
+    }
+
+    #[test]
+    fn a_published_port_is_taken_once() {
+        let (_d, mut s) = store();
+        s.create_network("t", None, "10.203.0.0/24".parse().unwrap())
+            .unwrap();
+        // A port the kernel picks is free now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = PortMap::parse(&format!("127.0.0.1:{port}:80")).unwrap();
+        s.allocate("a", "web", "t", &[p], None, None).unwrap();
+        let e = s.allocate("b", "web2", "t", &[p], None, None).unwrap_err();
+        assert!(e.to_string().contains("web"), "{e}");
+        assert_eq!(
+            s.peers("t").unwrap().len(),
+            1,
+            "the failed allocation kept no lease"
+        );
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let q = PortMap::parse(&format!(
+            "127.0.0.1:{}:80",
+            held.local_addr().unwrap().port()
+        ))
+        .unwrap();
+        assert!(matches!(
+            s.allocate("c", "c", "t", &[q], None, None),
+            Err(Error::PortInUse(..))
+        ));
+    }
+}

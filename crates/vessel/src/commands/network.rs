@@ -1,0 +1,119 @@
+//! `network create`, `ls`, `inspect`, `rm`, `prune`.
+
+use serde_json::json;
+
+use crate::cli::{Format, NetworkCommand};
+use crate::engine::{Engine, EngineError};
+use crate::{CmdResult, Failure};
+
+use super::images::print_table;
+
+fn fail(e: impl Into<EngineError>) -> Failure {
+    let e = e.into();
+    Failure::new(e.exit_code(), e)
+}
+
+fn network_json(
+    net: &vessel_network::Network,
+    peers: &[vessel_network::Peer],
+) -> serde_json::Value {
+    let mut containers = serde_json::Map::new();
+    for p in peers {
+        containers.insert(
+            p.instance.clone(),
+            json!({"Name": p.name, "IPv4Address": format!("{}/{}", p.ip, net.subnet.prefix)}),
+        );
+    }
+    json!({
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Driver": "bridge",
+        "IPAM": {"Config": [{"Subnet": net.subnet.to_string(), "Gateway": net.gateway().to_string()}]},
+        "Options": {"bridge.name": net.bridge},
+        "Containers": containers,
+    })
+}
+
+/// Runs a `vessel network` subcommand.
+pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
+    let nets = engine.networks();
+    match cmd {
+        NetworkCommand::Create { subnet, name } => {
+            let net = match subnet {
+                Some(s) => {
+                    let subnet: vessel_network::Subnet = s.parse().map_err(fail)?;
+                    nets.create(name, subnet)
+                }
+                None => nets.create_any(name),
+            }
+            .map_err(fail)?;
+            println!("{}", net.id);
+            Ok(0)
+        }
+        NetworkCommand::Ls { quiet, format } => {
+            let list = nets.list().map_err(fail)?;
+            if *quiet {
+                for n in &list {
+                    println!("{}", n.name);
+                }
+            } else if *format == Format::Json {
+                let docs: Vec<_> = list.iter().map(|n| network_json(n, &[])).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&docs).unwrap_or_default()
+                );
+            } else {
+                let rows: Vec<[String; 5]> = list
+                    .iter()
+                    .map(|n| {
+                        [
+                            n.id[..12].to_string(),
+                            n.name.clone(),
+                            "bridge".into(),
+                            n.subnet.to_string(),
+                            n.bridge.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &mut std::io::stdout().lock(),
+                    &["NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE"],
+                    &rows,
+                );
+            }
+            Ok(0)
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut docs = Vec::new();
+            for n in names {
+                let (net, peers) = nets.inspect(n).map_err(fail)?;
+                docs.push(network_json(&net, &peers));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&docs).unwrap_or_default()
+            );
+            Ok(0)
+        }
+        NetworkCommand::Rm { names } => {
+            let mut failed = None;
+            for n in names {
+                match nets.remove(n) {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("vessel: {e}");
+                        failed = Some(EngineError::from(e).exit_code());
+                    }
+                }
+            }
+            Ok(failed.unwrap_or(0))
+        }
+        NetworkCommand::Prune => {
+            for n in nets.prune().map_err(fail)? {
+                println!("{n}");
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! End-to-end tests of networking: bridge networks, published ports, name resolution,
+//! cleanup, concurrency and bad input. They talk only to the host's loopback and to
+//! vessel's own bridges. Network names and host ports are unique per test, since
+//! networks are host-wide.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A host port free right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory holding `index.html` for busybox httpd.
+fn www(body: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("index.html"), body).unwrap();
+    d
+}
+
+/// `GET /` on 127.0.0.1:port over plain HTTP/1.0, retried while the server starts.
+fn http_get(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s =
+                TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(r) if !r.is_empty() => return r,
+            r if Instant::now() > deadline => {
+                panic!("no HTTP answer on 127.0.0.1:{port}: {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn network_json(name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["network", "inspect", name])).unwrap();
+    v[0].clone()
+}
+
+/// Asserts a failure with exit status 125 whose message contains `what`, and that no
+/// instance was left behind (`run`/`create` get a name to look for afterwards).
+fn refused(args: &[&str], what: &str) {
+    let n = name("refused");
+    let mut args: Vec<&str> = args.to_vec();
+    let creates = matches!(args[0], "run" | "create");
+    if creates {
+        args.splice(1..1, ["--name", n.as_str()]);
+    }
+    let o = vessel(&args);
+    assert_eq!(code(&o), 125, "{args:?}: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(what), "{args:?}: expected {what:?} in {err:?}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+    if creates {
+        assert_ne!(
+            code(&vessel(&["inspect", &n])),
+            0,
+            "{args:?} left an instance"
+        );
+    }
+}
+
+#[test]
+fn published_port_answers_http_on_host_loopback_and_nothing_is_left() {
+    let n = name("web");
+    let port = free_port();
+    let site = www("hello from vessel\n");
+    let bind = format!("{}:/www:ro", site.path().display());
+    let publish = format!("127.0.0.1:{port}:80");
+    ok(&[
+        "run", "-d", "--name", &n, "-p", &publish, "-v", &bind, "busybox", "httpd", "-f", "-p",
+        "80", "-h", "/www",
+    ]);
+    let id = id_of(&n);
+    let reply = http_get(port);
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains("200"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("hello from vessel\n"), "{reply}");
+
+    let ins = inspect(&n);
+    let ip = ins["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with("10.87."), "on the default network: {ins}");
+    assert_eq!(
+        ins["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"],
+        port.to_string()
+    );
+    let veth = format!("/sys/class/net/vv{}", &id[..12]);
+    assert!(Path::new(&veth).exists(), "{veth}");
+    let bridge = network_json("bridge");
+    assert_eq!(bridge["Containers"][&id]["Name"], n.as_str(), "{bridge}");
+
+    // Crash everything: the monitor and the container's process, with SIGKILL.
+    for pid in [
+        ins["State"]["MonitorPid"].as_i64().unwrap(),
+        ins["State"]["Pid"].as_i64().unwrap(),
+    ] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    ok(&["rm", "-f", &n]);
+    assert_no_leftovers(&id);
+    let bridge = network_json("bridge");
+    assert!(
+        bridge["Containers"].get(&id).is_none(),
+        "lease left: {bridge}"
+    );
+    // The port is free for the next one.
+    let n2 = name("web");
+    ok(&["create", "--name", &n2, "-p", &publish, "busybox", "true"]);
+    ok(&["rm", &n2]);
+}
+
+#[test]
+fn containers_on_a_user_network_reach_each_other_by_name() {
+    let net = name("net");
+    ok(&["network", "create", &net]);
+    let info = network_json(&net);
+    let bridge = info["Options"]["bridge.name"].as_str().unwrap().to_string();
+    assert!(Path::new(&format!("/sys/class/net/{bridge}")).exists());
+    assert!(ok(&["network", "ls"]).contains(&net));
+
+    let web = name("web");
+    let site = www("by name\n");
+    let bind = format!("{}:/www:ro", site.path().display());
+    // Published on every local address (no host IP given): 127.0.0.1 included.
+    let port = free_port();
+    let publish = format!("{port}:80");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "--network",
+        &net,
+        "-p",
+        &publish,
+        "-v",
+        &bind,
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let web_id = id_of(&web);
+    assert!(http_get(port).ends_with("by name\n"));
+    let client = name("client");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let o = vessel(&[
+            "run",
+            "--rm",
+            "--name",
+            &client,
+            "--network",
+            &net,
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://{web}/"),
+        ]);
+        if code(&o) == 0 || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "by name\n");
+    // The server learns the names of instances joining after it, and forgets them.
+    let other = name("other");
+    ok(&[
+        "create",
+        "--name",
+        &other,
+        "--network",
+        &net,
+        "busybox",
+        "true",
+    ]);
+    let hosts = ok(&["exec", &web, "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&other), "{hosts}");
+    ok(&["rm", &other]);
+    let hosts = ok(&["exec", &web, "cat", "/etc/hosts"]);
+    assert!(
+        !hosts.contains(&other),
+        "a removed peer stays in /etc/hosts: {hosts}"
+    );
+
+    // A network in use cannot go; once empty it can, with its bridge.
+    refused_rm(&net);
+    ok(&["rm", "-f", &web]);
+    assert_no_leftovers(&web_id);
+    let hosts_gone = network_json(&net);
+    assert_eq!(
+        hosts_gone["Containers"],
+        serde_json::json!({}),
+        "{hosts_gone}"
+    );
+    ok(&["network", "rm", &net]);
+    assert!(!Path::new(&format!("/sys/class/net/{bridge}")).exists());
+    let rules = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    let id = info["Id"].as_str().unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains(id));
+    let o = vessel(&["network", "inspect", &net]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+}
+
+fn refused_rm(net: &str) {
+    let o = vessel(&["network", "rm", net]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
+}
+
+#[test]
+fn network_host_shares_the_host_namespace() {
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let host = host.to_string_lossy();
+    let inside = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "readlink",
+        "/proc/self/ns/net",
+    ]);
+    assert_eq!(inside.trim(), host);
+    let private = ok(&["run", "--rm", "busybox", "readlink", "/proc/self/ns/net"]);
+    assert_ne!(private.trim(), host);
+}
+
+#[test]
+fn fifty_concurrent_creates_get_fifty_distinct_addresses() {
+    let net = name("many");
+    ok(&["network", "create", &net]);
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let net = net.clone();
+            std::thread::spawn(move || {
+                let n = name("c");
+                let o = vessel(&["create", "--name", &n, "--network", &net, "busybox", "true"]);
+                (n, o)
+            })
+        })
+        .collect();
+    let mut names = Vec::new();
+    for h in handles {
+        let (n, o) = h.join().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        names.push(n);
+    }
+    let mut ips: Vec<String> = names
+        .iter()
+        .map(|n| {
+            inspect(n)["NetworkSettings"]["IPAddress"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 50, "{ips:?}");
+    assert_eq!(
+        network_json(&net)["Containers"].as_object().unwrap().len(),
+        50
+    );
+    let mut args = vec!["rm"];
+    args.extend(names.iter().map(String::as_str));
+    ok(&args);
+    assert_eq!(network_json(&net)["Containers"], serde_json::json!({}));
+    ok(&["network", "rm", &net]);
+}
+
+#[test]
+fn bad_network_input_is_a_clear_125_with_nothing_left() {
+    refused(
+        &["run", "--rm", "-p", "80", "busybox", "true"],
+        "invalid port",
+    );
+    refused(
+        &["run", "--rm", "-p", "70000:80", "busybox", "true"],
+        "invalid port",
+    );
+    refused(
+        &["run", "--rm", "-p", "8080:80/sctp", "busybox", "true"],
+        "protocol",
+    );
+    refused(
+        &["run", "--rm", "-p", "1.2.3:80:80", "busybox", "true"],
+        "address",
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-p",
+            "8080:80",
+            "busybox",
+            "true",
+        ],
+        "bridge network",
+    );
+    let missing = name("nonet");
+    refused(
+        &["run", "--rm", "--network", &missing, "busybox", "true"],
+        "no such network",
+    );
+    refused(&["network", "rm", &missing], "no such network");
+    refused(&["network", "create", "bridge"], "reserved");
+    refused(&["network", "create", "bad name"], "invalid network name");
+
+    // A host port some process holds.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let spec = format!("127.0.0.1:{port}:80");
+    refused(
+        &["run", "--rm", "-p", &spec, "busybox", "true"],
+        "already in use",
+    );
+
+    // Overlapping subnets, and a bad one.
+    let a = name("ov");
+    ok(&["network", "create", &a]);
+    let subnet = network_json(&a)["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let octets: Vec<&str> = subnet.split('.').collect();
+    let wider = format!("{}.{}.0.0/16", octets[0], octets[1]);
+    let b = name("ov");
+    refused(&["network", "create", "--subnet", &wider, &b], "overlaps");
+    refused(
+        &["network", "create", "--subnet", "10.89.0.1/24", &b],
+        "host bits",
+    );
+    refused(
+        &["network", "create", "--subnet", "banana", &b],
+        "invalid subnet",
+    );
+    assert!(!ok(&["network", "ls", "-q"]).contains(&b));
+    ok(&["network", "rm", &a]);
+
+    // An exhausted pool: a /30 has a single address for instances.
+    let tiny = name("tiny");
+    ok(&["network", "create", &tiny]);
+    let s = network_json(&tiny)["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&["network", "rm", &tiny]);
+    let s30 = format!("{}/30", s.split('/').next().unwrap());
+    ok(&["network", "create", "--subnet", &s30, &tiny]);
+    let first = name("only");
+    ok(&[
+        "create",
+        "--name",
+        &first,
+        "--network",
+        &tiny,
+        "busybox",
+        "true",
+    ]);
+    refused(
+        &["create", "--network", &tiny, "busybox", "true"],
+        "no address left",
+    );
+    ok(&["rm", &first]);
+    ok(&["network", "rm", &tiny]);
+}
+
+#[test]
+fn network_prune_removes_unused_networks_only() {
+    // A network database of its own, so that pruning cannot touch the networks other
+    // tests running at the same time have just created.
+    let db = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| -> String {
+        let o = cmd(args)
+            .env("VESSEL_NETWORK_DIR", db.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let used = name("pr");
+    let unused = name("pr");
+    run(&["network", "create", &used]);
+    run(&["network", "create", &unused]);
+    let unused_bridge = {
+        let v: serde_json::Value =
+            serde_json::from_str(&run(&["network", "inspect", &unused])).unwrap();
+        v[0]["Options"]["bridge.name"].as_str().unwrap().to_string()
+    };
+    let c = name("holder");
+    run(&[
+        "create",
+        "--name",
+        &c,
+        "--network",
+        &used,
+        "busybox",
+        "true",
+    ]);
+    let pruned = run(&["network", "prune"]);
+    assert_eq!(
+        pruned.lines().collect::<Vec<_>>(),
+        vec![unused.as_str()],
+        "{pruned}"
+    );
+    assert!(!Path::new(&format!("/sys/class/net/{unused_bridge}")).exists());
+    let left = run(&["network", "ls", "-q"]);
+    assert!(left.contains(&used) && !left.contains(&unused) && left.contains("bridge"));
+    run(&["rm", &c]);
+    assert_eq!(run(&["network", "prune"]).trim(), used);
+}
