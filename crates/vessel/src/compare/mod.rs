@@ -272,7 +272,8 @@ fn measure_side(
 ) -> Side {
     let name = iso.as_str();
     let run = |extra: &[&str], image: &str, cmd: &[&str]| {
-        let mut args = vec!["run", "--isolation", name];
+        // No network on either side: microVMs have none yet, and the same work is compared.
+        let mut args = vec!["run", "--isolation", name, "--network", "none"];
         args.extend_from_slice(extra);
         args.push(image);
         args.extend_from_slice(cmd);
@@ -370,6 +371,8 @@ fn idle_instances(
                     "-d",
                     "--isolation",
                     iso.as_str(),
+                    "--network",
+                    "none",
                     &opts.image,
                     "sleep",
                     "100000",
@@ -587,7 +590,7 @@ fn build_rows(
             metric(
                 "start_median",
                 "start to exit of `true`, median",
-                &format!("wall time of `vessel run --rm IMAGE true`, spawn to exit, {runs} runs"),
+                &format!("wall time of `vessel run --rm --network none IMAGE true`, spawn to exit, {runs} runs"),
                 &|s| ms_cell(&s.start, |m, _| m),
             ),
             metric(
@@ -599,7 +602,7 @@ fn build_rows(
             metric(
                 "first_output_median",
                 "time to first output, median",
-                &format!("spawn of `vessel run --rm IMAGE echo` to its first byte on stdout, {runs} runs"),
+                &format!("spawn of `vessel run --rm --network none IMAGE echo` to its first byte on stdout, {runs} runs"),
                 &|s| ms_cell(&s.first_output, |m, _| m),
             ),
         ],
@@ -614,7 +617,7 @@ fn build_rows(
                 metric(
                     "workload_median",
                     "run to exit, median",
-                    &format!("wall time of `vessel run --rm IMAGE {cmd}`, {runs} runs"),
+                    &format!("wall time of `vessel run --rm --network none IMAGE {cmd}`, {runs} runs"),
                     &|s| ms_cell(&s.workload, |m, _| m),
                 ),
                 metric(
