@@ -12,8 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal};
-use crate::seccomp;
-use seccompiler::BpfProgram;
+use crate::seccomp::{self, Filters};
 
 const STOP_TOKEN: u64 = u64::MAX;
 
@@ -43,7 +42,7 @@ impl IoThread {
     /// before it handles any guest request; if it cannot, it ends the VM through `exit`.
     pub(crate) fn spawn(
         events: Vec<IoSource>,
-        filter: Option<BpfProgram>,
+        filter: Option<Filters>,
         exit: Arc<ExitSignal>,
     ) -> Result<IoThread> {
         let epoll = Epoll::new().map_err(|e| Error::os("creating the I/O epoll", e))?;

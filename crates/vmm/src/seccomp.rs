@@ -82,6 +82,10 @@ const COMMON: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_tgkill,
     libc::SYS_exit_group,
+    // Allowed here only to be refused by the second filter ([`deny_open`]) with ENOENT:
+    // glibc opens /proc/sys/vm/overcommit_memory the first time it shrinks a thread's
+    // malloc heap (seen at VM teardown), and copes with the file being absent.
+    libc::SYS_openat,
 ];
 
 /// Extra calls of the I/O thread: epoll, disk I/O, the console's socket.
@@ -124,14 +128,34 @@ fn filter_error(e: seccompiler::BackendError) -> Error {
     Error::Seccomp(e.to_string())
 }
 
-/// Compiles the filter of `kind`; `None` in [`Mode::Off`].
-pub(crate) fn compile(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>> {
+/// The filters a thread installs, in order.
+pub(crate) type Filters = Vec<BpfProgram>;
+
+/// Compiles the filters of `kind`: [`deny_open`], then its allowlist (installing a
+/// filter needs `prctl` and `seccomp`, which the allowlist does not allow); `None` in
+/// [`Mode::Off`].
+pub(crate) fn compile(kind: ThreadKind, mode: Mode) -> Result<Option<Filters>> {
     let mismatch = match mode {
         Mode::Off => return Ok(None),
         Mode::Enforce => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
     };
-    compile_with(kind, mismatch).map(Some)
+    Ok(Some(vec![deny_open()?, compile_with(kind, mismatch)?]))
+}
+
+/// A second filter: `openat` fails with ENOENT, everything else is left to the
+/// allowlist (stacked filters apply the strictest answer: ERRNO beats the allowlist's
+/// ALLOW, and its KILL beats this filter's ALLOW).
+fn deny_open() -> Result<BpfProgram> {
+    let rules = BTreeMap::from([(libc::SYS_openat, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOENT as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(filter_error)?;
+    filter.try_into().map_err(filter_error)
 }
 
 fn compile_with(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> {
@@ -145,13 +169,9 @@ fn compile_with(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram>
     filter.try_into().map_err(filter_error)
 }
 
-/// Confines the calling thread: drops all its capabilities, then installs `filter` (which
-/// also sets `no_new_privs` for it). Other threads are unaffected.
-pub(crate) fn confine_current_thread(filter: Option<&BpfProgram>) -> Result<()> {
-    // A thread's first allocation picks its malloc arena, and glibc then reads
-    // /sys/devices/system/cpu/online (openat) once per process to size the arena pool: do
-    // it now, while opening files is still allowed.
-    std::hint::black_box(Box::new([0u8; 64]));
+/// Confines the calling thread: drops all its capabilities, then installs `filters`
+/// (which also sets `no_new_privs` for it). Other threads are unaffected.
+pub(crate) fn confine_current_thread(filters: Option<&Filters>) -> Result<()> {
     for set in [
         caps::CapSet::Effective,
         caps::CapSet::Permitted,
@@ -160,7 +180,7 @@ pub(crate) fn confine_current_thread(filter: Option<&BpfProgram>) -> Result<()> 
         caps::clear(None, set)
             .map_err(|e| Error::Seccomp(format!("dropping capabilities ({set:?}): {e}")))?;
     }
-    if let Some(filter) = filter {
+    for filter in filters.into_iter().flatten() {
         seccompiler::apply_filter(filter)
             .map_err(|e| Error::Seccomp(format!("installing the filter: {e}")))?;
     }
@@ -175,12 +195,15 @@ mod tests {
     fn both_filters_compile_in_every_mode() {
         for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
             for mode in [Mode::Enforce, Mode::Log] {
-                let prog = compile(kind, mode).unwrap().unwrap();
-                assert!(
-                    !prog.is_empty() && prog.len() < 4096,
-                    "{kind:?}: {}",
-                    prog.len()
-                );
+                let progs = compile(kind, mode).unwrap().unwrap();
+                assert_eq!(progs.len(), 2);
+                for prog in progs {
+                    assert!(
+                        !prog.is_empty() && prog.len() < 4096,
+                        "{kind:?}: {}",
+                        prog.len()
+                    );
+                }
             }
             assert!(compile(kind, Mode::Off).unwrap().is_none());
         }
@@ -199,7 +222,7 @@ mod tests {
         assert!(!io.contains_key(&libc::SYS_ioctl));
         for nr in [
             libc::SYS_execve,
-            libc::SYS_openat,
+            libc::SYS_open,
             libc::SYS_socket,
             libc::SYS_clone,
             libc::SYS_ptrace,
@@ -212,20 +235,25 @@ mod tests {
     /// (denials return EPERM here so that the test process survives).
     #[test]
     fn installed_filter_denies_unlisted_calls_on_its_thread_only() {
-        let prog = compile_with(ThreadKind::Io, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+        let progs = [
+            deny_open().unwrap(),
+            compile_with(ThreadKind::Io, SeccompAction::Errno(libc::EPERM as u32)).unwrap(),
+        ];
         let t = std::thread::spawn(move || {
-            seccompiler::apply_filter(&prog).unwrap();
+            seccompiler::apply_filter(&progs[0]).unwrap();
+            seccompiler::apply_filter(&progs[1]).unwrap();
             // SAFETY: plain syscalls with valid arguments.
             let sock = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
             let err = std::io::Error::last_os_error().raw_os_error();
             let pid = unsafe { libc::getpid() };
-            let seccomp = std::fs::read_to_string("/proc/thread-self/status");
-            (sock, err, pid, seccomp.is_ok())
+            let open =
+                std::fs::read_to_string("/proc/thread-self/status").map_err(|e| e.raw_os_error());
+            (sock, err, pid, open)
         });
-        let (sock, err, pid, opened) = t.join().unwrap();
+        let (sock, err, pid, open) = t.join().unwrap();
         assert_eq!((sock, err), (-1, Some(libc::EPERM)), "socket() is denied");
         assert_eq!(pid, std::process::id() as i32, "getpid() is allowed");
-        assert!(!opened, "open() is denied");
+        assert_eq!(open, Err(Some(libc::ENOENT)), "openat() fails with ENOENT");
         // This thread has no filter.
         let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         assert!(status.contains("Seccomp:\t0"), "{status}");

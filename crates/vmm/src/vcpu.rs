@@ -15,8 +15,7 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal};
-use crate::seccomp;
-use seccompiler::BpfProgram;
+use crate::seccomp::{self, Filters};
 
 /// Port I/O and MMIO buses shared by all vCPUs.
 pub(crate) struct IoBuses {
@@ -134,7 +133,7 @@ impl Vcpu {
 
     /// Starts the vCPU thread, which confines itself with `filter` (see [`crate::seccomp`])
     /// before it first enters the guest.
-    pub(crate) fn spawn(self, filter: Option<Arc<BpfProgram>>) -> Result<JoinHandle<()>> {
+    pub(crate) fn spawn(self, filter: Option<Arc<Filters>>) -> Result<JoinHandle<()>> {
         install_kick_handler()?;
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
