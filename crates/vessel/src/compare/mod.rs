@@ -617,7 +617,9 @@ fn build_rows(
                 metric(
                     "workload_median",
                     "run to exit, median",
-                    &format!("wall time of `vessel run --rm --network none IMAGE {cmd}`, {runs} runs"),
+                    &format!(
+                        "wall time of `vessel run --rm --network none IMAGE {cmd}`, {runs} runs"
+                    ),
                     &|s| ms_cell(&s.workload, |m, _| m),
                 ),
                 metric(
