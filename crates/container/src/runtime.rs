@@ -290,8 +290,12 @@ impl Runtime {
             Ok(p) => p,
             Err(e) => {
                 // Nothing to find the cgroup with; at least drop the state.
+                if !dir.exists() {
+                    return Ok(()); // deleted meanwhile by a concurrent delete
+                }
                 tracing::warn!(error = %e, "state unreadable, removing the state directory only");
-                return fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e));
+                return crate::trash::remove_dir_soon(&dir, &self.state_root.join(".trash"))
+                    .map_err(|e| Error::io("remove", &dir, e));
             }
         };
         let status = p.status(&dir);

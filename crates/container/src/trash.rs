@@ -29,8 +29,11 @@ pub fn remove_dir_soon(dir: &Path, trash: &Path) -> io::Result<()> {
         let to = trash.join(unique_name());
         fs::rename(dir, &to).map(|()| to)
     });
-    let Ok(moved) = moved else {
-        return fs::remove_dir_all(dir);
+    let moved = match moved {
+        Ok(m) => m,
+        // Removed meanwhile by a concurrent cleanup of the same instance: done.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => return remove_all_if_there(dir),
     };
     let mut victims = vec![moved.clone()];
     victims.extend(stale_entries(trash, &moved));
@@ -46,7 +49,14 @@ pub fn remove_dir_soon(dir: &Path, trash: &Path) -> io::Result<()> {
     match spawned {
         // Not waited for: it outlives short-lived callers and is reaped by init.
         Ok(_child) => Ok(()),
-        Err(_) => fs::remove_dir_all(&moved),
+        Err(_) => remove_all_if_there(&moved),
+    }
+}
+
+fn remove_all_if_there(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 

@@ -464,6 +464,11 @@ impl Engine {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                // Let it be gone before cleaning up, so the two never clean up at once.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while catalogue::alive(pid, start) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
         self.purge(&inst)
