@@ -106,30 +106,15 @@ pub fn import(
     changes: &Changes,
 ) -> Result<ImageRecord> {
     let meta = fs::metadata(source).map_err(Error::io("import from", source))?;
-    let tmp = store.tmp_path("import");
-    let result = (|| {
-        let (blob, size, diff_id) = if meta.is_dir() {
-            write_layer(&tmp, |b| append_tree(b, source))?
+    let layer = store_layer(store, "import", |tmp| {
+        if meta.is_dir() {
+            write_layer(tmp, |b| append_tree(b, source))
         } else {
             let f = File::open(source).map_err(Error::io("open", source))?;
             let stream = unpack::decompress(f).map_err(Error::io("read", source))?;
-            write_layer(&tmp, |b| copy_tar(b, stream, source))?
-        };
-        let (blob_d, _) = store.put_blob(
-            File::open(&tmp).map_err(Error::io("open", &tmp))?,
-            Some((&blob, Some(size))),
-        )?;
-        Ok::<_, Error>((blob_d, size, diff_id))
-    })();
-    let _ = fs::remove_file(&tmp);
-    let (blob, size, diff_id) = result?;
-    let layer = LayerRecord {
-        blob,
-        diff_id,
-        media_type: LAYER_MEDIA_TYPE.to_string(),
-        size,
-    };
-    store.unpack_layer(&layer)?;
+            write_layer(tmp, |b| copy_tar(b, stream, source))
+        }
+    })?;
     let config = build_config(
         std::slice::from_ref(&layer.diff_id),
         changes,
@@ -148,24 +133,9 @@ pub fn add_layer(
     tag: Option<&Reference>,
     created_by: &str,
 ) -> Result<ImageRecord> {
-    let tmp = store.tmp_path("layer");
-    let result = (|| {
-        let (blob, size, diff_id) = write_layer(&tmp, |b| append_tree(b, source))?;
-        let (blob_d, _) = store.put_blob(
-            File::open(&tmp).map_err(Error::io("open", &tmp))?,
-            Some((&blob, Some(size))),
-        )?;
-        Ok::<_, Error>((blob_d, size, diff_id))
-    })();
-    let _ = fs::remove_file(&tmp);
-    let (blob, size, diff_id) = result?;
-    let layer = LayerRecord {
-        blob,
-        diff_id,
-        media_type: LAYER_MEDIA_TYPE.to_string(),
-        size,
-    };
-    store.unpack_layer(&layer)?;
+    let layer = store_layer(store, "layer", |tmp| {
+        write_layer(tmp, |b| append_tree(b, source))
+    })?;
     let mut config = store.config(base)?;
     let mut diff_ids = config.rootfs().diff_ids().clone();
     diff_ids.push(layer.diff_id.to_string());
@@ -306,6 +276,34 @@ type LayerWriter =
     tar::Builder<HashingWriter<flate2::write::GzEncoder<HashingWriter<io::BufWriter<File>>>>>;
 
 /// Writes a gzip layer to `path` with `fill`, returning (blob digest, blob size, diff id).
+/// Writes a layer blob with `write` into a work file, stores it by digest, unpacks it and
+/// returns its record; the work file is removed whatever happens.
+fn store_layer(
+    store: &Store,
+    what: &str,
+    write: impl FnOnce(&Path) -> Result<(Digest, u64, Digest)>,
+) -> Result<LayerRecord> {
+    let tmp = store.tmp_path(what);
+    let result = (|| {
+        let (blob, size, diff_id) = write(&tmp)?;
+        let (blob_d, _) = store.put_blob(
+            File::open(&tmp).map_err(Error::io("open", &tmp))?,
+            Some((&blob, Some(size))),
+        )?;
+        Ok::<_, Error>((blob_d, size, diff_id))
+    })();
+    let _ = fs::remove_file(&tmp);
+    let (blob, size, diff_id) = result?;
+    let layer = LayerRecord {
+        blob,
+        diff_id,
+        media_type: LAYER_MEDIA_TYPE.to_string(),
+        size,
+    };
+    store.unpack_layer(&layer)?;
+    Ok(layer)
+}
+
 fn write_layer(
     path: &Path,
     fill: impl FnOnce(&mut LayerWriter) -> Result<()>,
