@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -127,22 +126,7 @@ impl Store {
             path: db_path.clone(),
             source,
         };
-        let db = Connection::open(&db_path).map_err(db_err)?;
-        db.busy_timeout(Duration::from_secs(60)).map_err(db_err)?;
-        db.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err)?;
-        // Every vessel command opens and closes the database: without this, each close
-        // would checkpoint the WAL (two fsyncs) on the hot path of `vessel run`.
-        db.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .map_err(db_err)?;
-        db.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db_err)?;
-        db.execute_batch(SCHEMA).map_err(db_err)?;
+        let db = vessel_db::open(&db_path, SCHEMA).map_err(db_err)?;
         let store = Store {
             dir,
             db_path,

@@ -6,7 +6,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -137,12 +136,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let path = dir.join("network.db");
         let err = |e| Error::Db(path.clone(), e);
-        let db = Connection::open(&path).map_err(err)?;
-        db.busy_timeout(Duration::from_secs(60)).map_err(err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        let db = vessel_db::open(&path, SCHEMA).map_err(err)?;
         // Databases from before leases recorded their instance's directory.
         match db.execute("ALTER TABLE leases ADD COLUMN dir TEXT", []) {
             Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => {}

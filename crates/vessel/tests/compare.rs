@@ -43,22 +43,26 @@ fn text(cell: &Value) -> &str {
 }
 
 /// Runs `vessel compare` with a guest kernel directory that holds nothing, so the VM side
-/// cannot run on any host, whatever its KVM.
-fn compare(args: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+/// cannot run on any host, whatever its KVM. Also returns the pid of the `vessel compare`
+/// process, which names its probe image.
+fn compare(args: &[&str]) -> (std::process::Output, tempfile::TempDir, u32) {
     let dir = tempfile::tempdir().unwrap();
-    let o = cmd(&[&["compare"], args].concat())
+    let child = cmd(&[&["compare"], args].concat())
         .env("VESSEL_KERNEL_DIR", dir.path().join("no-kernel"))
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (o, dir)
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), dir, pid)
 }
 
 #[test]
 fn compare_measures_the_container_side_and_says_why_the_vm_side_cannot_run() {
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("report.json");
-    let (o, _k) = compare(&[
+    let (o, _k, pid) = compare(&[
         "--runs",
         "3",
         "--isolation",
@@ -154,7 +158,8 @@ fn compare_measures_the_container_side_and_says_why_the_vm_side_cannot_run() {
     assert!(table.contains(&format!("[1] {why}")), "{table}");
     assert!(!table.contains('\x1b'), "colour on a pipe");
 
-    // Nothing left: no instance, no probe image.
+    // Nothing left: no instance, no probe image (tagged `<base>-<pid>`; other tests'
+    // runs of compare share this data root and may hold theirs right now).
     let ps: Value = serde_json::from_str(&ok(&["ps", "-a", "--format", "json"])).unwrap();
     assert!(
         ps.as_array()
@@ -163,18 +168,24 @@ fn compare_measures_the_container_side_and_says_why_the_vm_side_cannot_run() {
             .all(|i| !i["Config"]["Cmd"].to_string().contains("100000")),
         "an idle instance is left: {ps}"
     );
-    assert!(!ok(&["images"]).contains("vessel-compare-probe"));
+    let images = ok(&["images"]);
+    assert!(
+        !images
+            .lines()
+            .any(|l| l.contains("vessel-compare-probe") && l.contains(&format!("-{pid}"))),
+        "the probe image is left:\n{images}"
+    );
 }
 
 #[test]
 fn compare_bad_input_is_a_clear_125() {
-    let (o, _k) = compare(&["--runs", "0", "busybox"]);
+    let (o, _k, _) = compare(&["--runs", "0", "busybox"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("--runs"), "{}", stderr(&o));
-    let (o, _k) = compare(&["--budget", "lots", "busybox"]);
+    let (o, _k, _) = compare(&["--budget", "lots", "busybox"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("--budget"), "{}", stderr(&o));
-    let (o, _k) = compare(&["no-such-image:1"]);
+    let (o, _k, _) = compare(&["no-such-image:1"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("no-such-image"), "{}", stderr(&o));
 }
@@ -197,7 +208,7 @@ fn the_html_report_renders_offline_with_every_row() {
     let browser = chromium();
     let out = tempfile::tempdir().unwrap();
     let html = out.path().join("report.html");
-    let (o, _k) = compare(&[
+    let (o, _k, _) = compare(&[
         "--runs",
         "1",
         "--isolation",

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
@@ -117,19 +116,7 @@ impl Catalogue {
         std::fs::create_dir_all(root).map_err(|e| EngineError::io("create", root, e))?;
         let path = root.join("instances.db");
         let err = |e| EngineError::Db(path.clone(), e);
-        let db = Connection::open(&path).map_err(err)?;
-        db.busy_timeout(Duration::from_secs(60)).map_err(err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        // Every vessel command opens and closes the database: without this, each close
-        // would checkpoint the WAL (two fsyncs) on the hot path of `vessel run`.
-        db.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        let db = vessel_db::open(&path, SCHEMA).map_err(err)?;
         Ok(Catalogue {
             path,
             db: Mutex::new(db),
