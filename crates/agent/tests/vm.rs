@@ -203,6 +203,7 @@ fn run_vm_with(cfg: GuestConfig, actions: Vec<Action>) -> Run {
         serial: SerialOut::File(console_path.clone()),
         virtio_console: Some(vmm_end.into()),
         vsock_cid: None,
+        free_page_reporting: false,
         net: vec![],
     })
     .expect("building the VM");

@@ -334,6 +334,7 @@ fn detached_lifecycle_logs_exec_stop_wait() {
     assert_eq!(out.lines().nth(1), Some(&id[..12]));
     assert_eq!(code(&vessel(&["exec", &n, "sh", "-c", "exit 7"])), 7);
     assert_eq!(code(&vessel(&["exec", &n, "no-such-cmd"])), 127);
+    exec_forwards_signals(&n);
     let st = inspect(&n);
     assert_eq!(st["State"]["Running"], true);
     assert!(st["State"]["Pid"].as_i64().unwrap() > 1);

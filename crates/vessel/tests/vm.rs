@@ -226,6 +226,60 @@ fn assert_vmm_threads_confined(monitor: i64) {
     );
 }
 
+/// Memory the guest frees goes back to the host (virtio-balloon free page reporting): the
+/// VMM's resident memory grows while a process in the guest holds 96 MiB (`dd`'s buffer,
+/// filled from /dev/zero, held while dd waits on a pipe nobody reads), and shrinks again
+/// once it has exited.
+fn guest_memory_returns_to_the_host(vm: &str, monitor: i64) {
+    let rss_mib = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb >> 10
+    };
+    let before = rss_mib();
+    let mut c = cmd(&[
+        "exec",
+        vm,
+        "sh",
+        "-c",
+        "dd if=/dev/zero bs=96M count=1 2>/dev/null | sleep 6",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut held = before;
+    while c.try_wait().unwrap().is_none() {
+        held = held.max(rss_mib());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        held >= before + 64,
+        "holding 96 MiB in the guest: VMM RSS {before} -> {held} MiB ({})",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = rss_mib();
+        if now + 48 <= held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "freed guest memory stayed on the host: VMM RSS {before} MiB idle, {held} MiB \
+             holding 96 MiB, still {now} MiB a minute after it was freed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 #[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
 fn detached_lifecycle_stop_and_no_leftovers() {
@@ -251,6 +305,7 @@ fn detached_lifecycle_stop_and_no_leftovers() {
         assert!(Instant::now() < deadline, "no output from the VM");
         std::thread::sleep(Duration::from_millis(200));
     }
+    guest_memory_returns_to_the_host(&n, st["State"]["MonitorPid"].as_i64().unwrap());
     // Graceful stop: TERM reaches the workload inside the guest.
     ok(&["stop", "-t", "60", &n]);
     assert_eq!(ok(&["wait", &n]), "0\n");
@@ -476,6 +531,7 @@ fn exec_runs_in_the_running_vm() {
     let o = vessel(&["exec", &n, "no-such-cmd"]);
     assert_eq!(code(&o), 127, "{}", stderr(&o));
     assert!(stderr(&o).contains("no-such-cmd"), "{}", stderr(&o));
+    exec_forwards_signals(&n);
     // stdin with -i; two sessions at once.
     let spawn = |input: &'static [u8], tag: &str| {
         let mut c = cmd(&[

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         serial: args.serial.map_or(SerialOut::Stdout, SerialOut::File),
         virtio_console: None,
         vsock_cid: None,
+        free_page_reporting: false,
         net: vec![],
     };
     let start = Instant::now();

@@ -16,11 +16,11 @@ pub const MIN_MEMORY_MIB: u32 = 64;
 /// Largest guest memory accepted, in MiB (1 TiB). Guest RAM is committed lazily, so this
 /// only bounds the address space reserved.
 pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
-/// Most virtio block devices one VM may have (one IOAPIC pin and MMIO window each; one
-/// more is kept for the console).
+/// Most virtio block devices one VM may have (one IOAPIC pin and MMIO window each; more
+/// are kept for the console and the balloon).
 pub const MAX_DISKS: usize = 16;
-/// Most virtio-mmio devices of any kind.
-pub(crate) const MAX_VIRTIO_DEVICES: usize = MAX_DISKS + 1;
+/// Most virtio-mmio devices of any kind: the disks, the console, the balloon.
+pub(crate) const MAX_VIRTIO_DEVICES: usize = MAX_DISKS + 2;
 /// Room the guest needs beyond the kernel's own decompression footprint and the initramfs
 /// (page tables, early allocations), checked before boot so a too-small `--memory` fails
 /// with a clear error instead of a guest panic.
@@ -50,6 +50,11 @@ pub struct VmConfig {
     /// both ways: the guest agent's control channel. The guest should put hvc0 in raw mode
     /// (it is a tty, echo on by default).
     pub virtio_console: Option<OwnedFd>,
+    /// A virtio-balloon device that takes back the guest's free pages: the guest kernel
+    /// reports free page blocks (it needs the `virtio_balloon` module and
+    /// `CONFIG_PAGE_REPORTING`) and the VMM drops them from guest RAM, so an idle guest
+    /// holds little host memory beyond what it uses.
+    pub free_page_reporting: bool,
     /// Guest vsock context id (not implemented yet: must be `None`).
     pub vsock_cid: Option<u32>,
     /// Network interfaces (not implemented yet: must be empty).
@@ -278,6 +283,7 @@ mod tests {
             serial: SerialOut::Discard,
             virtio_console: None,
             vsock_cid: None,
+            free_page_reporting: false,
             net: vec![],
         }
     }

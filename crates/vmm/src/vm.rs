@@ -16,6 +16,7 @@ use crate::boot::{self, kernel};
 use crate::bus::Bus;
 use crate::config::{SerialOut, Validated, VmConfig};
 use crate::devices::legacy::{i8042::I8042, power::AcpiPower, serial::Serial};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
@@ -256,7 +257,7 @@ impl Vm {
         .map_err(bus_err("acpi power"))?;
 
         // virtio-mmio devices, one window and one IOAPIC pin each: the disks, then the
-        // console.
+        // console, then the balloon.
         let mut virtio = VirtioWiring {
             vm: &vm,
             mem: &mem,
@@ -278,6 +279,9 @@ impl Vm {
                 source: Box::new(e),
             })?;
             virtio.attach(Box::new(console), "virtio-console".into())?;
+        }
+        if cfg.free_page_reporting {
+            virtio.attach(Box::new(Balloon::new()), "virtio-balloon".into())?;
         }
         let VirtioWiring {
             acpi: acpi_devices,
@@ -439,6 +443,7 @@ mod tests {
             serial: SerialOut::File(out.to_path_buf()),
             virtio_console: None,
             vsock_cid: None,
+            free_page_reporting: false,
             net: vec![],
         }
     }

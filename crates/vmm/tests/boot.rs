@@ -217,6 +217,7 @@ fn boot_with(
         serial: SerialOut::File(console_path.clone()),
         virtio_console,
         vsock_cid: None,
+        free_page_reporting: false,
         net: vec![],
     };
     let vm = Vm::new(cfg).expect("building the VM");
@@ -360,6 +361,7 @@ fn too_little_memory_is_a_clear_error_before_boot() {
         serial: SerialOut::File(dir.path().join("c.txt")),
         virtio_console: None,
         vsock_cid: None,
+        free_page_reporting: false,
         net: vec![],
     };
     let err = Vm::new(cfg).unwrap_err().to_string();

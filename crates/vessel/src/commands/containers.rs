@@ -22,7 +22,7 @@ fn fail(e: EngineError) -> Failure {
     Failure::new(e.exit_code(), e)
 }
 
-/// Signals `vessel run` passes on to the instance while attached.
+/// Signals `vessel run` (attached) and `vessel exec` pass on to the process they started.
 const PROXIED: &[Signal] = &[
     Signal::SIGINT,
     Signal::SIGTERM,
@@ -648,10 +648,26 @@ pub fn exec(engine: &Engine, a: &ExecArgs) -> CmdResult {
         }
     };
     let dir = engine.instance_dir(&inst.id);
+    // Blocked before the backend starts anything, so none is lost; a thread below passes
+    // them on. A microVM's relay process inherits the mask and forwards what it is sent
+    // to the guest process.
+    let mut proxied = SigSet::empty();
+    if !a.detach {
+        for s in PROXIED {
+            proxied.add(*s);
+        }
+        let _ = proxied.thread_block();
+    }
     let p = backend.exec(&inst, &dir, &req, stdio).map_err(fail)?;
     if a.detach {
         return Ok(0);
     }
+    let target = nix::unistd::Pid::from_raw(p.pid);
+    std::thread::spawn(move || loop {
+        if let Ok(s) = proxied.wait() {
+            let _ = nix::sys::signal::kill(target, s);
+        }
+    });
     let raw = RawMode::enable(a.tty && a.interactive);
     if let Some(master) = &p.pty_master {
         proxy_pty(master, a.interactive);

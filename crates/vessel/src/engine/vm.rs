@@ -28,7 +28,13 @@ use super::vm_exec::{self, Sessions};
 use super::{EngineError, Result};
 
 /// Modules the guest agent loads, by name (dependencies are added from `modules.dep`).
-const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
+const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_balloon",
+    "overlay",
+];
 
 /// How long a guest may take to report that its workload started. Generous: under nested
 /// emulation a boot takes seconds; a guest that never reports is killed.
@@ -244,13 +250,14 @@ impl VmBackend {
         Ok(disk)
     }
 
-    /// The initramfs for a kernel version, built once (rebuilt if the agent changed).
+    /// The initramfs for a kernel version and module list, built once (rebuilt if the
+    /// agent or the kernel's modules changed).
     fn initramfs(&self, kernel: &KernelDir) -> Result<PathBuf> {
         let version = kernel.version()?;
         let agent = super::init::binary()?;
         let dir = self.root.join("vm/initramfs");
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let out = dir.join(format!("{version}.cpio"));
+        let out = dir.join(format!("{version}+{}.cpio", GUEST_MODULES.join("+")));
         let newer = |a: &Path, b: &Path| match (
             std::fs::metadata(a).and_then(|m| m.modified()),
             std::fs::metadata(b).and_then(|m| m.modified()),
@@ -258,7 +265,8 @@ impl VmBackend {
             (Ok(x), Ok(y)) => x > y,
             _ => true,
         };
-        if out.exists() && !newer(&agent, &out) {
+        let modules_dep = kernel.0.join("modules/modules.dep");
+        if out.exists() && !newer(&agent, &out) && !newer(&modules_dep, &out) {
             return Ok(out);
         }
         let modules =
@@ -566,6 +574,7 @@ impl Backend for VmBackend {
             },
             virtio_console: Some(OwnedFd::from(vm_end)),
             vsock_cid: None,
+            free_page_reporting: true,
             net: Vec::new(),
         };
         let vm = Vm::new(cfg).map_err(|e| EngineError::Backend(format!("create the VM: {e}")))?;

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::signal::{SigSet, Signal};
 use vessel_agent::protocol::{self, ErrorReport, GuestConfig, Kind};
 
 use super::{EngineError, Result};
@@ -176,7 +177,9 @@ pub(super) fn start(dir: &Path, name: &str, config: &GuestConfig) -> Result<Unix
 
 /// The relay process of a session: copies `stdin` to the guest and the guest's output to
 /// `stdout`/`stderr` (with a terminal, `stdin` and `stdout` are the pty's slave and its
-/// size changes are passed on) until the exit status arrives, which it returns.
+/// size changes are passed on) until the exit status arrives, which it returns. The
+/// signals the caller had blocked when it forked the relay are sent to it to be passed
+/// on: each goes to the guest process.
 pub(super) fn relay(
     conn: UnixStream,
     stdin: OwnedFd,
@@ -195,6 +198,17 @@ pub(super) fn relay(
             data,
         )
     };
+    let forwarded = forwarded_signals();
+    if forwarded != SigSet::empty() {
+        let w = writer.clone();
+        std::thread::spawn(move || loop {
+            if let Ok(sig) = forwarded.wait() {
+                if send(&w, Kind::Signal, &protocol::encode_i32(sig as i32)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if tty {
         // The slave learns the size the caller gives the master; pass changes on.
         let w = writer.clone();
@@ -270,4 +284,23 @@ pub(super) fn relay(
             }
         }
     }
+}
+
+/// The signals blocked in this thread that a process may be sent and handle: those the
+/// relay passes on.
+fn forwarded_signals() -> SigSet {
+    let Ok(mask) = SigSet::thread_get_mask() else {
+        return SigSet::empty();
+    };
+    let mut set = SigSet::empty();
+    for s in Signal::iterator() {
+        let never = matches!(
+            s,
+            Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGCHLD | Signal::SIGPIPE
+        );
+        if !never && mask.contains(s) {
+            set.add(s);
+        }
+    }
+    set
 }

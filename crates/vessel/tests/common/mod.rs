@@ -179,3 +179,36 @@ fn find_dirs(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `vessel exec` passes a signal it is sent on to the process it runs in `instance`: the
+/// process's trap runs and its exit status comes back.
+pub fn exec_forwards_signals(instance: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut c = cmd(&[
+        "exec",
+        instance,
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n", "the exec'd shell did not start");
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got-term\n", "TERM did not reach the exec'd process");
+    let st = c.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(9),
+        "vessel exec returns the process's status"
+    );
+}

@@ -1,5 +1,6 @@
 //! Virtio devices and the virtio-mmio transport that exposes them to the guest.
 
+pub(crate) mod balloon;
 pub(crate) mod block;
 pub(crate) mod console;
 pub(crate) mod mmio;
