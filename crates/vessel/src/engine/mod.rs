@@ -487,7 +487,10 @@ impl Engine {
             self.networks.disconnect(&inst.id, att)?;
         }
         self.forget(inst);
-        self.networks.release(&inst.id)?;
+        // Only a bridge network hands out leases (one may be left by a crashed attach).
+        if matches!(inst.request.network, vessel_network::Mode::Bridge(_)) {
+            self.networks.release(&inst.id)?;
+        }
         self.catalogue.delete(&inst.id)
     }
 }
