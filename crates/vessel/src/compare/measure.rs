@@ -111,7 +111,9 @@ pub fn timed(mut cmd: Command) -> Result<Timed, String> {
     }
     Ok(Timed {
         total,
-        first_output,
+        // The reader may be scheduled only after the exit was seen; what a process wrote,
+        // it wrote before it exited.
+        first_output: first_output.map(|f| f.min(total)),
         stdout: String::from_utf8_lossy(&data).into_owned(),
     })
 }
