@@ -74,50 +74,6 @@ mod tests {
     const SCHEMA: &str =
         "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, who INTEGER NOT NULL);";
 
-    /// Separate processes, as vessel commands are: threads of one process share SQLite's
-    /// lock table and do not meet the deadlock.
-    #[test]
-    fn many_processes_opening_a_new_database_at_once_all_succeed() {
-        for _ in 0..10 {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("state.db");
-            let n = 8;
-            let go = Instant::now() + Duration::from_millis(200);
-            let children: Vec<libc::pid_t> = (0..n)
-                .map(|i| match unsafe { libc::fork() } {
-                    0 => {
-                        while Instant::now() < go {}
-                        let ok = open(&path, SCHEMA)
-                            .and_then(|db| db.execute("INSERT INTO t (who) VALUES (?1)", [i]))
-                            .is_ok();
-                        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-                    }
-                    pid => {
-                        assert!(pid > 0, "fork failed");
-                        pid
-                    }
-                })
-                .collect();
-            for pid in children {
-                let mut status = 0;
-                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "a process failed to open the new database"
-                );
-            }
-            let db = open(&path, SCHEMA).unwrap();
-            let rows: i64 = db
-                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(rows, n);
-            let mode: String = db
-                .pragma_query_value(None, "journal_mode", |r| r.get(0))
-                .unwrap();
-            assert_eq!(mode, "wal");
-        }
-    }
-
     #[test]
     fn a_file_that_is_not_a_database_is_an_error_not_a_wait() {
         let dir = tempfile::tempdir().unwrap();

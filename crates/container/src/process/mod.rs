@@ -120,14 +120,23 @@ fn write_id_maps(pid: Pid, cfg: &ContainerConfig) -> Result<()> {
     Ok(())
 }
 
+/// The pid the intermediate reports. The process it cloned shares the channel and may
+/// already be warning (e.g. about a capped rlimit) before the intermediate has spoken.
 fn expect_pid(chan: &Channel) -> Result<Pid> {
-    match chan.recv()? {
-        Some((Msg::Pid(p), _)) => Ok(Pid::from_raw(p)),
-        Some((Msg::Error(e), _)) => Err(e.into()),
-        Some((other, _)) => Err(Error::InitFailed(format!("unexpected message {other:?}"))),
-        None => Err(Error::InitFailed(
-            "the setup process exited without reporting the container's pid".into(),
-        )),
+    loop {
+        match chan.recv()? {
+            Some((Msg::Pid(p), _)) => return Ok(Pid::from_raw(p)),
+            Some((Msg::Warning(w), _)) => tracing::debug!("{w}"),
+            Some((Msg::Error(e), _)) => return Err(e.into()),
+            Some((other, _)) => {
+                return Err(Error::InitFailed(format!("unexpected message {other:?}")))
+            }
+            None => {
+                return Err(Error::InitFailed(
+                    "the setup process exited without reporting the container's pid".into(),
+                ))
+            }
+        }
     }
 }
 
