@@ -19,6 +19,7 @@ use crate::devices::legacy::{i8042::I8042, power::AcpiPower, serial::Serial};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::IrqLine;
 pub use crate::exit::ExitReason;
@@ -278,6 +279,14 @@ impl Vm {
                 source: Box::new(e),
             })?;
             virtio.attach(Box::new(console), "virtio-console".into())?;
+        }
+        for (i, nic) in cfg.net.into_iter().enumerate() {
+            let dev_name = format!("virtio-net {i}");
+            let net = Net::new(nic.tap, nic.mac).map_err(|e| Error::Device {
+                device: dev_name.clone(),
+                source: Box::new(e),
+            })?;
+            virtio.attach(Box::new(net), dev_name)?;
         }
         let VirtioWiring {
             acpi: acpi_devices,
