@@ -229,7 +229,12 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-nix::ioctl_write_ptr_bad!(tunsetiff, 0x4004_54ca, IfReq);
+// TUNSETIFF is `_IOW('T', 202, int)` in <linux/if_tun.h> but passes a `struct ifreq`.
+nix::ioctl_write_ptr_bad!(
+    tunsetiff,
+    nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
+    IfReq
+);
 
 /// Creates tap device `name` (IFF_TAP, no packet info, with virtio-net headers) as a port
 /// of `bridge`, up, and returns its queue descriptor for a VMM. The tap is not
