@@ -208,6 +208,25 @@ pub struct GuestConfig {
     pub read_only: bool,
     /// Extra disks to mount (not supported by the agent yet: must be empty).
     pub volumes: Vec<GuestVolume>,
+    /// How to configure `eth0` (the virtio-net interface); `None`: loopback only.
+    pub network: Option<GuestNetwork>,
+}
+
+/// The guest's one network interface, as the host's network lease describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// IPv4 address of `eth0`.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of its subnet.
+    pub prefix: u8,
+    /// Default gateway (the host bridge).
+    pub gateway: std::net::Ipv4Addr,
+    /// Interface MTU; 0 keeps the driver's default.
+    pub mtu: u32,
+    /// The whole `/etc/hosts` (replaces the hostname-only one the agent writes otherwise).
+    pub hosts: String,
+    /// The whole `/etc/resolv.conf`.
+    pub resolv_conf: String,
 }
 
 /// A disk the guest mounts into the root (reserved; the agent rejects any for now).
@@ -513,7 +532,7 @@ mod tests {
     fn config_json_is_lenient_about_missing_fields() {
         let c: GuestConfig = serde_json::from_str(r#"{"args":["sh"],"tty":true}"#).unwrap();
         assert_eq!(c.args, ["sh"]);
-        assert!(c.tty && !c.interactive && c.volumes.is_empty());
+        assert!(c.tty && !c.interactive && c.volumes.is_empty() && c.network.is_none());
         let full = GuestConfig {
             args: vec!["a".into()],
             env: vec!["A=1".into()],
@@ -524,6 +543,14 @@ mod tests {
             interactive: true,
             read_only: true,
             volumes: vec![],
+            network: Some(GuestNetwork {
+                address: "10.89.0.2".parse().unwrap(),
+                prefix: 24,
+                gateway: "10.89.0.1".parse().unwrap(),
+                mtu: 1500,
+                hosts: "10.89.0.3\tpeer\n".into(),
+                resolv_conf: "nameserver 10.0.0.53\n".into(),
+            }),
         };
         let json = serde_json::to_vec(&full).unwrap();
         assert_eq!(serde_json::from_slice::<GuestConfig>(&json).unwrap(), full);
