@@ -138,7 +138,7 @@ impl Engine {
             store: std::sync::OnceLock::new(),
             catalogue,
             container,
-            vm: vm::VmBackend::new(root),
+            vm: vm::VmBackend::new(root, vessel_network::Networks::from_env()),
             networks: vessel_network::Networks::from_env(),
         })
     }

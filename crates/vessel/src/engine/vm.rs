@@ -19,8 +19,8 @@ use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vessel_agent::protocol::{self, GuestConfig, Kind};
-use vessel_vmm::{DiskConfig, ExitReason, KvmKind, SerialOut, StopHandle, Vm, VmConfig};
+use vessel_agent::protocol::{self, GuestConfig, GuestNetwork, Kind};
+use vessel_vmm::{DiskConfig, ExitReason, KvmKind, NetConfig, SerialOut, StopHandle, Vm, VmConfig};
 
 use super::backend::{Backend, Exec, ExecRequest, Exit, Started, Stdio};
 use super::catalogue::{self, Instance};
@@ -28,7 +28,18 @@ use super::vm_exec::{self, Sessions};
 use super::{EngineError, Result};
 
 /// Modules the guest agent loads, by name (dependencies are added from `modules.dep`).
-const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
+const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "overlay",
+    // eth0 (pulls in net_failover and failover).
+    "virtio_net",
+];
+
+/// MTU of a VM's `eth0`: that of the bridge it hangs off (vessel's bridges keep the
+/// Ethernet default).
+const GUEST_MTU: u32 = 1500;
 
 /// How long a guest may take to report that its workload started. Generous: under nested
 /// emulation a boot takes seconds; a guest that never reports is killed.
@@ -94,6 +105,7 @@ pub fn remove_image_disk(root: &Path, image_id: &str) {
 /// Runs instances as microVMs.
 pub struct VmBackend {
     root: PathBuf,
+    networks: vessel_network::Networks,
     /// The running VM of this process (the monitor), for `kill` from signal forwarding.
     running: Mutex<Option<Running>>,
     /// Its threads, which `wait` joins (apart from `running`, which `kill` keeps using).
@@ -135,10 +147,11 @@ fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Engin
 }
 
 impl VmBackend {
-    /// A backend over data root `root`.
-    pub fn new(root: &Path) -> VmBackend {
+    /// A backend over data root `root`, wiring VMs to `networks`.
+    pub fn new(root: &Path, networks: vessel_network::Networks) -> VmBackend {
         VmBackend {
             root: root.to_path_buf(),
+            networks,
             running: Mutex::new(None),
             threads: Mutex::new(None),
         }
@@ -277,9 +290,17 @@ impl VmBackend {
     }
 }
 
-fn guest_config(inst: &Instance) -> GuestConfig {
+/// The guest's MAC address: locally administered, derived from its IPv4 address (as
+/// Docker derives a container's), so it is unique on the bridge as long as the lease is.
+fn mac_of(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+fn guest_config(inst: &Instance, network: Option<GuestNetwork>) -> GuestConfig {
     let r = &inst.request;
     GuestConfig {
+        network,
         args: r.args.clone(),
         env: r.env.clone(),
         workdir: r.workdir.clone(),
@@ -543,6 +564,26 @@ impl Backend for VmBackend {
             .map(|m| (m >> 20) as u32)
             .unwrap_or(DEFAULT_MEMORY_MIB);
         let vcpus = r.cpus.map(|c| c.ceil() as u8).unwrap_or(1).max(1);
+        // The NIC: a tap on the network's bridge, held only by this (the VMM) process.
+        let (net, network) = match &r.attachment {
+            Some(att) => {
+                let tap = self.networks.connect_tap(&inst.id, att)?;
+                let guest = GuestNetwork {
+                    address: att.ip,
+                    prefix: att.prefix,
+                    gateway: att.gateway,
+                    mtu: GUEST_MTU,
+                    hosts: super::container::hosts(&self.networks, inst)?,
+                    resolv_conf: super::container::resolv_conf(),
+                };
+                let nic = NetConfig {
+                    tap,
+                    mac: mac_of(att.ip),
+                };
+                (vec![nic], Some(guest))
+            }
+            None => (Vec::new(), None),
+        };
         let cfg = VmConfig {
             kernel: r.kernel.clone().unwrap_or_else(|| kernel.vmlinuz()),
             initrd: Some(self.initramfs(&kernel)?),
@@ -566,7 +607,7 @@ impl Backend for VmBackend {
             },
             virtio_console: Some(OwnedFd::from(vm_end)),
             vsock_cid: None,
-            net: Vec::new(),
+            net,
         };
         let vm = Vm::new(cfg).map_err(|e| EngineError::Backend(format!("create the VM: {e}")))?;
         let stop = vm.stop_handle();
@@ -576,7 +617,7 @@ impl Backend for VmBackend {
             .map_err(|e| EngineError::Backend(format!("start the VM thread: {e}")))?;
         let (ready_tx, ready_rx) = mpsc::channel();
         let (control_tx, control_rx) = mpsc::channel();
-        let config = guest_config(inst);
+        let config = guest_config(inst, network);
         let writer = std::sync::Arc::new(Mutex::new(
             host_end
                 .try_clone()
@@ -791,6 +832,10 @@ impl Backend for VmBackend {
 
     fn cleanup(&self, inst: &Instance, dir: &Path) -> Result<()> {
         let _ = std::fs::remove_file(dir.join("exec.sock"));
+        // The tap went with the VMM's descriptor; its published ports stop now.
+        if let Some(att) = &inst.request.attachment {
+            self.networks.unpublish(&inst.id, att)?;
+        }
         // The VM lives and dies with its VMM process; one that outlived its record goes.
         if let Some((pid, start)) = inst.monitor {
             if pid != std::process::id() as i32 && catalogue::alive(pid, start) {
