@@ -30,6 +30,9 @@
 //! connection per session): `Config` to start, then `Stdin`/`StdinEof`/`Signal`/`Resize`
 //! one way and `Started`/`Stdout`/`Stderr`/`Exit`/`Error` the other.
 //!
+//! At any time after `Config` the host may send `Hosts`: the guest's whole new
+//! `/etc/hosts`, when an instance joins or leaves the VM's network.
+//!
 //! The reader never trusts the peer: a length above [`MAX_PAYLOAD`] or an unknown kind is
 //! an error, and payload memory grows only as bytes actually arrive.
 
@@ -69,6 +72,9 @@ pub enum Kind {
     ExecSignal = 9,
     /// Host → guest: a session's terminal size (as [`Kind::Resize`], after the id).
     ExecResize = 10,
+    /// Host → guest: the guest's new `/etc/hosts`, whole (an instance joined or left its
+    /// network). Also what `exec.sock` takes, as its first frame, to pass it on.
+    Hosts = 11,
     /// Guest → host: the agent is up and waits for [`Kind::Config`] (empty payload).
     Ready = 16,
     /// Guest → host: the command was executed successfully (empty payload).
@@ -116,6 +122,7 @@ impl Kind {
             8 => Kind::ExecStdinEof,
             9 => Kind::ExecSignal,
             10 => Kind::ExecResize,
+            11 => Kind::Hosts,
             22 => Kind::ExecStarted,
             23 => Kind::ExecStdout,
             24 => Kind::ExecStderr,
@@ -370,7 +377,8 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    const ALL: [Kind; 21] = [
+    const ALL: [Kind; 22] = [
+        Kind::Hosts,
         Kind::ExecStart,
         Kind::ExecStdin,
         Kind::ExecStdinEof,
@@ -476,7 +484,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_rejected() {
-        for kind in [0u8, 11, 15, 27, 255] {
+        for kind in [0u8, 12, 15, 27, 255] {
             let err = read_frame(&mut Cursor::new(vec![kind, 0, 0, 0, 0])).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             assert!(err.to_string().contains(&kind.to_string()), "{err}");

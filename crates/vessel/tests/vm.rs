@@ -721,6 +721,43 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
     // The first container learnt the VM's name too.
     let o = vessel(&["exec", &c, "wget", "-qO-", &format!("http://{v}/")]);
     assert_eq!(stdout(&o), "from-vm\n", "{}", stderr(&o));
+    // A container that joins after the VM booted: the running VM learns its name, and
+    // forgets it when it goes.
+    let late = name("clate");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &late,
+        "--network",
+        &net,
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let o = vessel(&["exec", &v, "ping", "-c", "1", "-W", "10", &late]);
+    assert!(
+        o.status.success(),
+        "VM -> {late}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let late_id = id_of(&late);
+    ok(&["rm", "-f", &late]);
+    assert_no_leftovers(&late_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = ok(&["exec", &v, "cat", "/etc/hosts"]);
+        if !hosts.contains(&late) {
+            assert!(hosts.contains(&c), "{hosts}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{late} never left the VM's hosts:\n{hosts}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Crash the VMM: its tap (not persistent) goes with it at once.
     let vmm = ins["State"]["MonitorPid"].as_i64().unwrap();
