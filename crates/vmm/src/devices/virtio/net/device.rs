@@ -95,7 +95,7 @@ impl Net {
     }
 
     /// What was dropped so far.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn drops(&self) -> Drops {
         self.drops
     }
