@@ -109,6 +109,15 @@ pub fn veth_name(instance: &str) -> String {
     format!("vv{}", &instance[..instance.len().min(12)])
 }
 
+/// The MAC address of an instance's interface: locally administered and derived from its
+/// IPv4 address, as Docker does, so that an address handed out again comes with the same
+/// MAC and peers' ARP caches stay right (a random MAC would leave them pointing at the
+/// previous holder for up to a minute).
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// The name of an instance's tap device (a VM's NIC), 15 bytes at most.
 pub fn tap_name(instance: &str) -> String {
     format!("vt{}", &instance[..instance.len().min(12)])

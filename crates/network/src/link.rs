@@ -155,7 +155,10 @@ pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
         let bridge = index_of(&h, &ep.bridge).await?.ok_or_else(|| {
             Error::Netlink(format!("find bridge {}", ep.bridge), "no such link".into())
         })?;
-        let peer = LinkUnspec::new_with_name("eth0").setns_by_fd(ns_fd).build();
+        let peer = LinkUnspec::new_with_name("eth0")
+            .address(crate::mac_for(ep.ip).to_vec())
+            .setns_by_fd(ns_fd)
+            .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(ep.host_name.clone())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))

@@ -290,13 +290,6 @@ impl VmBackend {
     }
 }
 
-/// The guest's MAC address: locally administered, derived from its IPv4 address (as
-/// Docker derives a container's), so it is unique on the bridge as long as the lease is.
-fn mac_of(ip: std::net::Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = ip.octets();
-    [0x02, 0x42, a, b, c, d]
-}
-
 fn guest_config(inst: &Instance, network: Option<GuestNetwork>) -> GuestConfig {
     let r = &inst.request;
     GuestConfig {
@@ -578,7 +571,7 @@ impl Backend for VmBackend {
                 };
                 let nic = NetConfig {
                     tap,
-                    mac: mac_of(att.ip),
+                    mac: vessel_network::mac_for(att.ip),
                 };
                 (vec![nic], Some(guest))
             }
