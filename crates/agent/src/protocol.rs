@@ -30,6 +30,9 @@
 //! connection per session): `Config` to start, then `Stdin`/`StdinEof`/`Signal`/`Resize`
 //! one way and `Started`/`Stdout`/`Stderr`/`Exit`/`Error` the other.
 //!
+//! At any time after `Config` the host may send `Hosts`: the guest's whole new
+//! `/etc/hosts`, when an instance joins or leaves the VM's network.
+//!
 //! The reader never trusts the peer: a length above [`MAX_PAYLOAD`] or an unknown kind is
 //! an error, and payload memory grows only as bytes actually arrive.
 
@@ -69,6 +72,9 @@ pub enum Kind {
     ExecSignal = 9,
     /// Host → guest: a session's terminal size (as [`Kind::Resize`], after the id).
     ExecResize = 10,
+    /// Host → guest: the guest's new `/etc/hosts`, whole (an instance joined or left its
+    /// network). Also what `exec.sock` takes, as its first frame, to pass it on.
+    Hosts = 11,
     /// Guest → host: the agent is up and waits for [`Kind::Config`] (empty payload).
     Ready = 16,
     /// Guest → host: the command was executed successfully (empty payload).
@@ -116,6 +122,7 @@ impl Kind {
             8 => Kind::ExecStdinEof,
             9 => Kind::ExecSignal,
             10 => Kind::ExecResize,
+            11 => Kind::Hosts,
             22 => Kind::ExecStarted,
             23 => Kind::ExecStdout,
             24 => Kind::ExecStderr,
@@ -208,6 +215,25 @@ pub struct GuestConfig {
     pub read_only: bool,
     /// Extra disks to mount (not supported by the agent yet: must be empty).
     pub volumes: Vec<GuestVolume>,
+    /// How to configure `eth0` (the virtio-net interface); `None`: loopback only.
+    pub network: Option<GuestNetwork>,
+}
+
+/// The guest's one network interface, as the host's network lease describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// IPv4 address of `eth0`.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of its subnet.
+    pub prefix: u8,
+    /// Default gateway (the host bridge).
+    pub gateway: std::net::Ipv4Addr,
+    /// Interface MTU; 0 keeps the driver's default.
+    pub mtu: u32,
+    /// The whole `/etc/hosts` (replaces the hostname-only one the agent writes otherwise).
+    pub hosts: String,
+    /// The whole `/etc/resolv.conf`.
+    pub resolv_conf: String,
 }
 
 /// A disk the guest mounts into the root (reserved; the agent rejects any for now).
@@ -351,7 +377,8 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    const ALL: [Kind; 21] = [
+    const ALL: [Kind; 22] = [
+        Kind::Hosts,
         Kind::ExecStart,
         Kind::ExecStdin,
         Kind::ExecStdinEof,
@@ -457,7 +484,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_rejected() {
-        for kind in [0u8, 11, 15, 27, 255] {
+        for kind in [0u8, 12, 15, 27, 255] {
             let err = read_frame(&mut Cursor::new(vec![kind, 0, 0, 0, 0])).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             assert!(err.to_string().contains(&kind.to_string()), "{err}");
@@ -513,7 +540,7 @@ mod tests {
     fn config_json_is_lenient_about_missing_fields() {
         let c: GuestConfig = serde_json::from_str(r#"{"args":["sh"],"tty":true}"#).unwrap();
         assert_eq!(c.args, ["sh"]);
-        assert!(c.tty && !c.interactive && c.volumes.is_empty());
+        assert!(c.tty && !c.interactive && c.volumes.is_empty() && c.network.is_none());
         let full = GuestConfig {
             args: vec!["a".into()],
             env: vec!["A=1".into()],
@@ -524,6 +551,14 @@ mod tests {
             interactive: true,
             read_only: true,
             volumes: vec![],
+            network: Some(GuestNetwork {
+                address: "10.89.0.2".parse().unwrap(),
+                prefix: 24,
+                gateway: "10.89.0.1".parse().unwrap(),
+                mtu: 1500,
+                hosts: "10.89.0.3\tpeer\n".into(),
+                resolv_conf: "nameserver 10.0.0.53\n".into(),
+            }),
         };
         let json = serde_json::to_vec(&full).unwrap();
         assert_eq!(serde_json::from_slice::<GuestConfig>(&json).unwrap(), full);

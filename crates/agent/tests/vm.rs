@@ -27,7 +27,13 @@ use vessel_vmm::{detect_kvm, DiskConfig, ExitReason, SerialOut, Vm, VmConfig};
 /// Whole-VM limit: the testbed is TCG-emulated, so generous, but never unbounded.
 const VM_TIMEOUT: Duration = Duration::from_secs(240);
 /// What the engine loads (dependencies come from modules.dep).
-const MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_console", "overlay"];
+const MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_console",
+    "overlay",
+    "virtio_net",
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -13,6 +13,7 @@ pub mod spec;
 pub mod store;
 
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 pub use spec::{Mode, PortMap, Proto, Subnet};
@@ -106,6 +107,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The host-side name of an instance's veth pair (15 bytes at most, like every link name).
 pub fn veth_name(instance: &str) -> String {
     format!("vv{}", &instance[..instance.len().min(12)])
+}
+
+/// The MAC address of an instance's interface: locally administered and derived from its
+/// IPv4 address, as Docker does, so that an address handed out again comes with the same
+/// MAC and peers' ARP caches stay right (a random MAC would leave them pointing at the
+/// previous holder for up to a minute).
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// The name of an instance's tap device (a VM's NIC), 15 bytes at most.
+pub fn tap_name(instance: &str) -> String {
+    format!("vt{}", &instance[..instance.len().min(12)])
 }
 
 /// The host's networks, leases and their wiring.
@@ -330,8 +345,32 @@ impl Networks {
         r
     }
 
+    /// Wires a VM to its network: the bridge if missing, a tap on it (returned, for the
+    /// VMM; not persistent, so it goes with the last descriptor, i.e. with the VMM
+    /// process however it ends), its DNAT rules. Undoes what it did on failure.
+    pub fn connect_tap(&self, instance: &str, att: &Attachment) -> Result<OwnedFd> {
+        let _l = self.lock()?;
+        let r = (|| {
+            if !link::exists(&att.bridge)? {
+                let net = self.store()?.network(&att.network)?;
+                self.wire(&net)?;
+            }
+            let name = tap_name(instance);
+            // A tap dies with its VMM, so a link of this name is not ours to keep.
+            link::delete(&name)?;
+            let tap = link::create_tap(&name, &att.bridge)?;
+            firewall::remove(&[&firewall::instance_tag(instance)])?;
+            firewall::add_ports(instance, att.ip, &att.ports)?;
+            Ok(tap)
+        })();
+        if r.is_err() {
+            let _ = self.disconnect_locked(instance, att);
+        }
+        r
+    }
+
     fn disconnect_locked(&self, instance: &str, att: &Attachment) -> Result<()> {
-        let links = link::delete(&veth_name(instance));
+        let links = link::delete(&veth_name(instance)).and(link::delete(&tap_name(instance)));
         let rules = if att.ports.is_empty() {
             Ok(())
         } else {
@@ -340,7 +379,8 @@ impl Networks {
         links.and(rules)
     }
 
-    /// Removes an instance's wiring (veth, DNAT rules); keeps its lease. Idempotent.
+    /// Removes an instance's wiring (veth or tap, DNAT rules); keeps its lease.
+    /// Idempotent.
     pub fn disconnect(&self, instance: &str, att: &Attachment) -> Result<()> {
         let _l = self.lock()?;
         self.disconnect_locked(instance, att)

@@ -155,7 +155,10 @@ pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
         let bridge = index_of(&h, &ep.bridge).await?.ok_or_else(|| {
             Error::Netlink(format!("find bridge {}", ep.bridge), "no such link".into())
         })?;
-        let peer = LinkUnspec::new_with_name("eth0").setns_by_fd(ns_fd).build();
+        let peer = LinkUnspec::new_with_name("eth0")
+            .address(crate::mac_for(ep.ip).to_vec())
+            .setns_by_fd(ns_fd)
+            .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(ep.host_name.clone())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -229,7 +232,12 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-nix::ioctl_write_ptr_bad!(tunsetiff, 0x4004_54ca, IfReq);
+// TUNSETIFF is `_IOW('T', 202, int)` in <linux/if_tun.h> but passes a `struct ifreq`.
+nix::ioctl_write_ptr_bad!(
+    tunsetiff,
+    nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
+    IfReq
+);
 
 /// Creates tap device `name` (IFF_TAP, no packet info, with virtio-net headers) as a port
 /// of `bridge`, up, and returns its queue descriptor for a VMM. The tap is not

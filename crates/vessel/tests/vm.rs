@@ -284,10 +284,14 @@ fn guest_memory_returns_to_the_host(vm: &str, monitor: i64) {
 #[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
 fn detached_lifecycle_stop_and_no_leftovers() {
     let n = name("v1");
+    // On the default network (a VM's default, as a container's), with a published port.
+    let publish = format!("127.0.0.1:{}:80", free_port());
     let id = vm_ok(&[
         "-d",
         "--name",
         &n,
+        "-p",
+        &publish,
         "busybox",
         "sh",
         "-c",
@@ -326,6 +330,7 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     let mid = id_of(&m);
     ok(&["rm", &n, &m]);
     for i in [&id, &mid] {
+        assert_vm_net_gone(i, "bridge");
         assert!(!root().join("instances").join(i).exists());
         for p in std::fs::read_dir("/proc").unwrap().flatten() {
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
@@ -594,4 +599,258 @@ fn console_shows_the_guest_boot() {
     let out = vm_ok(&["--rm", "--console", "busybox", "echo", "workload-output"]);
     assert!(out.contains("Linux version"), "no kernel console in: {out}");
     assert!(out.contains("workload-output"), "{out}");
+}
+
+/// A host port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` on 127.0.0.1:port over plain HTTP/1.0, retried while the guest's server
+/// starts (slowly, under nested emulation).
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                Duration::from_secs(5),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(r) if !r.is_empty() => return r,
+            r if Instant::now() > deadline => {
+                panic!("no HTTP answer on 127.0.0.1:{port}: {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The host's links, over netlink (`ip -j link`).
+fn links() -> Vec<(String, Option<String>)> {
+    let o = std::process::Command::new("ip")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("ip (iproute2)");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap_or_default().to_string(),
+                l["master"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn tap_of(id: &str) -> String {
+    format!("vt{}", &id[..12])
+}
+
+/// Nothing of VM `id` is left: no tap, no nft rule, no lease on `network`, no process,
+/// no directory.
+fn assert_vm_net_gone(id: &str, network: &str) {
+    let tap = tap_of(id);
+    assert!(
+        !links().iter().any(|(l, _)| *l == tap),
+        "tap {tap} of {id} is left"
+    );
+    assert_no_leftovers(id);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["network", "inspect", network])).unwrap();
+    assert!(
+        v[0]["Containers"].get(id).is_none(),
+        "the lease of {id} on {network} is left: {v}"
+    );
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
+    let net = name("vnet");
+    ok(&["network", "create", &net]);
+    // A container web server on the user network, up before the VM boots.
+    let c = name("cweb");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &c,
+        "--network",
+        &net,
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo from-container > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    // The VM web server, published on the host's loopback.
+    let v = name("vweb");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    vm_ok(&[
+        "-d",
+        "--name",
+        &v,
+        "--network",
+        &net,
+        "-p",
+        &publish,
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo from-vm > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let id = id_of(&v);
+    let ins = inspect(&v);
+    let ip = ins["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with("10.89."), "on the user network: {ins}");
+    // The tap is a port of the network's bridge.
+    let tap = tap_of(&id);
+    let master = links()
+        .into_iter()
+        .find(|(l, _)| *l == tap)
+        .unwrap_or_else(|| panic!("no tap {tap}: {:?}", links()))
+        .1;
+    assert!(
+        master.as_deref().is_some_and(|m| m.starts_with("vsl-")),
+        "{tap} is not on the user network's bridge ({master:?})"
+    );
+
+    // From the host, through the DNAT rule, to the guest's httpd.
+    let reply = http_get(port);
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains("200"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("from-vm\n"), "{reply}");
+
+    // The guest's eth0 has the leased address; it has lo and eth0 only.
+    let o = vessel(&[
+        "exec",
+        &v,
+        "sh",
+        "-c",
+        "ls /sys/class/net; ifconfig eth0; route -n",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("eth0\nlo\n"), "{out}");
+    assert!(
+        out.contains(&format!("inet addr:{ip} ")) && out.contains("Mask:255.255.255.0"),
+        "{out}"
+    );
+    assert!(out.contains("MTU:1500"), "{out}");
+    assert!(
+        out.contains("0.0.0.0         10.89."),
+        "no default route: {out}"
+    );
+    // VM -> container by name.
+    let o = vessel(&["exec", &v, "wget", "-qO-", &format!("http://{c}/")]);
+    assert_eq!(stdout(&o), "from-container\n", "{}", stderr(&o));
+    // Container -> VM by name (a container started after the VM).
+    let got = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{v}/"),
+    ]);
+    assert_eq!(got, "from-vm\n");
+    // The first container learnt the VM's name too.
+    let o = vessel(&["exec", &c, "wget", "-qO-", &format!("http://{v}/")]);
+    assert_eq!(stdout(&o), "from-vm\n", "{}", stderr(&o));
+    // A container that joins after the VM booted: the running VM learns its name, and
+    // forgets it when it goes.
+    let late = name("clate");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &late,
+        "--network",
+        &net,
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let o = vessel(&["exec", &v, "ping", "-c", "1", "-W", "10", &late]);
+    assert!(
+        o.status.success(),
+        "VM -> {late}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let late_id = id_of(&late);
+    ok(&["rm", "-f", &late]);
+    assert_no_leftovers(&late_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = ok(&["exec", &v, "cat", "/etc/hosts"]);
+        if !hosts.contains(&late) {
+            assert!(hosts.contains(&c), "{hosts}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{late} never left the VM's hosts:\n{hosts}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Crash the VMM: its tap (not persistent) goes with it at once.
+    let vmm = ins["State"]["MonitorPid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links().iter().any(|(l, _)| *l == tap) {
+        assert!(Instant::now() < deadline, "{tap} outlived the VMM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // rm -f removes what a crash cannot: the DNAT rule and the lease.
+    ok(&["rm", "-f", &v]);
+    assert_vm_net_gone(&id, &net);
+    let cid = id_of(&c);
+    ok(&["rm", "-f", &c]);
+    assert_no_leftovers(&cid);
+    ok(&["network", "rm", &net]);
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn vm_without_network_has_only_lo_and_host_network_is_refused() {
+    let out = vm_ok(&[
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(out, "lo\n");
+    let o = vm(&["--rm", "--network", "host", "busybox", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("--network host"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }

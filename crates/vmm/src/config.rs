@@ -19,8 +19,10 @@ pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
 /// Most virtio block devices one VM may have (one IOAPIC pin and MMIO window each; more
 /// are kept for the console and the balloon).
 pub const MAX_DISKS: usize = 16;
-/// Most virtio-mmio devices of any kind: the disks, the console, the balloon.
-pub(crate) const MAX_VIRTIO_DEVICES: usize = MAX_DISKS + 2;
+/// Most network interfaces one VM may have.
+pub const MAX_NICS: usize = 1;
+/// Most virtio-mmio devices of any kind: disks, the console, the NICs, the balloon.
+pub(crate) const MAX_VIRTIO_DEVICES: usize = MAX_DISKS + 1 + MAX_NICS + 1;
 /// Room the guest needs beyond the kernel's own decompression footprint and the initramfs
 /// (page tables, early allocations), checked before boot so a too-small `--memory` fails
 /// with a clear error instead of a guest panic.
@@ -57,7 +59,8 @@ pub struct VmConfig {
     pub free_page_reporting: bool,
     /// Guest vsock context id (not implemented yet: must be `None`).
     pub vsock_cid: Option<u32>,
-    /// Network interfaces (not implemented yet: must be empty).
+    /// Network interfaces (virtio-net over a tap), at most [`MAX_NICS`]; the first is
+    /// `eth0` in the guest (which needs the `virtio_net` module).
     pub net: Vec<NetConfig>,
 }
 
@@ -72,11 +75,15 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
-/// A tap-backed network interface (reserved for a later virtio-net).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A virtio-net interface backed by a tap device.
+#[derive(Debug)]
 pub struct NetConfig {
-    /// Name of an existing tap device.
-    pub tap: String,
+    /// A queue descriptor of a tap opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (the
+    /// VMM sets its vnet header size). Whoever creates the tap non-persistent makes it
+    /// vanish with the VMM process, however that ends.
+    pub tap: OwnedFd,
+    /// The guest interface's MAC address (unicast, e.g. locally administered `02:...`).
+    pub mac: [u8; 6],
 }
 
 /// Destination of the guest's serial console (COM1) output.
@@ -211,10 +218,20 @@ impl VmConfig {
                 what: format!("vsock (guest CID {cid})"),
             });
         }
-        if let Some(net) = self.net.first() {
+        if self.net.len() > MAX_NICS {
             return Err(Error::Unsupported {
-                what: format!("networking (tap {})", net.tap),
+                what: format!("{} network interfaces (at most {MAX_NICS})", self.net.len()),
             });
+        }
+        for net in &self.net {
+            if net.mac[0] & 1 != 0 || net.mac == [0; 6] {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "MAC address {} (not a unicast address)",
+                        net.mac.map(|b| format!("{b:02x}")).join(":")
+                    ),
+                });
+            }
         }
         Ok(Validated { kernel })
     }
@@ -380,7 +397,19 @@ mod tests {
         cfg.vsock_cid = Some(3);
         assert!(matches!(cfg.validate(), Err(Error::Unsupported { .. })));
         cfg.vsock_cid = None;
-        cfg.net = vec![NetConfig { tap: "tap0".into() }];
+        let fd = || OwnedFd::from(File::open("/dev/null").unwrap());
+        cfg.net = vec![NetConfig {
+            tap: fd(),
+            mac: [0x03, 0, 0, 0, 0, 1],
+        }];
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("03:00:00:00:00:01"), "{err}");
+        cfg.net[0].mac = [0x02, 0, 0, 0, 0, 1];
+        cfg.validate().unwrap();
+        cfg.net.push(NetConfig {
+            tap: fd(),
+            mac: [0x02, 0, 0, 0, 0, 2],
+        });
         assert!(matches!(cfg.validate(), Err(Error::Unsupported { .. })));
     }
 }

@@ -9,8 +9,9 @@
 //! one 8250 UART (COM1), a hardware-reduced ACPI power device (so `poweroff` and
 //! `reboot` inside the guest end [`Vm::run`]), an i8042 reset line, and virtio-mmio
 //! devices described in the ACPI DSDT (the stock Debian kernel has no
-//! `virtio_mmio.device=` command line support): virtio-blk disks and one virtio-console
-//! port bridged to a host stream for the guest agent.
+//! `virtio_mmio.device=` command line support): virtio-blk disks, one virtio-console
+//! port bridged to a host stream for the guest agent, and a virtio-net interface over a
+//! tap device.
 //!
 //! Guest RAM is anonymous memory mapped with `MAP_NORESERVE`: pages are committed
 //! only when the guest touches them.
@@ -35,7 +36,7 @@ mod vcpu;
 mod vm;
 
 pub use config::{
-    DiskConfig, NetConfig, SerialOut, VmConfig, MAX_DISKS, MAX_MEMORY_MIB, MAX_VCPUS,
+    DiskConfig, NetConfig, SerialOut, VmConfig, MAX_DISKS, MAX_MEMORY_MIB, MAX_NICS, MAX_VCPUS,
     MIN_MEMORY_MIB,
 };
 pub use error::{Error, Result};

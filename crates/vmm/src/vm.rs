@@ -20,6 +20,7 @@ use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::IrqLine;
 pub use crate::exit::ExitReason;
@@ -256,8 +257,8 @@ impl Vm {
         )
         .map_err(bus_err("acpi power"))?;
 
-        // virtio-mmio devices, one window and one IOAPIC pin each: the disks, then the
-        // console, then the balloon.
+        // virtio-mmio devices, one window and one IOAPIC pin each: the disks, the
+        // console, the NICs, then the balloon.
         let mut virtio = VirtioWiring {
             vm: &vm,
             mem: &mem,
@@ -279,6 +280,14 @@ impl Vm {
                 source: Box::new(e),
             })?;
             virtio.attach(Box::new(console), "virtio-console".into())?;
+        }
+        for (i, nic) in cfg.net.into_iter().enumerate() {
+            let dev_name = format!("virtio-net {i}");
+            let net = Net::new(nic.tap, nic.mac).map_err(|e| Error::Device {
+                device: dev_name.clone(),
+                source: Box::new(e),
+            })?;
+            virtio.attach(Box::new(net), dev_name)?;
         }
         if cfg.free_page_reporting {
             virtio.attach(Box::new(Balloon::new()), "virtio-balloon".into())?;

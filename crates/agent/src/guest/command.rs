@@ -93,6 +93,20 @@ pub(super) fn send(console: &File, kind: Kind, payload: &[u8]) -> io::Result<()>
 }
 
 /// Sets a terminal's size.
+/// Replaces the contents of `/etc/hosts` in place: in a read-only root it is a bind mount
+/// of a generated file, which a rename would not reach. Best effort: the workload keeps
+/// running with the old file if this fails.
+fn update_hosts(content: &[u8]) {
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open("/etc/hosts")
+        .and_then(|mut f| f.write_all(content));
+    if let Err(e) = written {
+        eprintln!("vessel-agent: update /etc/hosts: {e}");
+    }
+}
+
 pub(super) fn resize(pty: &File, rows: u16, cols: u16) {
     let size = libc::winsize {
         ws_row: rows,
@@ -444,6 +458,7 @@ fn spawn_host_reader(
                 | Kind::ExecStdinEof
                 | Kind::ExecSignal
                 | Kind::ExecResize => sessions.frame(&output, kind, &payload),
+                Kind::Hosts => update_hosts(&payload),
                 _ => {}
             }
         }

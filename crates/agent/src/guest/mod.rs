@@ -1,7 +1,7 @@
 //! VM mode: the agent as the microVM's PID 1.
 //!
 //! One straight sequence of named steps — kernel file systems, modules, the control
-//! channel (`/dev/hvc0`), `Ready`, `Config`, the root from the disks, the command — each
+//! channel (`/dev/hvc0`), `Ready`, `Config`, `eth0`, the root from the disks, the command — each
 //! failing with a [`Failure`] that names it. Whatever happens, the VM ends powered off:
 //! after `Exit`, after an `Error` frame, and from a panic hook.
 //!
@@ -10,6 +10,7 @@
 
 mod command;
 mod exec;
+mod net;
 mod rootfs;
 mod sys;
 mod user;
@@ -73,8 +74,14 @@ pub fn run() -> ! {
             sys::power_off();
         }
     };
-    match rootfs::enter_root(&cfg)
-        .map_err(Failure::setup("set up the root file system"))
+    let network = match &cfg.network {
+        Some(n) => net::configure(n).map_err(Failure::setup("configure the network")),
+        None => Ok(()),
+    };
+    match network
+        .and_then(|()| {
+            rootfs::enter_root(&cfg).map_err(Failure::setup("set up the root file system"))
+        })
         .and_then(|()| command::run(&cfg, &console))
     {
         Ok(status) => {

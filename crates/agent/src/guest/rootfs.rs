@@ -150,24 +150,32 @@ pub fn enter_root(cfg: &GuestConfig) -> io::Result<()> {
     switch_root()
 }
 
-/// `/etc/hostname` and `/etc/hosts` for the configured hostname. In a writable root they
+/// `/etc/hostname` and `/etc/hosts` for the configured hostname, and with a network the
+/// host's `/etc/hosts` (peers by name) and `/etc/resolv.conf`. In a writable root they
 /// are written (into the overlay's upper layer); in a read-only root, files the image has
 /// are covered by bind mounts of generated copies.
 fn write_identity_files(cfg: &GuestConfig) -> io::Result<()> {
-    if cfg.hostname.is_empty() {
-        return Ok(());
+    let mut files = Vec::new();
+    if !cfg.hostname.is_empty() {
+        let name = &cfg.hostname;
+        // SAFETY: the pointer and length describe name's bytes, valid for the call.
+        check(
+            unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
+            || format!("sethostname {name:?}"),
+        )?;
+        files.push(("hostname", format!("{name}\n")));
+        files.push((
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n"
+            ),
+        ));
     }
-    let name = &cfg.hostname;
-    // SAFETY: the pointer and length describe name's bytes, valid for the call.
-    check(
-        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
-        || format!("sethostname {name:?}"),
-    )?;
-    let hostname = format!("{name}\n");
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n"
-    );
-    let files = [("hostname", hostname), ("hosts", hosts)];
+    if let Some(net) = &cfg.network {
+        files.retain(|(f, _)| *f != "hosts");
+        files.push(("hosts", net.hosts.clone()));
+        files.push(("resolv.conf", net.resolv_conf.clone()));
+    }
     if cfg.read_only {
         ensure_dir("/run/vessel")?;
         for (file, content) in files {

@@ -106,12 +106,8 @@ fn build_request(
             "--pids-limit must be positive (or -1 for unlimited)".into(),
         ));
     }
-    let network = match (&a.network, a.isolation) {
-        (Some(n), _) => vessel_network::Mode::parse(n)?,
-        // VMs have no network device yet: loopback only, unless asked otherwise.
-        (None, IsolationArg::Vm) => vessel_network::Mode::None,
-        (None, IsolationArg::Container) => vessel_network::Mode::parse("bridge")?,
-    };
+    // Both isolations default to the `bridge` network, as Docker does.
+    let network = vessel_network::Mode::parse(a.network.as_deref().unwrap_or("bridge"))?;
     let ports = a
         .publish
         .iter()
@@ -123,9 +119,9 @@ fn build_request(
             network.as_str()
         )));
     }
-    if a.isolation == IsolationArg::Vm && network != vessel_network::Mode::None {
+    if a.isolation == IsolationArg::Vm && network == vessel_network::Mode::Host {
         return Err(EngineError::InvalidFlag(
-            "--isolation vm does not support networks yet: use --network none (the default for VMs), without -p".into(),
+            "--network host: a VM has its own kernel and cannot share the host's network stack; use a bridge network (the default) or --network none".into(),
         ));
     }
     let stop_signal = match a.stop_signal.as_deref().or(c.stop_signal().as_deref()) {

@@ -31,34 +31,34 @@ impl ContainerBackend {
             networks,
         }
     }
+}
 
-    /// The container's /etc/hosts: localhost, itself, and on a user network the
-    /// instances already on it.
-    fn hosts(&self, inst: &Instance) -> Result<String> {
-        let req = &inst.request;
-        let mut out = String::from(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
-             ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
-        );
-        match &req.attachment {
-            None => out.push_str(&format!("127.0.1.1\t{}\n", req.hostname)),
-            Some(att) => {
-                out.push_str(&format!("{}\t{}", att.ip, req.hostname));
-                if inst.name != req.hostname {
-                    out.push_str(&format!(" {}", inst.name));
-                }
-                out.push('\n');
-                if att.network != vessel_network::DEFAULT_NETWORK {
-                    for p in self.networks.peers(att)? {
-                        if p.instance != inst.id {
-                            out.push_str(&format!("{}\t{}\n", p.ip, p.name));
-                        }
+/// An instance's /etc/hosts (container or VM): localhost, itself, and on a user network
+/// the instances already on it.
+pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Result<String> {
+    let req = &inst.request;
+    let mut out = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    match &req.attachment {
+        None => out.push_str(&format!("127.0.1.1\t{}\n", req.hostname)),
+        Some(att) => {
+            out.push_str(&format!("{}\t{}", att.ip, req.hostname));
+            if inst.name != req.hostname {
+                out.push_str(&format!(" {}", inst.name));
+            }
+            out.push('\n');
+            if att.network != vessel_network::DEFAULT_NETWORK {
+                for p in networks.peers(att)? {
+                    if p.instance != inst.id {
+                        out.push_str(&format!("{}\t{}\n", p.ip, p.name));
                     }
                 }
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 fn rt_err(e: vessel_container::Error) -> EngineError {
@@ -75,7 +75,7 @@ fn write(path: &Path, data: &str) -> Result<()> {
 
 /// The host's resolv.conf minus loopback nameservers (unreachable from a private netns),
 /// as Docker does; Google's public resolvers if nothing is left.
-fn resolv_conf() -> String {
+pub(super) fn resolv_conf() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out: Vec<&str> = host
         .lines()
@@ -118,7 +118,7 @@ impl Backend for ContainerBackend {
         let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
         let user = userdb::resolve(&req.user, &top_first)?;
         write(&dir.join("hostname"), &format!("{}\n", req.hostname))?;
-        write(&dir.join("hosts"), &self.hosts(inst)?)?;
+        write(&dir.join("hosts"), &hosts(&self.networks, inst)?)?;
         write(&dir.join("resolv.conf"), &resolv_conf())?;
 
         let mut binds: Vec<BindMount> = ["hostname", "hosts", "resolv.conf"]

@@ -138,7 +138,7 @@ impl Engine {
             store: std::sync::OnceLock::new(),
             catalogue,
             container,
-            vm: vm::VmBackend::new(root),
+            vm: vm::VmBackend::new(root, vessel_network::Networks::from_env()),
             networks: vessel_network::Networks::from_env(),
         })
     }
@@ -270,7 +270,8 @@ impl Engine {
 
     /// Undoes [`Engine::announce`]: drops a departing instance's line from the hosts
     /// files of the instances still on its network. Rewritten in place, since the files
-    /// are bind-mounted (a rename would leave the instances the old file).
+    /// are bind-mounted (a rename would leave the instances the old file); running VMs
+    /// get theirs anew through their monitor.
     fn forget(&self, inst: &Instance) {
         let Some(att) = &inst.request.attachment else {
             return;
@@ -285,6 +286,7 @@ impl Engine {
         for p in peers.iter().filter(|p| p.instance != inst.id) {
             let hosts = self.instance_dir(&p.instance).join("hosts");
             let Ok(text) = std::fs::read_to_string(&hosts) else {
+                self.refresh_vm_hosts(&p.instance, Some(&gone));
                 continue;
             };
             if !text.lines().any(|l| l == gone) {
@@ -301,9 +303,31 @@ impl Engine {
         }
     }
 
+    /// A running VM's `/etc/hosts` lives in its guest: sends it the whole file anew,
+    /// without the line `gone` (a departing instance, whose lease still counts).
+    fn refresh_vm_hosts(&self, instance: &str, gone: Option<&str>) {
+        let dir = self.instance_dir(instance);
+        let peer = match self.catalogue.find(instance) {
+            Ok(p) if p.request.isolation == Isolation::Vm && p.status == Status::Running => p,
+            _ => return,
+        };
+        let Ok(hosts) = container::hosts(&self.networks, &peer) else {
+            return;
+        };
+        let hosts: String = hosts
+            .lines()
+            .filter(|l| Some(*l) != gone)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if let Err(e) = vm_exec::update_hosts(&dir, &hosts) {
+            tracing::warn!(vm = %peer.name, error = %e, "could not update a VM's hosts file");
+        }
+    }
+
     /// Makes a new instance on a user network resolvable by name from the instances of
     /// this data root already on it: a line in their `/etc/hosts` (bind-mounted from
-    /// their directory, so the change is visible inside at once).
+    /// their directory, so the change is visible inside at once; a running VM's comes
+    /// whole through its monitor).
     fn announce(&self, inst: &Instance) {
         let Some(att) = &inst.request.attachment else {
             return;
@@ -318,6 +342,7 @@ impl Engine {
         for p in peers.iter().filter(|p| p.instance != inst.id) {
             let hosts = self.instance_dir(&p.instance).join("hosts");
             if !hosts.exists() {
+                self.refresh_vm_hosts(&p.instance, None);
                 continue;
             }
             use std::io::Write;

@@ -19,8 +19,8 @@ use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vessel_agent::protocol::{self, GuestConfig, Kind};
-use vessel_vmm::{DiskConfig, ExitReason, KvmKind, SerialOut, StopHandle, Vm, VmConfig};
+use vessel_agent::protocol::{self, GuestConfig, GuestNetwork, Kind};
+use vessel_vmm::{DiskConfig, ExitReason, KvmKind, NetConfig, SerialOut, StopHandle, Vm, VmConfig};
 
 use super::backend::{Backend, Exec, ExecRequest, Exit, Started, Stdio};
 use super::catalogue::{self, Instance};
@@ -34,7 +34,13 @@ const GUEST_MODULES: &[&str] = &[
     "virtio_console",
     "virtio_balloon",
     "overlay",
+    // eth0 (pulls in net_failover and failover).
+    "virtio_net",
 ];
+
+/// MTU of a VM's `eth0`: that of the bridge it hangs off (vessel's bridges keep the
+/// Ethernet default).
+const GUEST_MTU: u32 = 1500;
 
 /// How long a guest may take to report that its workload started. Generous: under nested
 /// emulation a boot takes seconds; a guest that never reports is killed.
@@ -100,6 +106,7 @@ pub fn remove_image_disk(root: &Path, image_id: &str) {
 /// Runs instances as microVMs.
 pub struct VmBackend {
     root: PathBuf,
+    networks: vessel_network::Networks,
     /// The running VM of this process (the monitor), for `kill` from signal forwarding.
     running: Mutex<Option<Running>>,
     /// Its threads, which `wait` joins (apart from `running`, which `kill` keeps using).
@@ -141,10 +148,11 @@ fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Engin
 }
 
 impl VmBackend {
-    /// A backend over data root `root`.
-    pub fn new(root: &Path) -> VmBackend {
+    /// A backend over data root `root`, wiring VMs to `networks`.
+    pub fn new(root: &Path, networks: vessel_network::Networks) -> VmBackend {
         VmBackend {
             root: root.to_path_buf(),
+            networks,
             running: Mutex::new(None),
             threads: Mutex::new(None),
         }
@@ -285,9 +293,10 @@ impl VmBackend {
     }
 }
 
-fn guest_config(inst: &Instance) -> GuestConfig {
+fn guest_config(inst: &Instance, network: Option<GuestNetwork>) -> GuestConfig {
     let r = &inst.request;
     GuestConfig {
+        network,
         args: r.args.clone(),
         env: r.env.clone(),
         workdir: r.workdir.clone(),
@@ -551,6 +560,26 @@ impl Backend for VmBackend {
             .map(|m| (m >> 20) as u32)
             .unwrap_or(DEFAULT_MEMORY_MIB);
         let vcpus = r.cpus.map(|c| c.ceil() as u8).unwrap_or(1).max(1);
+        // The NIC: a tap on the network's bridge, held only by this (the VMM) process.
+        let (net, network) = match &r.attachment {
+            Some(att) => {
+                let tap = self.networks.connect_tap(&inst.id, att)?;
+                let guest = GuestNetwork {
+                    address: att.ip,
+                    prefix: att.prefix,
+                    gateway: att.gateway,
+                    mtu: GUEST_MTU,
+                    hosts: super::container::hosts(&self.networks, inst)?,
+                    resolv_conf: super::container::resolv_conf(),
+                };
+                let nic = NetConfig {
+                    tap,
+                    mac: vessel_network::mac_for(att.ip),
+                };
+                (vec![nic], Some(guest))
+            }
+            None => (Vec::new(), None),
+        };
         let cfg = VmConfig {
             kernel: r.kernel.clone().unwrap_or_else(|| kernel.vmlinuz()),
             initrd: Some(self.initramfs(&kernel)?),
@@ -575,7 +604,7 @@ impl Backend for VmBackend {
             virtio_console: Some(OwnedFd::from(vm_end)),
             vsock_cid: None,
             free_page_reporting: true,
-            net: Vec::new(),
+            net,
         };
         let vm = Vm::new(cfg).map_err(|e| EngineError::Backend(format!("create the VM: {e}")))?;
         let stop = vm.stop_handle();
@@ -585,7 +614,7 @@ impl Backend for VmBackend {
             .map_err(|e| EngineError::Backend(format!("start the VM thread: {e}")))?;
         let (ready_tx, ready_rx) = mpsc::channel();
         let (control_tx, control_rx) = mpsc::channel();
-        let config = guest_config(inst);
+        let config = guest_config(inst, network);
         let writer = std::sync::Arc::new(Mutex::new(
             host_end
                 .try_clone()
@@ -800,6 +829,10 @@ impl Backend for VmBackend {
 
     fn cleanup(&self, inst: &Instance, dir: &Path) -> Result<()> {
         let _ = std::fs::remove_file(dir.join("exec.sock"));
+        // The tap went with the VMM's descriptor; its published ports stop now.
+        if let Some(att) = &inst.request.attachment {
+            self.networks.unpublish(&inst.id, att)?;
+        }
         // The VM lives and dies with its VMM process; one that outlived its record goes.
         if let Some((pid, start)) = inst.monitor {
             if pid != std::process::id() as i32 && catalogue::alive(pid, start) {

@@ -5,7 +5,9 @@
 //!
 //! On the socket the frames carry no id (one session per connection): the client sends
 //! `Config` (a `GuestConfig`), then `Stdin`/`StdinEof`/`Resize`; the monitor answers
-//! `Started` or `Error`, then `Stdout`/`Stderr` and finally `Exit`.
+//! `Started` or `Error`, then `Stdout`/`Stderr` and finally `Exit`. A connection whose
+//! first frame is `Hosts` instead is no session: the frame goes to the guest, and that
+//! is all.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -113,8 +115,15 @@ fn client_session(mut conn: UnixStream, id: u32, guest: &Mutex<UnixStream>, sess
         let mut g = guest.lock().unwrap_or_else(|p| p.into_inner());
         protocol::write_frame(&mut *g, k, &protocol::session_payload(id, data))
     };
-    let Ok(Some((Kind::Config, config))) = protocol::read_frame(&mut conn) else {
-        return;
+    let config = match protocol::read_frame(&mut conn) {
+        Ok(Some((Kind::Config, config))) => config,
+        // Not a session: a new /etc/hosts for the guest, passed on as it is.
+        Ok(Some((Kind::Hosts, hosts))) => {
+            let mut g = guest.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = protocol::write_frame(&mut *g, Kind::Hosts, &hosts);
+            return;
+        }
+        _ => return,
     };
     let Ok(out) = conn.try_clone() else { return };
     sessions.map().insert(id, out);
@@ -140,6 +149,17 @@ fn client_session(mut conn: UnixStream, id: u32, guest: &Mutex<UnixStream>, sess
             }
         }
     }
+}
+
+/// Gives the running VM whose instance directory is `dir` a new `/etc/hosts`, through its
+/// monitor.
+pub(super) fn update_hosts(dir: &Path, hosts: &str) -> Result<()> {
+    let (dir_fd, path) = socket_path(dir)?;
+    let mut conn =
+        UnixStream::connect(&path).map_err(|e| EngineError::io("connect", dir.join(SOCKET), e))?;
+    drop(dir_fd);
+    protocol::write_frame(&mut conn, Kind::Hosts, hosts.as_bytes())
+        .map_err(|e| EngineError::io("write", dir.join(SOCKET), e))
 }
 
 /// In `vessel exec`: starts `config` in the VM whose instance directory is `dir`. Returns

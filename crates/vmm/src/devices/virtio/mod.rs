@@ -4,6 +4,7 @@ pub(crate) mod balloon;
 pub(crate) mod block;
 pub(crate) mod console;
 pub(crate) mod mmio;
+pub(crate) mod net;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;

@@ -1,0 +1,568 @@
+//! The virtio-net device model: receiveq (0) carries frames from the tap into the guest,
+//! transmitq (1) carries guest frames to the tap.
+//!
+//! The tap is opened with `IFF_VNET_HDR` and its header size set to the 12 bytes of a
+//! virtio 1.x `virtio_net_hdr_v1`, so a frame has the same layout on both sides: header,
+//! then Ethernet frame, one `read`/`write` each. No offload is offered to the guest (no
+//! `VIRTIO_NET_F_CSUM`/`GUEST_*`/`HOST_*`) nor enabled on the tap (`TUNSETOFFLOAD`), so the
+//! header is all zeros both ways: the device writes zeros over whatever the guest put in
+//! it before handing a frame to the host kernel, and stamps `num_buffers = 1` on received
+//! ones. Keeping the vnet header (rather than a plain tap and a synthesized header) means
+//! checksum and segmentation offload can later be turned on without touching this data
+//! path.
+//!
+//! Frames are copied through one bounded buffer per direction (checked guest-memory
+//! accesses only, never a raw pointer into guest RAM). A frame that does not fit the
+//! guest's receive buffers is dropped, as a NIC drops it; a frame read while the guest has
+//! no receive buffer waits in the device (one frame), and the tap is not read again until
+//! the driver adds buffers, so the host kernel's tap queue absorbs (and drops) the rest.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+
+use super::NetError;
+use crate::devices::virtio::{DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZE: u16 = 256;
+/// `sizeof(struct virtio_net_hdr_v1)`: the header every frame carries with VERSION_1.
+pub(crate) const VNET_HDR_LEN: usize = 12;
+/// Largest frame either way, header included: a 64 KiB IP packet, an Ethernet header and
+/// a VLAN tag, as Firecracker bounds it. Without offloads frames are MTU-sized; this only
+/// bounds what a hostile guest or a misconfigured host can make us buffer.
+pub(crate) const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
+
+/// `TUNSETVNETHDRSZ` (`_IOW('T', 216, int)`), from `<linux/if_tun.h>`.
+const TUNTAP: u32 = b'T' as u32;
+vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, ::std::os::raw::c_int);
+
+/// Counters of what was dropped, for the log at teardown and for tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Drops {
+    /// Frames from the host larger than the guest's receive buffer.
+    pub rx_too_big: u64,
+    /// Frames from the guest outside the size bounds, or refused by the tap.
+    pub tx: u64,
+}
+
+/// virtio-net backed by a tap descriptor.
+pub(crate) struct Net {
+    tap: File,
+    mac: [u8; 6],
+    /// A frame read from the tap, waiting for a receive buffer (`rx_len` bytes of it).
+    rx_frame: Box<[u8]>,
+    rx_len: usize,
+    tx_frame: Vec<u8>,
+    drops: Drops,
+    queue_sizes: [u16; 2],
+}
+
+impl Net {
+    /// The device over `tap`, a tap queue descriptor opened with `IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR`; sets its vnet header size to 12 and makes it non-blocking.
+    pub(crate) fn new(tap: OwnedFd, mac: [u8; 6]) -> Result<Net, NetError> {
+        let size: std::os::raw::c_int = VNET_HDR_LEN as _;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through a pointer valid for the call, on
+        // a descriptor we own; the result is checked.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&tap, TUNSETVNETHDRSZ(), &size) };
+        if ret < 0 {
+            return Err(NetError::Tap(std::io::Error::last_os_error()));
+        }
+        Net::with_backend(tap, mac)
+    }
+
+    /// The device over any datagram descriptor that behaves like a tap with 12-byte vnet
+    /// headers (one frame per read and write): the tap itself, or a socketpair in tests.
+    pub(crate) fn with_backend(backend: OwnedFd, mac: [u8; 6]) -> Result<Net, NetError> {
+        set_nonblocking(backend.as_raw_fd()).map_err(NetError::Tap)?;
+        Ok(Net {
+            tap: File::from(backend),
+            mac,
+            rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            rx_len: 0,
+            tx_frame: Vec::with_capacity(MAX_FRAME),
+            drops: Drops::default(),
+            queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
+        })
+    }
+
+    /// What was dropped so far.
+    #[cfg(test)]
+    pub(crate) fn drops(&self) -> Drops {
+        self.drops
+    }
+
+    /// Reads the next frame from the tap into `rx_frame`; false if there is none now.
+    fn read_frame(&mut self) -> bool {
+        loop {
+            match self.tap.read(&mut self.rx_frame) {
+                // A tap never reads empty; a closed stand-in backend does: nothing more.
+                Ok(0) => return false,
+                // A runt (shorter than the header) cannot be a frame: skip it.
+                Ok(n) if n <= VNET_HDR_LEN => continue,
+                Ok(n) => {
+                    // Without VIRTIO_NET_F_MRG_RXBUF a frame always takes one buffer;
+                    // the tap leaves these two bytes untouched.
+                    self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    self.rx_len = n;
+                    return true;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    tracing::warn!("virtio-net: reading the tap failed: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Moves tap frames into guest receive buffers while both exist.
+    fn fill_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetError> {
+        let mut used = false;
+        loop {
+            if self.rx_len == 0 && !self.read_frame() {
+                return Ok(used);
+            }
+            let chain = {
+                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
+                iter.next()
+            };
+            // No buffer: the frame waits, and so does the tap.
+            let Some(chain) = chain else {
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            let descs = match checked_chain(chain, mem, true) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(NetError::Chain { head, reason });
+                }
+            };
+            let capacity: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+            if capacity < self.rx_len as u64 {
+                // Too big for this buffer (and, the driver sizing them all alike, for any):
+                // drop the frame, keep the buffer for the next one.
+                q.go_to_previous_position();
+                self.drops.rx_too_big += 1;
+                tracing::debug!(
+                    frame = self.rx_len,
+                    capacity,
+                    "virtio-net: frame larger than the guest's receive buffer dropped"
+                );
+                self.rx_len = 0;
+                continue;
+            }
+            let mut written = 0usize;
+            for d in &descs {
+                let n = (d.len() as usize).min(self.rx_len - written);
+                if n == 0 {
+                    break;
+                }
+                mem.write_slice(&self.rx_frame[written..written + n], d.addr())
+                    .map_err(|e| NetError::Chain {
+                        head,
+                        reason: e.to_string(),
+                    })?;
+                written += n;
+            }
+            q.add_used(mem, head, written as u32)
+                .map_err(NetError::Queue)?;
+            self.rx_len = 0;
+            used = true;
+        }
+    }
+
+    /// Sends every frame the guest queued.
+    fn drain_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetError> {
+        let mut used = false;
+        loop {
+            let chain = {
+                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
+                iter.next()
+            };
+            let Some(chain) = chain else {
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            let descs = match checked_chain(chain, mem, false) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(NetError::Chain { head, reason });
+                }
+            };
+            let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+            if total <= VNET_HDR_LEN as u64 || total > MAX_FRAME as u64 {
+                self.drops.tx += 1;
+                tracing::debug!(total, "virtio-net: guest frame of impossible size dropped");
+            } else {
+                self.tx_frame.clear();
+                self.tx_frame.resize(total as usize, 0);
+                let mut at = 0usize;
+                for d in &descs {
+                    let end = at + d.len() as usize;
+                    mem.read_slice(&mut self.tx_frame[at..end], d.addr())
+                        .map_err(|e| NetError::Chain {
+                            head,
+                            reason: e.to_string(),
+                        })?;
+                    at = end;
+                }
+                // No offload was negotiated: whatever the guest put in the header must
+                // not reach the host kernel as a checksum or segmentation request.
+                self.tx_frame[..VNET_HDR_LEN].fill(0);
+                self.send_frame();
+            }
+            q.add_used(mem, head, 0).map_err(NetError::Queue)?;
+            used = true;
+        }
+    }
+
+    /// Writes `tx_frame` to the tap; a frame the tap refuses is dropped, as a NIC would.
+    fn send_frame(&mut self) {
+        loop {
+            match self.tap.write(&self.tx_frame) {
+                Ok(_) => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.drops.tx += 1;
+                    if e.kind() != ErrorKind::WouldBlock {
+                        tracing::debug!("virtio-net: the tap refused a frame: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Collects a chain whose every buffer has direction `writable` and lies inside guest
+/// memory. The chain iterator stops after as many descriptors as the queue holds, so a
+/// looping chain ends with a descriptor that still has NEXT set, and is refused here.
+fn checked_chain<M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    writable: bool,
+) -> Result<Vec<Descriptor>, String>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let descs: Vec<Descriptor> = chain.collect();
+    let Some(last) = descs.last() else {
+        return Err("empty or unreadable descriptor chain".into());
+    };
+    if last.has_next() {
+        return Err(format!(
+            "descriptor chain broken after {} descriptors (loop or bad index)",
+            descs.len()
+        ));
+    }
+    let want = if writable {
+        "device-writable"
+    } else {
+        "read-only"
+    };
+    for d in &descs {
+        if d.is_write_only() != writable {
+            return Err(format!(
+                "buffer at {:#x} is not {want}, as this queue needs",
+                d.addr().0
+            ));
+        }
+        if d.len() > 0 && !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            return Err(format!(
+                "buffer {:#x}+{:#x} is not inside guest memory",
+                d.addr().0,
+                d.len()
+            ));
+        }
+    }
+    Ok(descs)
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config: mac[6] is all we offer (no STATUS, MQ, MTU).
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= self.mac.len() {
+            return;
+        }
+        let n = data.len().min(self.mac.len() - start);
+        data[..n].copy_from_slice(&self.mac[start..start + n]);
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, DeviceError> {
+        let r = match index {
+            RX => self.fill_rx(queue, mem),
+            TX => self.drain_tx(queue, mem),
+            _ => Ok(false),
+        };
+        r.map_err(|e| Box::new(e) as DeviceError)
+    }
+
+    fn process_backend(
+        &mut self,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, DeviceError> {
+        let Some(rx) = queues.get_mut(RX) else {
+            return Ok(false);
+        };
+        self.fill_rx(rx, mem)
+            .map_err(|e| Box::new(e) as DeviceError)
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.tap.as_raw_fd())
+    }
+
+    fn reset(&mut self) {
+        if self.drops != Drops::default() {
+            tracing::debug!(drops = ?self.drops, "virtio-net reset");
+        }
+        self.rx_len = 0;
+        self.tx_frame.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const N: u16 = VRING_DESC_F_NEXT as u16;
+    const MAC: [u8; 6] = [0x02, 0x42, 10, 88, 0, 2];
+
+    fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+    }
+
+    /// 1 MiB of guest memory, the host end of a datagram "tap", and the device.
+    fn setup() -> (GuestMemoryMmap, UnixDatagram, Net) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (host, vmm) = UnixDatagram::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        (
+            mem,
+            host,
+            Net::with_backend(OwnedFd::from(vmm), MAC).unwrap(),
+        )
+    }
+
+    fn frame(payload: &[u8], hdr_byte: u8) -> Vec<u8> {
+        let mut f = vec![hdr_byte; VNET_HDR_LEN];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn config_space_holds_the_mac_and_features_offer_it() {
+        let (_mem, _host, net) = setup();
+        let mut b = [0xffu8; 8];
+        net.read_config(0, &mut b);
+        assert_eq!(&b[..6], &MAC);
+        assert_eq!(&b[6..], &[0, 0]);
+        let mut b = [0u8; 2];
+        net.read_config(4, &mut b);
+        assert_eq!(b, [0, 2]);
+        net.read_config(u64::MAX, &mut b);
+        assert_eq!(b, [0, 0]);
+        assert_eq!(net.device_type(), 1);
+        assert_ne!(net.features() & (1 << VIRTIO_NET_F_MAC), 0);
+        assert_ne!(net.features() & VIRTIO_F_VERSION_1, 0);
+    }
+
+    #[test]
+    fn a_guest_frame_reaches_the_tap_with_a_zeroed_header() {
+        let (mem, host, mut net) = setup();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        // Header (with garbage the guest may not pass on) in one buffer, frame in two.
+        mem.write_slice(&[0xee; VNET_HDR_LEN], GuestAddress(0x1_0000))
+            .unwrap();
+        mem.write_slice(b"ethernet ", GuestAddress(0x2_0000))
+            .unwrap();
+        mem.write_slice(b"frame", GuestAddress(0x3_0000)).unwrap();
+        vq.add_desc_chains(
+            &[
+                raw(0x1_0000, VNET_HDR_LEN as u32, N, 1),
+                raw(0x2_0000, 9, N, 2),
+                raw(0x3_0000, 5, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        assert!(net.process_queue(TX, &mut q, &mem).unwrap());
+        let mut got = [0u8; 100];
+        let n = host.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], &frame(b"ethernet frame", 0)[..]);
+        assert_eq!(vq.used().idx().load(), 1);
+    }
+
+    #[test]
+    fn tap_frames_wait_for_receive_buffers_then_fill_them() {
+        let (mem, host, mut net) = setup();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        host.send(&frame(b"first", 0)).unwrap();
+        host.send(&frame(b"second", 0)).unwrap();
+        // Empty receive queue while the tap has data: nothing used, nothing lost, no spin.
+        assert!(!net
+            .process_backend(std::slice::from_mut(&mut q), &mem)
+            .unwrap());
+        assert!(!net.process_queue(RX, &mut q, &mem).unwrap());
+        // Buffers arrive: a header-sized one chained to a small one, and a single one.
+        vq.add_desc_chains(
+            &[
+                raw(0x4_0000, VNET_HDR_LEN as u32, W | N, 1),
+                raw(0x5_0000, 1514, W, 0),
+                raw(0x6_0000, 1526, W, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        assert!(net.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(vq.used().idx().load(), 2);
+        let first = vq.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(first.len() as usize, VNET_HDR_LEN + 5);
+        let mut hdr = [0xffu8; VNET_HDR_LEN];
+        mem.read_slice(&mut hdr, GuestAddress(0x4_0000)).unwrap();
+        assert_eq!(&hdr[10..], &[1, 0], "num_buffers is 1");
+        let mut body = [0u8; 5];
+        mem.read_slice(&mut body, GuestAddress(0x5_0000)).unwrap();
+        assert_eq!(&body, b"first");
+        let mut second = [0u8; VNET_HDR_LEN + 6];
+        mem.read_slice(&mut second, GuestAddress(0x6_0000)).unwrap();
+        assert_eq!(&second[VNET_HDR_LEN..], b"second");
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_buffers_is_dropped_and_the_buffer_kept() {
+        let (mem, host, mut net) = setup();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        vq.add_desc_chains(&[raw(0x4_0000, 100, W, 0)], 0).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        host.send(&frame(&[7u8; 500], 0)).unwrap();
+        host.send(&frame(b"fits", 0)).unwrap();
+        assert!(net.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(net.drops().rx_too_big, 1);
+        assert_eq!(vq.used().idx().load(), 1);
+        let used = vq.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(used.len() as usize, VNET_HDR_LEN + 4);
+    }
+
+    #[test]
+    fn hostile_chains_fail_the_device_without_touching_host_memory() {
+        let cases: Vec<(usize, Vec<RawDescriptor>)> = vec![
+            // Receive buffer that is read-only.
+            (RX, vec![raw(0x4_0000, 2048, 0, 0)]),
+            // Receive buffer past the end of guest memory, and one straddling it.
+            (RX, vec![raw(0xffff_0000, 2048, W, 0)]),
+            (RX, vec![raw((1 << 20) - 16, 2048, W, 0)]),
+            // Transmit buffer outside memory, device-writable, looping.
+            (TX, vec![raw(0xdead_0000, 64, 0, 0)]),
+            (TX, vec![raw(0x1_0000, 64, W, 0)]),
+            (TX, vec![raw(0x1_0000, 64, N, 1), raw(0x2_0000, 64, N, 0)]),
+            // A length that would wrap a 64-bit address.
+            (TX, vec![raw(u64::MAX - 8, u32::MAX, 0, 0)]),
+        ];
+        for (queue, descs) in cases {
+            let (mem, host, mut net) = setup();
+            host.send(&frame(b"pending", 0)).unwrap();
+            let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+            vq.add_desc_chains(&descs, 0).unwrap();
+            let mut q: Queue = vq.create_queue().unwrap();
+            assert!(
+                net.process_queue(queue, &mut q, &mem).is_err(),
+                "queue {queue}: {descs:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_runt_guest_frames_are_dropped_not_buffered() {
+        let (mem, host, mut net) = setup();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        vq.add_desc_chains(
+            &[
+                // 0xf_0000 bytes (960 KiB) of "frame": inside memory, above MAX_FRAME.
+                raw(0x1_0000, 0xf_0000, 0, 0),
+                // Header only.
+                raw(0x1_0000, VNET_HDR_LEN as u32, 0, 0),
+                raw(0x1_0000, 60, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        assert!(net.process_queue(TX, &mut q, &mem).unwrap());
+        assert_eq!(vq.used().idx().load(), 3, "every chain is returned");
+        assert_eq!(net.drops().tx, 2);
+        let mut got = [0u8; 200];
+        assert_eq!(host.recv(&mut got).unwrap(), 60);
+        assert!(host.recv(&mut got).is_err(), "nothing else was sent");
+        assert!(net.tx_frame.capacity() <= MAX_FRAME);
+    }
+
+    #[test]
+    fn a_closed_or_silent_tap_is_survived() {
+        let (mem, host, mut net) = setup();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        vq.add_desc_chains(&[raw(0x4_0000, 2048, W, 0), raw(0x1_0000, 60, 0, 0)], 0)
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        assert!(!net.process_queue(RX, &mut q, &mem).unwrap());
+        drop(host);
+        assert!(!net.process_queue(RX, &mut q, &mem).unwrap());
+        net.reset();
+    }
+}
