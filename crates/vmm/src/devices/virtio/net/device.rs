@@ -28,7 +28,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::NetError;
 use crate::devices::virtio::{
-    checked_chain, set_nonblocking, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1,
+    pop_chain, set_nonblocking, DeviceError, RingError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 const RX: usize = 0;
@@ -133,21 +133,9 @@ impl Net {
             if self.rx_len == 0 && !self.read_frame() {
                 return Ok(used);
             }
-            let chain = {
-                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
-                iter.next()
-            };
             // No buffer: the frame waits, and so does the tap.
-            let Some(chain) = chain else {
+            let Some((head, descs)) = pop_chain(q, mem, true, None)? else {
                 return Ok(used);
-            };
-            let head = chain.head_index();
-            let descs = match checked_chain(chain, mem, true) {
-                Ok(d) => d,
-                Err(reason) => {
-                    let _ = q.add_used(mem, head, 0);
-                    return Err(NetError::Chain { head, reason });
-                }
             };
             let capacity: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if capacity < self.rx_len as u64 {
@@ -170,14 +158,14 @@ impl Net {
                     break;
                 }
                 mem.write_slice(&self.rx_frame[written..written + n], d.addr())
-                    .map_err(|e| NetError::Chain {
+                    .map_err(|e| RingError::Chain {
                         head,
                         reason: e.to_string(),
                     })?;
                 written += n;
             }
             q.add_used(mem, head, written as u32)
-                .map_err(NetError::Queue)?;
+                .map_err(RingError::from)?;
             self.rx_len = 0;
             used = true;
         }
@@ -187,20 +175,8 @@ impl Net {
     fn drain_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetError> {
         let mut used = false;
         loop {
-            let chain = {
-                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
-                iter.next()
-            };
-            let Some(chain) = chain else {
+            let Some((head, descs)) = pop_chain(q, mem, false, None)? else {
                 return Ok(used);
-            };
-            let head = chain.head_index();
-            let descs = match checked_chain(chain, mem, false) {
-                Ok(d) => d,
-                Err(reason) => {
-                    let _ = q.add_used(mem, head, 0);
-                    return Err(NetError::Chain { head, reason });
-                }
             };
             let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if total <= VNET_HDR_LEN as u64 || total > MAX_FRAME as u64 {
@@ -213,7 +189,7 @@ impl Net {
                 for d in &descs {
                     let end = at + d.len() as usize;
                     mem.read_slice(&mut self.tx_frame[at..end], d.addr())
-                        .map_err(|e| NetError::Chain {
+                        .map_err(|e| RingError::Chain {
                             head,
                             reason: e.to_string(),
                         })?;
@@ -224,7 +200,7 @@ impl Net {
                 self.tx_frame[..VNET_HDR_LEN].fill(0);
                 self.send_frame();
             }
-            q.add_used(mem, head, 0).map_err(NetError::Queue)?;
+            q.add_used(mem, head, 0).map_err(RingError::from)?;
             used = true;
         }
     }
