@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{PortMap, Proto, Subnet};
@@ -108,6 +108,16 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The network called `name`, if there is one.
+fn find_network(db: &Connection, name: &str) -> rusqlite::Result<Option<Network>> {
+    db.query_row(
+        "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
+        params![name],
+        row_network,
+    )
+    .optional()
+}
+
 fn row_network(r: &rusqlite::Row<'_>) -> rusqlite::Result<Network> {
     let subnet: String = r.get(3)?;
     Ok(Network {
@@ -159,26 +169,12 @@ impl Store {
         bridge: Option<&str>,
         subnet: Subnet,
     ) -> Result<Network> {
-        let path = self.path.clone();
-        let err = |e| Error::Db(path.clone(), e);
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let net = insert_network(&tx, name, bridge, subnet)?;
-        tx.commit().map_err(err)?;
-        Ok(net)
+        self.write(|tx, _| insert_network(tx, name, bridge, subnet))
     }
 
     /// The network called `name`.
     pub fn network(&self, name: &str) -> Result<Network> {
-        self.db
-            .query_row(
-                "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
-                params![name],
-                row_network,
-            )
-            .optional()
+        find_network(&self.db, name)
             .map_err(self.err())?
             .ok_or_else(|| Error::NoSuchNetwork(name.to_string()))
     }
@@ -196,36 +192,25 @@ impl Store {
 
     /// Forgets network `name`; refuses while instances hold leases on it.
     pub fn delete_network(&mut self, name: &str) -> Result<Network> {
-        let path = self.path.clone();
-        let err = |e| Error::Db(path.clone(), e);
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let net = tx
-            .query_row(
-                "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
-                params![name],
-                row_network,
-            )
-            .optional()
-            .map_err(err)?
-            .ok_or_else(|| Error::NoSuchNetwork(name.to_string()))?;
-        reap(&tx)?;
-        let users: Vec<String> = {
-            let mut stmt = tx
-                .prepare("SELECT name FROM leases WHERE network = ?1 ORDER BY name")
+        self.write(|tx, err| {
+            let net = find_network(tx, name)
+                .map_err(err)?
+                .ok_or_else(|| Error::NoSuchNetwork(name.to_string()))?;
+            reap(tx)?;
+            let users: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT name FROM leases WHERE network = ?1 ORDER BY name")
+                    .map_err(err)?;
+                let rows = stmt.query_map(params![name], |r| r.get(0)).map_err(err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+            };
+            if !users.is_empty() {
+                return Err(Error::NetworkInUse(name.to_string(), users.join(", ")));
+            }
+            tx.execute("DELETE FROM networks WHERE name = ?1", params![name])
                 .map_err(err)?;
-            let rows = stmt.query_map(params![name], |r| r.get(0)).map_err(err)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
-        };
-        if !users.is_empty() {
-            return Err(Error::NetworkInUse(name.to_string(), users.join(", ")));
-        }
-        tx.execute("DELETE FROM networks WHERE name = ?1", params![name])
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(net)
+            Ok(net)
+        })
     }
 
     /// Gives instance `instance` (named `name`) an address on `network` and reserves its
@@ -240,113 +225,117 @@ impl Store {
         default: Option<(&str, Subnet)>,
         dir: Option<&Path>,
     ) -> Result<Attachment> {
+        self.write(|tx, err| {
+            reap(tx)?;
+            let found = find_network(tx, network).map_err(err)?;
+            let net = match (found, default) {
+                (Some(n), _) => n,
+                (None, Some((bridge, subnet))) => {
+                    insert_network(tx, network, Some(bridge), subnet)?
+                }
+                (None, None) => return Err(Error::NoSuchNetwork(network.to_string())),
+            };
+            let used: std::collections::HashSet<Ipv4Addr> = {
+                let mut stmt = tx
+                    .prepare("SELECT ip FROM leases WHERE network = ?1")
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map(params![network], |r| r.get::<_, String>(0))
+                    .map_err(err)?;
+                rows.filter_map(|r| r.ok().and_then(|s| s.parse().ok()))
+                    .collect()
+            };
+            let ip = net
+                .subnet
+                .hosts()
+                .find(|ip| !used.contains(ip))
+                .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?;
+            tx.execute(
+                "INSERT INTO leases (instance, network, ip, name, dir) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    instance,
+                    network,
+                    ip.to_string(),
+                    name,
+                    dir.map(|d| d.to_string_lossy().into_owned())
+                ],
+            )
+            .map_err(err)?;
+            for (i, p) in ports.iter().enumerate() {
+                if ports[..i]
+                    .iter()
+                    .any(|q| q.proto == p.proto && q.host_port == p.host_port)
+                {
+                    return Err(Error::InvalidPort(format!(
+                        "host port {}/{} is given twice",
+                        p.host_port,
+                        p.proto.as_str()
+                    )));
+                }
+                let holder: Option<String> = tx
+                    .query_row(
+                        "SELECT l.name FROM ports p LEFT JOIN leases l ON l.instance = p.instance \
+                         WHERE p.proto = ?1 AND p.host_port = ?2",
+                        params![p.proto.as_str(), p.host_port],
+                        |r| r.get::<_, Option<String>>(0),
+                    )
+                    .optional()
+                    .map_err(err)?
+                    .map(|n| n.unwrap_or_else(|| "another instance".into()));
+                if let Some(h) = holder {
+                    return Err(Error::PortInUse(*p, format!("published by {h}")));
+                }
+                if !host_port_free(p) {
+                    return Err(Error::PortInUse(
+                        *p,
+                        "bound by a process on the host".into(),
+                    ));
+                }
+                tx.execute(
+                    "INSERT INTO ports (proto, host_port, instance) VALUES (?1, ?2, ?3)",
+                    params![p.proto.as_str(), p.host_port, instance],
+                )
+                .map_err(err)?;
+            }
+            Ok(Attachment {
+                network: net.name.clone(),
+                network_id: net.id.clone(),
+                bridge: net.bridge.clone(),
+                ip,
+                prefix: net.subnet.prefix,
+                gateway: net.gateway(),
+                ports: ports.to_vec(),
+            })
+        })
+    }
+
+    /// Runs `f` in a write transaction, committed if `f` succeeds. The write lock is taken
+    /// at once (IMMEDIATE), so concurrent vessel processes wait on the busy handler rather
+    /// than fail to upgrade a read. `f` gets the transaction and the error mapper.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>, &dyn Fn(rusqlite::Error) -> Error) -> Result<T>,
+    ) -> Result<T> {
         let path = self.path.clone();
-        let err = |e| Error::Db(path.clone(), e);
+        let err = move |e| Error::Db(path.clone(), e);
         let tx = self
             .db
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        reap(&tx)?;
-        let found = tx
-            .query_row(
-                "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
-                params![network],
-                row_network,
-            )
-            .optional()
-            .map_err(err)?;
-        let net = match (found, default) {
-            (Some(n), _) => n,
-            (None, Some((bridge, subnet))) => insert_network(&tx, network, Some(bridge), subnet)?,
-            (None, None) => return Err(Error::NoSuchNetwork(network.to_string())),
-        };
-        let used: std::collections::HashSet<Ipv4Addr> = {
-            let mut stmt = tx
-                .prepare("SELECT ip FROM leases WHERE network = ?1")
-                .map_err(err)?;
-            let rows = stmt
-                .query_map(params![network], |r| r.get::<_, String>(0))
-                .map_err(err)?;
-            rows.filter_map(|r| r.ok().and_then(|s| s.parse().ok()))
-                .collect()
-        };
-        let ip = net
-            .subnet
-            .hosts()
-            .find(|ip| !used.contains(ip))
-            .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?;
-        tx.execute(
-            "INSERT INTO leases (instance, network, ip, name, dir) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                instance,
-                network,
-                ip.to_string(),
-                name,
-                dir.map(|d| d.to_string_lossy().into_owned())
-            ],
-        )
-        .map_err(err)?;
-        for (i, p) in ports.iter().enumerate() {
-            if ports[..i]
-                .iter()
-                .any(|q| q.proto == p.proto && q.host_port == p.host_port)
-            {
-                return Err(Error::InvalidPort(format!(
-                    "host port {}/{} is given twice",
-                    p.host_port,
-                    p.proto.as_str()
-                )));
-            }
-            let holder: Option<String> = tx
-                .query_row(
-                    "SELECT l.name FROM ports p LEFT JOIN leases l ON l.instance = p.instance \
-                     WHERE p.proto = ?1 AND p.host_port = ?2",
-                    params![p.proto.as_str(), p.host_port],
-                    |r| r.get::<_, Option<String>>(0),
-                )
-                .optional()
-                .map_err(err)?
-                .map(|n| n.unwrap_or_else(|| "another instance".into()));
-            if let Some(h) = holder {
-                return Err(Error::PortInUse(*p, format!("published by {h}")));
-            }
-            if !host_port_free(p) {
-                return Err(Error::PortInUse(
-                    *p,
-                    "bound by a process on the host".into(),
-                ));
-            }
-            tx.execute(
-                "INSERT INTO ports (proto, host_port, instance) VALUES (?1, ?2, ?3)",
-                params![p.proto.as_str(), p.host_port, instance],
-            )
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        Ok(Attachment {
-            network: net.name.clone(),
-            network_id: net.id.clone(),
-            bridge: net.bridge.clone(),
-            ip,
-            prefix: net.subnet.prefix,
-            gateway: net.gateway(),
-            ports: ports.to_vec(),
-        })
+            .map_err(&err)?;
+        let out = f(&tx, &err)?;
+        tx.commit().map_err(&err)?;
+        Ok(out)
     }
 
     /// Drops an instance's lease and host ports. Idempotent.
     pub fn release(&mut self, instance: &str) -> Result<()> {
-        let path = self.path.clone();
-        let err = |e| Error::Db(path.clone(), e);
-        let tx = self
-            .db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        tx.execute("DELETE FROM leases WHERE instance = ?1", params![instance])
-            .map_err(err)?;
-        tx.execute("DELETE FROM ports WHERE instance = ?1", params![instance])
-            .map_err(err)?;
-        tx.commit().map_err(err)
+        self.write(|tx, err| {
+            tx.execute("DELETE FROM leases WHERE instance = ?1", params![instance])
+                .map_err(err)?;
+            tx.execute("DELETE FROM ports WHERE instance = ?1", params![instance])
+                .map_err(err)?;
+            Ok(())
+        })
     }
 
     /// The instances with an address on `network`.
