@@ -5,50 +5,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A host port free right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A directory holding `index.html` for busybox httpd.
 fn www(body: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("index.html"), body).unwrap();
     d
-}
-
-/// `GET /` on 127.0.0.1:port over plain HTTP/1.0, retried while the server starts.
-fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s =
-                TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })();
-        match attempt {
-            Ok(r) if !r.is_empty() => return r,
-            r if Instant::now() > deadline => {
-                panic!("no HTTP answer on 127.0.0.1:{port}: {r:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 fn network_json(name: &str) -> serde_json::Value {
@@ -91,7 +58,7 @@ fn published_port_answers_http_on_host_loopback_and_nothing_is_left() {
         "80", "-h", "/www",
     ]);
     let id = id_of(&n);
-    let reply = http_get(port);
+    let reply = http_get(port, Duration::from_secs(10));
     assert!(
         reply.starts_with("HTTP/1.") && reply.contains("200"),
         "{reply}"
@@ -172,7 +139,7 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
         "/www",
     ]);
     let web_id = id_of(&web);
-    assert!(http_get(port).ends_with("by name\n"));
+    assert!(http_get(port, Duration::from_secs(10)).ends_with("by name\n"));
     let client = name("client");
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {

@@ -601,42 +601,6 @@ fn console_shows_the_guest_boot() {
     assert!(out.contains("workload-output"), "{out}");
 }
 
-/// A host port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /` on 127.0.0.1:port over plain HTTP/1.0, retried while the guest's server
-/// starts (slowly, under nested emulation).
-fn http_get(port: u16) -> String {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(
-                &([127, 0, 0, 1], port).into(),
-                Duration::from_secs(5),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })();
-        match attempt {
-            Ok(r) if !r.is_empty() => return r,
-            r if Instant::now() > deadline => {
-                panic!("no HTTP answer on 127.0.0.1:{port}: {r:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
 /// The host's links, over netlink (`ip -j link`).
 fn links() -> Vec<(String, Option<String>)> {
     let o = std::process::Command::new("ip")
@@ -732,7 +696,7 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
     );
 
     // From the host, through the DNAT rule, to the guest's httpd.
-    let reply = http_get(port);
+    let reply = http_get(port, Duration::from_secs(60));
     assert!(
         reply.starts_with("HTTP/1.") && reply.contains("200"),
         "{reply}"

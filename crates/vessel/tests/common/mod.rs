@@ -212,3 +212,40 @@ pub fn exec_forwards_signals(instance: &str) {
         "vessel exec returns the process's status"
     );
 }
+
+/// A host port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` on 127.0.0.1:port over plain HTTP/1.0, retried for up to `patience` while the
+/// server starts (a VM's, under nested emulation, takes a while).
+pub fn http_get(port: u16, patience: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                Duration::from_secs(5),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(r) if !r.is_empty() => return r,
+            r if Instant::now() > deadline => {
+                panic!("no HTTP answer on 127.0.0.1:{port}: {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
