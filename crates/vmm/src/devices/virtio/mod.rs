@@ -26,53 +26,6 @@ pub(crate) mod status {
     pub const FAILED: u32 = 0x80;
 }
 
-/// A driver's queue broke the virtio contract (shared by the device models).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RingError {
-    /// The driver's virtqueue (rings, indices) is corrupt.
-    #[error("the guest's virtqueue is corrupt: {0}")]
-    Queue(#[from] virtio_queue::Error),
-    /// A buffer chain breaks the rules for its queue.
-    #[error("malformed buffer (descriptor chain head {head}): {reason}")]
-    Chain {
-        /// Head index of the offending chain.
-        head: u16,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
-/// Takes the next available chain of `q` if there is one, checked by [`checked_chain`]
-/// and, when given, against `max_total` bytes. A malformed chain is handed back (used,
-/// length 0) so that the driver is not left waiting on it, and reported as an error.
-pub(crate) fn pop_chain(
-    q: &mut Queue,
-    mem: &GuestMemoryMmap,
-    writable: bool,
-    max_total: Option<u64>,
-) -> Result<Option<(u16, Vec<Descriptor>)>, RingError> {
-    use virtio_queue::{QueueOwnedT, QueueT};
-    let chain = q.iter(mem)?.next();
-    let Some(chain) = chain else {
-        return Ok(None);
-    };
-    let head = chain.head_index();
-    let checked = checked_chain(chain, mem, writable).and_then(|descs| {
-        let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
-        match max_total {
-            Some(max) if total > max => Err(format!("buffer of {total} bytes exceeds {max}")),
-            _ => Ok(descs),
-        }
-    });
-    match checked {
-        Ok(descs) => Ok(Some((head, descs))),
-        Err(reason) => {
-            let _ = q.add_used(mem, head, 0);
-            Err(RingError::Chain { head, reason })
-        }
-    }
-}
-
 /// Boxed device error, so the transport can hold any device.
 pub(crate) type DeviceError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -7,12 +7,13 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::ConsoleError;
 use crate::devices::virtio::{
-    pop_chain, set_nonblocking, DeviceError, RingError, VirtioDevice, VIRTIO_F_VERSION_1,
+    checked_chain, set_nonblocking, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 const VIRTIO_ID_CONSOLE: u32 = 3;
@@ -82,8 +83,20 @@ impl Console {
                     }
                 }
             }
-            let Some((head, descs)) = pop_chain(q, mem, true, None)? else {
+            let chain = {
+                let mut iter = q.iter(mem).map_err(ConsoleError::Queue)?;
+                iter.next()
+            };
+            let Some(chain) = chain else {
                 return Ok(used);
+            };
+            let head = chain.head_index();
+            let descs = match console_chain(chain, mem, true) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(ConsoleError::Chain { head, reason });
+                }
             };
             let mut written = 0usize;
             for d in descs {
@@ -92,7 +105,7 @@ impl Console {
                     break;
                 }
                 mem.write_slice(&self.rx_pending[written..written + n], d.addr())
-                    .map_err(|e| RingError::Chain {
+                    .map_err(|e| ConsoleError::Chain {
                         head,
                         reason: e.to_string(),
                     })?;
@@ -100,7 +113,7 @@ impl Console {
             }
             self.rx_pending.drain(..written);
             q.add_used(mem, head, written as u32)
-                .map_err(RingError::from)?;
+                .map_err(ConsoleError::Queue)?;
             used = true;
         }
     }
@@ -131,24 +144,55 @@ impl Console {
         let mut used = false;
         self.flush_tx();
         while self.tx_pending.len() < TX_LIMIT {
-            let Some((head, descs)) = pop_chain(q, mem, false, Some(TX_LIMIT as u64))? else {
+            let chain = {
+                let mut iter = q.iter(mem).map_err(ConsoleError::Queue)?;
+                iter.next()
+            };
+            let Some(chain) = chain else {
                 break;
+            };
+            let head = chain.head_index();
+            let descs = match console_chain(chain, mem, false) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(ConsoleError::Chain { head, reason });
+                }
             };
             for d in descs {
                 let start = self.tx_pending.len();
                 self.tx_pending.resize(start + d.len() as usize, 0);
                 mem.read_slice(&mut self.tx_pending[start..], d.addr())
-                    .map_err(|e| RingError::Chain {
+                    .map_err(|e| ConsoleError::Chain {
                         head,
                         reason: e.to_string(),
                     })?;
             }
-            q.add_used(mem, head, 0).map_err(RingError::from)?;
+            q.add_used(mem, head, 0).map_err(ConsoleError::Queue)?;
             used = true;
             self.flush_tx();
         }
         Ok(used)
     }
+}
+
+/// A chain of `writable` buffers inside guest memory ([`checked_chain`]) whose total
+/// size, for output, stays within `TX_LIMIT`.
+fn console_chain<M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    writable: bool,
+) -> Result<Vec<Descriptor>, String>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let descs = checked_chain(chain, mem, writable)?;
+    let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+    if !writable && total > TX_LIMIT as u64 {
+        return Err(format!("output buffer of {total} bytes exceeds {TX_LIMIT}"));
+    }
+    Ok(descs)
 }
 
 impl VirtioDevice for Console {
@@ -211,7 +255,7 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 

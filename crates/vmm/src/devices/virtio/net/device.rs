@@ -28,7 +28,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::NetError;
 use crate::devices::virtio::{
-    pop_chain, set_nonblocking, DeviceError, RingError, VirtioDevice, VIRTIO_F_VERSION_1,
+    checked_chain, set_nonblocking, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 const RX: usize = 0;
@@ -133,9 +133,21 @@ impl Net {
             if self.rx_len == 0 && !self.read_frame() {
                 return Ok(used);
             }
+            let chain = {
+                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
+                iter.next()
+            };
             // No buffer: the frame waits, and so does the tap.
-            let Some((head, descs)) = pop_chain(q, mem, true, None)? else {
+            let Some(chain) = chain else {
                 return Ok(used);
+            };
+            let head = chain.head_index();
+            let descs = match checked_chain(chain, mem, true) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(NetError::Chain { head, reason });
+                }
             };
             let capacity: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if capacity < self.rx_len as u64 {
@@ -158,14 +170,14 @@ impl Net {
                     break;
                 }
                 mem.write_slice(&self.rx_frame[written..written + n], d.addr())
-                    .map_err(|e| RingError::Chain {
+                    .map_err(|e| NetError::Chain {
                         head,
                         reason: e.to_string(),
                     })?;
                 written += n;
             }
             q.add_used(mem, head, written as u32)
-                .map_err(RingError::from)?;
+                .map_err(NetError::Queue)?;
             self.rx_len = 0;
             used = true;
         }
@@ -175,8 +187,20 @@ impl Net {
     fn drain_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetError> {
         let mut used = false;
         loop {
-            let Some((head, descs)) = pop_chain(q, mem, false, None)? else {
+            let chain = {
+                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
+                iter.next()
+            };
+            let Some(chain) = chain else {
                 return Ok(used);
+            };
+            let head = chain.head_index();
+            let descs = match checked_chain(chain, mem, false) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(NetError::Chain { head, reason });
+                }
             };
             let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if total <= VNET_HDR_LEN as u64 || total > MAX_FRAME as u64 {
@@ -189,7 +213,7 @@ impl Net {
                 for d in &descs {
                     let end = at + d.len() as usize;
                     mem.read_slice(&mut self.tx_frame[at..end], d.addr())
-                        .map_err(|e| RingError::Chain {
+                        .map_err(|e| NetError::Chain {
                             head,
                             reason: e.to_string(),
                         })?;
@@ -200,7 +224,7 @@ impl Net {
                 self.tx_frame[..VNET_HDR_LEN].fill(0);
                 self.send_frame();
             }
-            q.add_used(mem, head, 0).map_err(RingError::from)?;
+            q.add_used(mem, head, 0).map_err(NetError::Queue)?;
             used = true;
         }
     }
