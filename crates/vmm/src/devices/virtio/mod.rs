@@ -6,11 +6,8 @@ pub(crate) mod console;
 pub(crate) mod mmio;
 pub(crate) mod net;
 
-use std::os::fd::RawFd;
-
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 /// `VIRTIO_F_VERSION_1`: the modern (virtio 1.x) interface; required by mmio version 2.
 pub(crate) const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -70,63 +67,4 @@ pub(crate) trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
-}
-
-/// Puts a device backend (tap, console stream) in non-blocking mode.
-pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Collects a chain whose every buffer has direction `writable` and lies inside guest
-/// memory. The chain iterator stops after as many descriptors as the queue holds, so a
-/// looping chain ends with a descriptor that still has NEXT set, and is refused here.
-pub(crate) fn checked_chain<M>(
-    chain: virtio_queue::DescriptorChain<M>,
-    mem: &GuestMemoryMmap,
-    writable: bool,
-) -> Result<Vec<Descriptor>, String>
-where
-    M: std::ops::Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let descs: Vec<Descriptor> = chain.collect();
-    let Some(last) = descs.last() else {
-        return Err("empty or unreadable descriptor chain".into());
-    };
-    if last.has_next() {
-        return Err(format!(
-            "descriptor chain broken after {} descriptors (loop or bad index)",
-            descs.len()
-        ));
-    }
-    let want = if writable {
-        "device-writable"
-    } else {
-        "read-only"
-    };
-    for d in &descs {
-        if d.is_write_only() != writable {
-            return Err(format!(
-                "buffer at {:#x} is not {want}, as this queue needs",
-                d.addr().0
-            ));
-        }
-        if d.len() > 0 && !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-            return Err(format!(
-                "buffer {:#x}+{:#x} is not inside guest memory",
-                d.addr().0,
-                d.len()
-            ));
-        }
-    }
-    Ok(descs)
 }

@@ -9,12 +9,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::ConsoleError;
-use crate::devices::virtio::{
-    checked_chain, set_nonblocking, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const VIRTIO_ID_CONSOLE: u32 = 3;
 const RX: usize = 0;
@@ -40,7 +38,7 @@ pub(crate) struct Console {
 impl Console {
     /// Bridges the guest's port to `backend` (made non-blocking).
     pub(crate) fn new(backend: OwnedFd) -> Result<Console, ConsoleError> {
-        set_nonblocking(backend.as_fd().as_raw_fd()).map_err(ConsoleError::Backend)?;
+        rustix_nonblock(backend.as_fd().as_raw_fd()).map_err(ConsoleError::Backend)?;
         Ok(Console {
             backend: File::from(backend),
             tx_pending: Vec::new(),
@@ -91,7 +89,7 @@ impl Console {
                 return Ok(used);
             };
             let head = chain.head_index();
-            let descs = match console_chain(chain, mem, true) {
+            let descs = match checked_chain(chain, mem, true) {
                 Ok(d) => d,
                 Err(reason) => {
                     let _ = q.add_used(mem, head, 0);
@@ -152,7 +150,7 @@ impl Console {
                 break;
             };
             let head = chain.head_index();
-            let descs = match console_chain(chain, mem, false) {
+            let descs = match checked_chain(chain, mem, false) {
                 Ok(d) => d,
                 Err(reason) => {
                     let _ = q.add_used(mem, head, 0);
@@ -176,9 +174,23 @@ impl Console {
     }
 }
 
-/// A chain of `writable` buffers inside guest memory ([`checked_chain`]) whose total
-/// size, for output, stays within `TX_LIMIT`.
-fn console_chain<M>(
+fn rustix_nonblock(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Collects a chain whose every buffer has direction `writable` and lies in guest memory.
+/// Total size is bounded by the chain length (the queue size) times `u32::MAX`... and by
+/// `TX_LIMIT` checks at the caller for output; each buffer is checked against memory.
+fn checked_chain<M>(
     chain: virtio_queue::DescriptorChain<M>,
     mem: &GuestMemoryMmap,
     writable: bool,
@@ -187,8 +199,43 @@ where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
 {
-    let descs = checked_chain(chain, mem, writable)?;
-    let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+    let descs: Vec<Descriptor> = chain.collect();
+    let Some(last) = descs.last() else {
+        return Err("empty or unreadable descriptor chain".into());
+    };
+    if last.has_next() {
+        return Err(format!(
+            "descriptor chain broken after {} descriptors (loop or bad index)",
+            descs.len()
+        ));
+    }
+    let mut total = 0u64;
+    for d in &descs {
+        if d.is_write_only() != writable {
+            return Err(format!(
+                "buffer at {:#x} is {} but this queue needs {}",
+                d.addr().0,
+                if d.is_write_only() {
+                    "device-writable"
+                } else {
+                    "read-only"
+                },
+                if writable {
+                    "device-writable"
+                } else {
+                    "read-only"
+                }
+            ));
+        }
+        if d.len() > 0 && !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            return Err(format!(
+                "buffer {:#x}+{:#x} is not inside guest memory",
+                d.addr().0,
+                d.len()
+            ));
+        }
+        total += u64::from(d.len());
+    }
     if !writable && total > TX_LIMIT as u64 {
         return Err(format!("output buffer of {total} bytes exceeds {TX_LIMIT}"));
     }

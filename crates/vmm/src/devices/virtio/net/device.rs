@@ -23,13 +23,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::NetError;
-use crate::devices::virtio::{
-    checked_chain, set_nonblocking, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -247,6 +246,64 @@ impl Net {
     }
 }
 
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Collects a chain whose every buffer has direction `writable` and lies inside guest
+/// memory. The chain iterator stops after as many descriptors as the queue holds, so a
+/// looping chain ends with a descriptor that still has NEXT set, and is refused here.
+fn checked_chain<M>(
+    chain: virtio_queue::DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    writable: bool,
+) -> Result<Vec<Descriptor>, String>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let descs: Vec<Descriptor> = chain.collect();
+    let Some(last) = descs.last() else {
+        return Err("empty or unreadable descriptor chain".into());
+    };
+    if last.has_next() {
+        return Err(format!(
+            "descriptor chain broken after {} descriptors (loop or bad index)",
+            descs.len()
+        ));
+    }
+    let want = if writable {
+        "device-writable"
+    } else {
+        "read-only"
+    };
+    for d in &descs {
+        if d.is_write_only() != writable {
+            return Err(format!(
+                "buffer at {:#x} is not {want}, as this queue needs",
+                d.addr().0
+            ));
+        }
+        if d.len() > 0 && !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            return Err(format!(
+                "buffer {:#x}+{:#x} is not inside guest memory",
+                d.addr().0,
+                d.len()
+            ));
+        }
+    }
+    Ok(descs)
+}
+
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
@@ -317,7 +374,7 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
