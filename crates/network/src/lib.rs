@@ -29,6 +29,18 @@ pub const DEFAULT_SUBNET: Subnet = Subnet {
     addr: Ipv4Addr::new(10, 87, 0, 0),
     prefix: 16,
 };
+/// MTU of a network unless `network create --mtu` says otherwise: loopback's. A vessel
+/// bridge has no wire, only the host and its instances, so the Ethernet limit of 1500
+/// bytes would only cost throughput (a TCP stream over a 1500-byte bridge runs at about
+/// 0.7x loopback on the same host, over a 65535-byte one as fast as loopback). Traffic
+/// leaving the host is unaffected: TCP takes its segment size from the peer, and path MTU
+/// discovery answers the rest from the host's own interfaces.
+pub const DEFAULT_MTU: u32 = 65535;
+/// MTU of the networks recorded before networks had one (their bridges kept Ethernet's).
+pub(crate) const LEGACY_MTU: u32 = 1500;
+/// The smallest MTU IPv4 allows.
+pub const MIN_MTU: u32 = 68;
+
 /// Where the network database lives unless `VESSEL_NETWORK_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/vessel/network";
 
@@ -38,6 +50,9 @@ pub enum Error {
     /// A bad `--subnet`.
     #[error("invalid subnet {0}")]
     InvalidSubnet(String),
+    /// A bad `--mtu`.
+    #[error("invalid MTU {0}: give a number of bytes from 68 to 65535")]
+    InvalidMtu(String),
     /// A bad network name.
     #[error("invalid network name {0:?}: use letters, digits, '_', '.', '-' (starting with a letter or digit), at most 64")]
     InvalidName(String),
@@ -171,7 +186,7 @@ impl Networks {
 
     /// Brings a network's bridge and NAT rules into being (both vanish on reboot).
     fn wire(&self, net: &Network) -> Result<()> {
-        link::ensure_bridge(&net.bridge, net.gateway(), net.subnet.prefix)?;
+        link::ensure_bridge(&net.bridge, net.gateway(), net.subnet.prefix, net.mtu)?;
         firewall::add_network(&net.id, &net.bridge, net.subnet)
     }
 
@@ -197,14 +212,19 @@ impl Networks {
         Ok(())
     }
 
-    /// `network create`: records the network, creates its bridge and NAT rules.
-    pub fn create(&self, name: &str, subnet: Subnet) -> Result<Network> {
+    /// `network create`: records the network, creates its bridge and NAT rules. `mtu`
+    /// defaults to [`DEFAULT_MTU`].
+    pub fn create(&self, name: &str, subnet: Subnet, mtu: Option<u32>) -> Result<Network> {
         spec::validate_name(name)?;
+        let mtu = mtu.unwrap_or(DEFAULT_MTU);
+        if !(MIN_MTU..=65535).contains(&mtu) {
+            return Err(Error::InvalidMtu(mtu.to_string()));
+        }
         if matches!(name, DEFAULT_NETWORK | "default" | "host" | "none") {
             return Err(Error::ReservedName(name.to_string()));
         }
         self.check_host_overlap(subnet)?;
-        let net = self.store()?.create_network(name, None, subnet)?;
+        let net = self.store()?.create_network(name, None, subnet, mtu)?;
         let _l = self.lock()?;
         if let Err(e) = self.wire(&net) {
             let _ = self.unwire(&net);
@@ -215,13 +235,13 @@ impl Networks {
     }
 
     /// `network create` without `--subnet`: the first free /24 of 10.89.0.0/16.
-    pub fn create_any(&self, name: &str) -> Result<Network> {
+    pub fn create_any(&self, name: &str, mtu: Option<u32>) -> Result<Network> {
         for n in 0..=255u8 {
             let subnet = Subnet {
                 addr: Ipv4Addr::new(10, 89, n, 0),
                 prefix: 24,
             };
-            match self.create(name, subnet) {
+            match self.create(name, subnet, mtu) {
                 Err(Error::SubnetOverlap(..)) | Err(Error::HostOverlap(..)) => continue,
                 r => return r,
             }
@@ -240,7 +260,12 @@ impl Networks {
     pub fn list(&self) -> Result<Vec<Network>> {
         let mut s = self.store()?;
         if s.network(DEFAULT_NETWORK).is_err() {
-            match s.create_network(DEFAULT_NETWORK, Some(DEFAULT_BRIDGE), DEFAULT_SUBNET) {
+            match s.create_network(
+                DEFAULT_NETWORK,
+                Some(DEFAULT_BRIDGE),
+                DEFAULT_SUBNET,
+                DEFAULT_MTU,
+            ) {
                 Ok(_) | Err(Error::NetworkExists(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -308,7 +333,8 @@ impl Networks {
         let Mode::Bridge(net) = mode else {
             return Ok(None);
         };
-        let default = (net == DEFAULT_NETWORK).then_some((DEFAULT_BRIDGE, DEFAULT_SUBNET));
+        let default =
+            (net == DEFAULT_NETWORK).then_some((DEFAULT_BRIDGE, DEFAULT_SUBNET, DEFAULT_MTU));
         self.store()?
             .allocate(instance, name, net, ports, default, Some(dir))
             .map(Some)
@@ -333,6 +359,7 @@ impl Networks {
                     ip: att.ip,
                     prefix: att.prefix,
                     gateway: att.gateway,
+                    mtu: att.mtu,
                 },
                 pid,
             )?;
@@ -358,7 +385,7 @@ impl Networks {
             let name = tap_name(instance);
             // A tap dies with its VMM, so a link of this name is not ours to keep.
             link::delete(&name)?;
-            let tap = link::create_tap(&name, &att.bridge)?;
+            let tap = link::create_tap(&name, &att.bridge, att.mtu)?;
             firewall::remove(&[&firewall::instance_tag(instance)])?;
             firewall::add_ports(instance, att.ip, &att.ports)?;
             Ok(tap)

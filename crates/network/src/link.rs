@@ -79,15 +79,25 @@ async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<()> {
         .map_err(nl_err(format!("bring {what} up")))
 }
 
+async fn set_mtu(handle: &Handle, index: u32, mtu: u32, what: &str) -> Result<()> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("set the MTU of {what} to {mtu}")))
+}
+
 fn write_sysctl(path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|e| Error::io("write", path, e))
 }
 
-/// Makes sure bridge `name` exists, holds `gateway/prefix` and is up. Also lets it carry
+/// Makes sure bridge `name` exists, has MTU `mtu` (set explicitly, so the kernel keeps it
+/// whatever its ports have), holds `gateway/prefix` and is up. Also lets it carry
 /// packets addressed to 127.0.0.1 after DNAT (`route_localnet`), which publishing ports
 /// to the host's loopback needs, and turns on IPv4 forwarding for outbound NAT (as
 /// Docker does). Idempotent.
-pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
+pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8, mtu: u32) -> Result<()> {
     with_netlink(|h| async move {
         let index = match index_of(&h, name).await? {
             Some(i) => i,
@@ -101,6 +111,7 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
                 })?
             }
         };
+        set_mtu(&h, index, mtu, name).await?;
         add_addr(&h, index, gateway, prefix, name).await?;
         set_up(&h, index, name).await
     })?;
@@ -141,10 +152,13 @@ pub struct Endpoint {
     pub prefix: u8,
     /// Default route.
     pub gateway: Ipv4Addr,
+    /// MTU of both sides (the bridge's).
+    pub mtu: u32,
 }
 
 /// Creates a veth pair whose host side is a port of the bridge and whose other side is
-/// `eth0` in the network namespace of process `pid`, then gives `eth0` its address and
+/// `eth0` in the network namespace of process `pid`, both with the bridge's MTU, then gives
+/// `eth0` its address and
 /// default route and brings `lo` and `eth0` up.
 pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
     let ns_path = format!("/proc/{pid}/ns/net");
@@ -157,12 +171,14 @@ pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
         })?;
         let peer = LinkUnspec::new_with_name("eth0")
             .address(crate::mac_for(ep.ip).to_vec())
+            .mtu(ep.mtu)
             .setns_by_fd(ns_fd)
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(ep.host_name.clone())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .controller(bridge)
+            .mtu(ep.mtu)
             .up()
             .build();
         h.link().add(msg).execute().await.map_err(nl_err(what))
@@ -240,10 +256,10 @@ nix::ioctl_write_ptr_bad!(
 );
 
 /// Creates tap device `name` (IFF_TAP, no packet info, with virtio-net headers) as a port
-/// of `bridge`, up, and returns its queue descriptor for a VMM. The tap is not
+/// of `bridge` with MTU `mtu` (the bridge's), up, and returns its queue descriptor for a VMM. The tap is not
 /// persistent: it disappears when the last descriptor closes, so a VMM that dies
 /// leaves no link behind.
-pub fn create_tap(name: &str, bridge: &str) -> Result<std::os::fd::OwnedFd> {
+pub fn create_tap(name: &str, bridge: &str, mtu: u32) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd, OwnedFd};
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(Error::Netlink(
@@ -288,6 +304,7 @@ pub fn create_tap(name: &str, bridge: &str) -> Result<std::os::fd::OwnedFd> {
             .set(
                 LinkUnspec::new_with_index(index)
                     .controller(br)
+                    .mtu(mtu)
                     .up()
                     .build(),
             )
@@ -312,10 +329,14 @@ mod tests {
         let id = std::process::id() % 100_000;
         let bridge = format!("vtb{id}");
         let tap = format!("vtt{id}");
-        ensure_bridge(&bridge, Ipv4Addr::new(10, 86, 255, 1), 30).unwrap();
-        let fd = create_tap(&tap, &bridge).unwrap();
+        ensure_bridge(&bridge, Ipv4Addr::new(10, 86, 255, 1), 30, 9000).unwrap();
+        let fd = create_tap(&tap, &bridge, 9000).unwrap();
         let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
         assert!(master.ends_with(&bridge), "{master:?}");
+        for dev in [&bridge, &tap] {
+            let mtu = std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu")).unwrap();
+            assert_eq!(mtu.trim(), "9000", "MTU of {dev}");
+        }
         drop(fd);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while exists(&tap).unwrap() {
@@ -327,6 +348,6 @@ mod tests {
         }
         delete(&bridge).unwrap();
         assert!(!exists(&bridge).unwrap());
-        assert!(create_tap("", &bridge).is_err());
+        assert!(create_tap("", &bridge, 1500).is_err());
     }
 }

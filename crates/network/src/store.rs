@@ -26,6 +26,8 @@ pub struct Network {
     pub subnet: Subnet,
     /// RFC 3339 creation time.
     pub created: String,
+    /// MTU of the bridge and of every link on it (veths, taps, the instances' `eth0`).
+    pub mtu: u32,
 }
 
 impl Network {
@@ -52,6 +54,13 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
     /// Published ports.
     pub ports: Vec<PortMap>,
+    /// The network's MTU (attachments recorded before networks had one: Ethernet's).
+    #[serde(default = "legacy_mtu")]
+    pub mtu: u32,
+}
+
+fn legacy_mtu() -> u32 {
+    crate::LEGACY_MTU
 }
 
 /// Another instance on the same network, for `/etc/hosts`.
@@ -77,7 +86,8 @@ CREATE TABLE IF NOT EXISTS networks (
     id TEXT NOT NULL UNIQUE,
     bridge TEXT NOT NULL UNIQUE,
     subnet TEXT NOT NULL,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    mtu INTEGER
 );
 CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY,
@@ -108,10 +118,13 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The columns [`row_network`] reads, in its order.
+const NETWORK_COLUMNS: &str = "name, id, bridge, subnet, created, mtu";
+
 /// The network called `name`, if there is one.
 fn find_network(db: &Connection, name: &str) -> rusqlite::Result<Option<Network>> {
     db.query_row(
-        "SELECT name, id, bridge, subnet, created FROM networks WHERE name = ?1",
+        &format!("SELECT {NETWORK_COLUMNS} FROM networks WHERE name = ?1"),
         params![name],
         row_network,
     )
@@ -128,6 +141,8 @@ fn row_network(r: &rusqlite::Row<'_>) -> rusqlite::Result<Network> {
             rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
         })?,
         created: r.get(4)?,
+        // Networks recorded before the column existed have Ethernet-MTU bridges.
+        mtu: r.get::<_, Option<u32>>(5)?.unwrap_or(crate::LEGACY_MTU),
     })
 }
 
@@ -147,11 +162,18 @@ impl Store {
         let path = dir.join("network.db");
         let err = |e| Error::Db(path.clone(), e);
         let db = vessel_db::open(&path, SCHEMA).map_err(err)?;
-        // Databases from before leases recorded their instance's directory.
-        match db.execute("ALTER TABLE leases ADD COLUMN dir TEXT", []) {
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => {}
-            r => {
-                r.map_err(err)?;
+        // Databases from before leases recorded their instance's directory, and before
+        // networks had an MTU.
+        for column in [
+            "ALTER TABLE leases ADD COLUMN dir TEXT",
+            "ALTER TABLE networks ADD COLUMN mtu INTEGER",
+        ] {
+            match db.execute(column, []) {
+                Err(rusqlite::Error::SqliteFailure(_, Some(m)))
+                    if m.contains("duplicate column") => {}
+                r => {
+                    r.map_err(err)?;
+                }
             }
         }
         Ok(Store { path, db })
@@ -168,8 +190,9 @@ impl Store {
         name: &str,
         bridge: Option<&str>,
         subnet: Subnet,
+        mtu: u32,
     ) -> Result<Network> {
-        self.write(|tx, _| insert_network(tx, name, bridge, subnet))
+        self.write(|tx, _| insert_network(tx, name, bridge, subnet, mtu))
     }
 
     /// The network called `name`.
@@ -183,7 +206,9 @@ impl Store {
     pub fn networks(&self) -> Result<Vec<Network>> {
         let mut stmt = self
             .db
-            .prepare("SELECT name, id, bridge, subnet, created FROM networks ORDER BY name")
+            .prepare(&format!(
+                "SELECT {NETWORK_COLUMNS} FROM networks ORDER BY name"
+            ))
             .map_err(self.err())?;
         let rows = stmt.query_map([], row_network).map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -214,15 +239,15 @@ impl Store {
     }
 
     /// Gives instance `instance` (named `name`) an address on `network` and reserves its
-    /// host ports, all or nothing. `default` describes the default network, recorded on
-    /// first use.
+    /// host ports, all or nothing. `default` describes the default network (bridge,
+    /// subnet, MTU), recorded on first use.
     pub fn allocate(
         &mut self,
         instance: &str,
         name: &str,
         network: &str,
         ports: &[PortMap],
-        default: Option<(&str, Subnet)>,
+        default: Option<(&str, Subnet, u32)>,
         dir: Option<&Path>,
     ) -> Result<Attachment> {
         self.write(|tx, err| {
@@ -230,8 +255,8 @@ impl Store {
             let found = find_network(tx, network).map_err(err)?;
             let net = match (found, default) {
                 (Some(n), _) => n,
-                (None, Some((bridge, subnet))) => {
-                    insert_network(tx, network, Some(bridge), subnet)?
+                (None, Some((bridge, subnet, mtu))) => {
+                    insert_network(tx, network, Some(bridge), subnet, mtu)?
                 }
                 (None, None) => return Err(Error::NoSuchNetwork(network.to_string())),
             };
@@ -305,6 +330,7 @@ impl Store {
                 prefix: net.subnet.prefix,
                 gateway: net.gateway(),
                 ports: ports.to_vec(),
+                mtu: net.mtu,
             })
         })
     }
@@ -398,12 +424,13 @@ fn insert_network(
     name: &str,
     bridge: Option<&str>,
     subnet: Subnet,
+    mtu: u32,
 ) -> Result<Network> {
     let path = PathBuf::from(tx.path().unwrap_or_default());
     let err = |e| Error::Db(path.clone(), e);
     let existing: Vec<Network> = {
         let mut stmt = tx
-            .prepare("SELECT name, id, bridge, subnet, created FROM networks")
+            .prepare(&format!("SELECT {NETWORK_COLUMNS} FROM networks"))
             .map_err(err)?;
         let rows = stmt.query_map([], row_network).map_err(err)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
@@ -425,15 +452,18 @@ fn insert_network(
         bridge,
         subnet,
         created: now(),
+        mtu,
     };
     tx.execute(
-        "INSERT INTO networks (name, id, bridge, subnet, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO networks (name, id, bridge, subnet, created, mtu) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             net.name,
             net.id,
             net.bridge,
             net.subnet.to_string(),
-            net.created
+            net.created,
+            net.mtu
         ],
     )
     .map_err(err)?;
@@ -453,25 +483,51 @@ mod tests {
     #[test]
     fn overlapping_and_duplicate_networks_are_refused() {
         let (_d, mut s) = store();
-        s.create_network("a", None, "10.200.0.0/24".parse().unwrap())
+        s.create_network("a", None, "10.200.0.0/24".parse().unwrap(), 1500)
             .unwrap();
         assert!(matches!(
-            s.create_network("b", None, "10.200.0.0/16".parse().unwrap()),
+            s.create_network("b", None, "10.200.0.0/16".parse().unwrap(), 1500),
             Err(Error::SubnetOverlap(..))
         ));
         assert!(matches!(
-            s.create_network("a", None, "10.201.0.0/24".parse().unwrap()),
+            s.create_network("a", None, "10.201.0.0/24".parse().unwrap(), 1500),
             Err(Error::NetworkExists(_))
         ));
-        s.create_network("b", None, "10.200.1.0/24".parse().unwrap())
+        s.create_network("b", None, "10.200.1.0/24".parse().unwrap(), 1500)
             .unwrap();
         assert_eq!(s.networks().unwrap().len(), 2);
     }
 
     #[test]
+    fn networks_keep_their_mtu_and_older_ones_read_as_ethernet() {
+        let d = tempfile::tempdir().unwrap();
+        // A database from before networks had an MTU.
+        let old = Connection::open(d.path().join("network.db")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE networks (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, \
+             bridge TEXT NOT NULL UNIQUE, subnet TEXT NOT NULL, created TEXT NOT NULL); \
+             INSERT INTO networks VALUES ('old', 'ab', 'vsl-ab', '10.204.0.0/24', 'then');",
+        )
+        .unwrap();
+        drop(old);
+        let mut s = Store::open(d.path()).unwrap();
+        assert_eq!(s.network("old").unwrap().mtu, 1500);
+        s.create_network("new", None, "10.205.0.0/24".parse().unwrap(), 9000)
+            .unwrap();
+        assert_eq!(s.network("new").unwrap().mtu, 9000);
+        let att = s.allocate("i", "n", "new", &[], None, None).unwrap();
+        assert_eq!(att.mtu, 9000);
+        // An attachment recorded before attachments had an MTU.
+        let mut json = serde_json::to_value(&att).unwrap();
+        json.as_object_mut().unwrap().remove("mtu");
+        let back: Attachment = serde_json::from_value(json).unwrap();
+        assert_eq!(back.mtu, 1500);
+    }
+
+    #[test]
     fn leases_are_distinct_and_the_pool_ends() {
         let (_d, mut s) = store();
-        s.create_network("t", None, "10.202.0.0/29".parse().unwrap())
+        s.create_network("t", None, "10.202.0.0/29".parse().unwrap(), 1500)
             .unwrap();
         let mut ips = Vec::new();
         for i in 0..5 {
@@ -508,7 +564,7 @@ mod tests {
     #[test]
     fn a_published_port_is_taken_once() {
         let (_d, mut s) = store();
-        s.create_network("t", None, "10.203.0.0/24".parse().unwrap())
+        s.create_network("t", None, "10.203.0.0/24".parse().unwrap(), 1500)
             .unwrap();
         // A port the kernel picks is free now.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

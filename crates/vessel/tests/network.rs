@@ -79,6 +79,17 @@ fn published_port_answers_http_on_host_loopback_and_nothing_is_left() {
     assert!(Path::new(&veth).exists(), "{veth}");
     let bridge = network_json("bridge");
     assert_eq!(bridge["Containers"][&id]["Name"], n.as_str(), "{bridge}");
+    // Every link of the network has its MTU: the bridge, the veth's two ends.
+    let mtu = bridge["Options"]["com.docker.network.driver.mtu"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sysfs(&format!("{veth}/mtu")), mtu);
+    assert_eq!(sysfs("/sys/class/net/vessel0/mtu"), mtu);
+    assert_eq!(
+        ok(&["exec", &n, "cat", "/sys/class/net/eth0/mtu"]).trim(),
+        mtu
+    );
 
     // Crash everything: the monitor and the container's process, with SIGKILL.
     for pid in [
@@ -104,13 +115,32 @@ fn published_port_answers_http_on_host_loopback_and_nothing_is_left() {
     ok(&["rm", &n2]);
 }
 
+fn sysfs(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .to_string()
+}
+
 #[test]
 fn containers_on_a_user_network_reach_each_other_by_name() {
     let net = name("net");
-    ok(&["network", "create", &net]);
+    // The MTU as Docker spells the option (Podman's `-o mtu=`, and `--mtu`, are the same).
+    ok(&[
+        "network",
+        "create",
+        "-o",
+        "com.docker.network.driver.mtu=9000",
+        &net,
+    ]);
     let info = network_json(&net);
-    let bridge = info["Options"]["bridge.name"].as_str().unwrap().to_string();
+    let bridge = info["Options"]["com.docker.network.bridge.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(Path::new(&format!("/sys/class/net/{bridge}")).exists());
+    assert_eq!(info["Options"]["com.docker.network.driver.mtu"], "9000");
+    assert_eq!(sysfs(&format!("/sys/class/net/{bridge}/mtu")), "9000");
     assert!(ok(&["network", "ls"]).contains(&net));
 
     let web = name("web");
@@ -140,6 +170,12 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
     ]);
     let web_id = id_of(&web);
     assert!(http_get(port, Duration::from_secs(10)).ends_with("by name\n"));
+    assert_eq!(
+        ok(&["exec", &web, "cat", "/sys/class/net/eth0/mtu"]).trim(),
+        "9000"
+    );
+    let veth = format!("/sys/class/net/vv{}/mtu", &web_id[..12]);
+    assert_eq!(sysfs(&veth), "9000");
     let client = name("client");
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
@@ -342,6 +378,34 @@ fn bad_network_input_is_a_clear_125_with_nothing_left() {
     assert!(!ok(&["network", "ls", "-q"]).contains(&b));
     ok(&["network", "rm", &a]);
 
+    // MTUs: out of range, not a number, two different ones, unknown options.
+    refused(&["network", "create", "--mtu", "67", &b], "invalid MTU 67");
+    refused(
+        &["network", "create", "--mtu", "65536", &b],
+        "invalid MTU 65536",
+    );
+    refused(
+        &["network", "create", "-o", "mtu=big", &b],
+        "invalid MTU big",
+    );
+    refused(
+        &["network", "create", "--mtu", "1500", "-o", "mtu=9000", &b],
+        "given twice",
+    );
+    refused(
+        &["network", "create", "-o", "parent=eth0", &b],
+        "unknown option",
+    );
+    refused(&["network", "create", "-o", "mtu", &b], "KEY=VALUE");
+    assert!(!ok(&["network", "ls", "-q"]).contains(&b));
+    // Without one, a network gets loopback's.
+    ok(&["network", "create", &b]);
+    assert_eq!(
+        network_json(&b)["Options"]["com.docker.network.driver.mtu"],
+        "65535"
+    );
+    ok(&["network", "rm", &b]);
+
     // An exhausted pool: a /30 has a single address for instances.
     let tiny = name("tiny");
     ok(&["network", "create", &tiny]);
@@ -391,7 +455,10 @@ fn network_prune_removes_unused_networks_only() {
     let unused_bridge = {
         let v: serde_json::Value =
             serde_json::from_str(&run(&["network", "inspect", &unused])).unwrap();
-        v[0]["Options"]["bridge.name"].as_str().unwrap().to_string()
+        v[0]["Options"]["com.docker.network.bridge.name"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let c = name("holder");
     run(&[

@@ -657,7 +657,7 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         "busybox",
         "sh",
         "-c",
-        "mkdir -p /www && echo from-container > /www/index.html && exec httpd -f -p 80 -h /www",
+        "mkdir -p /www && echo from-container > /www/index.html && dd if=/dev/zero bs=1000 count=300 2>/dev/null | tr '\\0' c > /www/big && exec httpd -f -p 80 -h /www",
     ]);
     // The VM web server, published on the host's loopback.
     let v = name("vweb");
@@ -674,7 +674,7 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         "busybox",
         "sh",
         "-c",
-        "mkdir -p /www && echo from-vm > /www/index.html && exec httpd -f -p 80 -h /www",
+        "mkdir -p /www && echo from-vm > /www/index.html && dd if=/dev/zero bs=1000 count=300 2>/dev/null | tr '\\0' v > /www/big && exec httpd -f -p 80 -h /www",
     ]);
     let id = id_of(&v);
     let ins = inspect(&v);
@@ -718,7 +718,8 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         out.contains(&format!("inet addr:{ip} ")) && out.contains("Mask:255.255.255.0"),
         "{out}"
     );
-    assert!(out.contains("MTU:1500"), "{out}");
+    // The network's MTU (a user network's default: loopback's), told by the device.
+    assert!(out.contains("MTU:65535"), "{out}");
     assert!(
         out.contains("0.0.0.0         10.89."),
         "no default route: {out}"
@@ -726,6 +727,22 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
     // VM -> container by name.
     let o = vessel(&["exec", &v, "wget", "-qO-", &format!("http://{c}/")]);
     assert_eq!(stdout(&o), "from-container\n", "{}", stderr(&o));
+    // Frames up to the MTU both ways: 300 kB from the container into the VM, and from
+    // the VM into the container (TCP segments of up to 65495 bytes each). All of it
+    // arrives, and nothing but the server's byte (none is left once it is deleted).
+    let big = |server: &str, byte: char| {
+        format!("wget -qO- http://{server}/big | wc -c; wget -qO- http://{server}/big | tr -d {byte} | wc -c")
+    };
+    for (client, server, byte) in [(&v, &c, 'c'), (&c, &v, 'v')] {
+        let o = vessel(&["exec", client, "sh", "-c", &big(server, byte)]);
+        let counts: Vec<String> = stdout(&o).split_whitespace().map(String::from).collect();
+        assert_eq!(
+            counts,
+            ["300000", "0"],
+            "{client} <- {server}: {}",
+            stderr(&o)
+        );
+    }
     // Container -> VM by name (a container started after the VM).
     let got = ok(&[
         "run",

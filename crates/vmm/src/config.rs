@@ -84,6 +84,9 @@ pub struct NetConfig {
     pub tap: OwnedFd,
     /// The guest interface's MAC address (unicast, e.g. locally administered `02:...`).
     pub mac: [u8; 6],
+    /// The link's MTU (the tap's), told to the guest driver (`VIRTIO_NET_F_MTU`); at
+    /// least 68, as IPv4 needs.
+    pub mtu: u16,
 }
 
 /// Destination of the guest's serial console (COM1) output.
@@ -230,6 +233,11 @@ impl VmConfig {
                         "MAC address {} (not a unicast address)",
                         net.mac.map(|b| format!("{b:02x}")).join(":")
                     ),
+                });
+            }
+            if net.mtu < 68 {
+                return Err(Error::Unsupported {
+                    what: format!("network MTU {} (IPv4 needs at least 68)", net.mtu),
                 });
             }
         }
@@ -401,14 +409,21 @@ mod tests {
         cfg.net = vec![NetConfig {
             tap: fd(),
             mac: [0x03, 0, 0, 0, 0, 1],
+            mtu: 1500,
         }];
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("03:00:00:00:00:01"), "{err}");
         cfg.net[0].mac = [0x02, 0, 0, 0, 0, 1];
         cfg.validate().unwrap();
+        cfg.net[0].mtu = 67;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("MTU 67"), "{err}");
+        cfg.net[0].mtu = 65535;
+        cfg.validate().unwrap();
         cfg.net.push(NetConfig {
             tap: fd(),
             mac: [0x02, 0, 0, 0, 0, 2],
+            mtu: 1500,
         });
         assert!(matches!(cfg.validate(), Err(Error::Unsupported { .. })));
     }

@@ -181,7 +181,7 @@ pub fn net_queues(data: &[u8]) {
     let mem = memory(input.0);
     let (host, vmm) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
     host.set_nonblocking(true).expect("non-blocking host end");
-    let Ok(mut net) = Net::with_backend(vmm.into(), [2, 0, 0, 0, 0, 1]) else {
+    let Ok(mut net) = Net::with_backend(vmm.into(), [2, 0, 0, 0, 0, 1], 65535) else {
         return;
     };
     for len in frames {

@@ -283,7 +283,7 @@ impl Vm {
         }
         for (i, nic) in cfg.net.into_iter().enumerate() {
             let dev_name = format!("virtio-net {i}");
-            let net = Net::new(nic.tap, nic.mac).map_err(|e| Error::Device {
+            let net = Net::new(nic.tap, nic.mac, nic.mtu).map_err(|e| Error::Device {
                 device: dev_name.clone(),
                 source: Box::new(e),
             })?;

@@ -30,22 +30,59 @@ fn network_json(
         "Created": net.created,
         "Driver": "bridge",
         "IPAM": {"Config": [{"Subnet": net.subnet.to_string(), "Gateway": net.gateway().to_string()}]},
-        "Options": {"bridge.name": net.bridge},
+        "Options": {
+            "com.docker.network.bridge.name": net.bridge,
+            "com.docker.network.driver.mtu": net.mtu.to_string(),
+        },
         "Containers": containers,
     })
+}
+
+/// The MTU `network create` asks for: `--mtu`, or the `-o` option Podman (`mtu`) or
+/// Docker (`com.docker.network.driver.mtu`) would take; any other option is refused
+/// rather than ignored.
+fn create_mtu(flag: Option<u32>, opts: &[String]) -> Result<Option<u32>, Failure> {
+    let mut mtu = flag;
+    for o in opts {
+        let bad = |why: &str| Failure::new(125, format!("invalid --opt {o:?}: {why}"));
+        let (key, value) = o.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+        match key {
+            "mtu" | "com.docker.network.driver.mtu" => {
+                let v = value
+                    .parse()
+                    .map_err(|_| fail(vessel_network::Error::InvalidMtu(value.to_string())))?;
+                if mtu.is_some_and(|m| m != v) {
+                    return Err(bad("the MTU is given twice, differently"));
+                }
+                mtu = Some(v);
+            }
+            _ => {
+                return Err(bad(
+                    "unknown option (known: mtu, com.docker.network.driver.mtu)",
+                ))
+            }
+        }
+    }
+    Ok(mtu)
 }
 
 /// Runs a `vessel network` subcommand.
 pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
     let nets = engine.networks();
     match cmd {
-        NetworkCommand::Create { subnet, name } => {
+        NetworkCommand::Create {
+            subnet,
+            mtu,
+            opts,
+            name,
+        } => {
+            let mtu = create_mtu(*mtu, opts)?;
             let net = match subnet {
                 Some(s) => {
                     let subnet: vessel_network::Subnet = s.parse().map_err(fail)?;
-                    nets.create(name, subnet)
+                    nets.create(name, subnet, mtu)
                 }
-                None => nets.create_any(name),
+                None => nets.create_any(name, mtu),
             }
             .map_err(fail)?;
             println!("{}", net.id);

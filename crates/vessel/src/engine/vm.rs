@@ -38,10 +38,6 @@ const GUEST_MODULES: &[&str] = &[
     "virtio_net",
 ];
 
-/// MTU of a VM's `eth0`: that of the bridge it hangs off (vessel's bridges keep the
-/// Ethernet default).
-const GUEST_MTU: u32 = 1500;
-
 /// How long a guest may take to report that its workload started. Generous: under nested
 /// emulation a boot takes seconds; a guest that never reports is killed.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -568,13 +564,19 @@ impl Backend for VmBackend {
                     address: att.ip,
                     prefix: att.prefix,
                     gateway: att.gateway,
-                    mtu: GUEST_MTU,
+                    mtu: att.mtu,
                     hosts: super::container::hosts(&self.networks, inst)?,
                     resolv_conf: super::container::resolv_conf(),
                 };
                 let nic = NetConfig {
                     tap,
                     mac: vessel_network::mac_for(att.ip),
+                    mtu: u16::try_from(att.mtu).map_err(|_| {
+                        EngineError::Backend(format!(
+                            "network {}: MTU {} is above 65535",
+                            att.network, att.mtu
+                        ))
+                    })?,
                 };
                 (vec![nic], Some(guest))
             }

@@ -22,7 +22,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
@@ -56,7 +56,9 @@ pub(crate) struct Drops {
 /// virtio-net backed by a tap descriptor.
 pub(crate) struct Net {
     tap: File,
-    mac: [u8; 6],
+    /// `struct virtio_net_config` as far as we fill it: `mac[6]`, `status` (unused, 0),
+    /// `max_virtqueue_pairs` (unused, 0), `mtu`, little-endian.
+    config: [u8; 12],
     /// A frame read from the tap, waiting for a receive buffer (`rx_len` bytes of it).
     rx_frame: Box<[u8]>,
     rx_len: usize,
@@ -67,8 +69,9 @@ pub(crate) struct Net {
 
 impl Net {
     /// The device over `tap`, a tap queue descriptor opened with `IFF_TAP | IFF_NO_PI |
-    /// IFF_VNET_HDR`; sets its vnet header size to 12 and makes it non-blocking.
-    pub(crate) fn new(tap: OwnedFd, mac: [u8; 6]) -> Result<Net, NetError> {
+    /// IFF_VNET_HDR`; sets its vnet header size to 12 and makes it non-blocking. `mtu` is
+    /// the link's (the tap's), offered to the driver with `VIRTIO_NET_F_MTU`.
+    pub(crate) fn new(tap: OwnedFd, mac: [u8; 6], mtu: u16) -> Result<Net, NetError> {
         let size: std::os::raw::c_int = VNET_HDR_LEN as _;
         // SAFETY: TUNSETVNETHDRSZ reads one int through a pointer valid for the call, on
         // a descriptor we own; the result is checked.
@@ -76,16 +79,19 @@ impl Net {
         if ret < 0 {
             return Err(NetError::Tap(std::io::Error::last_os_error()));
         }
-        Net::with_backend(tap, mac)
+        Net::with_backend(tap, mac, mtu)
     }
 
     /// The device over any datagram descriptor that behaves like a tap with 12-byte vnet
     /// headers (one frame per read and write): the tap itself, or a socketpair in tests.
-    pub(crate) fn with_backend(backend: OwnedFd, mac: [u8; 6]) -> Result<Net, NetError> {
+    pub(crate) fn with_backend(backend: OwnedFd, mac: [u8; 6], mtu: u16) -> Result<Net, NetError> {
         set_nonblocking(backend.as_raw_fd()).map_err(NetError::Tap)?;
+        let mut config = [0u8; 12];
+        config[..6].copy_from_slice(&mac);
+        config[10..].copy_from_slice(&mtu.to_le_bytes());
         Ok(Net {
             tap: File::from(backend),
-            mac,
+            config,
             rx_frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
             rx_len: 0,
             tx_frame: Vec::with_capacity(MAX_FRAME),
@@ -314,20 +320,22 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC)
+        // With MTU above 1500 and no mergeable buffers, Linux posts receive buffers of
+        // the MTU's size ("big packets"), so frames up to the MTU arrive whole.
+        VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_MTU)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_net_config: mac[6] is all we offer (no STATUS, MQ, MTU).
+        // No STATUS or MQ: their fields read as zero, as the spec allows.
         data.fill(0);
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
-        if start >= self.mac.len() {
+        if start >= self.config.len() {
             return;
         }
-        let n = data.len().min(self.mac.len() - start);
-        data[..n].copy_from_slice(&self.mac[start..start + n]);
+        let n = data.len().min(self.config.len() - start);
+        data[..n].copy_from_slice(&self.config[start..start + n]);
     }
 
     fn process_queue(
@@ -394,7 +402,7 @@ mod tests {
         (
             mem,
             host,
-            Net::with_backend(OwnedFd::from(vmm), MAC).unwrap(),
+            Net::with_backend(OwnedFd::from(vmm), MAC, 9000).unwrap(),
         )
     }
 
@@ -405,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn config_space_holds_the_mac_and_features_offer_it() {
+    fn config_space_holds_the_mac_and_mtu_and_features_offer_them() {
         let (_mem, _host, net) = setup();
         let mut b = [0xffu8; 8];
         net.read_config(0, &mut b);
@@ -414,10 +422,21 @@ mod tests {
         let mut b = [0u8; 2];
         net.read_config(4, &mut b);
         assert_eq!(b, [0, 2]);
+        net.read_config(10, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 9000);
+        let mut b = [0xffu8; 4];
+        net.read_config(11, &mut b);
+        assert_eq!(
+            b,
+            [(9000u16 >> 8) as u8, 0, 0, 0],
+            "past the MTU reads zero"
+        );
+        let mut b = [0u8; 2];
         net.read_config(u64::MAX, &mut b);
         assert_eq!(b, [0, 0]);
         assert_eq!(net.device_type(), 1);
         assert_ne!(net.features() & (1 << VIRTIO_NET_F_MAC), 0);
+        assert_ne!(net.features() & (1 << VIRTIO_NET_F_MTU), 0);
         assert_ne!(net.features() & VIRTIO_F_VERSION_1, 0);
     }
 
