@@ -4,6 +4,7 @@
 pub mod detect;
 pub mod resources;
 pub mod stats;
+pub mod warm;
 
 use std::fs;
 use std::io::ErrorKind;

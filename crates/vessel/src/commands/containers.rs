@@ -140,10 +140,7 @@ fn build_request(
         )));
     }
     Ok(RunRequest {
-        isolation: match a.isolation {
-            IsolationArg::Container => Isolation::Container,
-            IsolationArg::Vm => Isolation::Vm,
-        },
+        isolation: isolation_of(a.isolation),
         args,
         env,
         workdir,
@@ -198,11 +195,22 @@ fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
         .map_err(fail)
 }
 
+fn isolation_of(a: IsolationArg) -> Isolation {
+    match a {
+        IsolationArg::Container => Isolation::Container,
+        IsolationArg::Vm => Isolation::Vm,
+    }
+}
+
 /// `vessel run`.
 pub fn run(engine: &Engine, a: &RunArgs) -> CmdResult {
+    let warm = engine
+        .backend(isolation_of(a.isolation))
+        .ok()
+        .and_then(|b| b.warm_up());
     let inst = create_instance(engine, a)?;
     tracing::debug!("run: created");
-    start_one(engine, &inst, !a.detach)
+    start_one(engine, &inst, !a.detach, warm)
 }
 
 /// `vessel create`.
@@ -223,7 +231,11 @@ pub fn start(engine: &Engine, attach: bool, names: &[String]) -> CmdResult {
             }
             continue;
         }
-        let code = start_one(engine, &inst, attach)?;
+        let warm = engine
+            .backend(inst.request.isolation)
+            .ok()
+            .and_then(|b| b.warm_up());
+        let code = start_one(engine, &inst, attach, warm)?;
         if attach {
             status = code;
         } else {
@@ -265,7 +277,15 @@ impl Drop for RawMode {
 }
 
 /// Starts an instance's monitor; attached, waits for the end and returns its status.
-fn start_one(engine: &Engine, inst: &Instance, attached: bool) -> CmdResult {
+/// Starts `inst` through its monitor; `warm` (from
+/// [`Backend::warm_up`](crate::engine::backend::Backend::warm_up)) is dropped once
+/// the monitor has reported the start.
+fn start_one(
+    engine: &Engine,
+    inst: &Instance,
+    attached: bool,
+    warm: Option<Box<dyn std::any::Any>>,
+) -> CmdResult {
     let req = &inst.request;
     let mut blocked = SigSet::empty();
     for s in PROXIED {
@@ -281,7 +301,9 @@ fn start_one(engine: &Engine, inst: &Instance, attached: bool) -> CmdResult {
     let raw = RawMode::enable(attached && req.tty && req.interactive);
     let mut m = monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
         .map_err(fail)?;
-    let pid = match m.next() {
+    let first = m.next();
+    drop(warm);
+    let pid = match first {
         Some(Report::Started { pid }) => pid,
         Some(Report::Error { code, message }) => {
             drop(raw);
