@@ -29,13 +29,17 @@ pub const DEFAULT_SUBNET: Subnet = Subnet {
     addr: Ipv4Addr::new(10, 87, 0, 0),
     prefix: 16,
 };
-/// MTU of a network unless `network create --mtu` says otherwise: loopback's. A vessel
-/// bridge has no wire, only the host and its instances, so the Ethernet limit of 1500
-/// bytes would only cost throughput (a TCP stream over a 1500-byte bridge runs at about
-/// 0.7x loopback on the same host, over a 65535-byte one as fast as loopback). Traffic
-/// leaving the host is unaffected: TCP takes its segment size from the peer, and path MTU
-/// discovery answers the rest from the host's own interfaces.
-pub const DEFAULT_MTU: u32 = 65535;
+/// MTU of a network unless `network create --mtu` says otherwise: the largest every link
+/// on it accepts, about loopback's. A vessel bridge has no wire, only the host and its
+/// instances, so the Ethernet limit of 1500 bytes would only cost throughput (a TCP
+/// stream over a 1500-byte bridge runs at about 0.7x loopback on the same host, over a
+/// 64 KiB one as fast as loopback). Traffic leaving the host is unaffected: TCP takes its
+/// segment size from the peer, and path MTU discovery answers the rest from the host's
+/// own interfaces.
+pub const DEFAULT_MTU: u32 = MAX_MTU;
+/// The largest MTU a network may have: a tap's limit (65535 less its Ethernet header);
+/// bridges and veths go to 65535.
+pub const MAX_MTU: u32 = 65521;
 /// MTU of the networks recorded before networks had one (their bridges kept Ethernet's).
 pub(crate) const LEGACY_MTU: u32 = 1500;
 /// The smallest MTU IPv4 allows.
@@ -51,7 +55,7 @@ pub enum Error {
     #[error("invalid subnet {0}")]
     InvalidSubnet(String),
     /// A bad `--mtu`.
-    #[error("invalid MTU {0}: give a number of bytes from 68 to 65535")]
+    #[error("invalid MTU {0}: give a number of bytes from 68 to 65521 (a tap's limit)")]
     InvalidMtu(String),
     /// A bad network name.
     #[error("invalid network name {0:?}: use letters, digits, '_', '.', '-' (starting with a letter or digit), at most 64")]
@@ -217,7 +221,7 @@ impl Networks {
     pub fn create(&self, name: &str, subnet: Subnet, mtu: Option<u32>) -> Result<Network> {
         spec::validate_name(name)?;
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
-        if !(MIN_MTU..=65535).contains(&mtu) {
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
             return Err(Error::InvalidMtu(mtu.to_string()));
         }
         if matches!(name, DEFAULT_NETWORK | "default" | "host" | "none") {

@@ -329,13 +329,15 @@ mod tests {
         let id = std::process::id() % 100_000;
         let bridge = format!("vtb{id}");
         let tap = format!("vtt{id}");
-        ensure_bridge(&bridge, Ipv4Addr::new(10, 86, 255, 1), 30, 9000).unwrap();
-        let fd = create_tap(&tap, &bridge, 9000).unwrap();
+        // The largest MTU a network may have: a tap must take it.
+        let mtu = crate::MAX_MTU;
+        ensure_bridge(&bridge, Ipv4Addr::new(10, 86, 255, 1), 30, mtu).unwrap();
+        let fd = create_tap(&tap, &bridge, mtu).unwrap();
         let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
         assert!(master.ends_with(&bridge), "{master:?}");
         for dev in [&bridge, &tap] {
-            let mtu = std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu")).unwrap();
-            assert_eq!(mtu.trim(), "9000", "MTU of {dev}");
+            let got = std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu")).unwrap();
+            assert_eq!(got.trim(), mtu.to_string(), "MTU of {dev}");
         }
         drop(fd);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

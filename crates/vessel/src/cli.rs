@@ -167,8 +167,9 @@ pub enum NetworkCommand {
         /// IPv4 subnet in CIDR form (default: a free /24 in 10.89.0.0/16)
         #[arg(long)]
         subnet: Option<String>,
-        /// MTU of the bridge and of every instance's link on it (default 65535, as
-        /// loopback: the bridge never leaves the host; 1500 is Docker's default)
+        /// MTU of the bridge and of every instance's link on it (default 65521, the
+        /// most a tap takes, near loopback's: the bridge never leaves the host; 1500 is
+        /// Docker's default)
         #[arg(long)]
         mtu: Option<u32>,
         /// Driver option KEY=VALUE: `mtu` or `com.docker.network.driver.mtu` (as Podman

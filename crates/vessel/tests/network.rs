@@ -381,8 +381,8 @@ fn bad_network_input_is_a_clear_125_with_nothing_left() {
     // MTUs: out of range, not a number, two different ones, unknown options.
     refused(&["network", "create", "--mtu", "67", &b], "invalid MTU 67");
     refused(
-        &["network", "create", "--mtu", "65536", &b],
-        "invalid MTU 65536",
+        &["network", "create", "--mtu", "65522", &b],
+        "invalid MTU 65522",
     );
     refused(
         &["network", "create", "-o", "mtu=big", &b],
@@ -402,7 +402,7 @@ fn bad_network_input_is_a_clear_125_with_nothing_left() {
     ok(&["network", "create", &b]);
     assert_eq!(
         network_json(&b)["Options"]["com.docker.network.driver.mtu"],
-        "65535"
+        "65521"
     );
     ok(&["network", "rm", &b]);
 
