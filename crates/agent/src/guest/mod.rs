@@ -1,15 +1,17 @@
 //! VM mode: the agent as the microVM's PID 1.
 //!
-//! One straight sequence of named steps — kernel file systems, modules, the control
-//! channel (`/dev/hvc0`), `Ready`, `Config`, `eth0`, the root from the disks, the command — each
-//! failing with a [`Failure`] that names it. Whatever happens, the VM ends powered off:
-//! after `Exit`, after an `Error` frame, and from a panic hook.
+//! One straight sequence of named steps — kernel file systems, modules, free page
+//! reporting, the control channel (`/dev/hvc0`), `Ready`, `Config`, `eth0`, the root from
+//! the disks, the command — each failing with a [`Failure`] that names it. Whatever
+//! happens, the VM ends powered off: after `Exit`, after an `Error` frame, and from a panic
+//! hook.
 //!
 //! The serial console stays silent unless something fatal happens; the host learns
 //! everything through frames.
 
 mod command;
 mod exec;
+mod memory;
 mod net;
 mod rootfs;
 mod sys;
@@ -96,6 +98,8 @@ pub fn run() -> ! {
 fn boot() -> Result<File, Failure> {
     rootfs::mount_early().map_err(Failure::setup("mount /proc, /sys and /dev"))?;
     rootfs::load_modules().map_err(Failure::setup("load kernel modules"))?;
+    // After the modules: the balloon registers for page reporting when its driver loads.
+    memory::report_small_blocks();
     rootfs::loopback_up();
     sys::wait_for(CONSOLE, CONSOLE_WAIT).map_err(Failure::setup(
         "find the virtio-console control channel (is virtio_console loaded and a console configured?)",
