@@ -128,7 +128,6 @@ impl Runtime {
             .canonicalize()
             .map_err(|e| Error::io("resolve bundle", bundle, e))?;
         let mut cfg = config::validate(id, &bundle, &spec)?;
-        tracing::debug!("spec loaded");
         if spec.hooks().is_some() {
             tracing::warn!("OCI hooks are not supported and will not run");
         }
@@ -190,10 +189,8 @@ impl Runtime {
         let fifo = dir.join(FIFO_FILE);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600))
             .map_err(|e| Error::sys("mkfifo", &fifo, e))?;
-        tracing::debug!("state saved");
 
         cgroup.create()?;
-        tracing::debug!("cgroup created");
         cgroup.apply(&cfg.resources)?;
         tracing::debug!(cgroup = ?cgroup.dirs.first().map(|d| &d.path), "cgroup ready");
 

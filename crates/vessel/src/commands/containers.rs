@@ -208,21 +208,9 @@ pub fn run(engine: &Engine, a: &RunArgs) -> CmdResult {
         .backend(isolation_of(a.isolation))
         .ok()
         .and_then(|b| b.warm_up());
-    // The monitor starts (a process, the engine opened) while the instance is created.
-    let mut early =
-        monitor::spawn(engine.root(), None, !a.detach, a.interactive, a.tty).map_err(fail)?;
-    let inst = match create_instance(engine, a) {
-        Ok(i) => i,
-        Err(e) => {
-            // Without an id the monitor ends at once.
-            early.abandon();
-            let _ = early.child.wait();
-            return Err(e);
-        }
-    };
+    let inst = create_instance(engine, a)?;
     tracing::debug!("run: created");
-    early.begin(&inst.id).map_err(fail)?;
-    start_one(engine, &inst, !a.detach, warm, Some(early))
+    start_one(engine, &inst, !a.detach, warm)
 }
 
 /// `vessel create`.
@@ -247,7 +235,7 @@ pub fn start(engine: &Engine, attach: bool, names: &[String]) -> CmdResult {
             .backend(inst.request.isolation)
             .ok()
             .and_then(|b| b.warm_up());
-        let code = start_one(engine, &inst, attach, warm, None)?;
+        let code = start_one(engine, &inst, attach, warm)?;
         if attach {
             status = code;
         } else {
@@ -289,15 +277,14 @@ impl Drop for RawMode {
 }
 
 /// Starts an instance's monitor; attached, waits for the end and returns its status.
-/// Starts `inst` through its monitor (`early`, one already told the instance, or a new
-/// one); `warm` (from [`Backend::warm_up`](crate::engine::backend::Backend::warm_up)) is
-/// dropped once the monitor has reported the start.
+/// Starts `inst` through its monitor; `warm` (from
+/// [`Backend::warm_up`](crate::engine::backend::Backend::warm_up)) is dropped once
+/// the monitor has reported the start.
 fn start_one(
     engine: &Engine,
     inst: &Instance,
     attached: bool,
     warm: Option<Box<dyn std::any::Any>>,
-    early: Option<monitor::Spawned>,
 ) -> CmdResult {
     let req = &inst.request;
     let mut blocked = SigSet::empty();
@@ -312,17 +299,8 @@ fn start_one(
         let _ = with_chld.thread_block();
     }
     let raw = RawMode::enable(attached && req.tty && req.interactive);
-    let mut m = match early {
-        Some(m) => m,
-        None => monitor::spawn(
-            engine.root(),
-            Some(&inst.id),
-            attached,
-            req.interactive,
-            req.tty,
-        )
-        .map_err(fail)?,
-    };
+    let mut m = monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
+        .map_err(fail)?;
     let first = m.next();
     drop(warm);
     let pid = match first {

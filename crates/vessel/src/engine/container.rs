@@ -205,7 +205,6 @@ impl Backend for ContainerBackend {
         let stdio = runtime_stdio(stdio);
         // A leftover from a crashed earlier start of the same instance would block create.
         let _ = self.runtime.delete(&inst.id, true);
-        tracing::debug!("no leftover");
         let mut state = self
             .runtime
             .create(

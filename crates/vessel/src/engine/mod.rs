@@ -505,12 +505,9 @@ impl Engine {
         if let Ok(b) = self.backend(inst.request.isolation) {
             b.cleanup(inst, &dir)?;
         }
-        tracing::debug!("purge: backend cleaned up");
         vessel_container::trash::remove_dir_soon(&dir, &self.root.join("trash"))
             .map_err(|e| EngineError::io("remove", &dir, e))?;
-        tracing::debug!("purge: directory trashed");
         self.store()?.release(&inst.id)?;
-        tracing::debug!("purge: image released");
         if let Some(att) = &inst.request.attachment {
             self.networks.disconnect(&inst.id, att)?;
         }

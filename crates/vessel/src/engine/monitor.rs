@@ -21,11 +21,6 @@ use super::{Engine, EngineError};
 
 /// The fd on which the monitor reports to its parent.
 pub const SYNC_FD: RawFd = 3;
-/// Where a monitor started before its instance existed reads the instance's id (one
-/// line; end of file: the instance was never created, nothing to do).
-pub const GO_FD: RawFd = 4;
-/// The id argument of a monitor that reads its instance's id from [`GO_FD`].
-pub const ID_LATER: &str = "-";
 
 /// What the monitor tells its parent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -131,19 +126,6 @@ pub fn run(engine: &Engine, id: &str, attached: bool) -> u8 {
         None
     };
     let mut sync = Sync(sync_file);
-    let later;
-    let id = if id == ID_LATER {
-        match read_go() {
-            Some(i) => {
-                later = i;
-                later.as_str()
-            }
-            // The instance was never created (the caller failed or died first).
-            None => return 0,
-        }
-    } else {
-        id
-    };
     let inst = match engine.catalogue().find(id) {
         Ok(i) => i,
         Err(e) => {
@@ -277,17 +259,13 @@ fn conclude(
     sync: &mut Sync,
 ) -> Result<u8, EngineError> {
     let backend = engine.backend(inst.request.isolation)?;
-    tracing::debug!("monitor: exited");
     engine
         .catalogue()
         .set_exited(&inst.id, exit.code, exit.oom_killed, &now(), None)?;
-    tracing::debug!("monitor: recorded the exit");
     backend.cleanup(inst, &engine.instance_dir(&inst.id))?;
-    tracing::debug!("monitor: cleaned up");
     sync.send(&Report::Exited { code: exit.code });
     if inst.request.auto_remove {
         engine.purge(inst)?;
-        tracing::debug!("monitor: removed");
     }
     Ok(exit.code.clamp(0, 255) as u8)
 }
@@ -600,51 +578,15 @@ fn resize(started: &Started) {
     }
 }
 
-/// The instance id our parent writes to [`GO_FD`] once it has created the instance;
-/// `None` if it closed the pipe without one (or there is no such descriptor).
-fn read_go() -> Option<String> {
-    use std::io::BufRead;
-    nix::fcntl::fcntl(
-        // SAFETY: probing whether fd 4 is open; nothing is done with it if not.
-        unsafe { BorrowedFd::borrow_raw(GO_FD) },
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .ok()?;
-    // SAFETY: fd 4 is handed to us by our parent for exactly this purpose; we own it now.
-    let go = unsafe { std::fs::File::from_raw_fd(GO_FD) };
-    let mut line = String::new();
-    std::io::BufReader::new(go).read_line(&mut line).ok()?;
-    let id = line.trim();
-    (!id.is_empty()).then(|| id.to_string())
-}
-
 /// A monitor started by `run`/`start`, and the pipe it reports on.
 pub struct Spawned {
     /// The monitor process (our child).
     pub child: std::process::Child,
     /// Its reports.
     pub reports: std::io::BufReader<std::fs::File>,
-    /// Where to send the instance's id, for a monitor spawned before its instance was
-    /// created ([`spawn`] without an id).
-    go: Option<std::fs::File>,
 }
 
 impl Spawned {
-    /// Tells a monitor spawned without an id which instance it monitors.
-    pub fn begin(&mut self, id: &str) -> Result<(), EngineError> {
-        use std::io::Write;
-        if let Some(mut go) = self.go.take() {
-            go.write_all(format!("{id}\n").as_bytes())
-                .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
-        }
-        Ok(())
-    }
-
-    /// Tells a monitor spawned without an id that there is no instance: it exits.
-    pub fn abandon(&mut self) {
-        self.go = None;
-    }
-
     /// The next report, or `None` if the monitor closed the pipe (it exited).
     pub fn next(&mut self) -> Option<Report> {
         use std::io::BufRead;
@@ -659,13 +601,9 @@ impl Spawned {
 /// Starts the monitor of instance `id`. With `attached`, it shares our stdout and stderr
 /// (and stdin if `stdin`); it stays in our session (to get SIGWINCH) only when it drives
 /// an attached terminal, and otherwise gets a session of its own so that it survives us.
-///
-/// Without an id the monitor is started ahead of its instance, so that starting a
-/// process and opening the engine overlap with creating the instance; it waits for
-/// [`Spawned::begin`], and exits quietly if that never comes.
 pub fn spawn(
     root: &std::path::Path,
-    id: Option<&str>,
+    id: &str,
     attached: bool,
     stdin: bool,
     tty: bool,
@@ -676,13 +614,8 @@ pub fn spawn(
         .map_err(|e| EngineError::Internal(format!("locate the vessel binary: {e}")))?;
     let (r, w) = pipe()?;
     let w_raw = w.as_raw_fd();
-    let go = id.is_none().then(pipe).transpose()?;
-    let go_raw = go.as_ref().map(|(r, _)| r.as_raw_fd());
     let mut cmd = Command::new(exe);
-    cmd.arg("--root")
-        .arg(root)
-        .arg("__monitor")
-        .arg(id.unwrap_or(ID_LATER));
+    cmd.arg("--root").arg(root).arg("__monitor").arg(id);
     if attached {
         cmd.arg("--attached");
     }
@@ -694,28 +627,11 @@ pub fn spawn(
     cmd.stdout(if attached { P::inherit() } else { P::null() });
     cmd.stderr(if attached { P::inherit() } else { P::null() });
     let own_session = !(attached && tty);
-    // SAFETY: only async-signal-safe calls (dup2, fcntl, sigprocmask, setsid) between fork
-    // and exec.
+    // SAFETY: only async-signal-safe calls (dup2, sigprocmask, setsid) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            let r = if w_raw == SYNC_FD {
-                libc::fcntl(w_raw, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(w_raw, SYNC_FD)
-            };
-            if r < 0 {
+            if libc::dup2(w_raw, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            if let Some(g) = go_raw {
-                // dup2 onto itself would keep close-on-exec; only a copy clears it.
-                let r = if g == GO_FD {
-                    libc::fcntl(g, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(g, GO_FD)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
             }
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut set);
@@ -733,6 +649,5 @@ pub fn spawn(
     Ok(Spawned {
         child,
         reports: std::io::BufReader::new(std::fs::File::from(r)),
-        go: go.map(|(_, w)| std::fs::File::from(w)),
     })
 }
