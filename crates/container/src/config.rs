@@ -67,6 +67,9 @@ pub(crate) struct OverlayMount {
     pub data: String,
     /// When set, paths in `data` are relative to this directory (to fit in a page).
     pub chdir: Option<PathBuf>,
+    /// `data` ends with `,volatile` (see [`OverlayAnnotation`]); a kernel without the
+    /// option (before 5.10) is retried without it.
+    pub volatile: bool,
 }
 
 /// The overlay annotation's JSON value.
@@ -75,6 +78,10 @@ struct OverlayAnnotation {
     lower: Vec<PathBuf>,
     upper: PathBuf,
     work: PathBuf,
+    /// Mount with `volatile`: the upper directory is never synced (not on `sync`, not at
+    /// unmount), for a container whose writes are thrown away with it (`--rm`).
+    #[serde(default)]
+    volatile: bool,
 }
 
 /// A mount from the spec with its options decoded.
@@ -616,15 +623,20 @@ pub(crate) fn overlay_mount(json: &str) -> Result<OverlayMount> {
     }
     let render = |f: &dyn Fn(&PathBuf) -> String| {
         format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}{}",
             a.lower.iter().map(f).collect::<Vec<_>>().join(":"),
             f(&a.upper),
-            f(&a.work)
+            f(&a.work),
+            if a.volatile { ",volatile" } else { "" }
         )
     };
     let data = render(&|p| p.to_string_lossy().into_owned());
     if data.len() <= MAX_MOUNT_DATA {
-        return Ok(OverlayMount { data, chdir: None });
+        return Ok(OverlayMount {
+            data,
+            chdir: None,
+            volatile: a.volatile,
+        });
     }
     // Common parent of every layer.
     let mut common: PathBuf = all[0].clone();
@@ -648,6 +660,7 @@ pub(crate) fn overlay_mount(json: &str) -> Result<OverlayMount> {
     Ok(OverlayMount {
         data: rel,
         chdir: Some(common),
+        volatile: a.volatile,
     })
 }
 
@@ -697,6 +710,15 @@ mod tests {
             "lowerdir=/l/top:/l/bottom,upperdir=/c/up,workdir=/c/work"
         );
         assert_eq!(o.chdir, None);
+        assert!(!o.volatile);
+        let o =
+            overlay_mount(r#"{"lower":["/l"],"upper":"/c/up","work":"/c/work","volatile":true}"#)
+                .unwrap();
+        assert_eq!(
+            o.data,
+            "lowerdir=/l,upperdir=/c/up,workdir=/c/work,volatile"
+        );
+        assert!(o.volatile);
 
         let json = |n: usize| {
             let lower: Vec<String> = (0..n)

@@ -17,6 +17,26 @@ fn echo_prints_and_exits_zero() {
 }
 
 #[test]
+fn only_a_throwaway_root_is_mounted_volatile() {
+    // `--rm`: the upper directory goes with the container, so it is never synced.
+    let root = |args: &[&str]| {
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["busybox", "sh", "-c", "grep ' / / ' /proc/self/mountinfo"]);
+        let o = vessel(&a);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let line = stdout(&o);
+        assert!(line.contains(" - overlay "), "{line}");
+        line
+    };
+    assert!(root(&["--rm"]).contains("volatile"));
+    let n = name("keep");
+    let kept = root(&["--name", &n]);
+    assert!(!kept.contains("volatile"), "{kept}");
+    ok(&["rm", &n]);
+}
+
+#[test]
 fn exit_status_propagates() {
     assert_eq!(
         code(&vessel(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])),

@@ -36,13 +36,22 @@ pub(crate) fn prepare_root(cfg: &ContainerConfig) -> Result<()> {
             if let Some(dir) = &ov.chdir {
                 chdir(dir).map_err(|e| Error::sys("chdir to layer parent", dir, e))?;
             }
-            mount(
-                Some("overlay"),
-                &cfg.rootfs,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(ov.data.as_str()),
-            )
+            let over = |data: &str| {
+                mount(
+                    Some("overlay"),
+                    &cfg.rootfs,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data),
+                )
+            };
+            match over(&ov.data) {
+                // `volatile` is Linux 5.10's: without it the upper directory is synced.
+                Err(nix::errno::Errno::EINVAL) if ov.volatile => {
+                    over(ov.data.trim_end_matches(",volatile"))
+                }
+                r => r,
+            }
             .map_err(|e| {
                 Error::InitFailed(format!(
                     "mount overlay on {} (options {}): {e}",

@@ -146,6 +146,8 @@ impl Backend for ContainerBackend {
             "lower": top_first,
             "upper": dir.join("upper"),
             "work": dir.join("work"),
+            // Thrown away with the container: no need to sync it (at unmount, too).
+            "volatile": req.auto_remove,
         });
         let mut annotations = HashMap::new();
         annotations.insert(spec::OVERLAY_ANNOTATION.to_string(), overlay.to_string());
@@ -194,17 +196,11 @@ impl Backend for ContainerBackend {
         std::fs::write(&p, json).map_err(|e| EngineError::io("write", &p, e))
     }
 
-    fn warm_up(&self) -> Option<Box<dyn std::any::Any>> {
-        // The container's first cgroup migration then finds the kernel's cgroup rwsem
-        // ready for writers instead of waiting out an RCU grace period (see
-        // vessel_container::cgroups::warm).
-        vessel_container::warm_cgroup_attach().map(|w| Box::new(w) as Box<dyn std::any::Any>)
-    }
-
     fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started> {
         let stdio = runtime_stdio(stdio);
         // A leftover from a crashed earlier start of the same instance would block create.
         let _ = self.runtime.delete(&inst.id, true);
+        tracing::debug!("no leftover");
         let mut state = self
             .runtime
             .create(
