@@ -128,6 +128,7 @@ impl Runtime {
             .canonicalize()
             .map_err(|e| Error::io("resolve bundle", bundle, e))?;
         let mut cfg = config::validate(id, &bundle, &spec)?;
+        tracing::debug!("spec loaded");
         if spec.hooks().is_some() {
             tracing::warn!("OCI hooks are not supported and will not run");
         }
@@ -189,8 +190,10 @@ impl Runtime {
         let fifo = dir.join(FIFO_FILE);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600))
             .map_err(|e| Error::sys("mkfifo", &fifo, e))?;
+        tracing::debug!("state saved");
 
         cgroup.create()?;
+        tracing::debug!("cgroup created");
         cgroup.apply(&cfg.resources)?;
         tracing::debug!(cgroup = ?cgroup.dirs.first().map(|d| &d.path), "cgroup ready");
 
@@ -316,8 +319,14 @@ impl Runtime {
             tracing::warn!("processes still in the cgroup after SIGKILL");
         }
         p.cgroup.destroy()?;
-        crate::trash::remove_dir_soon(&dir, &self.state_root.join(".trash"))
-            .map_err(|e| Error::io("remove", &dir, e))?;
+        // A few small files (on tmpfs under /run, usually): removed here, in
+        // microseconds, rather than by a background process that takes longer to start.
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                return Err(Error::io("remove", &dir, e));
+            }
+            _ => {}
+        }
         tracing::info!("container deleted");
         Ok(())
     }
