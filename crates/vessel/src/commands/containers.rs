@@ -1,10 +1,12 @@
 //! `run`, `create`, `start`, `ps`, `logs`, `exec`, `stop`, `kill`, `wait`, `rm`, `inspect`.
 
 use std::io::{IsTerminal, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::json;
 
 use crate::cli::{ExecArgs, Format, IsolationArg, LogsArgs, PsArgs, RunArgs};
@@ -195,7 +197,7 @@ fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
         .map_err(fail)
 }
 
-fn isolation_of(a: IsolationArg) -> Isolation {
+pub fn isolation_of(a: IsolationArg) -> Isolation {
     match a {
         IsolationArg::Container => Isolation::Container,
         IsolationArg::Vm => Isolation::Vm,
@@ -203,14 +205,24 @@ fn isolation_of(a: IsolationArg) -> Isolation {
 }
 
 /// `vessel run`.
-pub fn run(engine: &Engine, a: &RunArgs) -> CmdResult {
-    let warm = engine
-        .backend(isolation_of(a.isolation))
-        .ok()
-        .and_then(|b| b.warm_up());
-    let inst = create_instance(engine, a)?;
+/// `warm` comes from [`Engine::warm_up`] and `early` from [`monitor::fork_early`], both
+/// called before the engine was opened.
+pub fn run(
+    engine: &Engine,
+    a: &RunArgs,
+    warm: Option<Box<dyn std::any::Any>>,
+    mut early: monitor::Spawned,
+) -> CmdResult {
+    let inst = match create_instance(engine, a) {
+        Ok(i) => i,
+        Err(f) => {
+            early.abandon();
+            return Err(f);
+        }
+    };
     tracing::debug!("run: created");
-    start_one(engine, &inst, !a.detach, warm)
+    early.begin(&inst.id).map_err(fail)?;
+    start_one(engine, &inst, !a.detach, warm, Some(early))
 }
 
 /// `vessel create`.
@@ -231,11 +243,8 @@ pub fn start(engine: &Engine, attach: bool, names: &[String]) -> CmdResult {
             }
             continue;
         }
-        let warm = engine
-            .backend(inst.request.isolation)
-            .ok()
-            .and_then(|b| b.warm_up());
-        let code = start_one(engine, &inst, attach, warm)?;
+        let warm = Engine::warm_up(inst.request.isolation);
+        let code = start_one(engine, &inst, attach, warm, None)?;
         if attach {
             status = code;
         } else {
@@ -276,15 +285,15 @@ impl Drop for RawMode {
     }
 }
 
-/// Starts an instance's monitor; attached, waits for the end and returns its status.
-/// Starts `inst` through its monitor; `warm` (from
-/// [`Backend::warm_up`](crate::engine::backend::Backend::warm_up)) is dropped once
-/// the monitor has reported the start.
+/// Starts `inst` through its monitor (`early`, one forked ahead and told the instance,
+/// or a new one); attached, waits for the end and returns its status. `warm` (from
+/// [`Engine::warm_up`]) is dropped once the monitor has reported the start.
 fn start_one(
     engine: &Engine,
     inst: &Instance,
     attached: bool,
     warm: Option<Box<dyn std::any::Any>>,
+    early: Option<monitor::Spawned>,
 ) -> CmdResult {
     let req = &inst.request;
     let mut blocked = SigSet::empty();
@@ -299,21 +308,24 @@ fn start_one(
         let _ = with_chld.thread_block();
     }
     let raw = RawMode::enable(attached && req.tty && req.interactive);
-    let mut m = monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
-        .map_err(fail)?;
+    let mut m = match early {
+        Some(m) => m,
+        None => monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
+            .map_err(fail)?,
+    };
     let first = m.next();
     drop(warm);
     let pid = match first {
         Some(Report::Started { pid }) => pid,
         Some(Report::Error { code, message }) => {
             drop(raw);
-            let _ = m.child.wait();
+            let _ = m.wait();
             return Err(Failure::new(code, message));
         }
-        Some(Report::Exited { code }) => return Ok(code as u8),
+        Some(Report::Exited { code } | Report::Done { code }) => return Ok(code as u8),
         None => {
             drop(raw);
-            let st = m.child.wait();
+            let st = m.wait();
             return Err(Failure::new(
                 125,
                 format!(
@@ -328,34 +340,56 @@ fn start_one(
         return Ok(0);
     }
     let target = nix::unistd::Pid::from_raw(pid);
-    // SIGCHLD (blocked with the proxied signals) wakes us the moment the monitor exits.
+    // The proxied signals and SIGCHLD (the monitor's exit), blocked above, arrive here.
     let mut waitset = blocked;
     waitset.add(Signal::SIGCHLD);
+    let signals = SignalFd::with_flags(&waitset, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| Failure::new(125, format!("signalfd: {e}")))?;
+    use std::os::unix::process::ExitStatusExt;
+    let status = |st: std::process::ExitStatus| match (st.code(), st.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => (128 + s) as u8,
+        _ => 125,
+    };
     let code = loop {
-        if let Ok(Some(st)) = m.child.try_wait() {
-            break st;
+        if let Ok(Some(st)) = m.try_wait() {
+            break status(st);
         }
-        // SAFETY: sigtimedwait with a valid set and timeout; no siginfo requested.
-        let sig = unsafe {
-            let ts = libc::timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            };
-            libc::sigtimedwait(waitset.as_ref(), std::ptr::null_mut(), &ts)
+        let (report, signal) = if m.buffered() {
+            (true, false)
+        } else {
+            let mut fds = [
+                PollFd::new(m.report_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            if poll(&mut fds, PollTimeout::from(1000u16)).is_err() {
+                continue;
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
         };
-        if sig > 0 && sig != libc::SIGCHLD {
-            if let Ok(s) = Signal::try_from(sig) {
-                let _ = nix::sys::signal::kill(target, s);
+        if signal {
+            while let Ok(Some(info)) = signals.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD {
+                    if let Ok(s) = Signal::try_from(sig) {
+                        let _ = nix::sys::signal::kill(target, s);
+                    }
+                }
+            }
+        }
+        if report {
+            match m.next() {
+                // Everything is done, removal included: the monitor's own exit is not
+                // worth waiting for.
+                Some(Report::Done { code }) => break code.clamp(0, 255) as u8,
+                Some(_) => {}
+                None => break m.wait().map(status).unwrap_or(125),
             }
         }
     };
     drop(raw);
-    use std::os::unix::process::ExitStatusExt;
-    Ok(match (code.code(), code.signal()) {
-        (Some(c), _) => c as u8,
-        (None, Some(s)) => (128 + s) as u8,
-        _ => 125,
-    })
+    Ok(code)
 }
 
 fn short(id: &str, full: bool) -> &str {

@@ -20,7 +20,21 @@ pub fn run(cli: Cli) -> CmdResult {
     let store = || Store::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     let engine = || Engine::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     match cli.command {
-        Command::Run(a) => containers::run(&engine()?, &a),
+        Command::Run(a) => {
+            // First, while this process has one thread and no database open: the
+            // instance's monitor, forked, opens the engine while we create the instance.
+            let early = crate::engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty)
+                .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
+            // Before the engine opens: the warm-up overlaps with that too.
+            let warm = Engine::warm_up(containers::isolation_of(a.isolation));
+            match engine() {
+                Ok(engine) => containers::run(&engine, &a, warm, early),
+                Err(f) => {
+                    early.abandon();
+                    Err(f)
+                }
+            }
+        }
         Command::Create(a) => containers::create(&engine()?, &a),
         Command::Start { attach, instances } => containers::start(&engine()?, attach, &instances),
         Command::Ps(a) => containers::ps(&engine()?, &a),

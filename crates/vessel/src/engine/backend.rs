@@ -64,13 +64,6 @@ pub struct ExecRequest {
 /// that created the instance: all state is on disk under `dir` or in the backend's own
 /// runtime directory.
 pub trait Backend: Sync {
-    /// Called by the process about to start an instance, before anything else: lets the
-    /// backend begin slow host work that does not depend on the instance, in parallel
-    /// with recording it and starting its monitor. Whatever it returns is dropped once
-    /// the instance has started (or failed to).
-    fn warm_up(&self) -> Option<Box<dyn std::any::Any>> {
-        None
-    }
     /// Lays out what the instance needs (a bundle, a disk) under its directory `dir`.
     /// `layers` are the image's unpacked layer directories, bottom first.
     fn prepare(&self, inst: &Instance, dir: &Path, layers: &[PathBuf]) -> Result<()>;

@@ -143,6 +143,21 @@ impl Engine {
         })
     }
 
+    /// Begins slow host work that a start of an instance of `isolation` will need and
+    /// that depends on nothing else, so that it overlaps with opening the engine,
+    /// recording the instance and starting its monitor. Call it first thing; drop what
+    /// it returns once the instance has started (or failed to).
+    pub fn warm_up(isolation: Isolation) -> Option<Box<dyn std::any::Any>> {
+        match isolation {
+            // The container's first cgroup migration then finds the kernel's cgroup
+            // rwsem ready for writers instead of waiting out an RCU grace period (see
+            // vessel_container::cgroups::warm).
+            Isolation::Container => vessel_container::warm_cgroup_attach()
+                .map(|w| Box::new(w) as Box<dyn std::any::Any>),
+            Isolation::Vm => None,
+        }
+    }
+
     /// The image store.
     pub fn store(&self) -> Result<&Store> {
         if let Some(s) = self.store.get() {
@@ -505,9 +520,12 @@ impl Engine {
         if let Ok(b) = self.backend(inst.request.isolation) {
             b.cleanup(inst, &dir)?;
         }
+        tracing::debug!("purge: backend cleaned up");
         vessel_container::trash::remove_dir_soon(&dir, &self.root.join("trash"))
             .map_err(|e| EngineError::io("remove", &dir, e))?;
+        tracing::debug!("purge: directory trashed");
         self.store()?.release(&inst.id)?;
+        tracing::debug!("purge: image released");
         if let Some(att) = &inst.request.attachment {
             self.networks.disconnect(&inst.id, att)?;
         }

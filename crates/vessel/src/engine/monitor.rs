@@ -1,10 +1,12 @@
 //! The per-instance monitor (like conmon): the parent of the instance's main process.
 //!
-//! It is `vessel` itself, re-executed with a hidden subcommand by `run`/`start`, so that
-//! `vessel` needs no daemon: the monitor outlives the command that started it, copies the
-//! instance's output into its log (and to the attached terminal, if any), forwards
-//! signals, waits for the exit, records it in the catalogue, cleans up, and exits with
-//! the instance's exit status. It reports to its parent over a pipe (fd 3) in JSON lines.
+//! It is `vessel` itself: forked by `run` as its first act ([`fork_early`]: it opens the
+//! engine while `run` records the instance, then learns the instance's id), re-executed
+//! with a hidden subcommand by `start` ([`spawn`]). So `vessel` needs no daemon: the
+//! monitor outlives the command that started it, copies the instance's output into its
+//! log (and to the attached terminal, if any), forwards signals, waits for the exit,
+//! records it in the catalogue, cleans up, and exits with the instance's exit status. It
+//! reports to its parent over a pipe (fd 3 when exec'd) in JSON lines.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -40,6 +42,13 @@ pub enum Report {
     },
     /// It ran and ended with `code`.
     Exited {
+        /// Exit status (128 + signal if killed).
+        code: i32,
+    },
+    /// The monitor's last word: the instance ended with `code`, its exit is recorded and
+    /// what it held is released (and with `--rm` it is removed). All that is left is the
+    /// monitor's own exit, which an attached caller need not wait for.
+    Done {
         /// Exit status (128 + signal if killed).
         code: i32,
     },
@@ -106,7 +115,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// Runs the monitor for instance `id`; returns the process exit status.
+/// Runs the monitor for instance `id` (`vessel __monitor`), reporting on fd 3 if our
+/// parent gave us one; returns the process exit status.
 pub fn run(engine: &Engine, id: &str, attached: bool) -> u8 {
     // SAFETY: fd 3 is handed to us by our parent for exactly this purpose (or is absent).
     let sync_file = if nix::fcntl::fcntl(
@@ -125,6 +135,11 @@ pub fn run(engine: &Engine, id: &str, attached: bool) -> u8 {
     } else {
         None
     };
+    run_with(engine, id, attached, sync_file)
+}
+
+/// Runs the monitor for instance `id`, reporting on `sync_file`.
+fn run_with(engine: &Engine, id: &str, attached: bool, sync_file: Option<std::fs::File>) -> u8 {
     let mut sync = Sync(sync_file);
     let inst = match engine.catalogue().find(id) {
         Ok(i) => i,
@@ -259,14 +274,19 @@ fn conclude(
     sync: &mut Sync,
 ) -> Result<u8, EngineError> {
     let backend = engine.backend(inst.request.isolation)?;
+    tracing::debug!("monitor: exited");
     engine
         .catalogue()
         .set_exited(&inst.id, exit.code, exit.oom_killed, &now(), None)?;
+    tracing::debug!("monitor: recorded the exit");
     backend.cleanup(inst, &engine.instance_dir(&inst.id))?;
+    tracing::debug!("monitor: cleaned up");
     sync.send(&Report::Exited { code: exit.code });
     if inst.request.auto_remove {
         engine.purge(inst)?;
+        tracing::debug!("monitor: removed");
     }
+    sync.send(&Report::Done { code: exit.code });
     Ok(exit.code.clamp(0, 255) as u8)
 }
 
@@ -581,9 +601,12 @@ fn resize(started: &Started) {
 /// A monitor started by `run`/`start`, and the pipe it reports on.
 pub struct Spawned {
     /// The monitor process (our child).
-    pub child: std::process::Child,
+    pid: nix::unistd::Pid,
     /// Its reports.
-    pub reports: std::io::BufReader<std::fs::File>,
+    reports: std::io::BufReader<std::fs::File>,
+    /// For a monitor forked ahead of its instance ([`fork_early`]): where it learns the
+    /// instance's id.
+    go: Option<std::fs::File>,
 }
 
 impl Spawned {
@@ -594,6 +617,166 @@ impl Spawned {
         match self.reports.read_line(&mut line) {
             Ok(0) | Err(_) => None,
             Ok(_) => serde_json::from_str(&line).ok(),
+        }
+    }
+
+    /// The pipe the reports come on, to poll: see also [`Spawned::buffered`].
+    pub fn report_fd(&self) -> BorrowedFd<'_> {
+        self.reports.get_ref().as_fd()
+    }
+
+    /// Whether report bytes were read from the pipe but not yet returned by
+    /// [`Spawned::next`] (polling the pipe would not show them).
+    pub fn buffered(&self) -> bool {
+        !self.reports.buffer().is_empty()
+    }
+
+    /// Tells a monitor from [`fork_early`] which instance to monitor (the id is recorded
+    /// in the catalogue by now).
+    pub fn begin(&mut self, id: &str) -> Result<(), EngineError> {
+        if let Some(mut go) = self.go.take() {
+            go.write_all(format!("{id}\n").as_bytes())
+                .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Tells a monitor from [`fork_early`] that there is no instance after all (creating
+    /// it failed), and waits for it to exit.
+    pub fn abandon(mut self) {
+        self.go = None;
+        let _ = self.wait();
+    }
+
+    /// Waits for the monitor to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            match self.reap(false) {
+                Ok(Some(st)) => return Ok(st),
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The monitor's exit status if it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.reap(true)
+    }
+
+    fn reap(&mut self, nohang: bool) -> std::io::Result<Option<std::process::ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        let flags = if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(self.pid.as_raw(), &mut status, flags) };
+        match r {
+            0 => Ok(None),
+            r if r > 0 => Ok(Some(std::process::ExitStatus::from_raw(status))),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Forks the monitor of an instance that is yet to be created, so that starting a
+/// process and opening the engine in it overlap with creating the instance here. It
+/// waits for [`Spawned::begin`] (or exits at once, with status 0, after
+/// [`Spawned::abandon`] or our exit). Call it while this process has only one thread
+/// and has not opened any database: the child continues this program, without exec.
+/// `attached`, `stdin` and `tty` are as for [`spawn`].
+pub fn fork_early(
+    root: &std::path::Path,
+    attached: bool,
+    stdin: bool,
+    tty: bool,
+) -> Result<Spawned, EngineError> {
+    let (r, w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| EngineError::io("open", "/dev/null", e))?;
+    // Anything buffered would be written twice, by both processes.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: this process is single-threaded (see above), so the child may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(EngineError::Internal(format!(
+            "start the monitor: fork: {e}"
+        ))),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop((w, go_r));
+            Ok(Spawned {
+                pid: child,
+                reports: std::io::BufReader::new(std::fs::File::from(r)),
+                go: Some(std::fs::File::from(go_w)),
+            })
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop((r, go_w));
+            let code = early_child(root, attached, stdin, tty, w, go_r, null);
+            let _ = std::io::stdout().flush();
+            // SAFETY: ends the child without running the parent's exit handlers twice.
+            unsafe { libc::_exit(code as i32) }
+        }
+    }
+}
+
+/// The body of a monitor from [`fork_early`]; returns its exit status.
+fn early_child(
+    root: &std::path::Path,
+    attached: bool,
+    stdin: bool,
+    tty: bool,
+    sync: OwnedFd,
+    go: OwnedFd,
+    null: std::fs::File,
+) -> u8 {
+    use std::io::BufRead;
+    // What `spawn` sets up for an exec'd monitor.
+    let null_fd = null.as_raw_fd();
+    // SAFETY: dup2 onto the standard descriptors of this (single-threaded) process.
+    unsafe {
+        if !(attached && stdin) {
+            libc::dup2(null_fd, 0);
+        }
+        if !attached {
+            libc::dup2(null_fd, 1);
+            libc::dup2(null_fd, 2);
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        if !(attached && tty) {
+            libc::setsid();
+        }
+    }
+    drop(null);
+    // Opened while our parent creates the instance.
+    let engine = Engine::open(root);
+    let mut line = String::new();
+    let id = match std::io::BufReader::new(std::fs::File::from(go)).read_line(&mut line) {
+        Ok(n) if n > 0 && !line.trim().is_empty() => line.trim(),
+        // No instance: our parent failed to create it, or died first.
+        _ => return 0,
+    };
+    let sync = std::fs::File::from(sync);
+    match engine {
+        Ok(engine) => run_with(&engine, id, attached, Some(sync)),
+        Err(e) => {
+            Sync(Some(sync)).send(&Report::Error {
+                code: 125,
+                message: e.to_string(),
+            });
+            125
         }
     }
 }
@@ -647,7 +830,8 @@ pub fn spawn(
         .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
     drop(w);
     Ok(Spawned {
-        child,
+        pid: nix::unistd::Pid::from_raw(child.id() as i32),
         reports: std::io::BufReader::new(std::fs::File::from(r)),
+        go: None,
     })
 }
