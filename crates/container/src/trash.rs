@@ -22,21 +22,42 @@ const STALE: Duration = Duration::from_secs(60);
 /// moved (another filesystem, a mount point) or no background process can be started.
 /// A missing `dir` is not an error.
 pub fn remove_dir_soon(dir: &Path, trash: &Path) -> io::Result<()> {
+    match move_to_trash(dir, trash)? {
+        Some(moved) => {
+            empty_soon(trash, &[moved]);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// The first half of [`remove_dir_soon`]: moves `dir` into `trash` (or, where it cannot
+/// be moved, removes it here) and returns where it went, for [`empty_soon`]. `None`: there
+/// is nothing left to delete.
+pub fn move_to_trash(dir: &Path, trash: &Path) -> io::Result<Option<PathBuf>> {
     if fs::symlink_metadata(dir).is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let moved = fs::create_dir_all(trash).and_then(|()| {
         let to = trash.join(unique_name());
         fs::rename(dir, &to).map(|()| to)
     });
-    let moved = match moved {
-        Ok(m) => m,
+    match moved {
+        Ok(m) => Ok(Some(m)),
         // Removed meanwhile by a concurrent cleanup of the same instance: done.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => return remove_all_if_there(dir),
-    };
-    let mut victims = vec![moved.clone()];
-    victims.extend(stale_entries(trash, &moved));
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(_) => remove_all_if_there(dir).map(|()| None),
+    }
+}
+
+/// The second half of [`remove_dir_soon`]: deletes `moved` (entries of `trash`), and any
+/// entry a crash left there, in a background `rm -rf`; here if it cannot be started.
+pub fn empty_soon(trash: &Path, moved: &[PathBuf]) {
+    if moved.is_empty() {
+        return;
+    }
+    let mut victims = moved.to_vec();
+    victims.extend(stale_entries(trash, moved));
     let spawned = Command::new("rm")
         .arg("-rf")
         .arg("--one-file-system")
@@ -46,10 +67,11 @@ pub fn remove_dir_soon(dir: &Path, trash: &Path) -> io::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    match spawned {
-        // Not waited for: it outlives short-lived callers and is reaped by init.
-        Ok(_child) => Ok(()),
-        Err(_) => remove_all_if_there(&moved),
+    // Not waited for: it outlives short-lived callers and is reaped by init.
+    if spawned.is_err() {
+        for m in moved {
+            let _ = remove_all_if_there(m);
+        }
     }
 }
 
@@ -68,14 +90,14 @@ fn unique_name() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-fn stale_entries(trash: &Path, except: &Path) -> Vec<PathBuf> {
+fn stale_entries(trash: &Path, except: &[PathBuf]) -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir(trash) else {
         return Vec::new();
     };
     let now = SystemTime::now();
     rd.flatten()
         .map(|e| e.path())
-        .filter(|p| p != except)
+        .filter(|p| !except.contains(p))
         .filter(|p| {
             fs::symlink_metadata(p)
                 .and_then(|m| m.modified())

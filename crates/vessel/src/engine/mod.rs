@@ -114,6 +114,16 @@ pub struct Engine {
     container: ContainerBackend,
     vm: vm::VmBackend,
     networks: vessel_network::Networks,
+    /// Instance directories moved into the trash, deleted (in the background) when the
+    /// engine is dropped: after the monitor's last report, not before it.
+    trashed: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let moved = std::mem::take(self.trashed.get_mut().unwrap_or_else(|e| e.into_inner()));
+        vessel_container::trash::empty_soon(&self.root.join("trash"), &moved);
+    }
 }
 
 /// What `create` needs beyond the request.
@@ -140,6 +150,7 @@ impl Engine {
             container,
             vm: vm::VmBackend::new(root, vessel_network::Networks::from_env()),
             networks: vessel_network::Networks::from_env(),
+            trashed: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -521,8 +532,15 @@ impl Engine {
             b.cleanup(inst, &dir)?;
         }
         tracing::debug!("purge: backend cleaned up");
-        vessel_container::trash::remove_dir_soon(&dir, &self.root.join("trash"))
-            .map_err(|e| EngineError::io("remove", &dir, e))?;
+        // Gone from its place at once; its contents are deleted when we are dropped.
+        if let Some(moved) = vessel_container::trash::move_to_trash(&dir, &self.root.join("trash"))
+            .map_err(|e| EngineError::io("remove", &dir, e))?
+        {
+            self.trashed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(moved);
+        }
         tracing::debug!("purge: directory trashed");
         self.store()?.release(&inst.id)?;
         tracing::debug!("purge: image released");
