@@ -192,12 +192,16 @@ impl Runtime {
             .map_err(|e| Error::sys("mkfifo", &fifo, e))?;
         tracing::debug!("state saved");
 
-        cgroup.create()?;
-        tracing::debug!("cgroup created");
-        cgroup.apply(&cfg.resources)?;
-        tracing::debug!(cgroup = ?cgroup.dirs.first().map(|d| &d.path), "cgroup ready");
-
-        let spawned = process::spawn_init(&cfg, &cgroup, opts.stdio, &fifo)?;
+        // The cgroup is created and joined while the init sets up its mounts: the first
+        // cgroup migration on a quiet host waits out an RCU grace period (see
+        // cgroups::warm), and this way the init's setup runs in that time.
+        let spawned = process::spawn_init(&cfg, &cgroup, opts.stdio, &fifo, || {
+            cgroup.create()?;
+            tracing::debug!("cgroup created");
+            cgroup.apply(&cfg.resources)?;
+            tracing::debug!(cgroup = ?cgroup.dirs.first().map(|d| &d.path), "cgroup ready");
+            Ok(())
+        })?;
         cleanup.init = Some(spawned.pid);
         let (_, start_time) = state::read_proc_stat(spawned.pid.as_raw())
             .ok_or_else(|| Error::InitGone(id.to_string()))?;

@@ -18,8 +18,11 @@ use crate::error::{Error, Result};
 pub(crate) enum Msg {
     /// Intermediate -> runtime: I unshared the user namespace, write my id maps.
     UserNsReady,
-    /// Runtime -> intermediate: cgroup joined (and id maps written), go on.
+    /// Runtime -> intermediate: id maps written (and, for `exec`, cgroup joined), go on.
     Go,
+    /// Runtime -> container init: you are in the container's cgroup; go on to what
+    /// depends on it (the cgroup namespace, cgroup mounts, running anything).
+    Joined,
     /// Intermediate -> runtime: host pid of the container process.
     Pid(i32),
     /// Container process -> runtime: the pty master is attached.

@@ -22,6 +22,28 @@ fn fail(chan: &Channel, e: Error) -> ! {
     exit(1)
 }
 
+/// Waits until the runtime has moved us into the container's cgroup, then makes the
+/// container's cgroup namespace (if it has one of its own), rooted there.
+fn join_cgroup(cfg: &ContainerConfig, chan: &Channel) -> Result<()> {
+    loop {
+        match chan.recv()? {
+            Some((Msg::Joined, _)) => break,
+            // The intermediate's Go, or our own messages, are not for us.
+            Some(_) => continue,
+            None => {
+                return Err(Error::InitFailed(
+                    "the runtime went away during setup".into(),
+                ))
+            }
+        }
+    }
+    if cfg.new_ns(CloneFlags::CLONE_NEWCGROUP) {
+        unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| Error::syscall("unshare(CLONE_NEWCGROUP)", e))?;
+    }
+    Ok(())
+}
+
 fn wait_go(chan: &Channel) -> Result<()> {
     match chan.recv()? {
         Some((Msg::Go, _)) => Ok(()),
@@ -76,12 +98,12 @@ fn intermediate_steps(cfg: &ContainerConfig, chan: &Channel) -> Result<libc::pid
     wait_go(chan)?;
     let mut flags = CloneFlags::empty();
     for ns in cfg.namespaces.iter().filter(|n| n.path.is_none()) {
-        if ns.flag != CloneFlags::CLONE_NEWUSER {
+        // A new cgroup namespace is rooted at the cgroup of whoever makes it: the init
+        // makes it, once the runtime has moved it into the container's cgroup (Joined).
+        if ns.flag != CloneFlags::CLONE_NEWUSER && ns.flag != CloneFlags::CLONE_NEWCGROUP {
             flags |= ns.flag;
         }
     }
-    // After the cgroup join (done by the runtime before Go), so a new cgroup namespace
-    // is rooted at the container's cgroup.
     unshare(flags).map_err(|e| Error::syscall(format!("unshare({flags:?})"), e))?;
     setup::clone_parent()
 }
@@ -134,7 +156,18 @@ fn init_steps(
             .map_err(|e| Error::syscall("setresuid(0) in user namespace", e))?;
     }
     rootfs::prepare_root(cfg)?;
-    rootfs::mount_all(cfg, cgroup)?;
+    // Everything up to the first cgroup mount runs while the runtime creates and joins
+    // our cgroup; the rest waits for it.
+    let mut joined = false;
+    let mut join = || -> Result<()> {
+        if !joined {
+            join_cgroup(cfg, chan)?;
+            joined = true;
+        }
+        Ok(())
+    };
+    rootfs::mount_all(cfg, cgroup, &mut join)?;
+    join()?;
     rootfs::setup_dev(cfg)?;
     rootfs::pivot(&cfg.rootfs)?;
     if p.terminal {

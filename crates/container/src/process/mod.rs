@@ -141,11 +141,18 @@ fn expect_pid(chan: &Channel) -> Result<Pid> {
 }
 
 /// Start the container init, leave it blocked on `fifo` and return once it is ready.
+///
+/// `prepare_cgroup` creates the container's cgroup and applies its limits. It runs once
+/// the init exists, while the init sets up its root filesystem; then the init is moved
+/// into the cgroup, and only then does it go on to what depends on that (its cgroup
+/// namespace and mounts) and, later, to run anything of the container's. Kernel memory
+/// of the namespaces and mounts made before the move is charged to our cgroup.
 pub(crate) fn spawn_init(
     cfg: &ContainerConfig,
     cgroup: &Cgroup,
     stdio: Stdio,
     fifo: &Path,
+    prepare_cgroup: impl FnOnce() -> Result<()>,
 ) -> Result<Spawned> {
     let (ours, theirs) = Channel::pair()?;
     // Opened here, as real root, so init needs no access to the state dir (it may run
@@ -168,7 +175,6 @@ pub(crate) fn spawn_init(
     // Only init may hold the read side, or `start` could not tell whether it waits.
     drop(fifo_fd);
     let guard = ChildGuard(Some(child));
-    cgroup.add_pid(child)?;
     if cfg.new_ns(CloneFlags::CLONE_NEWUSER) {
         match ours.recv()? {
             Some((Msg::UserNsReady, _)) => write_id_maps(child, cfg)?,
@@ -186,6 +192,18 @@ pub(crate) fn spawn_init(
     // The intermediate exits right after reporting; reap it (ECHILD if the caller
     // reaps children itself).
     let _ = waitpid(guard.disarm(), None);
+
+    if let Err(e) = prepare_cgroup().and_then(|()| cgroup.add_pid(pid)) {
+        // An init that failed meanwhile said why (e.g. 127): that is the error to report.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        while let Ok(Some((m, _))) = ours.recv() {
+            if let Msg::Error(ce) = m {
+                return Err(ce.into());
+            }
+        }
+        return Err(e);
+    }
+    ours.send(&Msg::Joined)?;
 
     let mut pty_master = None;
     loop {

@@ -74,11 +74,18 @@ pub(crate) fn prepare_root(cfg: &ContainerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Perform the spec's mounts under the rootfs, in order.
-pub(crate) fn mount_all(cfg: &ContainerConfig, cgroup: &Cgroup) -> Result<()> {
+/// Perform the spec's mounts under the rootfs, in order. `before_cgroup` runs before the
+/// first cgroup filesystem is mounted (it must leave the process in its cgroup and
+/// cgroup namespace).
+pub(crate) fn mount_all(
+    cfg: &ContainerConfig,
+    cgroup: &Cgroup,
+    before_cgroup: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     for m in &cfg.mounts {
         let target = secure_join(&cfg.rootfs, &m.destination)?;
         if m.typ == "cgroup" || m.typ == "cgroup2" {
+            before_cgroup()?;
             mkdir_all(&target)?;
             mount_cgroup(cfg, cgroup, m, &target)?;
         } else if m.bind {
