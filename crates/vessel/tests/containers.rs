@@ -253,6 +253,17 @@ fn seccomp_blocks_namespace_creation() {
 }
 
 #[test]
+fn cgroup_namespace_is_rooted_at_the_containers_cgroup() {
+    // The init makes its cgroup namespace only once the runtime has moved it into the
+    // container's cgroup: every hierarchy then shows it at its root.
+    let out = ok(&["run", "--rm", "busybox", "cat", "/proc/self/cgroup"]);
+    assert!(out.lines().count() >= 1, "{out}");
+    for l in out.lines() {
+        assert!(l.ends_with(":/"), "not at the namespace's root: {l}\n{out}");
+    }
+}
+
+#[test]
 fn pid_namespace_makes_the_command_pid_1() {
     let out = ok(&[
         "run",
