@@ -506,6 +506,13 @@ impl Backend for VmBackend {
     }
 
     fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started> {
+        // This process (the monitor) becomes the VMM. With transparent huge pages on, a
+        // thread stack (2 MiB) that happens to be 2 MiB-aligned is backed by one huge page
+        // at its first touch: 2 MiB committed for a few KiB used, seen as 1.1 vs 3.1 MiB
+        // of VMM memory between runs. Guest RAM opts out on its own (MADV_NOHUGEPAGE).
+        if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+            tracing::debug!("PR_SET_THP_DISABLE: {e}");
+        }
         let r = &inst.request;
         let kernel = self.kernel(inst);
         let (stdin, stdout, stderr, pty_master) = match stdio {
