@@ -429,6 +429,17 @@ fn bridge(
     outcome
 }
 
+/// Why the VM ended, when it ended by itself (not because the engine stopped it): a
+/// guest that closed its channel early most often crashed or reset.
+fn ended(reason: Option<ExitReason>) -> String {
+    match reason {
+        None | Some(ExitReason::Stopped) => String::new(),
+        Some(ExitReason::Shutdown) => " (the guest powered off)".into(),
+        Some(ExitReason::Reboot) => " (the guest reset: a panic or a reboot)".into(),
+        Some(ExitReason::Crashed(how)) => format!(" (the VM crashed: {how})"),
+    }
+}
+
 fn serial_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -660,11 +671,15 @@ impl Backend for VmBackend {
             Ok(Ok(())) => {}
             Ok(Err((code, message))) => {
                 running.stop.stop();
-                finish(&mut threads);
+                let (reason, _) = finish(&mut threads);
                 return Err(match code {
                     127 => EngineError::CommandNotFound(message),
                     126 => EngineError::NotExecutable(message),
-                    _ => EngineError::Backend(format!("{message}; {}", serial_tail(&serial_log))),
+                    _ => EngineError::Backend(format!(
+                        "{message}{}; {}",
+                        ended(reason),
+                        serial_tail(&serial_log)
+                    )),
                 });
             }
             Err(_) => {
