@@ -301,8 +301,7 @@ impl Runtime {
                     return Ok(()); // deleted meanwhile by a concurrent delete
                 }
                 tracing::warn!(error = %e, "state unreadable, removing the state directory only");
-                return crate::trash::remove_dir_soon(&dir, &self.state_root.join(".trash"))
-                    .map_err(|e| Error::io("remove", &dir, e));
+                return remove_state_dir(&dir);
             }
         };
         let status = p.status(&dir);
@@ -323,14 +322,7 @@ impl Runtime {
             tracing::warn!("processes still in the cgroup after SIGKILL");
         }
         p.cgroup.destroy()?;
-        // A few small files (on tmpfs under /run, usually): removed here, in
-        // microseconds, rather than by a background process that takes longer to start.
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                return Err(Error::io("remove", &dir, e));
-            }
-            _ => {}
-        }
+        remove_state_dir(&dir)?;
         tracing::info!("container deleted");
         Ok(())
     }
@@ -439,4 +431,14 @@ fn send_console(path: &Path, master: &OwnedFd) -> Result<()> {
     )
     .map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+/// A state directory holds a few small files (on tmpfs under /run, usually): removed
+/// here, in microseconds, rather than by a background process that takes longer to
+/// start. Already gone (a concurrent delete) is fine.
+fn remove_state_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io("remove", dir, e)),
+        _ => Ok(()),
+    }
 }

@@ -752,13 +752,8 @@ fn early_child(
             libc::dup2(null_fd, 1);
             libc::dup2(null_fd, 2);
         }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        if !(attached && tty) {
-            libc::setsid();
-        }
     }
+    settle_child(!(attached && tty));
     drop(null);
     // Opened while our parent creates the instance.
     let engine = Engine::open(root);
@@ -777,6 +772,20 @@ fn early_child(
                 message: e.to_string(),
             });
             125
+        }
+    }
+}
+
+/// What a new monitor does first, forked or exec'd: receive every signal (the CLI may
+/// have blocked some), and leave our session when it must survive us. Async-signal-safe.
+fn settle_child(own_session: bool) {
+    // SAFETY: sigprocmask and setsid on the calling (new, single-threaded) process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        if own_session {
+            libc::setsid();
         }
     }
 }
@@ -810,18 +819,13 @@ pub fn spawn(
     cmd.stdout(if attached { P::inherit() } else { P::null() });
     cmd.stderr(if attached { P::inherit() } else { P::null() });
     let own_session = !(attached && tty);
-    // SAFETY: only async-signal-safe calls (dup2, sigprocmask, setsid) between fork and exec.
+    // SAFETY: only async-signal-safe calls (dup2, then settle_child) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(w_raw, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut set);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            if own_session {
-                libc::setsid();
-            }
+            settle_child(own_session);
             Ok(())
         });
     }
