@@ -7,11 +7,90 @@
 //! the schema) deadlock, and SQLite resolves that by failing one of them at once with
 //! `SQLITE_BUSY`, without waiting. [`open`] retries the whole set-up on such failures, so
 //! the first commands run against a new data root do not fail with "database is locked".
+//!
+//! Checkpoints (copying the WAL back into the database, with two fsyncs) are kept off the
+//! path of a command's result: a commit only notes that the WAL has grown past
+//! [`CHECKPOINT_PAGES`], and the connection checkpoints when it is dropped, at the end of
+//! the command, unless the process called [`defer_checkpoints`] (a `vessel run` leaves
+//! them to its monitor, which runs after the run has returned).
 
+use std::ops::{Deref, DerefMut};
+use std::os::raw::c_int;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rusqlite::hooks::Wal;
 use rusqlite::{Connection, ErrorCode};
+
+/// WAL size, in pages, past which the next drop of a connection checkpoints. With no
+/// checkpoint, the next process to open the database rebuilds the WAL index by reading
+/// every frame since the last one, and each vessel command is a new process: so it is
+/// far below SQLite's default of 1000.
+pub const CHECKPOINT_PAGES: c_int = 64;
+
+/// How long a checkpoint waits for other processes' transactions.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(250);
+
+/// A commit of this process left a WAL of [`CHECKPOINT_PAGES`] or more.
+static DUE: AtomicBool = AtomicBool::new(false);
+/// This process leaves checkpoints to another one ([`defer_checkpoints`]).
+static DEFERRED: AtomicBool = AtomicBool::new(false);
+
+fn note_wal_size(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    if pages >= CHECKPOINT_PAGES {
+        DUE.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Connections of this process no longer checkpoint when dropped: a later process
+/// (one that writes to the same databases) will. For a command whose caller waits for
+/// its exit.
+pub fn defer_checkpoints() {
+    DEFERRED.store(true, Ordering::Relaxed);
+}
+
+/// A database connection that checkpoints, when due, as it is dropped.
+#[derive(Debug)]
+pub struct Db(Connection);
+
+impl Deref for Db {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl DerefMut for Db {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if DUE.load(Ordering::Relaxed) && !DEFERRED.load(Ordering::Relaxed) {
+            // TRUNCATE, not PASSIVE: the WAL must also start again from empty. The first
+            // connection of a process to open a database that no other process has open
+            // rebuilds the WAL index from every frame in the WAL, and afterwards counts
+            // none of them as copied back; a WAL that is only ever copied back, never
+            // emptied, grows without end and is copied back again in full each time.
+            // Emptying it waits for readers and writers of other processes: briefly,
+            // then it is left to the next checkpoint.
+            let _ = self.0.busy_timeout(CHECKPOINT_WAIT);
+            match self
+                .0
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                }) {
+                Ok(0) => {}
+                Ok(_) => tracing::debug!("WAL checkpoint of {:?}: busy", self.0.path()),
+                Err(e) => tracing::debug!("WAL checkpoint of {:?}: {e}", self.0.path()),
+            }
+        }
+    }
+}
 
 /// How long a command waits for the database before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -19,10 +98,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Opens (creating) the database at `path` in WAL mode and creates `schema` (which must
 /// be idempotent: `CREATE TABLE IF NOT EXISTS ...`).
 ///
-/// Closing a connection does not checkpoint the WAL (writers do, every 64 pages): each
-/// vessel command opens and closes its database, and a checkpoint on close would put two
-/// fsyncs on the hot path of `vessel run`.
-pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
+/// Closing a connection does not checkpoint the WAL by SQLite's rule (the last
+/// connection to close does), nor do commits: see the module's documentation.
+pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
     let deadline = Instant::now() + BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -36,7 +114,7 @@ pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
     }
 }
 
-fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
+fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
     let db = Connection::open(path)?;
     db.busy_timeout(BUSY_TIMEOUT)?;
     // WAL is persistent: only a new database needs the (exclusive) switch.
@@ -45,17 +123,16 @@ fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
         db.pragma_update(None, "journal_mode", "WAL")?;
     }
     db.pragma_update(None, "synchronous", "NORMAL")?;
-    // Checkpoint every 64 pages written (the default is 1000): with no checkpoint on
-    // close, the next process to open the database rebuilds the WAL index by reading every
-    // frame since the last checkpoint, and each vessel command is a new process.
-    db.pragma_update(None, "wal_autocheckpoint", 64)?;
+    // No checkpoint inside a commit; the hook only notes the WAL's size (it replaces
+    // SQLite's own auto-checkpoint hook).
+    db.wal_hook(Some(note_wal_size));
     db.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     )?;
     db.pragma_update(None, "foreign_keys", "ON")?;
     db.execute_batch(schema)?;
-    Ok(db)
+    Ok(Db(db))
 }
 
 /// Whether `e` is a lock conflict that a later attempt may not meet.
@@ -73,6 +150,31 @@ mod tests {
 
     const SCHEMA: &str =
         "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, who INTEGER NOT NULL);";
+
+    #[test]
+    fn commits_leave_the_wal_alone_and_the_drop_checkpoints_and_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let wal = dir.path().join("state.db-wal");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let db = open(&path, "CREATE TABLE IF NOT EXISTS b (x BLOB NOT NULL);").unwrap();
+        let before = size(&path);
+        // Each row fills a page or so: well past the checkpoint threshold.
+        for _ in 0..2 * CHECKPOINT_PAGES {
+            db.execute("INSERT INTO b VALUES (zeroblob(3000))", [])
+                .unwrap();
+        }
+        assert_eq!(size(&path), before, "a commit copied the WAL back");
+        assert!(size(&wal) > 2 * CHECKPOINT_PAGES as u64 * 3000);
+        drop(db);
+        assert_eq!(size(&wal), 0, "the WAL was not emptied");
+        assert!(size(&path) > 2 * CHECKPOINT_PAGES as u64 * 3000);
+        let db = open(&path, "").unwrap();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2 * CHECKPOINT_PAGES as i64);
+    }
 
     #[test]
     fn a_file_that_is_not_a_database_is_an_error_not_a_wait() {

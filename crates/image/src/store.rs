@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 
 use oci_spec::image::{ImageConfiguration, ImageManifest};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use crate::digest::{Digest, HashingWriter};
@@ -81,7 +81,7 @@ pub struct NewImage<'a> {
 pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
-    db: Mutex<Connection>,
+    db: Mutex<vessel_db::Db>,
 }
 
 const SCHEMA: &str = "
@@ -136,7 +136,7 @@ impl Store {
         Ok(store)
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    fn db(&self) -> MutexGuard<'_, vessel_db::Db> {
         // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }

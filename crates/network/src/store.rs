@@ -77,7 +77,7 @@ pub struct Peer {
 /// Handle on the database.
 pub struct Store {
     path: PathBuf,
-    db: Connection,
+    db: vessel_db::Db,
 }
 
 const SCHEMA: &str = "

@@ -25,6 +25,9 @@ pub fn run(cli: Cli) -> CmdResult {
             // instance's monitor, forked, opens the engine while we create the instance.
             let early = crate::engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty)
                 .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
+            // Our caller waits for our exit; the monitor writes after us and checkpoints
+            // once the run has returned.
+            vessel_db::defer_checkpoints();
             // Before the engine opens: the warm-up overlaps with that too.
             let warm = Engine::warm_up(containers::isolation_of(a.isolation));
             match engine() {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::request::RunRequest;
@@ -83,7 +83,7 @@ pub struct Instance {
 /// Handle on the catalogue database.
 pub struct Catalogue {
     path: PathBuf,
-    db: Mutex<Connection>,
+    db: Mutex<vessel_db::Db>,
 }
 
 const SCHEMA: &str = "
@@ -123,7 +123,7 @@ impl Catalogue {
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn db(&self) -> std::sync::MutexGuard<'_, vessel_db::Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
