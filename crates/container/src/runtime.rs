@@ -192,9 +192,8 @@ impl Runtime {
             .map_err(|e| Error::sys("mkfifo", &fifo, e))?;
         tracing::debug!("state saved");
 
-        // The cgroup is created and joined while the init sets up its mounts: the first
-        // cgroup migration on a quiet host waits out an RCU grace period (see
-        // cgroups::warm), and this way the init's setup runs in that time.
+        // The cgroup is created before the init, which is born in it, or (in a user
+        // namespace) while the init sets up its mounts: see process::spawn_init.
         let spawned = process::spawn_init(&cfg, &cgroup, opts.stdio, &fifo, || {
             cgroup.create()?;
             tracing::debug!("cgroup created");

@@ -76,6 +76,8 @@ impl Drop for Db {
             // rebuilds the WAL index from every frame in the WAL, and afterwards counts
             // none of them as copied back; a WAL that is only ever copied back, never
             // emptied, grows without end and is copied back again in full each time.
+            // (RESTART is not enough: until the next write rewrites the WAL's header, a
+            // new process's recovery reads the old frames back in, again as not copied.)
             // Emptying it waits for readers and writers of other processes: briefly,
             // then it is left to the next checkpoint.
             let _ = self.0.busy_timeout(CHECKPOINT_WAIT);

@@ -34,6 +34,52 @@ pub struct CgroupDir {
     pub v2: bool,
 }
 
+/// Open descriptors with which a single-threaded process moves itself into a cgroup
+/// without waiting for an RCU grace period.
+///
+/// Every write of a pid to a `cgroup.procs` file takes the kernel's global
+/// `cgroup_threadgroup_rwsem` for writing, and a writer of that per-CPU rwsem waits a
+/// grace period (5-15 ms on these hosts) unless another writer just did: on the path of
+/// every container start. Two ways into a cgroup skip the rwsem: in a v1 hierarchy, a
+/// thread writing `0` (itself) to `tasks` (`cgroup_procs_write_start` takes it only to
+/// move a whole thread group or another task), which for a single-threaded process moves
+/// the process; in the cgroup2 hierarchy, being created there by `clone3` with
+/// `CLONE_INTO_CGROUP` (which takes it only for reading, as every fork does). The
+/// intermediate process does the first before it clones the container's init, and the
+/// second as it does.
+#[derive(Debug)]
+pub(crate) struct SelfJoin {
+    /// `tasks` of each v1 hierarchy.
+    pub tasks: Vec<std::os::fd::OwnedFd>,
+    /// The cgroup2 directory, for `CLONE_INTO_CGROUP`.
+    pub v2_dir: Option<std::os::fd::OwnedFd>,
+    /// Its `cgroup.procs`: the way in where `clone3` cannot do it (Linux before 5.7).
+    pub v2_procs: Option<std::os::fd::OwnedFd>,
+}
+
+impl SelfJoin {
+    /// Every descriptor, to keep open across a close-all.
+    pub(crate) fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.tasks
+            .iter()
+            .chain(&self.v2_dir)
+            .chain(&self.v2_procs)
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+
+    /// Moves the calling thread, which must be its process's only one, into the cgroup
+    /// in every v1 hierarchy. Only write(2): usable in a forked child.
+    pub(crate) fn join_v1(&self) -> Result<()> {
+        for f in &self.tasks {
+            nix::unistd::write(f, b"0")
+                .map_err(|e| Error::syscall("join the container's cgroup (write 0 to tasks)", e))?;
+        }
+        Ok(())
+    }
+}
+
 /// A container's cgroup across all hierarchies. Serialised into the state file so a
 /// different process can delete it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +238,32 @@ impl Cgroup {
             write_file(&d.path.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// Opens what a process needs to move itself in (see [`SelfJoin`]). Call after
+    /// [`Cgroup::create`].
+    pub(crate) fn self_join(&self) -> Result<SelfJoin> {
+        use nix::fcntl::{open, OFlag};
+        use nix::sys::stat::Mode;
+        let open_file = |path: &Path, flags: OFlag| {
+            open(path, flags | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| Error::sys("open", path, e))
+        };
+        let mut join = SelfJoin {
+            tasks: Vec::new(),
+            v2_dir: None,
+            v2_procs: None,
+        };
+        for d in &self.dirs {
+            if d.v2 {
+                join.v2_dir = Some(open_file(&d.path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?);
+                join.v2_procs = Some(open_file(&d.path.join("cgroup.procs"), OFlag::O_WRONLY)?);
+            } else {
+                join.tasks
+                    .push(open_file(&d.path.join("tasks"), OFlag::O_WRONLY)?);
+            }
+        }
+        Ok(join)
     }
 
     /// Pids of all processes in the container's cgroup (empty if it is gone).

@@ -6,13 +6,14 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{Gid, Uid};
 
 use super::channel::{Channel, Msg};
 use super::setup::{self, exit};
-use crate::cgroups::Cgroup;
+use crate::cgroups::{Cgroup, SelfJoin};
 use crate::config::{ContainerConfig, ProcessConfig};
 use crate::error::{Error, Result};
 use crate::{rootfs, seccomp};
@@ -60,6 +61,7 @@ pub(super) fn intermediate(
     chan: Channel,
     stdio: Option<[RawFd; 3]>,
     fifo: &OwnedFd,
+    join: Option<&SelfJoin>,
 ) -> ! {
     setup::reset_signals();
     if let Some(fds) = stdio {
@@ -67,8 +69,10 @@ pub(super) fn intermediate(
             fail(&chan, e)
         }
     }
-    setup::close_fds_except(&[chan.raw(), fifo.as_raw_fd()]);
-    match intermediate_steps(cfg, &chan) {
+    let mut keep = vec![chan.raw(), fifo.as_raw_fd()];
+    keep.extend(join.map(SelfJoin::raw_fds).unwrap_or_default());
+    setup::close_fds_except(&keep);
+    match intermediate_steps(cfg, &chan, join) {
         Ok(0) => init_main(cfg, cgroup, chan, fifo),
         Ok(pid) => {
             let _ = chan.send(&Msg::Pid(pid));
@@ -78,7 +82,16 @@ pub(super) fn intermediate(
     }
 }
 
-fn intermediate_steps(cfg: &ContainerConfig, chan: &Channel) -> Result<libc::pid_t> {
+fn intermediate_steps(
+    cfg: &ContainerConfig,
+    chan: &Channel,
+    join: Option<&SelfJoin>,
+) -> Result<libc::pid_t> {
+    // Into the container's cgroup first (we are single-threaded), so that the namespaces
+    // made next are charged to it.
+    if let Some(j) = join {
+        j.join_v1()?;
+    }
     // Joining by path: the user namespace first, it decides what we may do next.
     let mut joined = Vec::new();
     for ns in cfg.namespaces.iter().filter(|n| n.path.is_some()) {
@@ -105,7 +118,32 @@ fn intermediate_steps(cfg: &ContainerConfig, chan: &Channel) -> Result<libc::pid
         }
     }
     unshare(flags).map_err(|e| Error::syscall(format!("unshare({flags:?})"), e))?;
-    setup::clone_parent()
+    let Some(SelfJoin {
+        v2_dir: Some(dir),
+        v2_procs,
+        ..
+    }) = join
+    else {
+        return setup::clone_parent();
+    };
+    match setup::clone_parent_into(dir.as_raw_fd()) {
+        Ok(pid) => Ok(pid),
+        Err(e @ (Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL)) => {
+            // A kernel without CLONE_INTO_CGROUP: the slow way in, then a plain clone.
+            chan.send(&Msg::Warning(format!(
+                "clone3 with CLONE_INTO_CGROUP: {e}; joining the cgroup2 cgroup through cgroup.procs"
+            )))?;
+            if let Some(procs) = v2_procs {
+                nix::unistd::write(procs, b"0")
+                    .map_err(|e| Error::syscall("join the container's cgroup2 cgroup", e))?;
+            }
+            setup::clone_parent()
+        }
+        Err(e) => Err(Error::syscall(
+            "clone3(CLONE_PARENT | CLONE_INTO_CGROUP)",
+            e,
+        )),
+    }
 }
 
 /// The container's init: set everything up, report Ready, wait for start, exec.

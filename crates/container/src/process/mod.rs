@@ -142,11 +142,14 @@ fn expect_pid(chan: &Channel) -> Result<Pid> {
 
 /// Start the container init, leave it blocked on `fifo` and return once it is ready.
 ///
-/// `prepare_cgroup` creates the container's cgroup and applies its limits. It runs once
-/// the init exists, while the init sets up its root filesystem; then the init is moved
-/// into the cgroup, and only then does it go on to what depends on that (its cgroup
-/// namespace and mounts) and, later, to run anything of the container's. Kernel memory
-/// of the namespaces and mounts made before the move is charged to our cgroup.
+/// `prepare_cgroup` creates the container's cgroup and applies its limits. Without a
+/// user namespace it runs first, and the intermediate moves itself in and creates the
+/// init there, without the kernel's global cgroup lock (see `cgroups::SelfJoin`). With
+/// one (whose root may not join cgroups), it runs once the init exists, while the init
+/// sets up its root filesystem, and then the init is moved in by us, which waits an RCU
+/// grace period. Either way the init goes on to what depends on its cgroup (its cgroup
+/// namespace and mounts), and later runs anything of the container's, only once it is
+/// in.
 pub(crate) fn spawn_init(
     cfg: &ContainerConfig,
     cgroup: &Cgroup,
@@ -166,11 +169,19 @@ pub(crate) fn spawn_init(
     .map_err(|e| Error::sys("open exec fifo", fifo, e))?;
     let stdio_fds = stdio.fds();
     let ours_raw = ours.raw();
+    let mut prepare_cgroup = Some(prepare_cgroup);
+    let join = if cfg.has_ns(CloneFlags::CLONE_NEWUSER) {
+        None
+    } else {
+        prepare_cgroup.take().map_or(Ok(()), |f| f())?;
+        Some(cgroup.self_join()?)
+    };
     let child = fork_child(|| {
         // SAFETY: closing our copy of the runtime's end in the child only.
         unsafe { libc::close(ours_raw) };
-        init::intermediate(cfg, cgroup, theirs, stdio_fds, &fifo_fd)
+        init::intermediate(cfg, cgroup, theirs, stdio_fds, &fifo_fd, join.as_ref())
     })?;
+    drop(join);
     drop(stdio);
     // Only init may hold the read side, or `start` could not tell whether it waits.
     drop(fifo_fd);
@@ -193,7 +204,11 @@ pub(crate) fn spawn_init(
     // reaps children itself).
     let _ = waitpid(guard.disarm(), None);
 
-    if let Err(e) = prepare_cgroup().and_then(|()| cgroup.add_pid(pid)) {
+    let joined = match prepare_cgroup.take() {
+        Some(prepare) => prepare().and_then(|()| cgroup.add_pid(pid)),
+        None => Ok(()),
+    };
+    if let Err(e) = joined {
         // An init that failed meanwhile said why (e.g. 127): that is the error to report.
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         while let Ok(Some((m, _))) = ours.recv() {

@@ -414,6 +414,33 @@ pub(crate) fn loopback_up() -> Result<()> {
 /// fork(2)-like clone with CLONE_PARENT: the new process becomes a child of our parent
 /// (the runtime's caller), so the caller can waitpid it although we created it after
 /// entering its namespaces. Returns 0 in the child.
+/// [`clone_parent`] with the child created in the cgroup2 directory `v2_dir`
+/// (`clone3` with `CLONE_INTO_CGROUP`, see `cgroups::SelfJoin`). On error nothing was
+/// created; `ENOSYS`, `E2BIG` and `EINVAL` are what kernels before 5.7 answer.
+pub(crate) fn clone_parent_into(v2_dir: RawFd) -> std::result::Result<libc::pid_t, Errno> {
+    /// From the kernel's UAPI; libc's constant has too narrow a type.
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    // SAFETY: clone_args is plain data; all-zero is its "nothing asked" value.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = libc::CLONE_PARENT as u64 | CLONE_INTO_CGROUP;
+    // With CLONE_PARENT the child's exit signal is its parent's (clone3 refuses any other).
+    args.exit_signal = 0;
+    args.cgroup = v2_dir as u64;
+    // SAFETY: as in clone_parent: no CLONE_VM and no stack, so the child is a fork of a
+    // single-threaded process and resumes here on its own copy of the stack.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(rc as libc::pid_t)
+}
+
 pub(crate) fn clone_parent() -> Result<libc::pid_t> {
     // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like fork: the
     // child gets a copy-on-write copy of our memory and resumes here on its own copy of

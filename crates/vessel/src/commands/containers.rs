@@ -243,7 +243,7 @@ pub fn start(engine: &Engine, attach: bool, names: &[String]) -> CmdResult {
             }
             continue;
         }
-        let warm = Engine::warm_up(inst.request.isolation);
+        let warm = Engine::warm_up(inst.request.isolation, inst.request.userns);
         let code = start_one(engine, &inst, attach, warm, None)?;
         if attach {
             status = code;

@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> CmdResult {
             // once the run has returned.
             vessel_db::defer_checkpoints();
             // Before the engine opens: the warm-up overlaps with that too.
-            let warm = Engine::warm_up(containers::isolation_of(a.isolation));
+            let warm = Engine::warm_up(containers::isolation_of(a.isolation), a.userns);
             match engine() {
                 Ok(engine) => containers::run(&engine, &a, warm, early),
                 Err(f) => {

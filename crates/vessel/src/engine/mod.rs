@@ -154,18 +154,22 @@ impl Engine {
         })
     }
 
-    /// Begins slow host work that a start of an instance of `isolation` will need and
-    /// that depends on nothing else, so that it overlaps with opening the engine,
-    /// recording the instance and starting its monitor. Call it first thing; drop what
-    /// it returns once the instance has started (or failed to).
-    pub fn warm_up(isolation: Isolation) -> Option<Box<dyn std::any::Any>> {
+    /// Begins slow host work that a start of an instance of `isolation` (in a user
+    /// namespace of its own with `userns`) will need and that depends on nothing else,
+    /// so that it overlaps with opening the engine, recording the instance and starting
+    /// its monitor. Call it first thing; drop what it returns once the instance has
+    /// started (or failed to).
+    pub fn warm_up(isolation: Isolation, userns: bool) -> Option<Box<dyn std::any::Any>> {
         match isolation {
-            // The container's first cgroup migration then finds the kernel's cgroup
-            // rwsem ready for writers instead of waiting out an RCU grace period (see
-            // vessel_container::cgroups::warm).
-            Isolation::Container => vessel_container::warm_cgroup_attach()
+            // A container in a user namespace is moved into its cgroup by the runtime,
+            // whose migration then finds the kernel's cgroup rwsem ready for writers
+            // instead of waiting out an RCU grace period (see
+            // vessel_container::cgroups::warm). Any other container joins its cgroup
+            // without that rwsem (cgroups::SelfJoin); warming would only make the
+            // creation of its cgroup wait for the warming write.
+            Isolation::Container if userns => vessel_container::warm_cgroup_attach()
                 .map(|w| Box::new(w) as Box<dyn std::any::Any>),
-            Isolation::Vm => None,
+            Isolation::Container | Isolation::Vm => None,
         }
     }
 
