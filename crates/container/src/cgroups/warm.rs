@@ -15,6 +15,10 @@
 //! `cgroup.procs` (a migration to where it already is: nothing moves) every 2 ms until
 //! the guard is dropped or a deadline passes. When the runtime then moves the container
 //! in, the rwsem is still in its writer-friendly state and the write returns at once.
+//!
+//! Only containers in a user namespace are still moved in that way; every other init is
+//! born in its cgroup without the rwsem ([`super::SelfJoin`]), and a warming write would
+//! only make the creation of its cgroup wait (the write holds `cgroup_mutex`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -169,12 +169,13 @@ pub(crate) fn spawn_init(
     .map_err(|e| Error::sys("open exec fifo", fifo, e))?;
     let stdio_fds = stdio.fds();
     let ours_raw = ours.raw();
-    let mut prepare_cgroup = Some(prepare_cgroup);
-    let join = if cfg.has_ns(CloneFlags::CLONE_NEWUSER) {
-        None
+    // Either the cgroup is made now and the intermediate joins it itself, or it is made
+    // and joined for the init later.
+    let (join, prepare_later) = if cfg.has_ns(CloneFlags::CLONE_NEWUSER) {
+        (None, Some(prepare_cgroup))
     } else {
-        prepare_cgroup.take().map_or(Ok(()), |f| f())?;
-        Some(cgroup.self_join()?)
+        prepare_cgroup()?;
+        (Some(cgroup.self_join()?), None)
     };
     let child = fork_child(|| {
         // SAFETY: closing our copy of the runtime's end in the child only.
@@ -204,7 +205,7 @@ pub(crate) fn spawn_init(
     // reaps children itself).
     let _ = waitpid(guard.disarm(), None);
 
-    let joined = match prepare_cgroup.take() {
+    let joined = match prepare_later {
         Some(prepare) => prepare().and_then(|()| cgroup.add_pid(pid)),
         None => Ok(()),
     };

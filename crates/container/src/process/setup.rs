@@ -411,9 +411,6 @@ pub(crate) fn loopback_up() -> Result<()> {
     Ok(())
 }
 
-/// fork(2)-like clone with CLONE_PARENT: the new process becomes a child of our parent
-/// (the runtime's caller), so the caller can waitpid it although we created it after
-/// entering its namespaces. Returns 0 in the child.
 /// [`clone_parent`] with the child created in the cgroup2 directory `v2_dir`
 /// (`clone3` with `CLONE_INTO_CGROUP`, see `cgroups::SelfJoin`). On error nothing was
 /// created; `ENOSYS`, `E2BIG` and `EINVAL` are what kernels before 5.7 answer.
@@ -441,6 +438,9 @@ pub(crate) fn clone_parent_into(v2_dir: RawFd) -> std::result::Result<libc::pid_
     Ok(rc as libc::pid_t)
 }
 
+/// fork(2)-like clone with CLONE_PARENT: the new process becomes a child of our parent
+/// (the runtime's caller), so the caller can waitpid it although we created it after
+/// entering its namespaces. Returns 0 in the child.
 pub(crate) fn clone_parent() -> Result<libc::pid_t> {
     // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like fork: the
     // child gets a copy-on-write copy of our memory and resumes here on its own copy of
