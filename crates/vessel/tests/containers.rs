@@ -493,7 +493,7 @@ fn interactive_stdin_and_tty() {
     .spawn()
     .unwrap();
     child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = output_within(child, "vessel run");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "got:hi\n");
     // A real terminal with -t: util-linux's `script` gives vessel one.
     let cmdline = format!(

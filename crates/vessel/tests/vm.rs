@@ -259,7 +259,7 @@ fn guest_memory_returns_to_the_host(vm: &str, monitor: i64) {
         held = held.max(rss_mib());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let o = c.wait_with_output().unwrap();
+    let o = output_within(c, "vessel exec (dd | sleep 6)");
     assert!(
         held >= before + 64,
         "holding 96 MiB in the guest: VMM RSS {before} -> {held} MiB ({})",
@@ -363,7 +363,7 @@ fn interactive_stdin_reaches_the_guest() {
     .unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = output_within(child, "vessel run -i (read a)");
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
         "got:hi\n",
@@ -414,14 +414,17 @@ fn compare_measures_both_isolations_side_by_side() {
     let json = out.path().join("report.json");
     // One run per figure (six VM boots in all): a VM start under nested emulation takes
     // seconds to a minute, and the whole VM suite shares one testbed time limit.
-    let o = vessel(&[
-        "compare",
-        "--runs",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-        "busybox",
-    ]);
+    let o = vessel_within(
+        &[
+            "compare",
+            "--runs",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+            "busybox",
+        ],
+        limit() * 3,
+    );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(r["vm_unavailable"].is_null(), "{}", r["vm_unavailable"]);
@@ -558,7 +561,7 @@ fn exec_runs_in_the_running_vm() {
     };
     let (a, b) = (spawn(b"x\n", "a"), spawn(b"y\n", "b"));
     for (c, want) in [(a, "a:x\n"), (b, "b:y\n")] {
-        let o = c.wait_with_output().unwrap();
+        let o = output_within(c, "vessel exec -i (read a)");
         assert_eq!(
             String::from_utf8_lossy(&o.stdout),
             want,

@@ -3,9 +3,13 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// A data root with `busybox:latest` imported, shared by the tests of one binary.
 pub fn root() -> &'static Path {
@@ -40,9 +44,178 @@ pub fn vessel_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vessel")
 }
 
-/// `vessel --root <shared root> args...`, stdin closed.
+/// `vessel --root <shared root> args...`, stdin closed, bounded by [`limit`].
 pub fn vessel(args: &[&str]) -> Output {
-    cmd(args).stdin(Stdio::null()).output().expect("run vessel")
+    vessel_within(args, limit())
+}
+
+/// [`vessel`] with a time limit of its own, for a command known to take long.
+pub fn vessel_within(args: &[&str], limit: Duration) -> Output {
+    let child = cmd(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vessel");
+    output_within_limit(child, &format!("vessel {args:?}"), limit)
+}
+
+/// How long one command of a test may take: `VESSEL_TEST_TIMEOUT` seconds, 300 unless
+/// set (a VM command under nested emulation takes up to a minute).
+pub fn limit() -> Duration {
+    let secs = std::env::var("VESSEL_TEST_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// `child.wait_with_output()`, bounded by [`limit`]. A command that does not end in time,
+/// or that ends while something else still holds its stdout or stderr open (which would
+/// keep `wait_with_output` waiting forever), fails the test with every process involved:
+/// its command line, state, kernel wait channel and stack. They are then killed, so that
+/// the tests after this one still run.
+pub fn output_within(child: Child, what: &str) -> Output {
+    output_within_limit(child, what, limit())
+}
+
+/// [`output_within`] with a time limit of its own.
+pub fn output_within_limit(mut child: Child, what: &str, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    let mut pipes = Vec::new();
+    let mut read_all = |i: usize, fd: Option<OwnedFd>| {
+        let Some(fd) = fd else { return };
+        pipes.push(
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::fs::File::from(fd).read_to_end(&mut buf);
+            let _ = tx.send((i, buf));
+        });
+    };
+    read_all(0, child.stdout.take().map(OwnedFd::from));
+    read_all(1, child.stderr.take().map(OwnedFd::from));
+    drop(tx);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for vessel") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let report = hang_report(pid, &pipes);
+            panic!("{what} did not end within {limit:?}:\n{report}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    for _ in 0..pipes.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.max(Duration::from_secs(5))) {
+            Ok((0, b)) => out.stdout = b,
+            Ok((_, b)) => out.stderr = b,
+            Err(_) => {
+                let report = hang_report(pid, &pipes);
+                panic!(
+                    "{what} ended ({status}) but its stdout or stderr stayed open:\n{report}\nstderr so far: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Every process that is `pid`, descends from it, or holds one of `pipes` open: how it
+/// looks to the kernel. Kills them all afterwards.
+pub fn hang_report(pid: i32, pipes: &[String]) -> String {
+    let me = std::process::id() as i32;
+    let mut procs: Vec<(i32, i32)> = Vec::new(); // (pid, ppid)
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        procs.push((p, ppid));
+    }
+    let mut involved = vec![pid];
+    // Descendants, to a fixed point.
+    loop {
+        let before = involved.len();
+        for &(p, pp) in &procs {
+            if involved.contains(&pp) && !involved.contains(&p) {
+                involved.push(p);
+            }
+        }
+        if involved.len() == before {
+            break;
+        }
+    }
+    // Holders of our pipes.
+    for &(p, _) in &procs {
+        if p == me || involved.contains(&p) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| {
+                pipes
+                    .iter()
+                    .any(|p| !p.is_empty() && l.to_string_lossy() == *p)
+            })
+        });
+        if holds {
+            involved.push(p);
+        }
+    }
+    let mut report = String::new();
+    for &p in &involved {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{p}/{f}")).unwrap_or_default();
+        let cmdline = read("cmdline").replace('\0', " ");
+        let status = read("status");
+        let state = status
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("");
+        report += &format!("  pid {p}: {} [{}]\n", cmdline.trim(), state.trim());
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let tr = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+                report += &format!(
+                    "    task {} {} wchan {} stack:\n",
+                    t.file_name().to_string_lossy(),
+                    tr("comm").trim(),
+                    tr("wchan").trim()
+                );
+                for l in tr("stack").lines() {
+                    report += &format!("      {l}\n");
+                }
+            }
+        }
+    }
+    for &p in &involved {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    report
 }
 
 /// The same as a `Command`, to customise.
