@@ -70,6 +70,10 @@ pub(crate) struct OverlayMount {
     /// `data` ends with `,volatile` (see [`OverlayAnnotation`]); a kernel without the
     /// option (before 5.10) is retried without it.
     pub volatile: bool,
+    /// The lower layers, absolute: a user namespace sees them through idmapped mounts.
+    pub lower: Vec<PathBuf>,
+    /// The upper directory, absolute: a user namespace's root gets to own it.
+    pub upper: PathBuf,
 }
 
 /// The overlay annotation's JSON value.
@@ -636,6 +640,8 @@ pub(crate) fn overlay_mount(json: &str) -> Result<OverlayMount> {
             data,
             chdir: None,
             volatile: a.volatile,
+            lower: a.lower,
+            upper: a.upper,
         });
     }
     // Common parent of every layer.
@@ -661,6 +667,8 @@ pub(crate) fn overlay_mount(json: &str) -> Result<OverlayMount> {
         data: rel,
         chdir: Some(common),
         volatile: a.volatile,
+        lower: a.lower,
+        upper: a.upper,
     })
 }
 

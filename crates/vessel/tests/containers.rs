@@ -37,6 +37,67 @@ fn only_a_throwaway_root_is_mounted_volatile() {
 }
 
 #[test]
+fn userns_root_is_unprivileged_on_the_host_and_the_layers_stay_shared() {
+    let n = name("userns");
+    let o = vessel(&[
+        "run", "-d", "--userns", "--name", &n, "busybox", "sleep", "1000",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Inside: root, owning the image's files and able to write anywhere in its root.
+    let out = ok(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; stat -c '%u:%g' / /bin/busybox /etc; \
+         echo x > /etc/written && touch /bin/busybox && echo wrote",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "{out}");
+    let map: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"], "{out}");
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["0:0", "0:0", "0:0", "wrote"],
+        "{out}"
+    );
+    // Outside: the container's processes run as host uid 100000.
+    let pid = inspect(&n)["State"]["Pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "100000", "100000", "100000", "100000"]
+    );
+    // The shared layers were neither chowned nor written: the writes went to the upper
+    // directory, owned by the container's root.
+    let id = id_of(&n);
+    let layers = root().join("images/layers");
+    for layer in std::fs::read_dir(&layers).unwrap().flatten() {
+        let busybox = layer.path().join("bin/busybox");
+        if let Ok(m) = std::fs::symlink_metadata(&busybox) {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{}", busybox.display());
+        }
+        assert!(!layer.path().join("etc/written").exists());
+    }
+    let written = root().join("instances").join(&id).join("upper/etc/written");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&written).expect("the write is in the upper directory");
+        assert_eq!((m.uid(), m.gid()), (100_000, 100_000));
+    }
+    // Nothing of the idmapped layers or the overlay is mounted on the host.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&layers.to_string_lossy().to_string()),
+        "{mountinfo}"
+    );
+    ok(&["rm", "-f", &n]);
+    assert_no_leftovers(&id);
+}
+
+#[test]
 fn exit_status_propagates() {
     assert_eq!(
         code(&vessel(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])),

@@ -104,6 +104,10 @@ fn intermediate_steps(
         setns(f, *flag).map_err(|e| Error::sys("setns", path, e))?;
     }
     if cfg.new_ns(CloneFlags::CLONE_NEWUSER) {
+        // Still host root: the overlay over the shared layers is mounted now.
+        if let Some(ov) = cfg.overlay.as_ref().filter(|_| rootfs::premounted(cfg)) {
+            rootfs::idmap::premount_overlay(cfg, ov)?;
+        }
         unshare(CloneFlags::CLONE_NEWUSER)
             .map_err(|e| Error::syscall("unshare(CLONE_NEWUSER)", e))?;
         chan.send(&Msg::UserNsReady)?;

@@ -104,7 +104,7 @@ fn fork_child(child: impl FnOnce()) -> Result<Pid> {
 }
 
 /// Write the id maps of a process that just unshared its user namespace.
-fn write_id_maps(pid: Pid, cfg: &ContainerConfig) -> Result<()> {
+pub(crate) fn write_id_maps(pid: Pid, cfg: &ContainerConfig) -> Result<()> {
     let render = |maps: &[oci_spec::runtime::LinuxIdMapping]| {
         maps.iter()
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))

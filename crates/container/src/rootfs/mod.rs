@@ -4,6 +4,7 @@
 //! Runs in the forked child: no logging (a lock held by another thread of the parent at
 //! fork time would deadlock us); errors carry the path and errno back to the parent.
 
+pub(crate) mod idmap;
 mod paths;
 
 use std::fs;
@@ -17,7 +18,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, chown, pivot_root, Gid, Uid};
 
 use crate::cgroups::Cgroup;
-use crate::config::{ContainerConfig, DeviceNode, MountPlan};
+use crate::config::{ContainerConfig, DeviceNode, MountPlan, OverlayMount};
 use crate::error::{Error, Result};
 pub(crate) use paths::secure_join;
 
@@ -27,51 +28,60 @@ const NONE: Option<&str> = None;
 const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Make the mount tree private (or as the spec says) so nothing propagates to the host,
-/// then mount the overlay (or bind the rootfs on itself) so it is a mount point.
+/// then mount the overlay (or bind the rootfs on itself) so it is a mount point. In a new
+/// user namespace the overlay is already there: see [`idmap`].
 pub(crate) fn prepare_root(cfg: &ContainerConfig) -> Result<()> {
     mount(NONE, "/", NONE, cfg.propagation, NONE)
         .map_err(|e| Error::sys("make mount propagation private on", "/", e))?;
     match &cfg.overlay {
-        Some(ov) => {
-            if let Some(dir) = &ov.chdir {
-                chdir(dir).map_err(|e| Error::sys("chdir to layer parent", dir, e))?;
-            }
-            let over = |data: &str| {
-                mount(
-                    Some("overlay"),
-                    &cfg.rootfs,
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(data),
-                )
-            };
-            match over(&ov.data) {
-                // `volatile` is Linux 5.10's: without it the upper directory is synced.
-                Err(nix::errno::Errno::EINVAL) if ov.volatile => {
-                    over(ov.data.trim_end_matches(",volatile"))
-                }
-                r => r,
-            }
-            .map_err(|e| {
-                Error::InitFailed(format!(
-                    "mount overlay on {} (options {}): {e}",
-                    cfg.rootfs.display(),
-                    ov.data
-                ))
-            })?;
-        }
-        None => {
-            mount(
-                Some(&cfg.rootfs),
-                &cfg.rootfs,
-                NONE,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                NONE,
-            )
-            .map_err(|e| Error::sys("bind-mount rootfs on itself", &cfg.rootfs, e))?;
-        }
+        Some(ov) if !premounted(cfg) => mount_overlay(cfg, ov),
+        // A premounted overlay came from a more privileged mount namespace, so it is
+        // locked here and pivot_root refuses it: bind it on itself, as a plain rootfs.
+        _ => mount(
+            Some(&cfg.rootfs),
+            &cfg.rootfs,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .map_err(|e| Error::sys("bind-mount rootfs on itself", &cfg.rootfs, e)),
     }
-    Ok(())
+}
+
+/// Whether the intermediate mounts the overlay before entering the container's new user
+/// namespace ([`idmap::premount_overlay`]) instead of the init mounting it.
+pub(crate) fn premounted(cfg: &ContainerConfig) -> bool {
+    cfg.overlay.is_some() && cfg.new_ns(nix::sched::CloneFlags::CLONE_NEWUSER)
+}
+
+/// Mount the overlay `ov` on the rootfs.
+fn mount_overlay(cfg: &ContainerConfig, ov: &OverlayMount) -> Result<()> {
+    if let Some(dir) = &ov.chdir {
+        chdir(dir).map_err(|e| Error::sys("chdir to layer parent", dir, e))?;
+    }
+    let over = |data: &str| {
+        mount(
+            Some("overlay"),
+            &cfg.rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data),
+        )
+    };
+    match over(&ov.data) {
+        // `volatile` is Linux 5.10's: without it the upper directory is synced.
+        Err(nix::errno::Errno::EINVAL) if ov.volatile => {
+            over(ov.data.trim_end_matches(",volatile"))
+        }
+        r => r,
+    }
+    .map_err(|e| {
+        Error::InitFailed(format!(
+            "mount overlay on {} (options {}): {e}",
+            cfg.rootfs.display(),
+            ov.data
+        ))
+    })
 }
 
 /// Perform the spec's mounts under the rootfs, in order. `before_cgroup` runs before the
