@@ -84,6 +84,11 @@ fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int) {
+    // Caught only so that a write to a closed pipe fails with EPIPE instead of killing
+    // us; there is nothing to pass on.
+    if sig == libc::SIGPIPE {
+        return;
+    }
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let b = sig as u8;

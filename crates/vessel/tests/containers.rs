@@ -573,6 +573,34 @@ fn interactive_stdin_and_tty() {
         "{out}"
     );
     assert_eq!(o.status.code(), Some(4), "{out}");
+    // The terminal's hangup reaches the monitor as it finishes; it must still end (it
+    // once spun on SIGPIPE from its own signal pipe instead).
+    let marker = "sh -c tty; test -t 0 && echo is-a-tty; exit 4";
+    let lingering = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok().map(|c| (e, c)))
+            .map(|(e, c)| {
+                (
+                    e.file_name(),
+                    String::from_utf8_lossy(&c).replace('\0', " "),
+                )
+            })
+            .filter(|(_, c)| c.contains(marker) && c.contains(&*root().to_string_lossy()))
+            .filter(|(_, c)| !c.starts_with("script"))
+            .map(|(pid, c)| format!("{}: {c}", pid.to_string_lossy()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lingering().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        lingering(),
+        Vec::<String>::new(),
+        "vessel processes left behind"
+    );
 }
 
 #[test]

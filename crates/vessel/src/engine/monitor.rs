@@ -57,6 +57,11 @@ pub enum Report {
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int) {
+    // Caught only so that a write to a closed stdout fails with EPIPE instead of killing
+    // us; there is nothing to pass on.
+    if sig == libc::SIGPIPE {
+        return;
+    }
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let b = sig as u8;
@@ -79,7 +84,11 @@ const FORWARD: &[libc::c_int] = &[
 fn install_handlers() -> std::io::Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
     SIGNAL_PIPE.store(w.as_raw_fd(), Ordering::Relaxed);
-    std::mem::forget(w); // lives as long as the process
+    // The writing end lives as long as the process,
+    std::mem::forget(w);
+    // and so does a reader: a signal that comes after the caller dropped `r` (a terminal's
+    // SIGHUP while the monitor finishes) must find a pipe to write to, not EPIPE.
+    std::mem::forget(r.try_clone()?);
     let hard_stop = super::vm::stop_signal();
     for &s in FORWARD
         .iter()
