@@ -147,6 +147,21 @@ fn docker_exit_codes_for_failures() {
     assert!(stderr(&o).contains("--memory"), "{}", stderr(&o));
     let o = vessel(&["run", "--no-such-flag", "busybox", "true"]);
     assert_eq!(code(&o), 125);
+    let o = vessel(&[
+        "run",
+        "--rm",
+        "--isolation",
+        "vm",
+        "--userns",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("--userns applies to containers"),
+        "{}",
+        stderr(&o)
+    );
     // Nothing was left behind by the failed runs.
     let ps = ok(&["ps", "-a", "--format", "json"]);
     assert!(

@@ -161,7 +161,14 @@ fn build_request(
         cpus,
         pids_limit: a.pids_limit.filter(|&p| p > 0),
         init: a.init,
-        userns: a.userns,
+        userns: if a.userns && a.isolation == IsolationArg::Vm {
+            // The guest kernel is the boundary; its root is no host uid at all.
+            return Err(EngineError::InvalidFlag(
+                "--userns applies to containers: a microVM's root is confined by its own kernel, not by a user namespace".into(),
+            ));
+        } else {
+            a.userns
+        },
         network,
         ports,
         attachment: None,
