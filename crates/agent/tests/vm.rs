@@ -260,9 +260,18 @@ fn run_vm_with(cfg: GuestConfig, actions: Vec<Action>) -> Run {
     while !runner.is_finished() {
         if start.elapsed() > VM_TIMEOUT {
             stop.stop();
-            let _ = runner.join();
+            // Bounded too: a VM that does not stop must fail this test, not hang the suite.
+            let asked = Instant::now();
+            while !runner.is_finished() && asked.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let stopped = if runner.is_finished() {
+                "stopped"
+            } else {
+                "did not even stop within 30 s of a stop request"
+            };
             let console = fs::read_to_string(&console_path).unwrap_or_default();
-            panic!("the VM did not finish within {VM_TIMEOUT:?}; console:\n{console}");
+            panic!("the VM did not finish within {VM_TIMEOUT:?} ({stopped}); console:\n{console}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
