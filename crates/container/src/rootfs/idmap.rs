@@ -168,9 +168,9 @@ fn mapping_userns(cfg: &ContainerConfig) -> Result<File> {
             let ready = nix::unistd::read(&ready_r, &mut b).map_err(|e| Error::syscall("read", e));
             let ns = ready.and_then(|n| {
                 if n != 1 {
-                    return Err(Error::syscall(
-                        "unshare(CLONE_NEWUSER) for the idmapped layers",
-                        nix::Error::EPERM,
+                    // The child exits without a word when its unshare fails.
+                    return Err(Error::InitFailed(
+                        "a helper could not unshare the user namespace that idmaps the image layers".into(),
                     ));
                 }
                 crate::process::write_id_maps(child, cfg)?;

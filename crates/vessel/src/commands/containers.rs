@@ -40,6 +40,12 @@ fn build_request(
     config: &oci_spec::image::ImageConfiguration,
     id: &str,
 ) -> Result<RunRequest, EngineError> {
+    if a.userns && a.isolation == IsolationArg::Vm {
+        // The guest kernel is the boundary; its root is no host uid at all.
+        return Err(EngineError::InvalidFlag(
+            "--userns applies to containers: a microVM's root is confined by its own kernel, not by a user namespace".into(),
+        ));
+    }
     let c = config.config().clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &a.entrypoint {
         Some(e) if e.is_empty() => Vec::new(),
@@ -161,14 +167,7 @@ fn build_request(
         cpus,
         pids_limit: a.pids_limit.filter(|&p| p > 0),
         init: a.init,
-        userns: if a.userns && a.isolation == IsolationArg::Vm {
-            // The guest kernel is the boundary; its root is no host uid at all.
-            return Err(EngineError::InvalidFlag(
-                "--userns applies to containers: a microVM's root is confined by its own kernel, not by a user namespace".into(),
-            ));
-        } else {
-            a.userns
-        },
+        userns: a.userns,
         network,
         ports,
         attachment: None,

@@ -134,6 +134,18 @@ pub fn output_within_limit(mut child: Child, what: &str, limit: Duration) -> Out
     out
 }
 
+/// The fields of `/proc/PID/stat` after the command name (state, ppid, ...), for the
+/// process directory `dir`; empty if it is gone.
+fn proc_stat(dir: &Path) -> Vec<String> {
+    let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Every process that is `pid`, descends from it, or holds one of `pipes` open: how it
 /// looks to the kernel. Kills them all afterwards.
 pub fn hang_report(pid: i32, pipes: &[String]) -> String {
@@ -143,11 +155,8 @@ pub fn hang_report(pid: i32, pipes: &[String]) -> String {
         let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1))
+        let ppid = proc_stat(&e.path())
+            .get(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         procs.push((p, ppid));
@@ -308,12 +317,7 @@ pub fn assert_no_leftovers(id: &str) {
         {
             // A zombie is already dead; reaping it is its parent's job (after a monitor is
             // killed, that is the host's PID 1, which may reap lazily).
-            let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-            if stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-            {
+            if proc_stat(&p.path()).first() == Some(&"Z".to_string()) {
                 continue;
             }
             if let Ok(cg) = std::fs::read_to_string(p.path().join("cgroup")) {
