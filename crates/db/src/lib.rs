@@ -116,9 +116,42 @@ pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
     }
 }
 
+/// SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries. A vessel command
+/// meets a busy database mostly for well under a millisecond: when a `vessel run` and its
+/// monitor open the same database at once, one rebuilds the WAL index from the WAL while
+/// the other waits. So this one starts at 25 µs and doubles up to 5 ms, and gives up after
+/// [`BUSY_TIMEOUT`] in all.
+fn busy_wait(tries: c_int) -> bool {
+    let tries = u32::try_from(tries).unwrap_or(0);
+    let pause = busy_pause(tries);
+    if busy_waited(tries) + pause > BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(pause);
+    true
+}
+
+const BUSY_FIRST_PAUSE: Duration = Duration::from_micros(25);
+const BUSY_MAX_PAUSE: Duration = Duration::from_millis(5);
+
+/// The pause before try `n + 1` (`n` tries made).
+fn busy_pause(n: u32) -> Duration {
+    BUSY_FIRST_PAUSE
+        .saturating_mul(1 << n.min(16))
+        .min(BUSY_MAX_PAUSE)
+}
+
+/// The pauses before the first `n` tries, in all.
+fn busy_waited(n: u32) -> Duration {
+    // The pauses double until they reach the cap (8 of them), then stay there.
+    let doubling = n.min(8);
+    let ramp: Duration = (0..doubling).map(busy_pause).sum();
+    ramp + BUSY_MAX_PAUSE.saturating_mul(n - doubling)
+}
+
 fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
     let db = Connection::open(path)?;
-    db.busy_timeout(BUSY_TIMEOUT)?;
+    db.busy_handler(Some(busy_wait))?;
     // WAL is persistent: only a new database needs the (exclusive) switch.
     let mode: String = db.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -133,8 +166,31 @@ fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
         true,
     )?;
     db.pragma_update(None, "foreign_keys", "ON")?;
-    db.execute_batch(schema)?;
+    // Parsing the schema's statements costs more than anything else a short command does
+    // with the database, and every command is a new process: the database records which
+    // schema it has (in its header's user_version), and a matching one is not run again.
+    let version = schema_version(schema);
+    let current: i32 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current != version {
+        db.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {schema}; PRAGMA user_version = {version}; COMMIT;"
+        ))?;
+    }
     Ok(Db(db))
+}
+
+/// The user_version that marks a database as having `schema`: a hash of its text (FNV-1a,
+/// folded to a positive i32), so that any change to the schema runs it again. 0, SQLite's
+/// default, is the empty schema.
+fn schema_version(schema: &str) -> i32 {
+    let s = schema.trim();
+    if s.is_empty() {
+        return 0;
+    }
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    ((h ^ (h >> 32)) as u32 & 0x7fff_ffff).max(1) as i32
 }
 
 /// Whether `e` is a lock conflict that a later attempt may not meet.
@@ -176,6 +232,58 @@ mod tests {
             .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2 * CHECKPOINT_PAGES as i64);
+    }
+
+    #[test]
+    fn the_busy_wait_starts_short_and_gives_up_after_the_timeout() {
+        assert_eq!(busy_pause(0), Duration::from_micros(25));
+        assert_eq!(busy_pause(1), Duration::from_micros(50));
+        assert_eq!(busy_pause(40), BUSY_MAX_PAUSE);
+        assert_eq!(busy_waited(2), Duration::from_micros(75));
+        let all: Duration = (0..20).map(busy_pause).sum();
+        assert_eq!(busy_waited(20), all);
+        // About BUSY_TIMEOUT / BUSY_MAX_PAUSE tries in all.
+        let limit = (0..)
+            .find(|&n| busy_waited(n) + busy_pause(n) > BUSY_TIMEOUT)
+            .unwrap();
+        assert!((11_900..12_100).contains(&limit), "{limit}");
+    }
+
+    #[test]
+    fn the_schema_runs_once_per_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = open(&path, SCHEMA).unwrap();
+        let v: i32 = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema_version(SCHEMA));
+        assert_ne!(v, 0);
+        // A table the schema would create, dropped behind its back: a matching version
+        // does not run the schema again...
+        db.execute_batch("DROP TABLE t").unwrap();
+        drop(db);
+        let db = open(&path, SCHEMA).unwrap();
+        let tables = |db: &Db| -> i64 {
+            db.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(tables(&db), 0);
+        drop(db);
+        // ...and a changed schema does, and records its own version.
+        let grown =
+            "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, who INTEGER NOT NULL);\n\
+                     CREATE TABLE IF NOT EXISTS u (x INTEGER);";
+        let db = open(&path, grown).unwrap();
+        assert_eq!(tables(&db), 1);
+        let v: i32 = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema_version(grown));
     }
 
     #[test]
