@@ -120,7 +120,12 @@ impl Runtime {
         let _span = tracing::info_span!("create", container = id).entered();
         config::validate_id(id)?;
         let config_path = bundle.join("config.json");
-        let spec = Spec::load(&config_path).map_err(|e| Error::LoadSpec {
+        // Read once: parsed here, and kept as read (not re-serialized) for `exec`.
+        let config_bytes = fs::read(&config_path).map_err(|e| Error::LoadSpec {
+            path: config_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let spec: Spec = serde_json::from_slice(&config_bytes).map_err(|e| Error::LoadSpec {
             path: config_path.clone(),
             reason: e.to_string(),
         })?;
@@ -182,11 +187,8 @@ impl Runtime {
         // Persist before creating anything else, so `delete` can clean up even if this
         // process dies mid-way.
         persisted.save(&dir)?;
-        spec.save(dir.join(SPEC_FILE))
-            .map_err(|e| Error::LoadSpec {
-                path: dir.join(SPEC_FILE),
-                reason: e.to_string(),
-            })?;
+        fs::write(dir.join(SPEC_FILE), &config_bytes)
+            .map_err(|e| Error::io("save the spec", dir.join(SPEC_FILE), e))?;
         let fifo = dir.join(FIFO_FILE);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600))
             .map_err(|e| Error::sys("mkfifo", &fifo, e))?;

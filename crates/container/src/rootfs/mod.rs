@@ -25,7 +25,16 @@ pub(crate) use paths::secure_join;
 const NONE: Option<&str> = None;
 
 /// Devices every container gets, bind-mounted from the host (works in user namespaces).
-const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The devices every container's fresh /dev gets: name, major, minor (character devices,
+/// mode 0666, owned by root), as in runc's default set.
+const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 /// Make the mount tree private (or as the spec says) so nothing propagates to the host,
 /// then mount the overlay (or bind the rootfs on itself) so it is a mount point. In a new
@@ -293,15 +302,18 @@ pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
         .iter()
         .any(|m| m.destination == Path::new("/dev") && !m.bind);
     if fresh_dev {
-        for name in DEFAULT_DEVICES {
-            if cfg
-                .devices
-                .iter()
-                .any(|d| d.path == Path::new("/dev").join(name))
-            {
+        // Made like runc: a node of our own where we may (a mknod in a tmpfs, which
+        // the container's exit need not unmount), else a bind mount of the host's.
+        let userns = cfg.has_ns(nix::sched::CloneFlags::CLONE_NEWUSER);
+        for &(name, major, minor) in DEFAULT_DEVICES {
+            let host = Path::new("/dev").join(name);
+            if cfg.devices.iter().any(|d| d.path == host) {
                 continue;
             }
-            bind_device(&Path::new("/dev").join(name), &dev.join(name))?;
+            let target = dev.join(name);
+            if userns || !default_device_node(&target, major, minor)? {
+                bind_device(&host, &target)?;
+            }
         }
         let links: &[(&str, &str)] = &[
             ("/proc/self/fd", "fd"),
@@ -339,6 +351,29 @@ fn make_symlink(src: &str, link: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io("symlink", link, e)),
     }
+}
+
+/// Makes character device `major:minor` at `target`, mode 0666 (whatever the umask),
+/// owned by root; `false` if this process may not make device nodes.
+fn default_device_node(target: &Path, major: u64, minor: u64) -> Result<bool> {
+    match mknod(
+        target,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(major, minor),
+    ) {
+        Ok(()) => {}
+        Err(Errno::EPERM) => return Ok(false),
+        Err(e) => return Err(Error::sys("mknod", target, e)),
+    }
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        target,
+        Mode::from_bits_truncate(0o666),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|e| Error::sys("chmod device", target, e))?;
+    Ok(true)
 }
 
 fn bind_device(host: &Path, target: &Path) -> Result<()> {
