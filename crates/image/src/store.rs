@@ -136,6 +136,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Loads the database's schema into this connection, which the first statement would
+    /// otherwise do: for a process that has time to spare before its first real one.
+    pub fn warm(&self) {
+        let _ = self.db().execute_batch("SELECT 1 FROM holds LIMIT 0");
+    }
+
     fn db(&self) -> MutexGuard<'_, vessel_db::Db> {
         // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
         self.db.lock().unwrap_or_else(|p| p.into_inner())

@@ -21,17 +21,23 @@ pub fn run(cli: Cli) -> CmdResult {
     let engine = || Engine::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     match cli.command {
         Command::Run(a) => {
+            tracing::debug!("run: parsed");
             // First, while this process has one thread and no database open: the
             // instance's monitor, forked, opens the engine while we create the instance.
-            let early = crate::engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty)
-                .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
+            let early =
+                crate::engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty, a.rm)
+                    .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
             // Our caller waits for our exit; the monitor writes after us and checkpoints
             // once the run has returned.
             vessel_db::defer_checkpoints();
             // Before the engine opens: the warm-up overlaps with that too.
             let warm = Engine::warm_up(containers::isolation_of(a.isolation), a.userns);
-            match engine() {
-                Ok(engine) => containers::run(&engine, &a, warm, early),
+            tracing::debug!("run: monitor forked");
+            match Engine::open_store_first(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e)) {
+                Ok(engine) => {
+                    tracing::debug!("run: engine open");
+                    containers::run(&engine, &a, warm, early)
+                }
                 Err(f) => {
                     early.abandon();
                     Err(f)

@@ -27,6 +27,10 @@ pub struct Started {
     pub pid: i32,
     /// The terminal master, with [`Stdio::Pty`].
     pub pty_master: Option<OwnedFd>,
+    /// Holds what the instance's exit would otherwise tear down on its way out (a
+    /// container's mount namespace): dropped by the monitor after its last report, so
+    /// that the exit is reported without waiting for that.
+    pub teardown: Option<OwnedFd>,
 }
 
 /// How a run ended.

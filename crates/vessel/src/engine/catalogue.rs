@@ -123,6 +123,12 @@ impl Catalogue {
         })
     }
 
+    /// Loads the database's schema into this connection, which the first statement would
+    /// otherwise do: for a process that has time to spare before its first real one.
+    pub fn warm(&self) {
+        let _ = self.db().execute_batch("SELECT 1 FROM instances LIMIT 0");
+    }
+
     fn db(&self) -> std::sync::MutexGuard<'_, vessel_db::Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -61,6 +61,16 @@ pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Res
     Ok(out)
 }
 
+/// A hold on the mount namespace of process `pid` (see [`Started::teardown`]). The last
+/// process of a container otherwise unmounts every mount of the container on its way out,
+/// and waits for an RCU grace period, before its parent learns of its exit. `None` (the
+/// exit does that work, as without the hold) if it cannot be opened.
+fn mount_ns_of(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(Into::into)
+}
+
 fn rt_err(e: vessel_container::Error) -> EngineError {
     match e.exit_code() {
         Some(127) => EngineError::CommandNotFound(e.to_string()),
@@ -233,6 +243,7 @@ impl Backend for ContainerBackend {
         Ok(Started {
             pid,
             pty_master: state.pty_master.take(),
+            teardown: mount_ns_of(pid),
         })
     }
 

@@ -114,15 +114,23 @@ pub struct Engine {
     container: ContainerBackend,
     vm: vm::VmBackend,
     networks: vessel_network::Networks,
-    /// Instance directories moved into the trash, deleted (in the background) when the
-    /// engine is dropped: after the monitor's last report, not before it.
+    /// Instance directories moved into the trash, deleted when the engine is dropped:
+    /// after the monitor's last report, not before it.
     trashed: std::sync::Mutex<Vec<PathBuf>>,
+    /// Whether that deletion happens in this process ([`Engine::delete_trash_here`]) or
+    /// in a background `rm`.
+    trash_here: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
         let moved = std::mem::take(self.trashed.get_mut().unwrap_or_else(|e| e.into_inner()));
-        vessel_container::trash::empty_soon(&self.root.join("trash"), &moved);
+        let trash = self.root.join("trash");
+        if *self.trash_here.get_mut() {
+            vessel_container::trash::empty_now(&trash, &moved);
+        } else {
+            vessel_container::trash::empty_soon(&trash, &moved);
+        }
     }
 }
 
@@ -137,7 +145,24 @@ pub struct CreateSpec {
 impl Engine {
     /// Opens the engine on data root `root`.
     pub fn open(root: &Path) -> Result<Engine> {
+        Engine::open_with(root, None)
+    }
+
+    /// [`Engine::open`], opening the image store first: for `vessel run`, whose monitor
+    /// (forked just before) opens the catalogue first. Each database is then opened
+    /// first by one of the two processes, which rebuilds its WAL index, and then by the
+    /// other, which finds it ready; opening the same one at once, one would wait for the
+    /// other's rebuild.
+    pub fn open_store_first(root: &Path) -> Result<Engine> {
+        std::fs::create_dir_all(root).map_err(|e| EngineError::io("create", root, e))?;
+        let store = Store::open(root)?;
+        store.warm();
+        Engine::open_with(root, Some(store))
+    }
+
+    fn open_with(root: &Path, store: Option<Store>) -> Result<Engine> {
         let catalogue = Catalogue::open(root)?;
+        let store = store.map(std::sync::OnceLock::from).unwrap_or_default();
         let run = std::env::var_os("VESSEL_RUN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(RUN_DIR));
@@ -145,13 +170,22 @@ impl Engine {
             ContainerBackend::new(run.join("runtime"), vessel_network::Networks::from_env());
         Ok(Engine {
             root: root.to_path_buf(),
-            store: std::sync::OnceLock::new(),
+            store,
             catalogue,
             container,
             vm: vm::VmBackend::new(root, vessel_network::Networks::from_env()),
             networks: vessel_network::Networks::from_env(),
             trashed: std::sync::Mutex::new(Vec::new()),
+            trash_here: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Deletes what [`Engine::purge`] moved into the trash in this process, when the
+    /// engine is dropped, instead of in a background `rm`: for a process whose results
+    /// are all reported by then (a monitor), which nobody waits for.
+    pub fn delete_trash_here(&self) {
+        self.trash_here
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Begins slow host work that a start of an instance of `isolation` (in a user
@@ -223,8 +257,10 @@ impl Engine {
     ) -> Result<Instance> {
         let image = self.store()?.resolve(&spec.image)?;
         let config = self.store()?.config(&image)?;
+        tracing::debug!("create: image resolved");
         let id = names::new_id();
         let request = finish(&image, &config, &id)?;
+        tracing::debug!("create: request built");
         let backend = self.backend(request.isolation)?;
         let layers = self.store()?.layer_dirs(&image)?;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
@@ -262,6 +298,7 @@ impl Engine {
                 }
             }
         }
+        tracing::debug!("create: recorded");
         let dir = self.instance_dir(&id);
         // The directory first: a network lease names it, and is reclaimed without it.
         let prepared = std::fs::create_dir_all(&dir)
@@ -272,7 +309,10 @@ impl Engine {
                     .hold(&image.id, &id)
                     .map_err(EngineError::from)
             })
-            .and_then(|()| backend.prepare(&inst, &dir, &layers));
+            .and_then(|()| {
+                tracing::debug!("create: image held");
+                backend.prepare(&inst, &dir, &layers)
+            });
         if let Err(e) = prepared {
             let _ = self.purge(&inst);
             return Err(e);

@@ -164,7 +164,10 @@ fn run_with(engine: &Engine, id: &str, attached: bool, sync_file: Option<std::fs
     if let Some(start) = catalogue::process_start_time(me) {
         let _ = engine.catalogue().set_monitor(&inst.id, me, start);
     }
-    match supervise(engine, &inst, attached, &mut sync) {
+    // Whatever is left after the last report (the trash, a WAL checkpoint) is done by
+    // this process, which nobody waits for: without the exec of a background `rm`.
+    engine.delete_trash_here();
+    let code = match supervise(engine, &inst, attached, &mut sync) {
         Ok(code) => code,
         Err(e) => {
             let code = e.exit_code();
@@ -186,6 +189,24 @@ fn run_with(engine: &Engine, id: &str, attached: bool, sync_file: Option<std::fs
                 let _ = engine.purge(&inst);
             }
             code
+        }
+    };
+    release_stdio();
+    code
+}
+
+/// Points our standard descriptors at /dev/null once everything is reported: an attached
+/// monitor shares them with `vessel run`, and a reader of its output (`$(vessel run ...)`)
+/// must see the end when `vessel run` exits, not when this process is done cleaning up.
+fn release_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 of a descriptor we own onto a standard descriptor.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
 }
@@ -272,7 +293,10 @@ fn supervise(
         Ok(exit)
     })?;
     let _ = log.flush();
-    conclude(engine, inst, exit, sync)
+    let code = conclude(engine, inst, exit, sync);
+    // The last report is out: only now do the instance's mounts go (Started::teardown).
+    drop(started.teardown);
+    code
 }
 
 /// Records how the instance ended, removes what it held and reports the end.
@@ -363,6 +387,7 @@ pub fn finish(engine: &Engine, id: &str, code: i32) -> u8 {
         .map(|b| b.oom_killed(&inst))
         .unwrap_or(false);
     let exit = Exit { code, oom_killed };
+    engine.delete_trash_here();
     match conclude(engine, &inst, exit, &mut Sync(None)) {
         Ok(c) => c,
         Err(e) => {
@@ -699,12 +724,14 @@ impl Spawned {
 /// waits for [`Spawned::begin`] (or exits at once, with status 0, after
 /// [`Spawned::abandon`] or our exit). Call it while this process has only one thread
 /// and has not opened any database: the child continues this program, without exec.
-/// `attached`, `stdin` and `tty` are as for [`spawn`].
+/// `attached`, `stdin` and `tty` are as for [`spawn`]; with `remove` (`--rm`), the monitor
+/// also readies the image store, which the removal needs, while it waits.
 pub fn fork_early(
     root: &std::path::Path,
     attached: bool,
     stdin: bool,
     tty: bool,
+    remove: bool,
 ) -> Result<Spawned, EngineError> {
     let (r, w) = pipe()?;
     let (go_r, go_w) = pipe()?;
@@ -731,7 +758,7 @@ pub fn fork_early(
         }
         Ok(nix::unistd::ForkResult::Child) => {
             drop((r, go_w));
-            let code = early_child(root, attached, stdin, tty, w, go_r, null);
+            let code = early_child(root, (attached, stdin, tty, remove), w, go_r, null);
             let _ = std::io::stdout().flush();
             // SAFETY: ends the child without running the parent's exit handlers twice.
             unsafe { libc::_exit(code as i32) }
@@ -742,9 +769,7 @@ pub fn fork_early(
 /// The body of a monitor from [`fork_early`]; returns its exit status.
 fn early_child(
     root: &std::path::Path,
-    attached: bool,
-    stdin: bool,
-    tty: bool,
+    (attached, stdin, tty, remove): (bool, bool, bool, bool),
     sync: OwnedFd,
     go: OwnedFd,
     null: std::fs::File,
@@ -764,8 +789,16 @@ fn early_child(
     }
     settle_child(!(attached && tty));
     drop(null);
-    // Opened while our parent creates the instance.
+    // Opened, and its schemas loaded, while our parent creates the instance.
     let engine = Engine::open(root);
+    if let Ok(e) = &engine {
+        e.catalogue().warm();
+        if remove {
+            if let Ok(store) = e.store() {
+                store.warm();
+            }
+        }
+    }
     let mut line = String::new();
     let id = match std::io::BufReader::new(std::fs::File::from(go)).read_line(&mut line) {
         Ok(n) if n > 0 && !line.trim().is_empty() => line.trim(),

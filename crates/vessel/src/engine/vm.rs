@@ -701,6 +701,7 @@ impl Backend for VmBackend {
         Ok(Started {
             pid: std::process::id() as i32,
             pty_master,
+            teardown: None,
         })
     }
 
