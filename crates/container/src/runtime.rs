@@ -391,6 +391,13 @@ impl Runtime {
         p.cgroup.stats()
     }
 
+    /// Whether the OOM killer has killed a process of container `id` (as
+    /// [`Stats::oom_killed`], reading nothing else).
+    pub fn oom_killed(&self, id: &str) -> Result<bool> {
+        let (_, p) = self.load(id)?;
+        Ok(p.cgroup.oom_killed())
+    }
+
     /// States of all containers, sorted by id.
     pub fn list(&self) -> Result<Vec<State>> {
         let entries = match fs::read_dir(&self.state_root) {

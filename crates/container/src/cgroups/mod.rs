@@ -339,6 +339,24 @@ impl Cgroup {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Whether the OOM killer has killed a process of the cgroup: the one figure of
+    /// [`Cgroup::stats`] that an exit needs, read alone.
+    pub fn oom_killed(&self) -> bool {
+        let Some(d) = self.dir_for("memory") else {
+            return false;
+        };
+        if d.v2 {
+            fs::read_to_string(d.path.join("memory.events"))
+                .ok()
+                .and_then(|t| stats::flat_keyed(&t, "oom_kill"))
+                .is_some_and(|n| n > 0)
+        } else {
+            let oom = fs::read_to_string(d.path.join("memory.oom_control")).unwrap_or_default();
+            stats::flat_keyed(&oom, "oom_kill").is_some_and(|n| n > 0)
+                || stats::flat_keyed(&oom, "under_oom") == Some(1)
+        }
+    }
+
     /// Read usage and limits.
     pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
@@ -451,6 +469,15 @@ fn inherit_cpuset(parent: &Path, child: &Path) -> Result<()> {
 
 /// rmdir a cgroup and its sub-cgroups, deepest first; retries while tasks are exiting.
 fn remove_tree(dir: &Path) -> Result<()> {
+    // Mostly there is nothing below the container's cgroup: one rmdir, without listing
+    // the dozens of control files of a v1 cgroup directory first.
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        Err(e) => return Err(Error::io("remove cgroup", dir, e)),
+    }
+    // Child cgroups (or processes, which the loop below waits out): children first.
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),

@@ -269,10 +269,7 @@ impl Backend for ContainerBackend {
     }
 
     fn oom_killed(&self, inst: &Instance) -> bool {
-        self.runtime
-            .stats(&inst.id)
-            .map(|s| s.oom_killed)
-            .unwrap_or(false)
+        self.runtime.oom_killed(&inst.id).unwrap_or(false)
     }
 
     fn kill(&self, inst: &Instance, signal: i32) -> Result<()> {
