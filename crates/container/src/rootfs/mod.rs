@@ -302,18 +302,23 @@ pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
         .iter()
         .any(|m| m.destination == Path::new("/dev") && !m.bind);
     if fresh_dev {
-        // Made like runc: a node of our own where we may (a mknod in a tmpfs, which
+        // Made like runc: a node of our own where we may (a mknod in the tmpfs, which
         // the container's exit need not unmount), else a bind mount of the host's.
-        let userns = cfg.has_ns(nix::sched::CloneFlags::CLONE_NEWUSER);
         for &(name, major, minor) in DEFAULT_DEVICES {
             let host = Path::new("/dev").join(name);
             if cfg.devices.iter().any(|d| d.path == host) {
                 continue;
             }
-            let target = dev.join(name);
-            if userns || !default_device_node(&target, major, minor)? {
-                bind_device(&host, &target)?;
-            }
+            let node = DeviceNode {
+                path: host,
+                kind: libc::S_IFCHR,
+                major,
+                minor,
+                mode: 0o666,
+                uid: 0,
+                gid: 0,
+            };
+            create_device(&node, &dev.join(name))?;
         }
         let links: &[(&str, &str)] = &[
             ("/proc/self/fd", "fd"),
@@ -353,29 +358,6 @@ fn make_symlink(src: &str, link: &Path) -> Result<()> {
     }
 }
 
-/// Makes character device `major:minor` at `target`, mode 0666 (whatever the umask),
-/// owned by root; `false` if this process may not make device nodes.
-fn default_device_node(target: &Path, major: u64, minor: u64) -> Result<bool> {
-    match mknod(
-        target,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o666),
-        makedev(major, minor),
-    ) {
-        Ok(()) => {}
-        Err(Errno::EPERM) => return Ok(false),
-        Err(e) => return Err(Error::sys("mknod", target, e)),
-    }
-    nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        target,
-        Mode::from_bits_truncate(0o666),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )
-    .map_err(|e| Error::sys("chmod device", target, e))?;
-    Ok(true)
-}
-
 fn bind_device(host: &Path, target: &Path) -> Result<()> {
     if fs::symlink_metadata(target).is_err() {
         fs::File::create(target).map_err(|e| Error::io("create device placeholder", target, e))?;
@@ -397,12 +379,22 @@ fn create_device(d: &DeviceNode, target: &Path) -> Result<()> {
         makedev(d.major, d.minor),
     );
     match r {
-        Ok(()) => chown(
-            target,
-            Some(Uid::from_raw(d.uid)),
-            Some(Gid::from_raw(d.gid)),
-        )
-        .map_err(|e| Error::sys("chown device", target, e)),
+        Ok(()) => {
+            chown(
+                target,
+                Some(Uid::from_raw(d.uid)),
+                Some(Gid::from_raw(d.gid)),
+            )
+            .map_err(|e| Error::sys("chown device", target, e))?;
+            // The mode asked for, whatever our umask took from mknod's.
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                target,
+                Mode::from_bits_truncate(d.mode & 0o7777),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| Error::sys("chmod device", target, e))
+        }
         // In a user namespace mknod is refused: bind the host's node instead.
         Err(Errno::EPERM) => bind_device(&d.path, target),
         Err(e) => Err(Error::sys("mknod", target, e)),

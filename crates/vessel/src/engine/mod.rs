@@ -154,7 +154,6 @@ impl Engine {
     /// other, which finds it ready; opening the same one at once, one would wait for the
     /// other's rebuild.
     pub fn open_store_first(root: &Path) -> Result<Engine> {
-        std::fs::create_dir_all(root).map_err(|e| EngineError::io("create", root, e))?;
         let store = Store::open(root)?;
         store.warm();
         Engine::open_with(root, Some(store))
