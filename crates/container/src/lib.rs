@@ -17,6 +17,7 @@ mod error;
 mod process;
 mod rootfs;
 mod runtime;
+pub mod sealed;
 mod seccomp;
 pub mod spec;
 mod state;

@@ -122,6 +122,23 @@ pub enum Command {
         #[arg(long)]
         attached: bool,
     },
+    /// (internal) the monitor forked by `run` before the instance exists: reports on fd 3,
+    /// reads the instance id from fd 4
+    #[command(name = "__monitor-early", hide = true)]
+    MonitorEarly {
+        /// Copy output to our stdout/stderr as well as the log
+        #[arg(long)]
+        attached: bool,
+        /// Forward our stdin
+        #[arg(long)]
+        stdin: bool,
+        /// The instance has a terminal
+        #[arg(long)]
+        tty: bool,
+        /// The instance is removed when it exits (`--rm`)
+        #[arg(long)]
+        remove: bool,
+    },
     /// (internal) the end of a detached container's monitor, run by vessel-shim
     #[command(name = "__monitor-finish", hide = true)]
     MonitorFinish {

@@ -95,6 +95,10 @@ fn fork_child(child: impl FnOnce()) -> Result<Pid> {
     // could be held by vanished threads) and leaves with _exit.
     match unsafe { fork() }.map_err(|e| Error::syscall("fork", e))? {
         ForkResult::Child => {
+            // Until its final execve, nothing of the container may ptrace this process
+            // or open its /proc files (exe, fds, memory): execve restores dumpable.
+            // SAFETY: prctl on the calling process only.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
             // `child` ends with _exit; never fall back into the caller's code.
             child();
             setup::exit(127)

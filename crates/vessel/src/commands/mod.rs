@@ -16,6 +16,14 @@ use crate::{CmdResult, Failure};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> CmdResult {
+    // The processes that fork a container's processes run from a sealed view of this
+    // binary, so that nothing in the container can write the host's vessel through
+    // /proc/<pid>/exe (see vessel_container::sealed). `run`'s monitor seals itself as it
+    // starts (monitor::fork_early), off the path of the command.
+    if forks_container_processes(&cli.command) {
+        vessel_container::sealed::ensure_sealed()
+            .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
+    }
     let root = cli.global.root;
     let store = || Store::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     let engine = || Engine::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
@@ -60,6 +68,15 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Monitor { id, attached } => {
             Ok(crate::engine::monitor::run(&engine()?, &id, attached))
         }
+        Command::MonitorEarly {
+            attached,
+            stdin,
+            tty,
+            remove,
+        } => Ok(crate::engine::monitor::early(
+            &root,
+            (attached, stdin, tty, remove),
+        )),
         Command::MonitorFinish { id, code } => {
             Ok(crate::engine::monitor::finish(&engine()?, &id, code))
         }
@@ -77,4 +94,16 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Load(a) | Command::Image(ImageCommand::Load(a)) => transfer::load(&store()?, &a),
         Command::Save(a) | Command::Image(ImageCommand::Save(a)) => transfer::save(&store()?, &a),
     }
+}
+
+/// Whether `cmd` forks processes that enter a container (and so must run sealed).
+fn forks_container_processes(cmd: &Command) -> bool {
+    use crate::cli::OciCommand;
+    matches!(
+        cmd,
+        Command::Exec(_)
+            | Command::Monitor { .. }
+            | Command::MonitorEarly { .. }
+            | Command::Oci(OciCommand::Create { .. })
+    )
 }

@@ -102,7 +102,7 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
     }
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let clock = Instant::now();
-    let exe = std::env::current_exe()
+    let exe = vessel_container::sealed::host_exe()
         .map_err(|e| CompareError::Setup(format!("locate the vessel binary: {e}")))?;
     let probe = crate::engine::init::binary().map_err(|e| {
         CompareError::Setup(format!(

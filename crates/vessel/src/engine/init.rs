@@ -12,7 +12,7 @@ pub fn binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VESSEL_INIT") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()
+    let exe = vessel_container::sealed::host_exe()
         .map_err(|e| EngineError::Internal(format!("locate the vessel binary: {e}")))?;
     let p = exe.with_file_name("vessel-init");
     if p.is_file() {

@@ -23,6 +23,8 @@ use super::{Engine, EngineError};
 
 /// The fd on which the monitor reports to its parent.
 pub const SYNC_FD: RawFd = 3;
+/// Where `__monitor-early` reads its instance id from.
+const GO_FD: RawFd = 4;
 
 /// What the monitor tells its parent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -328,7 +330,9 @@ fn shim_binary() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("VESSEL_SHIM") {
         return Some(p.into());
     }
-    let p = std::env::current_exe().ok()?.with_file_name("vessel-shim");
+    let p = vessel_container::sealed::host_exe()
+        .ok()?
+        .with_file_name("vessel-shim");
     p.is_file().then_some(p)
 }
 
@@ -342,9 +346,9 @@ fn exec_shim(
     pipes: Option<&(OwnedFd, OwnedFd, Option<OwnedFd>)>,
 ) -> std::io::Error {
     use std::os::unix::process::CommandExt;
-    let exe = match std::env::current_exe() {
+    let exe = match vessel_container::sealed::host_exe() {
         Ok(e) => e,
-        Err(e) => return e,
+        Err(e) => return std::io::Error::other(e),
     };
     let mut cmd = std::process::Command::new(shim);
     cmd.arg("--pid").arg(started.pid.to_string());
@@ -735,11 +739,6 @@ pub fn fork_early(
 ) -> Result<Spawned, EngineError> {
     let (r, w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| EngineError::io("open", "/dev/null", e))?;
     // Anything buffered would be written twice, by both processes.
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
@@ -758,12 +757,102 @@ pub fn fork_early(
         }
         Ok(nix::unistd::ForkResult::Child) => {
             drop((r, go_w));
-            let code = early_child(root, (attached, stdin, tty, remove), w, go_r, null);
-            let _ = std::io::stdout().flush();
+            // The monitor forks the container's processes: it runs from the sealed binary
+            // (vessel_container::sealed), as `__monitor-early` with the report pipe on
+            // fd 3 and the id pipe on fd 4.
+            let e = exec_early(root, (attached, stdin, tty, remove), w, go_r);
+            let mut sync = Sync(Some(std::fs::File::from(e.1)));
+            sync.send(&Report::Error {
+                code: 125,
+                message: format!("start the monitor: {}", e.0),
+            });
             // SAFETY: ends the child without running the parent's exit handlers twice.
-            unsafe { libc::_exit(code as i32) }
+            unsafe { libc::_exit(125) }
         }
     }
+}
+
+/// Puts `sync` on fd 3 and `go` on fd 4 and execs the sealed binary as `__monitor-early`.
+/// Returns only on failure, with the report pipe to say so on.
+fn exec_early(
+    root: &std::path::Path,
+    (attached, stdin, tty, remove): (bool, bool, bool, bool),
+    sync: OwnedFd,
+    go: OwnedFd,
+) -> (String, OwnedFd) {
+    // Moved out of the way of 3 and 4 first (either may be one of them), then placed.
+    let high = |fd: &OwnedFd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10));
+    let (s, g) = match (high(&sync), high(&go)) {
+        (Ok(s), Ok(g)) => (s, g),
+        (Err(e), _) | (_, Err(e)) => return (format!("dup: {e}"), sync),
+    };
+    drop(go);
+    // SAFETY: dup2 onto fds 3 and 4 of this single-threaded child; the copies at `s` and
+    // `g` are close-on-exec, the dup2'ed ones are not and so survive the exec.
+    let placed = unsafe { libc::dup2(s, SYNC_FD) >= 0 && libc::dup2(g, GO_FD) >= 0 };
+    // SAFETY: closing the high copies we made above.
+    unsafe {
+        libc::close(g);
+    }
+    // SAFETY: `s` is our own descriptor from F_DUPFD_CLOEXEC.
+    let sync_back = unsafe { OwnedFd::from_raw_fd(s) };
+    if !placed {
+        return (
+            format!("dup2: {}", std::io::Error::last_os_error()),
+            sync_back,
+        );
+    }
+    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), root.into()];
+    if let Some(level) = tracing::level_filters::LevelFilter::current().into_level() {
+        if level >= tracing::Level::DEBUG {
+            args.push("--debug".into());
+        }
+    }
+    args.push("__monitor-early".into());
+    for (on, flag) in [
+        (attached, "--attached"),
+        (stdin, "--stdin"),
+        (tty, "--tty"),
+        (remove, "--remove"),
+    ] {
+        if on {
+            args.push(flag.into());
+        }
+    }
+    match vessel_container::sealed::exec_sealed(&args) {
+        Err(e) => (e.to_string(), sync_back),
+        Ok(never) => match never {},
+    }
+}
+
+/// `vessel __monitor-early`: the monitor [`fork_early`] started, now running sealed, with
+/// the report pipe on fd 3 and the pipe that brings the instance id on fd 4.
+pub fn early(root: &std::path::Path, flags: (bool, bool, bool, bool)) -> u8 {
+    // SAFETY: fds 3 and 4 were placed for us by `exec_early` and are ours from here on.
+    let (sync, go) = unsafe { (OwnedFd::from_raw_fd(SYNC_FD), OwnedFd::from_raw_fd(GO_FD)) };
+    for fd in [&sync, &go] {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    let null = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(n) => n,
+        Err(e) => {
+            Sync(Some(std::fs::File::from(sync))).send(&Report::Error {
+                code: 125,
+                message: format!("open /dev/null: {e}"),
+            });
+            return 125;
+        }
+    };
+    let code = early_child(root, flags, sync, go, null);
+    let _ = std::io::stdout().flush();
+    code
 }
 
 /// The body of a monitor from [`fork_early`]; returns its exit status.
@@ -844,7 +933,7 @@ pub fn spawn(
 ) -> Result<Spawned, EngineError> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio as P};
-    let exe = std::env::current_exe()
+    let exe = vessel_container::sealed::host_exe()
         .map_err(|e| EngineError::Internal(format!("locate the vessel binary: {e}")))?;
     let (r, w) = pipe()?;
     let w_raw = w.as_raw_fd();
