@@ -22,6 +22,7 @@ mod seccomp;
 pub mod spec;
 mod state;
 pub mod trash;
+pub mod user;
 
 pub use cgroups::warm::{warm as warm_cgroup_attach, Warmer as CgroupWarmer};
 pub use cgroups::{CgroupMode, Stats};

@@ -110,8 +110,7 @@ fn idmap_in_place(dir: &Path, userns: &File) -> Result<()> {
     })
 }
 
-/// `mount_setattr(tree, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP, userns})`. Neither rustix nor
-/// nix wraps mount_setattr (Linux 5.12); libc has its number and `struct mount_attr`.
+/// `mount_setattr(tree, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP, userns})`.
 fn set_idmap(tree: &OwnedFd, userns: &File) -> std::result::Result<(), nix::Error> {
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP,
@@ -119,22 +118,7 @@ fn set_idmap(tree: &OwnedFd, userns: &File) -> std::result::Result<(), nix::Erro
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
-    // SAFETY: a valid fd, an empty NUL-terminated path, and `attr` with its exact size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(nix::Error::last())
-    }
+    super::mount_setattr(tree, 0, &attr)
 }
 
 /// A user namespace with the container's id mappings, for idmapped mounts: a child

@@ -7,20 +7,21 @@
 pub(crate) mod idmap;
 mod paths;
 
+use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
-use nix::unistd::{chdir, chown, pivot_root, Gid, Uid};
+use nix::unistd::{chdir, pivot_root};
 
 use crate::cgroups::Cgroup;
 use crate::config::{ContainerConfig, DeviceNode, MountPlan, OverlayMount};
 use crate::error::{Error, Result};
-pub(crate) use paths::secure_join;
+use paths::{fd_path, Root};
 
 const NONE: Option<&str> = None;
 
@@ -95,25 +96,26 @@ fn mount_overlay(cfg: &ContainerConfig, ov: &OverlayMount) -> Result<()> {
 
 /// Perform the spec's mounts under the rootfs, in order. `before_cgroup` runs before the
 /// first cgroup filesystem is mounted (it must leave the process in its cgroup and
-/// cgroup namespace).
+/// cgroup namespace). Every target is resolved inside the root and mounted on through
+/// its descriptor (see [`paths`]).
 pub(crate) fn mount_all(
     cfg: &ContainerConfig,
     cgroup: &Cgroup,
     before_cgroup: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
+    let root = Root::open(&cfg.rootfs)?;
     for m in &cfg.mounts {
-        let target = secure_join(&cfg.rootfs, &m.destination)?;
+        let dest = m.destination.as_path();
         if m.typ == "cgroup" || m.typ == "cgroup2" {
             before_cgroup()?;
-            mkdir_all(&target)?;
-            mount_cgroup(cfg, cgroup, m, &target)?;
+            mount_cgroup(cfg, cgroup, m, &root)?;
         } else if m.bind {
-            mount_bind(m, &target)?;
+            mount_bind(m, &root)?;
         } else {
-            mkdir_all(&target)?;
+            let target = root.mkdir_all(dest)?;
             let r = mount(
                 m.source.as_deref().or(Some(Path::new(&m.typ))),
-                &target,
+                &fd_path(&target),
                 Some(m.typ.as_str()),
                 m.flags,
                 Some(m.data.as_str()).filter(|d| !d.is_empty()),
@@ -124,60 +126,129 @@ pub(crate) fn mount_all(
                 Err(Errno::EPERM) if m.typ == "sysfs" => {
                     mount(
                         Some("/sys"),
-                        &target,
+                        &fd_path(&target),
                         NONE,
                         MsFlags::MS_BIND | MsFlags::MS_REC,
                         NONE,
                     )
-                    .map_err(|e| Error::sys("bind-mount /sys on", &target, e))?;
-                    remount_bind(&target, m.flags | MsFlags::MS_RDONLY)?;
+                    .map_err(|e| Error::sys("bind-mount /sys on", dest, e))?;
+                    remount_bind(&fd_path(&root.resolve(dest)?), m.flags | MsFlags::MS_RDONLY)?;
                 }
                 Err(e) => {
                     return Err(Error::InitFailed(format!(
                         "mount {} ({}) on {}: {e}",
                         m.source.as_deref().unwrap_or(Path::new("")).display(),
                         m.typ,
-                        target.display()
+                        dest.display()
                     )))
                 }
                 Ok(()) => {}
             }
         }
-        for p in &m.propagation {
-            mount(NONE, &target, NONE, *p, NONE)
-                .map_err(|e| Error::sys("set mount propagation of", &target, e))?;
+        if !m.propagation.is_empty() {
+            let target = root.resolve(dest)?;
+            for p in &m.propagation {
+                mount(NONE, &fd_path(&target), NONE, *p, NONE)
+                    .map_err(|e| Error::sys("set mount propagation of", dest, e))?;
+            }
         }
     }
     Ok(())
 }
 
-fn mount_bind(m: &MountPlan, target: &Path) -> Result<()> {
+fn mount_bind(m: &MountPlan, root: &Root) -> Result<()> {
     let source = m.source.as_deref().unwrap_or(Path::new(""));
+    let dest = m.destination.as_path();
     let meta = fs::metadata(source).map_err(|e| Error::io("stat bind source", source, e))?;
-    if meta.is_dir() {
-        mkdir_all(target)?;
+    let target = if meta.is_dir() {
+        root.mkdir_all(dest)?
     } else {
-        if let Some(parent) = target.parent() {
-            mkdir_all(parent)?;
-        }
-        if fs::symlink_metadata(target).is_err() {
-            fs::File::create(target).map_err(|e| Error::io("create bind target", target, e))?;
-        }
-    }
+        root.create_file(dest)?
+    };
     let rec = m.flags & MsFlags::MS_REC;
-    mount(Some(source), target, NONE, MsFlags::MS_BIND | rec, NONE).map_err(|e| {
+    mount(
+        Some(source),
+        &fd_path(&target),
+        NONE,
+        MsFlags::MS_BIND | rec,
+        NONE,
+    )
+    .map_err(|e| {
         Error::InitFailed(format!(
             "bind-mount {} on {}: {e}",
             source.display(),
-            target.display()
+            dest.display()
         ))
     })?;
-    // Flags other than BIND/REC only take effect on a remount.
+    // Flags other than BIND/REC only take effect on a remount, of what is now mounted.
     let extra = m.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
     if !extra.is_empty() {
-        remount_bind(target, extra)?;
+        let mounted = root.resolve(dest)?;
+        if rec.is_empty() {
+            remount_bind(&fd_path(&mounted), extra)?;
+        } else {
+            remount_recursive(&mounted, dest, extra)?;
+        }
     }
     Ok(())
+}
+
+/// Applies `flags`' read-only, nosuid, nodev, noexec to every mount of the tree at
+/// `target` (`:ro` volumes are read-only recursively, as Docker makes them), with
+/// `mount_setattr(AT_RECURSIVE)`; kernels before 5.12 get the top mount only.
+fn remount_recursive(target: &OwnedFd, shown: &Path, flags: MsFlags) -> Result<()> {
+    let mut set = 0;
+    for (ms, attr) in [
+        (MsFlags::MS_RDONLY, libc::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, libc::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, libc::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+    ] {
+        if flags.contains(ms) {
+            set |= attr;
+        }
+    }
+    let other =
+        flags & !(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    if !other.is_empty() || set == 0 {
+        return remount_bind(&fd_path(target), flags);
+    }
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    match mount_setattr(target, libc::AT_RECURSIVE, &attr) {
+        Ok(()) => Ok(()),
+        Err(Errno::ENOSYS) => remount_bind(&fd_path(target), flags),
+        Err(e) => Err(Error::sys("mount_setattr(AT_RECURSIVE)", shown, e)),
+    }
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | at_flags, attr)`. Neither rustix nor nix wraps
+/// mount_setattr (Linux 5.12); libc has its number and `struct mount_attr`.
+pub(crate) fn mount_setattr(
+    fd: &impl AsRawFd,
+    at_flags: libc::c_int,
+    attr: &libc::mount_attr,
+) -> std::result::Result<(), nix::Error> {
+    // SAFETY: a valid fd, an empty NUL-terminated path, and `attr` with its exact size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | at_flags,
+            attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
 }
 
 /// Remount a bind mount with `flags`, keeping the flags the kernel locked (nosuid, nodev,
@@ -214,12 +285,11 @@ fn remount_bind(target: &Path, flags: MsFlags) -> Result<()> {
 
 /// Mount /sys/fs/cgroup. With a cgroup namespace the container gets fresh cgroup
 /// filesystems rooted at its own cgroup; without, its cgroup directories are bind-mounted.
-fn mount_cgroup(
-    cfg: &ContainerConfig,
-    cgroup: &Cgroup,
-    m: &MountPlan,
-    target: &Path,
-) -> Result<()> {
+fn mount_cgroup(cfg: &ContainerConfig, cgroup: &Cgroup, m: &MountPlan, root: &Root) -> Result<()> {
+    let dest = m.destination.as_path();
+    let target_fd = root.mkdir_all(dest)?;
+    let target = fd_path(&target_fd);
+    let target = target.as_path();
     let ro = m.flags.contains(MsFlags::MS_RDONLY);
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let ro_flag = if ro {
@@ -241,12 +311,16 @@ fn mount_cgroup(
         } else if let Some(d) = cgroup.dirs.iter().find(|d| d.v2) {
             mount(Some(&d.path), target, NONE, MsFlags::MS_BIND, NONE)
                 .map_err(|e| Error::sys("bind-mount cgroup on", target, e))?;
-            remount_bind(target, base | ro_flag)?;
+            remount_bind(&fd_path(&root.resolve(dest)?), base | ro_flag)?;
         }
         return Ok(());
     }
     mount(Some("tmpfs"), target, Some("tmpfs"), base, Some("mode=755"))
-        .map_err(|e| Error::sys("mount tmpfs on", target, e))?;
+        .map_err(|e| Error::sys("mount tmpfs on", dest, e))?;
+    // From here on, the tmpfs just mounted (ours: nothing of the image is in it).
+    let tmpfs = root.resolve(dest)?;
+    let target = fd_path(&tmpfs);
+    let target = target.as_path();
     for d in &cgroup.dirs {
         let name = d
             .mountpoint
@@ -294,14 +368,17 @@ fn mount_cgroup(
 }
 
 /// Populate /dev when the spec mounted a fresh one: default devices, spec devices,
-/// the standard symlinks and /dev/ptmx.
+/// the standard symlinks and /dev/ptmx. Every node and link is made with a `*at` call
+/// in a directory resolved inside the root, so an image whose `/dev` (or a device's
+/// parent) is a symlink gets them inside its root, never on the host.
 pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
-    let dev = cfg.rootfs.join("dev");
+    let root = Root::open(&cfg.rootfs)?;
     let fresh_dev = cfg
         .mounts
         .iter()
         .any(|m| m.destination == Path::new("/dev") && !m.bind);
     if fresh_dev {
+        let dev = root.resolve(Path::new("/dev"))?;
         // Made like runc: a node of our own where we may (a mknod in the tmpfs, which
         // the container's exit need not unmount), else a bind mount of the host's.
         for &(name, major, minor) in DEFAULT_DEVICES {
@@ -318,7 +395,7 @@ pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
                 uid: 0,
                 gid: 0,
             };
-            create_device(&node, &dev.join(name))?;
+            create_device(&node, &dev, OsStr::new(name), &root)?;
         }
         let links: &[(&str, &str)] = &[
             ("/proc/self/fd", "fd"),
@@ -327,15 +404,15 @@ pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
             ("/proc/self/fd/2", "stderr"),
         ];
         for (src, name) in links {
-            make_symlink(src, &dev.join(name))?;
+            make_symlink(src, &dev, name)?;
         }
         if Path::new("/proc/kcore").exists() {
-            make_symlink("/proc/kcore", &dev.join("core"))?;
+            make_symlink("/proc/kcore", &dev, "core")?;
         }
     }
     for d in &cfg.devices {
-        let target = secure_join(&cfg.rootfs, &d.path)?;
-        create_device(d, &target)?;
+        let (dir, name) = root.parent_of(&d.path)?;
+        create_device(d, &dir, name, &root)?;
     }
     // /dev/ptmx must be the container's devpts instance.
     if cfg
@@ -343,61 +420,61 @@ pub(crate) fn setup_dev(cfg: &ContainerConfig) -> Result<()> {
         .iter()
         .any(|m| m.typ == "devpts" && m.destination == Path::new("/dev/pts"))
     {
-        let ptmx = dev.join("ptmx");
-        let _ = fs::remove_file(&ptmx);
-        make_symlink("pts/ptmx", &ptmx)?;
+        let dev = root.resolve(Path::new("/dev"))?;
+        let _ = rustix::fs::unlinkat(&dev, "ptmx", rustix::fs::AtFlags::empty());
+        make_symlink("pts/ptmx", &dev, "ptmx")?;
     }
     Ok(())
 }
 
-fn make_symlink(src: &str, link: &Path) -> Result<()> {
-    match symlink(src, link) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("symlink", link, e)),
+fn make_symlink(src: &str, dir: &OwnedFd, name: &str) -> Result<()> {
+    match rustix::fs::symlinkat(src, dir, name) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(Error::sys(
+            "symlink",
+            Path::new("/dev").join(name),
+            nix::Error::from_raw(e.raw_os_error()),
+        )),
     }
 }
 
-fn bind_device(host: &Path, target: &Path) -> Result<()> {
-    if fs::symlink_metadata(target).is_err() {
-        fs::File::create(target).map_err(|e| Error::io("create device placeholder", target, e))?;
-    }
-    mount(Some(host), target, NONE, MsFlags::MS_BIND, NONE)
-        .map_err(|e| Error::sys("bind-mount device on", target, e))
-}
-
-fn create_device(d: &DeviceNode, target: &Path) -> Result<()> {
-    if let Some(parent) = target.parent() {
-        mkdir_all(parent)?;
-    }
-    let _ = fs::remove_file(target);
-    let kind = SFlag::from_bits_truncate(d.kind);
-    let r = mknod(
-        target,
-        kind,
-        Mode::from_bits_truncate(d.mode & 0o7777),
-        makedev(d.major, d.minor),
-    );
-    match r {
+/// Makes device `d` as `name` in `dir` (inside the root): a node, or in a user namespace
+/// (where mknod is refused) a bind mount of the host's node.
+fn create_device(d: &DeviceNode, dir: &OwnedFd, name: &OsStr, root: &Root) -> Result<()> {
+    use rustix::fs::AtFlags;
+    let nixe = |e: rustix::io::Errno| nix::Error::from_raw(e.raw_os_error());
+    let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    let kind = rustix::fs::FileType::from_raw_mode(d.kind);
+    let mode = rustix::fs::Mode::from_raw_mode(d.mode & 0o7777);
+    let dev = rustix::fs::makedev(d.major as u32, d.minor as u32);
+    match rustix::fs::mknodat(dir, name, kind, mode, dev) {
         Ok(()) => {
-            chown(
-                target,
-                Some(Uid::from_raw(d.uid)),
-                Some(Gid::from_raw(d.gid)),
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(d.uid)),
+                Some(rustix::fs::Gid::from_raw(d.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| Error::sys("chown device", target, e))?;
-            // The mode asked for, whatever our umask took from mknod's.
-            nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                target,
-                Mode::from_bits_truncate(d.mode & 0o7777),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| Error::sys("chmod device", target, e))
+            .map_err(|e| Error::sys("chown device", &d.path, nixe(e)))?;
+            // The mode asked for, whatever our umask took from mknod's. The node was
+            // just made by us in a directory no container process can reach yet.
+            rustix::fs::chmodat(dir, name, mode, AtFlags::empty())
+                .map_err(|e| Error::sys("chmod device", &d.path, nixe(e)))
         }
         // In a user namespace mknod is refused: bind the host's node instead.
-        Err(Errno::EPERM) => bind_device(&d.path, target),
-        Err(e) => Err(Error::sys("mknod", target, e)),
+        Err(rustix::io::Errno::PERM) => {
+            let target = root.create_file(&d.path)?;
+            mount(
+                Some(&d.path),
+                &fd_path(&target),
+                NONE,
+                MsFlags::MS_BIND,
+                NONE,
+            )
+            .map_err(|e| Error::sys("bind-mount device on", &d.path, e))
+        }
+        Err(e) => Err(Error::sys("mknod", &d.path, nixe(e))),
     }
 }
 
