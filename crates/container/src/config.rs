@@ -133,6 +133,10 @@ pub(crate) struct ProcessConfig {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// `process.user.username`: a user spec (`name[:group]`) to resolve against the
+    /// container's own /etc/passwd and /etc/group once inside it; it replaces
+    /// uid, gid and additional_gids.
+    pub user_spec: Option<String>,
     pub umask: Option<u32>,
     pub caps: Option<CapSets>,
     pub rlimits: Vec<(Resource, u64, u64)>,
@@ -465,6 +469,7 @@ pub(crate) fn process_config(
         uid: p.user().uid(),
         gid: p.user().gid(),
         additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        user_spec: p.user().username().clone().filter(|u| !u.is_empty()),
         umask: p.user().umask(),
         caps,
         rlimits,

@@ -21,6 +21,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A user or group could not be resolved (`exec -u name`).
+    #[error("{0}")]
+    User(String),
+
     /// The spec asks for something invalid or unsupported; nothing was created.
     #[error("invalid OCI spec: {0}")]
     InvalidSpec(String),

@@ -314,6 +314,26 @@ fn exec_child(p: &ProcessConfig, chan: Channel, userns: bool) -> ! {
             let master = setup::open_pty(p.console_size)?;
             chan.send_with(&Msg::PtyMaster, Some(master.as_raw_fd()))?;
         }
+        let resolved;
+        let p = match &p.user_spec {
+            // Inside the container's mount namespace: its own /etc, as the
+            // container sees it now.
+            Some(spec) => {
+                let u = crate::user::resolve_in(
+                    spec,
+                    &crate::user::read_db("/etc/passwd")?,
+                    &crate::user::read_db("/etc/group")?,
+                )?;
+                resolved = ProcessConfig {
+                    uid: u.uid,
+                    gid: u.gid,
+                    additional_gids: u.additional_gids,
+                    ..p.clone()
+                };
+                &resolved
+            }
+            None => p,
+        };
         prepare_process(p, !userns || setgroups_allowed(), &chan)
     })();
     let exe = match r {

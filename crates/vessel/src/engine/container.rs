@@ -13,6 +13,9 @@ use super::backend::{Backend, Exec, ExecRequest, Exit, Started, Stdio};
 use super::catalogue::Instance;
 use super::{userdb, EngineError, Result};
 
+/// The host uid and gid that a `--userns` container's root is.
+pub(crate) const USERNS_HOST_ID: u32 = 100_000;
+
 /// Runs instances as Linux containers.
 pub struct ContainerBackend {
     runtime: Runtime,
@@ -164,7 +167,7 @@ impl Backend for ContainerBackend {
         let user_namespace = req.userns.then(|| {
             let map = vec![IdMap {
                 container_id: 0,
-                host_id: 100_000,
+                host_id: USERNS_HOST_ID,
                 size: 65_536,
             }];
             (map.clone(), map)
@@ -291,37 +294,16 @@ impl Backend for ContainerBackend {
             .process()
             .clone()
             .ok_or_else(|| EngineError::Backend("the bundle has no process".into()))?;
-        let top_first: Vec<PathBuf> = vec![dir.join("upper")];
         process.set_args(Some(req.args.clone()));
         process.set_terminal(Some(req.tty));
         if let Some(w) = &req.workdir {
             process.set_cwd(w.into());
         }
         if let Some(u) = &req.user {
-            // Resolve against the container's live /etc via its root, through the upper dir
-            // first and then the image layers named in the overlay annotation.
-            let mut layers = top_first;
-            if let Some(v) = spec
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(spec::OVERLAY_ANNOTATION))
-            {
-                if let Ok(o) = serde_json::from_str::<serde_json::Value>(v) {
-                    layers.extend(
-                        o["lower"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|p| p.as_str())
-                            .map(PathBuf::from),
-                    );
-                }
-            }
-            let user = userdb::resolve(u, &layers)?;
+            // Resolved by the runtime inside the container, against its live /etc (as
+            // Docker does): never by reading the container's files from the host.
             let mut pu = process.user().clone();
-            pu.set_uid(user.uid);
-            pu.set_gid(user.gid);
-            pu.set_additional_gids(Some(user.additional_gids));
+            pu.set_username(Some(u.clone()));
             process.set_user(pu);
         }
         if !req.env.is_empty() {

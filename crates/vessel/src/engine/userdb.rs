@@ -1,133 +1,51 @@
-//! Resolving `--user name[:group]` against the image's own /etc/passwd and /etc/group.
+//! Resolving `--user name[:group]` against the image's own /etc/passwd and /etc/group,
+//! for the process `run` starts (the image's layers are read, each file capped); `exec
+//! -u` resolves inside the running container instead (see `vessel_container::user`).
 
+use std::io::Read;
 use std::path::PathBuf;
 
 use super::{EngineError, Result};
 
-/// A resolved user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Supplementary groups from /etc/group.
-    pub additional_gids: Vec<u32>,
-    /// Home directory (for `HOME`).
-    pub home: String,
-}
+pub use vessel_container::user::User;
 
-/// Finds `rel` (like `etc/passwd`) in the topmost layer that has it.
-fn find_in_layers(layers_top_first: &[PathBuf], rel: &str) -> Option<String> {
-    layers_top_first.iter().find_map(|l| {
+/// Finds `rel` (like `etc/passwd`) in the topmost layer that has it, read up to
+/// [`vessel_container::user::MAX_DB_SIZE`].
+fn find_in_layers(layers_top_first: &[PathBuf], rel: &str) -> Result<Option<String>> {
+    for l in layers_top_first {
         let p = l.join(rel);
-        std::fs::symlink_metadata(&p)
-            .ok()
-            .filter(|m| m.is_file())
-            .and_then(|_| std::fs::read_to_string(p).ok())
-    })
+        if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        let mut text = String::new();
+        let cap = vessel_container::user::MAX_DB_SIZE;
+        if f.take(cap + 1).read_to_string(&mut text).is_err() {
+            continue;
+        }
+        if text.len() as u64 > cap {
+            return Err(EngineError::InvalidFlag(format!(
+                "the image's /{rel} is larger than {} MiB",
+                cap >> 20
+            )));
+        }
+        return Ok(Some(text));
+    }
+    Ok(None)
 }
 
 /// Resolves `spec` (`""`, `name`, `uid`, `name:group`, `uid:gid`) inside an image whose
 /// layer directories are given top first. Numeric ids need no entry, as in Docker.
 pub fn resolve(spec: &str, layers_top_first: &[PathBuf]) -> Result<User> {
-    let passwd = find_in_layers(layers_top_first, "etc/passwd").unwrap_or_default();
-    let group = find_in_layers(layers_top_first, "etc/group").unwrap_or_default();
-    resolve_in(spec, &passwd, &group)
-}
-
-fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<User> {
-    let (user, grp) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let user = if user.is_empty() { "0" } else { user };
-    let entries: Vec<Vec<&str>> = passwd
-        .lines()
-        .map(|l| l.split(':').collect())
-        .filter(|f: &Vec<&str>| f.len() >= 7)
-        .collect();
-    let found = entries
-        .iter()
-        .find(|f| f[0] == user || (user.parse::<u32>().is_ok() && f[2] == user));
-    let (uid, mut gid, name, home) = match (found, user.parse::<u32>()) {
-        (Some(f), _) => (
-            f[2].parse().map_err(|_| {
-                EngineError::InvalidFlag(format!("bad uid in the image's /etc/passwd for {user}"))
-            })?,
-            f[3].parse().unwrap_or(0),
-            Some(f[0]),
-            f[5].to_string(),
-        ),
-        (None, Ok(uid)) => (uid, 0, None, "/".to_string()),
-        (None, Err(_)) => {
-            return Err(EngineError::InvalidFlag(format!(
-                "unable to find user {user}: no matching entries in passwd file"
-            )))
-        }
-    };
-    let groups: Vec<Vec<&str>> = group
-        .lines()
-        .map(|l| l.split(':').collect())
-        .filter(|f: &Vec<&str>| f.len() >= 4)
-        .collect();
-    if let Some(g) = grp {
-        gid = match groups.iter().find(|f| f[0] == g) {
-            Some(f) => f[2]
-                .parse()
-                .map_err(|_| EngineError::InvalidFlag(format!("bad gid for group {g}")))?,
-            None => g.parse().map_err(|_| {
-                EngineError::InvalidFlag(format!(
-                    "unable to find group {g}: no matching entries in group file"
-                ))
-            })?,
-        };
-    }
-    let additional_gids = match (grp, name) {
-        (None, Some(n)) => groups
-            .iter()
-            .filter(|f| f[3].split(',').any(|m| m == n))
-            .filter_map(|f| f[2].parse().ok())
-            .filter(|&g| g != gid)
-            .collect(),
-        _ => Vec::new(),
-    };
-    let home = if home.is_empty() { "/".into() } else { home };
-    Ok(User {
-        uid,
-        gid,
-        additional_gids,
-        home,
-    })
+    let passwd = find_in_layers(layers_top_first, "etc/passwd")?.unwrap_or_default();
+    let group = find_in_layers(layers_top_first, "etc/group")?.unwrap_or_default();
+    vessel_container::user::resolve_in(spec, &passwd, &group)
+        .map_err(|e| EngineError::InvalidFlag(e.to_string()))
 }
 
 /// The `HOME` a process gets: from passwd, unless the environment sets it.
 pub fn home_env(env: &[String], user: &User) -> Option<String> {
     (!env.iter().any(|e| e.starts_with("HOME="))).then(|| format!("HOME={}", user.home))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\n";
-    const GROUP: &str = "root:x:0:\nwww:x:33:\nextra:x:99:www,other\n";
-
-    #[test]
-    fn resolves_names_and_numbers() {
-        assert_eq!(resolve_in("", PASSWD, GROUP).unwrap().uid, 0);
-        let w = resolve_in("www", PASSWD, GROUP).unwrap();
-        assert_eq!(
-            (w.uid, w.gid, w.additional_gids.as_slice(), w.home.as_str()),
-            (33, 33, &[99][..], "/var/www")
-        );
-        let n = resolve_in("1000:1000", PASSWD, GROUP).unwrap();
-        assert_eq!((n.uid, n.gid), (1000, 1000));
-        assert_eq!(resolve_in("www:root", PASSWD, GROUP).unwrap().gid, 0);
-        assert!(resolve_in("nobody", PASSWD, GROUP)
-            .unwrap_err()
-            .to_string()
-            .contains("unable to find user nobody"));
-        assert!(resolve_in("www:nogroup", PASSWD, GROUP).is_err());
-    }
 }
