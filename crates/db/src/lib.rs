@@ -116,6 +116,24 @@ pub fn open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
     }
 }
 
+/// Gives `path` the permission bits `mode` unless it has them (one stat when it does).
+/// vessel's state is root's: the data root is `0711` (traversal only, so that a user
+/// namespace's root reaches its own instance's files), what is under it `0700`/`0600`.
+pub fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Creates the directory `path` (and its parents) and gives it `mode`.
+pub fn private_dir(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    restrict(path, mode)
+}
+
 /// SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries. A vessel command
 /// meets a busy database mostly for well under a millisecond: when a `vessel run` and its
 /// monitor open the same database at once, one rebuilds the WAL index from the WAL while
@@ -151,6 +169,14 @@ fn busy_waited(n: u32) -> Duration {
 
 fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
     let db = Connection::open(path)?;
+    // The state of the host's containers is root's alone; SQLite gives its WAL and shm
+    // files the database file's mode.
+    restrict(path, 0o600).map_err(|e| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_PERM),
+            Some(format!("chmod 0600 {}: {e}", path.display())),
+        )
+    })?;
     db.busy_handler(Some(busy_wait))?;
     // WAL is persistent: only a new database needs the (exclusive) switch.
     let mode: String = db.pragma_query_value(None, "journal_mode", |r| r.get(0))?;

@@ -121,6 +121,10 @@ impl Store {
         for sub in ["blobs/sha256", "layers", "tmp"] {
             fs::create_dir_all(dir.join(sub)).map_err(Error::io("create", dir.join(sub)))?;
         }
+        // Layers hold the images' setuid binaries and device nodes: nobody but root may
+        // reach them (the data root itself is traversable, see vessel_db::restrict).
+        vessel_db::restrict(&dir, 0o700).map_err(Error::io("chmod 0700", dir.clone()))?;
+        vessel_db::restrict(root, 0o711).map_err(Error::io("chmod 0711", root.to_path_buf()))?;
         let db_path = dir.join("images.db");
         let db_err = |source| Error::Database {
             path: db_path.clone(),

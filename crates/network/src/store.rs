@@ -158,7 +158,7 @@ fn host_port_free(p: &PortMap) -> bool {
 impl Store {
     /// Opens (creating) `<dir>/network.db`.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        vessel_db::private_dir(dir, 0o700).map_err(|e| Error::io("create", dir, e))?;
         let path = dir.join("network.db");
         let err = |e| Error::Db(path.clone(), e);
         let db = vessel_db::open(&path, SCHEMA).map_err(err)?;

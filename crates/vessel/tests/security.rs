@@ -150,3 +150,173 @@ fn host_binary_cannot_be_overwritten_through_proc_exe() {
         "the attack did not run as planned: {out}"
     );
 }
+
+/// Imports a busybox rootfs changed by `edit` as image `name`.
+fn image_with(name: &str, edit: impl FnOnce(&Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs");
+    assert!(Command::new(&script)
+        .arg(&rootfs)
+        .status()
+        .unwrap()
+        .success());
+    edit(&rootfs);
+    let tag = format!("{name}:latest");
+    ok(&[
+        "import",
+        "-c",
+        r#"CMD ["sh"]"#,
+        rootfs.to_str().unwrap(),
+        &tag,
+    ]);
+    tag
+}
+
+/// An image whose `/dev` is a symlink to a host directory: the runtime's device nodes
+/// and links must land in the container's own /dev, never in the host's directory.
+#[test]
+fn image_dev_symlink_cannot_make_device_nodes_on_the_host() {
+    let host_dir = std::env::temp_dir().join(format!("vessel-devattack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&host_dir);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let target = host_dir.clone();
+    let image = image_with("devlink", move |rootfs| {
+        let _ = std::fs::remove_dir_all(rootfs.join("dev"));
+        std::os::unix::fs::symlink(&target, rootfs.join("dev")).unwrap();
+    });
+    for userns in [false, true] {
+        let mut args = vec!["run", "--rm"];
+        if userns {
+            args.push("--userns");
+        }
+        args.extend([
+            image.as_str(),
+            "sh",
+            "-c",
+            "echo ok > /dev/null && ls /dev/",
+        ]);
+        let o = vessel(&args);
+        let left: Vec<_> = std::fs::read_dir(&host_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "vessel made {left:?} in the host's {} (userns {userns})",
+            host_dir.display()
+        );
+        assert_eq!(code(&o), 0, "userns {userns}: {}", stderr(&o));
+        assert!(stdout(&o).contains("null"), "{}", stdout(&o));
+    }
+    std::fs::remove_dir_all(&host_dir).unwrap();
+}
+
+/// `exec -u NAME` reads the container's /etc/passwd inside the container, as it is
+/// there now: not the upper directory's copy on the host (where a deleted file is a
+/// whiteout and a file reached through a symlink in the container is missed), and not a
+/// file of any size.
+#[test]
+fn exec_user_is_resolved_inside_the_container() {
+    let n = name("execu");
+    ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"]);
+    // /etc/passwd is a symlink in the container to a file with the user: the host's
+    // view of the upper dir does not follow it; the container does.
+    let setup = "mkdir -p /alt && cp /etc/passwd /etc/group /alt/ && echo 'app:x:4242:4343::/home/app:/bin/sh' >> /alt/passwd && echo 'app:x:4343:' >> /alt/group && ln -sf /alt/passwd /etc/passwd && ln -sf /alt/group /etc/group";
+    ok(&["exec", &n, "sh", "-c", setup]);
+    let o = vessel(&["exec", "-u", "app", &n, "id"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("uid=4242") && stdout(&o).contains("gid=4343"),
+        "{}",
+        stdout(&o)
+    );
+    // A passwd that never ends is refused, not read into the host's memory.
+    ok(&["exec", &n, "sh", "-c", "rm /etc/passwd /etc/group && mkfifo /etc/group && head -c 5000000 /dev/zero | tr '\\0' x > /etc/passwd"]);
+    let o = vessel(&["exec", "-u", "app", &n, "id"]);
+    assert_ne!(code(&o), 0, "{}", stdout(&o));
+    assert!(stderr(&o).contains("larger than"), "{}", stderr(&o));
+    ok(&["rm", "-f", &n]);
+}
+
+/// Runs `sh -c script` as the unprivileged user nobody.
+fn as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+/// A local unprivileged user can read nothing of vessel's state (a container's config
+/// and its environment, its logs, the databases) and cannot run a setuid binary of an
+/// image layer or of a container's upper directory.
+#[test]
+fn data_root_is_closed_to_unprivileged_users() {
+    let image = image_with("suid", |rootfs| {
+        use std::os::unix::fs::PermissionsExt;
+        let suid = rootfs.join("bin/suid-id");
+        std::fs::copy(rootfs.join("bin/busybox"), &suid).unwrap();
+        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    });
+    let n = name("private");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-e",
+        "SECRET=hunter2",
+        &image,
+        "sh",
+        "-c",
+        "cp -a /bin/suid-id /bin/suid-up; echo logged; sleep 1000",
+    ]);
+    let id = id_of(&n);
+    let r = root().display().to_string();
+    let inst = format!("{r}/instances/{id}");
+    // Every path a user would try, named in full (the layer's name is a public digest).
+    let layers: Vec<String> = std::fs::read_dir(root().join("images/layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    let mut targets = vec![
+        format!("{inst}/config.json"),
+        format!("{inst}/log.json"),
+        format!("{r}/instances.db"),
+        format!("{r}/images/images.db"),
+    ];
+    for t in &targets {
+        assert!(
+            Path::new(t).exists(),
+            "{t} should exist for this test to mean anything"
+        );
+        let o = as_nobody(&format!("cat {t} > /dev/null"));
+        assert!(!o.status.success(), "nobody could read {t}");
+    }
+    targets.clear();
+    for l in &layers {
+        targets.push(format!("{l}/bin/suid-id"));
+    }
+    targets.push(format!("{inst}/upper/bin/suid-up"));
+    for t in &targets {
+        let o = as_nobody(&format!("{t} id -u"));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.trim() != "0", "nobody ran {t} as root");
+        assert!(!o.status.success(), "nobody could run {t}: {out}");
+    }
+    let o = as_nobody(&format!("ls {r}/images {r}/instances"));
+    assert!(
+        !o.status.success(),
+        "nobody could list the data root: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    ok(&["rm", "-f", &n]);
+}

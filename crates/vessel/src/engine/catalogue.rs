@@ -113,7 +113,7 @@ const COLUMNS: &str =
 impl Catalogue {
     /// Opens (creating) `<root>/instances.db`.
     pub fn open(root: &Path) -> Result<Catalogue> {
-        std::fs::create_dir_all(root).map_err(|e| EngineError::io("create", root, e))?;
+        vessel_db::private_dir(root, 0o711).map_err(|e| EngineError::io("create", root, e))?;
         let path = root.join("instances.db");
         let err = |e| EngineError::Db(path.clone(), e);
         let db = vessel_db::open(&path, SCHEMA).map_err(err)?;

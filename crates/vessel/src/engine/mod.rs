@@ -238,6 +238,26 @@ impl Engine {
         self.root.join("instances").join(id)
     }
 
+    /// Makes an instance's directory: root's alone (`0700`), as its config, logs, disks
+    /// and upper directory are; with a user namespace `0710` and of the group the
+    /// container's root maps to, which must reach the files bind-mounted from it.
+    fn instance_dir_create(&self, dir: &Path, userns: bool) -> Result<()> {
+        let io = |e| EngineError::io("create", dir, e);
+        if let Some(parent) = dir.parent() {
+            vessel_db::private_dir(parent, 0o711).map_err(io)?;
+        }
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+            _ => {}
+        }
+        if userns {
+            std::os::unix::fs::chown(dir, None, Some(container::USERNS_HOST_ID)).map_err(io)?;
+            vessel_db::restrict(dir, 0o710).map_err(io)
+        } else {
+            vessel_db::restrict(dir, 0o700).map_err(io)
+        }
+    }
+
     /// The log file of an instance.
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.instance_dir(id).join("log.json")
@@ -300,8 +320,8 @@ impl Engine {
         tracing::debug!("create: recorded");
         let dir = self.instance_dir(&id);
         // The directory first: a network lease names it, and is reclaimed without it.
-        let prepared = std::fs::create_dir_all(&dir)
-            .map_err(|e| EngineError::io("create", &dir, e))
+        let prepared = self
+            .instance_dir_create(&dir, inst.request.userns)
             .and_then(|()| self.attach(&mut inst))
             .and_then(|()| {
                 self.store()?
