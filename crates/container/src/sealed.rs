@@ -224,7 +224,10 @@ mod tests {
         assert!(is_sealed(&f));
         let path = format!("/proc/self/fd/{}", f.as_raw_fd());
         // The open may succeed; no write does.
-        let mut w = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         let e = std::io::Write::write(&mut w, b"x").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
     }
