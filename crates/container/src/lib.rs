@@ -22,6 +22,7 @@ pub mod spec;
 mod state;
 pub mod trash;
 
+pub use cgroups::devices_bpf;
 pub use cgroups::warm::{warm as warm_cgroup_attach, Warmer as CgroupWarmer};
 pub use cgroups::{CgroupMode, Stats};
 pub use error::{Error, Result};
