@@ -21,6 +21,17 @@ use common::*;
 /// some hosts refuse even root their own disk), so that a container failing to is the
 /// container's confinement.
 fn host_block_device(dir: &Path) -> (u32, u32) {
+    if let Some(d) = readable_block_device(dir) {
+        return d;
+    }
+    // A testbed may boot with no block device at all: loop devices are real ones.
+    let _ = Command::new("modprobe").arg("loop").status();
+    readable_block_device(dir).unwrap_or_else(|| {
+        panic!("no block device of this host is readable by root here, even after modprobe loop: nothing to attack")
+    })
+}
+
+fn readable_block_device(dir: &Path) -> Option<(u32, u32)> {
     let mut found: Vec<(String, (u32, u32))> = Vec::new();
     for e in std::fs::read_dir("/sys/block")
         .into_iter()
@@ -44,10 +55,12 @@ fn host_block_device(dir: &Path) -> (u32, u32) {
         mknod(&node, libc::S_IFBLK, *maj, *min);
         if std::fs::File::open(&node).is_ok() {
             eprintln!("block device under attack: {name} ({maj}:{min})");
-            return (*maj, *min);
+            return Some((*maj, *min));
         }
     }
-    panic!("no block device of this host ({found:?}) is readable by root here: nothing to attack");
+    let _ = std::fs::remove_file(dir.join("blk"));
+    eprintln!("no readable block device among {found:?}");
+    None
 }
 
 fn mknod(path: &Path, kind: libc::mode_t, maj: u32, min: u32) {
@@ -201,6 +214,44 @@ fn pure_cgroup2_host_denies_host_devices() {
         vessel_container::CgroupMode::Unified,
         "this test is for a pure cgroup2 host (the nested testbed); this one is {mode:?}"
     );
+    data_root_that_can_be_idmapped();
     attack_as_root();
     attack_in_userns();
+}
+
+/// --userns needs the image layers on a filesystem that can be idmapped. The testbed's
+/// /tmp is a tmpfs, which its kernel (6.1) cannot idmap (tmpfs can from 6.3): the data
+/// root then goes on an ext4 filesystem of its own, through TMPDIR (read by
+/// `common::root`, which has not run yet: this is the binary's only test in the suite).
+fn data_root_that_can_be_idmapped() {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let tmp = std::env::temp_dir();
+    let fs = rustix::fs::statfs(&tmp).expect("statfs TMPDIR");
+    if fs.f_type as u64 != TMPFS_MAGIC {
+        return;
+    }
+    let img = tmp.join(format!("vessel-devices-{}.ext4", std::process::id()));
+    let dir = tmp.join(format!("vessel-devices-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let st = Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(st.success(), "{args:?}: {st}");
+    };
+    run(&["truncate", "-s", "1G", img.to_str().unwrap()]);
+    run(&["mkfs.ext4", "-q", "-F", img.to_str().unwrap()]);
+    run(&[
+        "mount",
+        "-o",
+        "loop",
+        img.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
+    eprintln!(
+        "TMPDIR is a tmpfs: the data root goes on ext4 at {}",
+        dir.display()
+    );
+    std::env::set_var("TMPDIR", &dir);
 }
