@@ -99,6 +99,20 @@ pub enum Error {
     #[error("cgroup: {0}")]
     Cgroup(String),
 
+    /// The device-cgroup eBPF program could not be loaded or attached to the cgroup.
+    #[error("device cgroup for {path}: cannot {step}: {source}{log}")]
+    DeviceFilter {
+        /// The step that failed ("load the eBPF program (BPF_PROG_LOAD)", ...).
+        step: &'static str,
+        /// The cgroup2 directory.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+        /// The end of the verifier's log, if it said anything.
+        log: String,
+    },
+
     /// The seccomp profile could not be compiled into BPF.
     #[error("seccomp: {0}")]
     Seccomp(String),

@@ -24,6 +24,7 @@ mod state;
 pub mod trash;
 pub mod user;
 
+pub use cgroups::devices_bpf;
 pub use cgroups::warm::{warm as warm_cgroup_attach, Warmer as CgroupWarmer};
 pub use cgroups::{CgroupMode, Stats};
 pub use error::{Error, Result};

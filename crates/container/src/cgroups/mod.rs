@@ -2,6 +2,7 @@
 //! hierarchy, apply limits, move processes in, signal them, read stats, remove it.
 
 pub mod detect;
+pub mod devices_bpf;
 pub mod resources;
 pub mod stats;
 pub mod warm;
@@ -200,15 +201,24 @@ impl Cgroup {
                 }
             }
         }
-        if let Some(d) = self.v1_dir("devices") {
-            let rules = res.devices().clone().unwrap_or_default();
-            for wr in resources::plan_devices_v1(&rules) {
+        let device_rules =
+            devices_bpf::effective_rules(res.devices().as_deref().unwrap_or_default())?;
+        let v1_devices = self.v1_dir("devices");
+        if let Some(d) = v1_devices {
+            for wr in resources::plan_devices_v1(&device_rules) {
                 writes.push((d.path.join(&wr.file), wr));
             }
-        } else if res.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            tracing::warn!(
-                "device cgroup rules are not enforced on cgroup v2 yet (needs an eBPF program)"
-            );
+        }
+        // cgroup2 has no devices controller: an eBPF program decides. On a hybrid host it
+        // also guards what the v1 controller does, and only there may it fail.
+        if let Some(d) = v2_dir {
+            match devices_bpf::attach(&d.path, &device_rules) {
+                Ok(()) => {}
+                Err(e) if v1_devices.is_some() => {
+                    tracing::warn!(error = %e, "device eBPF program not attached; the v1 devices controller still enforces the rules");
+                }
+                Err(e) => return Err(e),
+            }
         }
         for (path, wr) in writes {
             if wr.optional && !path.exists() {

@@ -1,7 +1,9 @@
 //! Translate OCI `linux.resources` into cgroup file writes, for v1 and v2. Pure: the
 //! manager decides which hierarchy each write lands in.
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::LinuxResources;
+
+use super::devices_bpf::DeviceRule;
 
 /// One value to write into one cgroup control file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,75 +175,29 @@ pub fn blkio_to_io_weight(weight: u16) -> u64 {
     1 + ((w - 10) * 9999) / 990
 }
 
-/// Devices every container may use, whatever its spec says (runc's "allowed devices").
-pub fn default_device_rules() -> Vec<String> {
-    [
-        "c *:* m",
-        "b *:* m",
-        "c 1:3 rwm",
-        "c 1:5 rwm",
-        "c 1:7 rwm",
-        "c 1:8 rwm",
-        "c 1:9 rwm",
-        "c 5:0 rwm",
-        "c 5:1 rwm",
-        "c 5:2 rwm",
-        "c 136:* rwm",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Render an OCI device-cgroup rule as a v1 `devices.allow`/`devices.deny` line.
-pub fn device_rule(rule: &LinuxDeviceCgroup) -> String {
-    let typ = match rule.typ().unwrap_or(LinuxDeviceType::A) {
-        LinuxDeviceType::A => "a",
-        LinuxDeviceType::B => "b",
-        LinuxDeviceType::C | LinuxDeviceType::U => "c",
-        LinuxDeviceType::P => "p",
-    };
-    if typ == "a" && rule.major().is_none() && rule.minor().is_none() {
-        return "a".to_string();
-    }
-    let num = |n: Option<i64>| {
-        n.filter(|n| *n >= 0)
-            .map_or("*".to_string(), |n| n.to_string())
-    };
-    let access = rule.access().as_deref().unwrap_or("rwm");
-    let access = if access.is_empty() { "rwm" } else { access };
-    format!("{typ} {}:{} {access}", num(rule.major()), num(rule.minor()))
-}
-
-/// v1 devices-controller writes: deny everything, then the spec's rules in order, then the
-/// defaults every container needs (/dev/null & co, ptys).
-pub fn plan_devices_v1(rules: &[LinuxDeviceCgroup]) -> Vec<Write> {
-    let mut out = vec![w("devices", "devices.deny", "a", false)];
-    for r in rules {
-        let line = device_rule(r);
-        // A leading "deny all" is what we already did.
-        if !r.allow() && line == "a" {
-            continue;
-        }
-        let file = if r.allow() {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        };
-        out.push(w("devices", file, line, false));
-    }
-    for line in default_device_rules() {
-        out.push(w("devices", "devices.allow", line, false));
-    }
-    out
+/// v1 devices-controller writes for the container's effective rule list
+/// ([`devices_bpf::effective_rules`]: deny all, the spec's rules, Docker's defaults), in
+/// order, so the controller ends in the state the same list gives on cgroup v2.
+pub fn plan_devices_v1(rules: &[DeviceRule]) -> Vec<Write> {
+    rules
+        .iter()
+        .map(|r| {
+            let file = if r.allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            w("devices", file, r, false)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use oci_spec::runtime::{
-        LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
-        LinuxResourcesBuilder,
+        LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+        LinuxPidsBuilder, LinuxResourcesBuilder,
     };
 
     fn res() -> LinuxResources {
@@ -312,11 +268,6 @@ mod tests {
 
     #[test]
     fn device_rules() {
-        let deny_all = LinuxDeviceCgroupBuilder::default()
-            .allow(false)
-            .access("rwm")
-            .build()
-            .unwrap();
         let fuse = LinuxDeviceCgroupBuilder::default()
             .allow(true)
             .typ(LinuxDeviceType::C)
@@ -325,12 +276,12 @@ mod tests {
             .access("rw")
             .build()
             .unwrap();
-        assert_eq!(device_rule(&deny_all), "a");
-        assert_eq!(device_rule(&fuse), "c 10:229 rw");
-        let plan = plan_devices_v1(&[deny_all, fuse]);
+        let plan = plan_devices_v1(&crate::cgroups::devices_bpf::effective_rules(&[fuse]).unwrap());
         assert_eq!(plan[0].value, "a");
         assert_eq!(plan[0].file, "devices.deny");
         assert_eq!(plan[1].value, "c 10:229 rw");
+        assert_eq!(plan[1].file, "devices.allow");
+        assert_eq!(plan[2].value, "c *:* m");
         assert!(plan.iter().any(|w| w.value == "c 136:* rwm"));
     }
 }
