@@ -45,7 +45,7 @@ impl Drop for Cleanup {
 fn web_server(
     c: &mut Cleanup,
     network: &str,
-    publish: Option<&str>,
+    publish: &[&str],
     also: Option<u16>,
     site: &tempfile::TempDir,
 ) -> (String, Ipv4Addr) {
@@ -57,7 +57,7 @@ fn web_server(
         None => "exec httpd -f -p 80 -h /www".to_string(),
     };
     let mut args = vec!["run", "-d", "--name", &n, "--network", network, "-v", &bind];
-    if let Some(p) = publish {
+    for p in publish {
         args.extend(["-p", p]);
     }
     args.extend(["busybox", "sh", "-c", &script]);
@@ -142,29 +142,41 @@ fn send_raw_udp(
     let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
         panic!("IPv4 only");
     };
+    let mut udp = Vec::new();
+    udp.extend(src.port().to_be_bytes());
+    udp.extend(dst.port().to_be_bytes());
+    udp.extend((8 + payload.len() as u16).to_be_bytes());
+    udp.extend([0, 0]); // no UDP checksum
+    udp.extend(payload);
+    send_raw(ifname, src_mac, dst_mac, *src.ip(), *dst.ip(), 17, &udp);
+}
+
+/// Sends an IPv4 packet of protocol `proto` carrying `l4` in an Ethernet frame.
+fn send_raw(
+    ifname: &str,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+) {
     let mut frame = Vec::new();
     frame.extend(dst_mac);
     frame.extend(src_mac);
     frame.extend(0x0800u16.to_be_bytes());
-    let total = (20 + 8 + payload.len()) as u16;
+    let total = (20 + l4.len()) as u16;
     let mut ip = vec![0x45, 0];
     ip.extend(total.to_be_bytes());
-    ip.extend([0, 1, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend(src.ip().octets());
-    ip.extend(dst.ip().octets());
+    ip.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
     let sum = ip_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     frame.extend(ip);
-    frame.extend(src.port().to_be_bytes());
-    frame.extend(dst.port().to_be_bytes());
-    frame.extend((8 + payload.len() as u16).to_be_bytes());
-    frame.extend([0, 0]); // no UDP checksum
-    frame.extend(payload);
+    frame.extend(l4);
 
-    let cname = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: a valid NUL-terminated interface name.
-    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    assert_ne!(index, 0, "no interface {ifname} here");
+    let index = if_index(ifname);
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe {
         libc::socket(
@@ -205,11 +217,11 @@ fn send_raw_udp(
     );
 }
 
-/// Whether `sock` receives `payload` within a second and a half.
-fn receives(sock: &UdpSocket, payload: &[u8]) -> bool {
+/// Whether `sock` receives `payload` within `window` (generous: the host is shared).
+fn receives(sock: &UdpSocket, payload: &[u8], window: Duration) -> bool {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_millis(1500);
+    let deadline = Instant::now() + window;
     let mut buf = [0u8; 256];
     while Instant::now() < deadline {
         if let Ok(n) = sock.recv(&mut buf) {
@@ -231,7 +243,11 @@ fn other_host_address() -> Option<Ipv4Addr> {
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         let dev = f.get(1)?;
-        if *dev == "lo" || dev.starts_with("vessel") || dev.starts_with("vsl-") {
+        if *dev == "lo"
+            || ["vessel", "vsl-", "vv", "vt", "vx"]
+                .iter()
+                .any(|p| dev.starts_with(p))
+        {
             return None;
         }
         f.get(3)?.split('/').next()?.parse().ok()
@@ -250,7 +266,7 @@ fn a_container_cannot_reach_host_loopback_services_but_published_ports_work() {
     let site = www("published\n");
     let port = free_port();
     let publish = format!("{port}:80");
-    let (srv, ip) = web_server(&mut c, "bridge", Some(&publish), None, &site);
+    let (srv, ip) = web_server(&mut c, "bridge", &[&publish], None, &site);
     assert!(get_patiently(([127, 0, 0, 1], port).into()).ends_with("published\n"));
     let other: Ipv4Addr = other_host_address().unwrap_or(Ipv4Addr::new(10, 87, 0, 1));
     assert!(
@@ -290,13 +306,13 @@ fn a_container_cannot_reach_host_loopback_services_but_published_ports_work() {
         b"control",
     );
     assert!(
-        receives(&control, b"control"),
+        receives(&control, b"control", Duration::from_secs(5)),
         "a forged datagram to the gateway did not arrive: the attack cannot be judged"
     );
     send(victim.local_addr().unwrap(), b"to-127.0.0.1");
     send(victim53.local_addr().unwrap(), b"to-127.0.0.53");
-    let got1 = receives(&victim, b"to-127.0.0.1");
-    let got53 = receives(&victim53, b"to-127.0.0.53");
+    let got1 = receives(&victim, b"to-127.0.0.1", Duration::from_secs(3));
+    let got53 = receives(&victim53, b"to-127.0.0.53", Duration::from_secs(3));
     assert!(
         !got1 && !got53,
         "a container reached the host's loopback services (127.0.0.1: {got1}, 127.0.0.53: {got53})"
@@ -338,7 +354,7 @@ fn networks_are_isolated_from_each_other() {
         c.networks.push(n.clone());
     }
     let site = www("on A\n");
-    let (_srv, ip) = web_server(&mut c, &net_a, None, None, &site);
+    let (_srv, ip) = web_server(&mut c, &net_a, &[], None, &site);
     let peer_a = idle(&mut c, &net_a);
     let peer_b = idle(&mut c, &net_b);
     let same = in_netns(&peer_a, || get_patiently((ip, 80).into()));
@@ -370,12 +386,17 @@ fn networks_are_isolated_from_each_other() {
     }
 }
 
+const OUTSIDE_MAC: [u8; 6] = [0x02, 0x85, 0, 0, 0, 2];
+const OUTSIDE_MAC_STR: &str = "02:85:00:00:00:02";
+
 /// A network namespace standing for the rest of the world, joined to the host by a veth
 /// pair and routed to vessel's bridges through the host. Removed however the test ends.
 struct Outside {
     netns: String,
     host_link: String,
     host_ip: Ipv4Addr,
+    peer: String,
+    peer_ip: Ipv4Addr,
 }
 
 fn sh(args: &[&str]) {
@@ -395,9 +416,10 @@ impl Outside {
             netns: format!("vessel-out-{id}"),
             host_link: format!("vxh{id}"),
             host_ip: Ipv4Addr::new(10, 85, third, 1),
+            peer: format!("vxp{id}"),
+            peer_ip: Ipv4Addr::new(10, 85, third, 2),
         };
-        let peer = format!("vxp{id}");
-        let peer_ip = Ipv4Addr::new(10, 85, third, 2);
+        let (peer, peer_ip) = (o.peer.clone(), o.peer_ip);
         // Leftovers of an earlier run with the same pid.
         let _ = Command::new("ip")
             .args(["link", "del", &o.host_link])
@@ -432,6 +454,7 @@ impl Outside {
             sh(&v);
         };
         inside(&["link", "set", "lo", "up"]);
+        inside(&["link", "set", &peer, "address", OUTSIDE_MAC_STR]);
         inside(&["addr", "add", &format!("{peer_ip}/30"), "dev", &peer]);
         inside(&["link", "set", &peer, "up"]);
         inside(&["route", "add", "default", "via", &o.host_ip.to_string()]);
@@ -467,7 +490,9 @@ fn the_outside_reaches_published_ports_only() {
     let site = www("from outside\n");
     let port = free_port();
     let publish = format!("{port}:80");
-    let (_srv, ip) = web_server(&mut c, &net, Some(&publish), Some(81), &site);
+    let loopback_port = free_port();
+    let loopback_only = format!("127.0.0.1:{loopback_port}:80");
+    let (_srv, ip) = web_server(&mut c, &net, &[&publish, &loopback_only], Some(81), &site);
     // Both servers are up, seen from the host.
     assert!(get_patiently((ip, 80).into()).ends_with("from outside\n"));
     assert!(get_patiently((ip, 81).into()).ends_with("from outside\n"));
@@ -489,13 +514,175 @@ fn the_outside_reaches_published_ports_only() {
         panic!("the published port {host_ip}:{port} does not answer from outside: {e}")
     });
     assert!(published.ends_with("from outside\n"), "{published}");
-    assert!(
-        direct81.is_err(),
-        "the unpublished port {ip}:81 answered from outside: {direct81:?}"
+
+    // A forged SYN from outside for 127.0.0.1:port, sent to the host's MAC: a port
+    // published on the host's loopback alone must not answer it (the kernel would drop
+    // the martian, but DNAT in prerouting rewrites it first). The same SYN for the port
+    // published everywhere, at the host's address, must be answered, or the attack
+    // proves nothing.
+    let host_mac = parse_mac(
+        &std::fs::read_to_string(format!("/sys/class/net/{}/address", outside.host_link)).unwrap(),
     );
+    let peer = outside.peer.clone();
+    let peer_ip = outside.peer_ip;
+    let answered = |dst: SocketAddr, sport: u16| {
+        let peer = peer.clone();
+        in_netns(&outside.ns_path(), move || {
+            let sniffer = Sniffer::new(&peer);
+            for _ in 0..3 {
+                send_raw_syn(&peer, OUTSIDE_MAC, host_mac, (peer_ip, sport).into(), dst);
+            }
+            sniffer.saw_syn_ack(sport)
+        })
+    };
     assert!(
-        direct80.is_err(),
-        "{ip}:80 answered from outside at the container's own address: {direct80:?}"
+        answered((host_ip, port).into(), 41001),
+        "a forged SYN for the published {host_ip}:{port} got no answer: the attack cannot be judged"
+    );
+    let loopback_answered = answered(([127, 0, 0, 1], loopback_port).into(), 41002);
+
+    // Every breach at once, so that each defence is seen on its own.
+    let mut breaches = Vec::new();
+    if let Ok(r) = &direct81 {
+        breaches.push(format!("the unpublished port {ip}:81 answered: {r:?}"));
+    }
+    if let Ok(r) = &direct80 {
+        breaches.push(format!(
+            "{ip}:80 answered at the container's own address: {r:?}"
+        ));
+    }
+    if loopback_answered {
+        breaches.push(format!(
+            "the port published on 127.0.0.1:{loopback_port} only answered a forged SYN"
+        ));
+    }
+    assert!(
+        breaches.is_empty(),
+        "reached from outside the host: {breaches:#?}"
     );
     drop(outside);
+}
+
+/// Sends a TCP SYN as a raw Ethernet frame out of `ifname`, like [`send_raw_udp`].
+fn send_raw_syn(
+    ifname: &str,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+) {
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+        panic!("IPv4 only");
+    };
+    let mut tcp = Vec::new();
+    tcp.extend(src.port().to_be_bytes());
+    tcp.extend(dst.port().to_be_bytes());
+    tcp.extend(0x1234_5678u32.to_be_bytes()); // sequence
+    tcp.extend(0u32.to_be_bytes()); // ack
+    tcp.extend([0x50, 0x02]); // 20-byte header, SYN
+    tcp.extend(0xffffu16.to_be_bytes()); // window
+    tcp.extend([0, 0, 0, 0]); // checksum, urgent
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.ip().octets());
+    pseudo.extend(dst.ip().octets());
+    pseudo.extend([0, 6]);
+    pseudo.extend((tcp.len() as u16).to_be_bytes());
+    pseudo.extend(&tcp);
+    let sum = ip_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    send_raw(ifname, src_mac, dst_mac, *src.ip(), *dst.ip(), 6, &tcp);
+}
+
+/// A packet socket on one interface of the current namespace, opened before the probe.
+struct Sniffer(OwnedFd);
+
+impl Sniffer {
+    fn new(ifname: &str) -> Sniffer {
+        let index = if_index(ifname);
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                all.into(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        at.sll_family = libc::AF_PACKET as u16;
+        at.sll_protocol = all;
+        at.sll_ifindex = index as i32;
+        // SAFETY: bind(2) to a sockaddr_ll of the given size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&at as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "bind to {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: setsockopt(2) with a timeval of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        Sniffer(fd)
+    }
+
+    /// Whether a TCP SYN-ACK for local port `port` arrives within three seconds.
+    fn saw_syn_ack(&self, port: u16) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            // SAFETY: recv(2) into a buffer we own, of its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 34 {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if f[12..14] != [0x08, 0x00] || f[23] != 6 {
+                continue;
+            }
+            let tcp = &f[14 + usize::from(f[14] & 0x0f) * 4..];
+            if tcp.len() >= 14
+                && u16::from_be_bytes([tcp[2], tcp[3]]) == port
+                && tcp[13] & 0x12 == 0x12
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn if_index(ifname: &str) -> u32 {
+    let cname = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a valid NUL-terminated interface name.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    assert_ne!(index, 0, "no interface {ifname} here");
+    index
 }
