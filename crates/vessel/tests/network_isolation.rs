@@ -492,7 +492,7 @@ fn the_outside_reaches_published_ports_only() {
     let publish = format!("{port}:80");
     let loopback_port = free_port();
     let loopback_only = format!("127.0.0.1:{loopback_port}:80");
-    let (_srv, ip) = web_server(&mut c, &net, &[&publish, &loopback_only], Some(81), &site);
+    let (srv, ip) = web_server(&mut c, &net, &[&publish, &loopback_only], Some(81), &site);
     // Both servers are up, seen from the host.
     assert!(get_patiently((ip, 80).into()).ends_with("from outside\n"));
     assert!(get_patiently((ip, 81).into()).ends_with("from outside\n"));
@@ -559,6 +559,29 @@ fn the_outside_reaches_published_ports_only() {
     assert!(
         breaches.is_empty(),
         "reached from outside the host: {breaches:#?}"
+    );
+
+    // The filter leaves the container's own connections out alone: it reaches a server
+    // outside (masqueraded behind the host's address), and the replies come back in.
+    let listener = in_netns(&outside.ns_path(), || {
+        std::net::TcpListener::bind((outside.peer_ip, 0)).unwrap()
+    });
+    let out_port = listener.local_addr().unwrap().port();
+    let accepted = std::thread::spawn(move || {
+        let (mut s, from) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        (from, got)
+    });
+    let script = format!("echo egress | nc -w 5 {} {out_port}", outside.peer_ip);
+    ok(&["exec", &srv, "sh", "-c", &script]);
+    let (from, got) = accepted.join().unwrap();
+    assert_eq!(got, "egress\n", "from {from}");
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(outside.host_ip),
+        "masqueraded"
     );
     drop(outside);
 }
