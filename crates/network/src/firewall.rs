@@ -305,6 +305,12 @@ pub fn add_instance(
         }
         network_rules(&mut batch, &net_tag, net.bridge, net.subnet);
     }
+    port_rules(&mut batch, &tag, ip, ports);
+    helper::apply_ruleset(&batch.to_nftables()).map_err(nft_err("add the instance's DNAT rules"))
+}
+
+/// The DNAT rules of `ports` published for the instance at `ip`.
+fn port_rules(batch: &mut Batch<'static>, tag: &str, ip: Ipv4Addr, ports: &[PortMap]) {
     for chain in ["prerouting", "output"] {
         for p in ports {
             let arriving = chain == "prerouting";
@@ -344,10 +350,9 @@ pub fn add_instance(
                     flags: None,
                 })),
             ]);
-            batch.add(rule(chain, stmts, &tag));
+            batch.add(rule(chain, stmts, tag));
         }
     }
-    helper::apply_ruleset(&batch.to_nftables()).map_err(nft_err("add the instance's DNAT rules"))
 }
 
 /// Our rules as listed: (chain, handle, comment).
@@ -414,4 +419,88 @@ pub fn remove(tags: &[&str]) -> Result<()> {
         batch.delete(h);
     }
     helper::apply_ruleset(&batch.to_nftables()).map_err(nft_err("delete vessel's rules"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The rules of a batch as nft's JSON: (chain, expressions).
+    fn rules(batch: Batch<'static>) -> Vec<(String, Value)> {
+        let v = serde_json::to_value(batch.to_nftables()).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"]["rule"].as_object())
+            .map(|r| (r["chain"].as_str().unwrap().to_string(), r["expr"].clone()))
+            .collect()
+    }
+
+    fn port(s: &str) -> PortMap {
+        PortMap::parse(s).unwrap()
+    }
+
+    const LOOPBACK_NET: &str = "127.0.0.0";
+
+    #[test]
+    fn a_port_published_on_loopback_is_dnated_for_the_host_itself_only() {
+        let mut b = Batch::new();
+        port_rules(
+            &mut b,
+            "t",
+            Ipv4Addr::new(10, 87, 0, 2),
+            &[port("127.0.0.1:8080:80")],
+        );
+        let r = rules(b);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].0, "output");
+    }
+
+    #[test]
+    fn a_port_published_everywhere_is_not_dnated_for_loopback_from_the_wire() {
+        let mut b = Batch::new();
+        port_rules(&mut b, "t", Ipv4Addr::new(10, 87, 0, 2), &[port("8080:80")]);
+        let r = rules(b);
+        assert_eq!(r.len(), 2, "{r:?}");
+        let pre = r.iter().find(|(c, _)| c == "prerouting").unwrap();
+        let not_loopback = json!({"match": {"op": "!=",
+            "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+            "right": {"prefix": {"addr": LOOPBACK_NET, "len": 8}}}});
+        assert!(
+            pre.1.as_array().unwrap().contains(&not_loopback),
+            "{}",
+            pre.1
+        );
+        let out = r.iter().find(|(c, _)| c == "output").unwrap();
+        assert!(!out.1.as_array().unwrap().contains(&not_loopback));
+    }
+
+    #[test]
+    fn a_network_gets_its_loopback_guard_and_forward_filter() {
+        let mut b = Batch::new();
+        let subnet: Subnet = "10.89.7.0/24".parse().unwrap();
+        network_rules(&mut b, "t", "br-x", subnet);
+        let r = rules(b);
+        let guard: Vec<_> = r.iter().filter(|(c, _)| c == GUARD_CHAIN).collect();
+        assert_eq!(guard.len(), 1, "{r:?}");
+        let g = guard[0].1.to_string();
+        for part in ["iifname", "br-x", LOOPBACK_NET, "drop"] {
+            assert!(g.contains(part), "{part} in {g}");
+        }
+        let fwd: Vec<String> = r
+            .iter()
+            .filter(|(c, _)| c == FORWARD_CHAIN)
+            .map(|(_, e)| e.to_string())
+            .collect();
+        assert_eq!(fwd.len(), 4, "{fwd:?}");
+        // Every forward rule is about traffic into this bridge, and the drop comes last.
+        assert!(fwd
+            .iter()
+            .all(|e| e.contains("oifname") && e.contains("br-x")));
+        assert!(fwd[..3].iter().all(|e| e.contains("accept")), "{fwd:?}");
+        assert!(fwd[3].contains("drop"), "{fwd:?}");
+        assert!(fwd[2].contains("dnat"), "{fwd:?}");
+    }
 }
