@@ -142,6 +142,31 @@ pub fn tap_name(instance: &str) -> String {
     format!("vt{}", &instance[..instance.len().min(12)])
 }
 
+/// Installs an instance's DNAT rules afresh (and its network's, if they are missing), and
+/// `route_localnet` on its bridge if one of its ports is published on the host's loopback
+/// (all local addresses included).
+fn publish(instance: &str, att: &Attachment) -> Result<()> {
+    let mask = u32::MAX << (32 - u32::from(att.prefix.clamp(1, 32)));
+    let net = firewall::NetworkRules {
+        id: &att.network_id,
+        bridge: &att.bridge,
+        subnet: Subnet {
+            addr: Ipv4Addr::from(u32::from(att.gateway) & mask),
+            prefix: att.prefix,
+        },
+    };
+    // The guard first: route_localnet without it opens the host's loopback.
+    firewall::add_instance(&net, instance, att.ip, &att.ports)?;
+    if att
+        .ports
+        .iter()
+        .any(|p| p.host_ip.is_none_or(|a| a.is_loopback()))
+    {
+        link::allow_localnet(&att.bridge)?;
+    }
+    Ok(())
+}
+
 /// The host's networks, leases and their wiring.
 pub struct Networks {
     dir: PathBuf,
@@ -367,8 +392,7 @@ impl Networks {
                 },
                 pid,
             )?;
-            firewall::remove(&[&firewall::instance_tag(instance)])?;
-            firewall::add_ports(instance, att.ip, &att.ports)
+            publish(instance, att)
         })();
         if r.is_err() {
             let _ = self.disconnect_locked(instance, att);
@@ -390,8 +414,7 @@ impl Networks {
             // A tap dies with its VMM, so a link of this name is not ours to keep.
             link::delete(&name)?;
             let tap = link::create_tap(&name, &att.bridge, att.mtu)?;
-            firewall::remove(&[&firewall::instance_tag(instance)])?;
-            firewall::add_ports(instance, att.ip, &att.ports)?;
+            publish(instance, att)?;
             Ok(tap)
         })();
         if r.is_err() {

@@ -93,10 +93,8 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 }
 
 /// Makes sure bridge `name` exists, has MTU `mtu` (set explicitly, so the kernel keeps it
-/// whatever its ports have), holds `gateway/prefix` and is up. Also lets it carry
-/// packets addressed to 127.0.0.1 after DNAT (`route_localnet`), which publishing ports
-/// to the host's loopback needs, and turns on IPv4 forwarding for outbound NAT (as
-/// Docker does). Idempotent.
+/// whatever its ports have), holds `gateway/prefix` and is up, and turns on IPv4
+/// forwarding for outbound NAT (as Docker does). Idempotent.
 pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8, mtu: u32) -> Result<()> {
     with_netlink(|h| async move {
         let index = match index_of(&h, name).await? {
@@ -115,11 +113,20 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8, mtu: u32) -> Res
         add_addr(&h, index, gateway, prefix, name).await?;
         set_up(&h, index, name).await
     })?;
+    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+}
+
+/// Lets bridge `name` carry packets whose source or destination is in 127.0.0.0/8
+/// (`route_localnet`): a connection of the host to a port published on its loopback is
+/// DNATed onto the bridge still from 127.0.0.1 (masqueraded only after routing), and its
+/// replies are routed back to 127.0.0.1. Only bridges with such a port get it, since it
+/// also makes the host accept packets for 127.0.0.0/8 from the bridge: the firewall's
+/// loopback guard drops those. Idempotent.
+pub fn allow_localnet(name: &str) -> Result<()> {
     write_sysctl(
         &format!("/proc/sys/net/ipv4/conf/{name}/route_localnet"),
         "1",
-    )?;
-    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    )
 }
 
 /// Whether a link called `name` exists in our namespace.
