@@ -233,9 +233,11 @@ impl LogConfig {
             None => 1,
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if n >= 1 => n,
-                _ => return Err(EngineError::InvalidFlag(format!(
+                _ => {
+                    return Err(EngineError::InvalidFlag(format!(
                     "invalid --log-opt max-file={v}: expected a whole number of files, at least 1"
-                ))),
+                )))
+                }
             },
         };
         if max_files > 1 && max_size.is_none() {
