@@ -278,7 +278,7 @@ fn parse_log_size(v: &str) -> Result<Option<u64>> {
     };
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
     let bytes = n * mult;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e15 {
+    if !(1.0..=1e15).contains(&bytes) {
         return Err(bad());
     }
     Ok(Some(bytes as u64))
