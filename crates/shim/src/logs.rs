@@ -193,7 +193,12 @@ impl Sink {
     fn rotate(&mut self) -> std::io::Result<()> {
         let keep = self.rotation.max_files.max(1);
         let shifted = (|| {
-            for k in (1..keep.saturating_sub(1)).rev() {
+            // Only the files there are: max-file may be huge, the loop must not be.
+            let existing = (1..keep.saturating_sub(1))
+                .take_while(|&k| rotated_path(&self.path, k).exists())
+                .last()
+                .unwrap_or(0);
+            for k in (1..=existing).rev() {
                 match std::fs::rename(rotated_path(&self.path, k), rotated_path(&self.path, k + 1))
                 {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -567,6 +572,26 @@ mod tests {
         }
         assert!(std::fs::metadata(&p).unwrap().len() <= 300);
         assert!(rotated_path(&p, 1).exists());
+    }
+
+    #[test]
+    fn a_huge_max_file_rotates_as_fast_as_a_small_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log.json");
+        let rot = Rotation {
+            max_size: Some(100),
+            max_files: u32::MAX,
+        };
+        let mut w = Writer::open(&p, rot).unwrap();
+        let t = std::time::Instant::now();
+        for i in 0..20 {
+            w.write(Stream::Stdout, format!("line {i:04}\n").as_bytes())
+                .unwrap();
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(rotated_path(&p, 18).exists());
+        let got = logs_of(&mut Reader::new(&p));
+        assert_eq!(got.len(), 20);
     }
 
     #[test]
