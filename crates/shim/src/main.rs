@@ -1,12 +1,14 @@
 //! `vessel-shim`: what a detached container's monitor becomes once the container runs.
 //!
 //! ```text
-//! vessel-shim --pid PID --log FILE (--stdout FD --stderr FD | --pty FD) [--hold FD] -- FINISH...
+//! vessel-shim --pid PID (--log FILE [--max-size BYTES] [--max-file N] | --no-log)
+//!             (--stdout FD --stderr FD | --pty FD) [--hold FD] -- FINISH...
 //! ```
 //!
 //! PID must be a child of this process (the monitor started it before exec'ing the shim).
 //! The shim copies the container's output from the pipe or terminal fds into the JSON-lines
-//! log, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to PID, reaps it,
+//! log, rotated at BYTES keeping N files (no `--max-size`: never rotated; `--no-log`:
+//! output is read and dropped), forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to PID, reaps it,
 //! drains what output is left, and then executes `FINISH... --code N` (`vessel
 //! __monitor-finish`), which records the exit and removes what the container held. `--hold`
 //! keeps a descriptor open until then (the stdin of a detached `-i` container).
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use vessel_shim::logs::{Stream, Writer};
+use vessel_shim::logs::{Rotation, Stream, Writer};
 
 /// Signals passed on to the container.
 const FORWARD: &[libc::c_int] = &[
@@ -38,7 +40,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 struct Args {
     pid: libc::pid_t,
-    log: PathBuf,
+    /// `None`: `--no-log`.
+    log: Option<PathBuf>,
+    rotation: Rotation,
     sources: Vec<(RawFd, Stream)>,
     hold: Option<RawFd>,
     finish: Vec<OsString>,
@@ -47,6 +51,8 @@ struct Args {
 fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
     let mut pid = None;
     let mut log = None;
+    let mut no_log = false;
+    let mut rotation = Rotation::UNLIMITED;
     let mut sources = Vec::new();
     let mut hold = None;
     let fd = |v: Option<OsString>, flag: &str| -> Result<RawFd, String> {
@@ -63,6 +69,22 @@ fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
                 )
             }
             Some("--log") => log = Some(PathBuf::from(it.next().ok_or("--log needs a path")?)),
+            Some("--no-log") => no_log = true,
+            Some("--max-size") => {
+                rotation.max_size = Some(
+                    it.next()
+                        .and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
+                        .filter(|&n: &u64| n > 0)
+                        .ok_or("--max-size needs a positive number of bytes")?,
+                )
+            }
+            Some("--max-file") => {
+                rotation.max_files = it
+                    .next()
+                    .and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
+                    .filter(|&n: &u32| n > 0)
+                    .ok_or("--max-file needs a positive number")?
+            }
             Some("--stdout") => sources.push((fd(it.next(), "--stdout")?, Stream::Stdout)),
             Some("--stderr") => sources.push((fd(it.next(), "--stderr")?, Stream::Stderr)),
             Some("--pty") => sources.push((fd(it.next(), "--pty")?, Stream::Stdout)),
@@ -72,9 +94,15 @@ fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
         }
     }
     let finish: Vec<OsString> = it.collect();
+    let log = match (log, no_log) {
+        (Some(_), true) => return Err("--log and --no-log exclude each other".into()),
+        (None, false) => return Err("--log or --no-log is required".into()),
+        (log, _) => log,
+    };
     Ok(Args {
         pid: pid.ok_or("--pid is required")?,
-        log: log.ok_or("--log is required")?,
+        log,
+        rotation,
         sources,
         hold,
         finish,
@@ -256,10 +284,14 @@ fn main() {
     if let Some(fd) = args.hold {
         set_cloexec(fd);
     }
-    let mut log = match Writer::open(&args.log) {
+    let opened = match &args.log {
+        Some(path) => Writer::open(path, args.rotation).map_err(|e| (path, e)),
+        None => Ok(Writer::discard()),
+    };
+    let mut log = match opened {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("vessel-shim: open {}: {e}", args.log.display());
+        Err((path, e)) => {
+            eprintln!("vessel-shim: open {}: {e}", path.display());
             std::process::exit(125);
         }
     };
@@ -318,6 +350,10 @@ mod tests {
                 "42",
                 "--log",
                 "/l",
+                "--max-size",
+                "1000",
+                "--max-file",
+                "3",
                 "--stdout",
                 "5",
                 "--stderr",
@@ -333,7 +369,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.pid, 42);
-        assert_eq!(a.log, PathBuf::from("/l"));
+        assert_eq!(a.log, Some(PathBuf::from("/l")));
+        assert_eq!(
+            a.rotation,
+            Rotation {
+                max_size: Some(1000),
+                max_files: 3
+            }
+        );
         assert_eq!(a.sources, vec![(5, Stream::Stdout), (6, Stream::Stderr)]);
         assert_eq!(a.hold, Some(7));
         assert_eq!(a.finish, os(&["vessel", "__monitor-finish", "x"]));
@@ -344,6 +387,14 @@ mod tests {
         assert!(parse(os(&["--log", "/l"]).into_iter())
             .unwrap_err()
             .contains("--pid"));
+        assert!(parse(os(&["--pid", "1"]).into_iter())
+            .unwrap_err()
+            .contains("--no-log"));
+        assert!(
+            parse(os(&["--pid", "1", "--log", "/l", "--max-size", "0"]).into_iter())
+                .unwrap_err()
+                .contains("--max-size")
+        );
         assert!(parse(os(&["--pid", "x"]).into_iter())
             .unwrap_err()
             .contains("process id"));
@@ -368,14 +419,16 @@ mod tests {
             .unwrap();
         let mut args = Args {
             pid: child.id() as i32,
-            log: dir.path().join("log"),
+            log: Some(dir.path().join("log")),
+            rotation: Rotation::DEFAULT,
             sources: vec![(r.into_raw_fd(), Stream::Stdout)],
             hold: None,
             finish: Vec::new(),
         };
-        let mut log = Writer::open(&args.log).unwrap();
+        let path = dir.path().join("log");
+        let mut log = Writer::open(&path, args.rotation).unwrap();
         assert_eq!(supervise(&mut args, &mut log).unwrap(), 7);
-        let (entries, _) = vessel_shim::logs::read_from(&args.log, 0).unwrap();
+        let entries = vessel_shim::logs::read_all(&path).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].log, "out\n");
     }

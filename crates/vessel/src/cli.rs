@@ -438,6 +438,13 @@ pub struct RunArgs {
     /// Seconds stop waits before SIGKILL
     #[arg(long)]
     pub stop_timeout: Option<u32>,
+    /// Logging driver: json-file (the default) or none
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// Log driver option: max-size=SIZE (e.g. 10m; -1: no limit), max-file=N
+    /// (default: max-size=20m, max-file=5)
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opts: Vec<String>,
     /// Image name or id
     pub image: String,
     /// Command and arguments (default: the image's)

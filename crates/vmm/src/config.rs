@@ -92,7 +92,8 @@ pub struct NetConfig {
 /// Destination of the guest's serial console (COM1) output.
 #[derive(Debug)]
 pub enum SerialOut {
-    /// Append to this file (created if missing).
+    /// Append to this file (created if missing), capped at 1 MiB: past that it starts
+    /// over with a marker line and the last 64 KiB of output.
     File(PathBuf),
     /// The VMM process's standard output.
     Stdout,

@@ -13,6 +13,7 @@
 //! to a device needs. `VESSEL_VMM_SECCOMP=off` installs no filter (debugging only).
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -107,8 +108,13 @@ const IO: &[i64] = &[
 ];
 
 /// The allowlist of `kind`, as seccompiler rules (an empty rule list allows the call
-/// with any arguments).
-pub(crate) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
+/// with any arguments). `console_log` is the capped serial console log's descriptor,
+/// which a vCPU (the UART's writer) may truncate to 0 when it reaches its cap: only that
+/// descriptor, only to length 0.
+pub(crate) fn rules(
+    kind: ThreadKind,
+    console_log: Option<RawFd>,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
     match kind {
@@ -118,6 +124,17 @@ pub(crate) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>>
                     .and_then(|c| SeccompRule::new(vec![c]))
                     .map_err(filter_error)?;
             map.insert(libc::SYS_ioctl, vec![kvm_run]);
+            if let Some(fd) = console_log.and_then(|fd| u64::try_from(fd).ok()) {
+                let truncate_log = [
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd),
+                    SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0),
+                ]
+                .into_iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .and_then(SeccompRule::new)
+                .map_err(filter_error)?;
+                map.insert(libc::SYS_ftruncate, vec![truncate_log]);
+            }
         }
         ThreadKind::Io => map.extend(IO.iter().map(|&nr| (nr, Vec::new()))),
     }
@@ -133,14 +150,21 @@ pub(crate) type Filters = Vec<BpfProgram>;
 
 /// Compiles the filters of `kind`: [`deny_open`], then its allowlist (installing a
 /// filter needs `prctl` and `seccomp`, which the allowlist does not allow); `None` in
-/// [`Mode::Off`].
-pub(crate) fn compile(kind: ThreadKind, mode: Mode) -> Result<Option<Filters>> {
+/// [`Mode::Off`]. `console_log` as for [`rules`].
+pub(crate) fn compile(
+    kind: ThreadKind,
+    mode: Mode,
+    console_log: Option<RawFd>,
+) -> Result<Option<Filters>> {
     let mismatch = match mode {
         Mode::Off => return Ok(None),
         Mode::Enforce => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
     };
-    Ok(Some(vec![deny_open()?, compile_with(kind, mismatch)?]))
+    Ok(Some(vec![
+        deny_open()?,
+        compile_with(kind, mismatch, console_log)?,
+    ]))
 }
 
 /// A second filter: `openat` fails with ENOENT, everything else is left to the
@@ -158,9 +182,13 @@ fn deny_open() -> Result<BpfProgram> {
     filter.try_into().map_err(filter_error)
 }
 
-fn compile_with(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> {
+fn compile_with(
+    kind: ThreadKind,
+    mismatch: SeccompAction,
+    console_log: Option<RawFd>,
+) -> Result<BpfProgram> {
     let filter = SeccompFilter::new(
-        rules(kind)?,
+        rules(kind, console_log)?,
         mismatch,
         SeccompAction::Allow,
         TargetArch::x86_64,
@@ -195,7 +223,7 @@ mod tests {
     fn both_filters_compile_in_every_mode() {
         for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
             for mode in [Mode::Enforce, Mode::Log] {
-                let progs = compile(kind, mode).unwrap().unwrap();
+                let progs = compile(kind, mode, Some(7)).unwrap().unwrap();
                 assert_eq!(progs.len(), 2);
                 for prog in progs {
                     assert!(
@@ -205,20 +233,28 @@ mod tests {
                     );
                 }
             }
-            assert!(compile(kind, Mode::Off).unwrap().is_none());
+            assert!(compile(kind, Mode::Off, None).unwrap().is_none());
         }
     }
 
     #[test]
     fn vcpus_may_only_run_and_io_has_no_ioctl() {
-        let vcpu = rules(ThreadKind::Vcpu).unwrap();
+        let vcpu = rules(ThreadKind::Vcpu, None).unwrap();
+        assert!(!vcpu.contains_key(&libc::SYS_ftruncate));
+        let with_log = rules(ThreadKind::Vcpu, Some(7)).unwrap();
+        assert_eq!(
+            with_log[&libc::SYS_ftruncate].len(),
+            1,
+            "ftruncate only with a condition"
+        );
         assert_eq!(
             vcpu[&libc::SYS_ioctl].len(),
             1,
             "ioctl only with a condition"
         );
         assert!(!vcpu.contains_key(&libc::SYS_pwrite64));
-        let io = rules(ThreadKind::Io).unwrap();
+        let io = rules(ThreadKind::Io, Some(7)).unwrap();
+        assert!(!io.contains_key(&libc::SYS_ftruncate));
         assert!(!io.contains_key(&libc::SYS_ioctl));
         for nr in [
             libc::SYS_execve,
@@ -237,7 +273,12 @@ mod tests {
     fn installed_filter_denies_unlisted_calls_on_its_thread_only() {
         let progs = [
             deny_open().unwrap(),
-            compile_with(ThreadKind::Io, SeccompAction::Errno(libc::EPERM as u32)).unwrap(),
+            compile_with(
+                ThreadKind::Io,
+                SeccompAction::Errno(libc::EPERM as u32),
+                None,
+            )
+            .unwrap(),
         ];
         let t = std::thread::spawn(move || {
             seccompiler::apply_filter(&progs[0]).unwrap();
@@ -257,5 +298,39 @@ mod tests {
         // This thread has no filter.
         let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         assert!(status.contains("Seccomp:\t0"), "{status}");
+    }
+
+    /// A vCPU may truncate the console log, to length 0 only, and no other file.
+    #[test]
+    fn a_vcpu_may_only_empty_the_console_log() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("console.log")).unwrap();
+        let other = std::fs::File::create(dir.path().join("other")).unwrap();
+        let (log_fd, other_fd) = (log.as_raw_fd(), other.as_raw_fd());
+        let prog = compile_with(
+            ThreadKind::Vcpu,
+            SeccompAction::Errno(libc::EPERM as u32),
+            Some(log_fd),
+        )
+        .unwrap();
+        let t = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            let truncate = |fd, len| {
+                // SAFETY: ftruncate on descriptors the test holds open.
+                let r = unsafe { libc::ftruncate(fd, len) };
+                (r, std::io::Error::last_os_error().raw_os_error())
+            };
+            (
+                truncate(log_fd, 0).0,
+                truncate(log_fd, 4096),
+                truncate(other_fd, 0),
+            )
+        });
+        let (empty, grow, elsewhere) = t.join().unwrap();
+        assert_eq!(empty, 0, "the console log may be emptied");
+        assert_eq!(grow, (-1, Some(libc::EPERM)), "but not resized otherwise");
+        assert_eq!(elsewhere, (-1, Some(libc::EPERM)), "nor may another file");
+        drop((log, other));
     }
 }

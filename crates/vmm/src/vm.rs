@@ -1,7 +1,7 @@
 //! Wiring a VM together (Firecracker's `builder.rs`) and running it.
 
-use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,7 +15,9 @@ use crate::arch::x86_64::{boot_params, layout, regs};
 use crate::boot::{self, kernel};
 use crate::bus::Bus;
 use crate::config::{SerialOut, Validated, VmConfig};
-use crate::devices::legacy::{i8042::I8042, power::AcpiPower, serial::Serial};
+use crate::devices::legacy::{
+    console_log::CappedLog, i8042::I8042, power::AcpiPower, serial::Serial,
+};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
@@ -65,6 +67,9 @@ pub struct Vm {
     _kvm: Kvm,
     _mem: Arc<GuestMemoryMmap>,
     name: String,
+    /// The serial console's capped log file, owned by the serial device (in the vCPUs'
+    /// port I/O bus), which the vCPUs' seccomp filter lets them truncate.
+    console_log: Option<RawFd>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -76,18 +81,19 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-fn serial_writer(out: SerialOut) -> Result<Box<dyn Write + Send>> {
+/// The serial console's output, and the descriptor of the capped log file if that is
+/// where it goes (the vCPUs' seccomp filter lets them truncate it).
+fn serial_writer(out: SerialOut) -> Result<(Box<dyn Write + Send>, Option<RawFd>)> {
     Ok(match out {
-        SerialOut::File(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|source| Error::SerialOutput { path, source })?,
-        ),
-        SerialOut::Stdout => Box::new(std::io::stdout()),
-        SerialOut::Fd(fd) => Box::new(std::fs::File::from(fd)),
-        SerialOut::Discard => Box::new(std::io::sink()),
+        SerialOut::File(path) => {
+            let log =
+                CappedLog::open(&path).map_err(|source| Error::SerialOutput { path, source })?;
+            let fd = log.fd();
+            (Box::new(log), Some(fd))
+        }
+        SerialOut::Stdout => (Box::new(std::io::stdout()), None),
+        SerialOut::Fd(fd) => (Box::new(std::fs::File::from(fd)), None),
+        SerialOut::Discard => (Box::new(std::io::sink()), None),
     })
 }
 
@@ -237,7 +243,8 @@ impl Vm {
         let serial_irq = eventfd("the serial irqfd")?;
         vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
             .map_err(|e| Error::kvm("KVM_IRQFD (serial)", e))?;
-        let serial = Serial::new(IrqLine::new(serial_irq), serial_writer(cfg.serial)?);
+        let (serial_out, console_log) = serial_writer(cfg.serial)?;
+        let serial = Serial::new(IrqLine::new(serial_irq), serial_out);
         pio.insert(
             Arc::new(Mutex::new(serial)),
             u64::from(layout::COM1_PORT),
@@ -370,6 +377,7 @@ impl Vm {
             _kvm: kvm,
             _mem: mem,
             name,
+            console_log,
         })
     }
 
@@ -388,8 +396,8 @@ impl Vm {
         let _guard = span.enter();
         // Compiled before any thread runs guest work; each thread installs its own.
         let mode = seccomp::Mode::from_env();
-        let vcpu_filter = seccomp::compile(ThreadKind::Vcpu, mode)?.map(Arc::new);
-        let io_filter = seccomp::compile(ThreadKind::Io, mode)?;
+        let vcpu_filter = seccomp::compile(ThreadKind::Vcpu, mode, self.console_log)?.map(Arc::new);
+        let io_filter = seccomp::compile(ThreadKind::Io, mode, None)?;
         let io = IoThread::spawn(
             std::mem::take(&mut self.io_sources),
             io_filter,
@@ -496,6 +504,34 @@ mod tests {
         );
         assert_eq!(reason, ExitReason::Shutdown);
         assert_eq!(out, "hello from the guest\n");
+    }
+
+    /// A guest flooding its console (1.3 MB, byte by byte) under the real vCPU seccomp
+    /// filter: the log file stays within its cap, restarted with the marker, and the VM
+    /// is not killed for the truncation that needs.
+    #[test]
+    fn realmode_guest_flooding_the_console_stays_within_the_cap() {
+        use crate::devices::legacy::console_log::CAP;
+        assert!(
+            kvm_available(),
+            "this test needs /dev/kvm (real mode runs on PVM too)"
+        );
+        let mut code = vec![0xfa]; // cli
+        code.extend_from_slice(&[0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        code.extend_from_slice(&[0xb0, b'x']); // mov al, 'x'
+        code.extend_from_slice(&[0xbb, 20, 0]); // mov bx, 20
+        code.extend_from_slice(&[0xb9, 0, 0]); // L1: mov cx, 0 (65536 turns)
+        code.push(0xee); // L2: out dx, al
+        code.extend_from_slice(&[0xe2, 0xfd]); // loop L2
+        code.push(0x4b); // dec bx
+        code.extend_from_slice(&[0x75, 0xf7]); // jnz L1
+        let tail = guest(b"\nthe end\n", 0x3c0, (5 << 2) | 0x20);
+        code.extend_from_slice(&tail[1..]); // without its cli
+        let (reason, out) = run_guest(code, vec![]);
+        assert_eq!(reason, ExitReason::Shutdown);
+        assert!(out.len() as u64 <= CAP, "{} bytes", out.len());
+        assert!(out.contains("[vessel: the console log reached its cap"));
+        assert!(out.ends_with("xxx\nthe end\n"));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::engine::backend::{ExecRequest, Stdio};
 use crate::engine::catalogue::{Instance, Status};
 use crate::engine::logs::{self, Stream};
 use crate::engine::monitor::{self, Report};
-use crate::engine::request::{parse_signal, parse_size, Isolation, RunRequest, Volume};
+use crate::engine::request::{
+    parse_signal, parse_size, Isolation, LogConfig, LogDriver, RunRequest, Volume,
+};
 use crate::engine::{CreateSpec, Engine, EngineError};
 use crate::{CmdResult, Failure};
 
@@ -188,6 +190,7 @@ fn build_request(
             None => None,
         },
         console: a.console,
+        log: LogConfig::parse(a.log_driver.as_deref(), &a.log_opts)?,
     })
 }
 
@@ -530,6 +533,7 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "UsernsMode": if r.userns { "private" } else { "host" },
             "NetworkMode": r.network.as_str(),
             "PortBindings": port_bindings(&r.ports),
+            "LogConfig": {"Type": r.log.driver.as_str(), "Config": r.log.options},
         },
         "Config": {
             "Hostname": r.hostname,
@@ -616,32 +620,53 @@ pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
 /// `vessel logs`.
 pub fn logs(engine: &Engine, a: &LogsArgs) -> CmdResult {
     let inst = engine.get(&a.instance).map_err(|e| Failure::new(1, e))?;
-    let path = engine.log_path(&inst.id);
-    let (mut entries, mut offset) = logs::read_from(&path, 0)
-        .map_err(|e| Failure::new(1, format!("read {}: {e}", path.display())))?;
-    if let Some(n) = a.tail {
-        let skip = entries.len().saturating_sub(n);
-        entries.drain(..skip);
+    if inst.request.log.driver != LogDriver::JsonFile {
+        // Docker's words for a driver it cannot read back.
+        return Err(Failure::new(
+            1,
+            format!(
+                "configured logging driver does not support reading: {} logs with --log-driver {}",
+                inst.name,
+                inst.request.log.driver.as_str()
+            ),
+        ));
     }
-    let print = |entries: &[logs::Entry]| -> bool {
-        for e in entries {
-            let line = if a.timestamps {
-                format!("{} {}", e.time, e.log)
-            } else {
-                e.log.clone()
-            };
-            let r = match e.stream {
-                Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-                Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
-            };
-            if r.is_err() {
-                return false;
-            }
+    let path = engine.log_path(&inst.id);
+    let read_err = |e: std::io::Error| Failure::new(1, format!("read {}: {e}", path.display()));
+    let mut reader = logs::Reader::new(&path);
+    let print = |e: &logs::Entry| -> bool {
+        let line = if a.timestamps {
+            format!("{} {}", e.time, e.log)
+        } else {
+            e.log.clone()
+        };
+        match e.stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+            Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
         }
-        let _ = std::io::stdout().flush();
-        true
+        .is_ok()
     };
-    if !print(&entries) || !a.follow {
+    // The whole log streams through; only --tail's last lines are held.
+    let going = match a.tail {
+        Some(n) => {
+            let mut last = std::collections::VecDeque::with_capacity(n.min(4096));
+            reader
+                .read(&mut |e| {
+                    if n > 0 {
+                        if last.len() == n {
+                            last.pop_front();
+                        }
+                        last.push_back(e);
+                    }
+                    true
+                })
+                .map_err(read_err)?;
+            last.iter().all(print)
+        }
+        None => reader.read(&mut |e| print(&e)).map_err(read_err)?,
+    };
+    let _ = std::io::stdout().flush();
+    if !going || !a.follow {
         return Ok(0);
     }
     loop {
@@ -649,13 +674,15 @@ pub fn logs(engine: &Engine, a: &LogsArgs) -> CmdResult {
             .get(&inst.id)
             .map(|i| i.status == Status::Running)
             .unwrap_or(false);
-        let (more, next) = logs::read_from(&path, offset)
-            .map_err(|e| Failure::new(1, format!("read {}: {e}", path.display())))?;
-        offset = next;
-        if !print(&more) {
-            return Ok(0);
-        }
-        if !running && more.is_empty() {
+        let mut any = false;
+        let going = reader
+            .read(&mut |e| {
+                any = true;
+                print(&e)
+            })
+            .map_err(read_err)?;
+        let _ = std::io::stdout().flush();
+        if !going || (!running && !any) {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));

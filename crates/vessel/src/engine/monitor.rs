@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::{Exit, Started, Stdio};
 use super::catalogue::{self, Instance};
 use super::logs::{self, Stream};
+use super::request::LogDriver;
 use super::{Engine, EngineError};
 
 /// The fd on which the monitor reports to its parent.
@@ -228,8 +229,7 @@ fn supervise(
     let backend = engine.backend(inst.request.isolation)?;
     let sig_r =
         install_handlers().map_err(|e| EngineError::Internal(format!("signal pipe: {e}")))?;
-    let mut log = logs::Writer::open(&engine.log_path(&inst.id))
-        .map_err(|e| EngineError::io("open", engine.log_path(&inst.id), e))?;
+    let mut log = open_log(engine, inst)?;
     let tty = inst.request.tty;
     let forward_stdin = attached && inst.request.interactive;
 
@@ -271,8 +271,7 @@ fn supervise(
             let e = exec_shim(engine, inst, &shim, &started, ours.as_ref());
             // Still here: the shim could not run; stay the monitor ourselves.
             tracing::warn!("monitor: cannot run {}: {e}", shim.display());
-            log = logs::Writer::open(&engine.log_path(&inst.id))
-                .map_err(|e| EngineError::io("open", engine.log_path(&inst.id), e))?;
+            log = open_log(engine, inst)?;
         }
     }
 
@@ -299,6 +298,16 @@ fn supervise(
     // The last report is out: only now do the instance's mounts go (Started::teardown).
     drop(started.teardown);
     code
+}
+
+/// The instance's log as its `--log-driver` and `--log-opt`s say.
+fn open_log(engine: &Engine, inst: &Instance) -> Result<logs::Writer, EngineError> {
+    let path = engine.log_path(&inst.id);
+    match inst.request.log.driver {
+        LogDriver::JsonFile => logs::Writer::open(&path, inst.request.log.rotation)
+            .map_err(|e| EngineError::io("open", path, e)),
+        LogDriver::None => Ok(logs::Writer::discard()),
+    }
 }
 
 /// Records how the instance ended, removes what it held and reports the end.
@@ -352,7 +361,20 @@ fn exec_shim(
     };
     let mut cmd = std::process::Command::new(shim);
     cmd.arg("--pid").arg(started.pid.to_string());
-    cmd.arg("--log").arg(engine.log_path(&inst.id));
+    let log = &inst.request.log;
+    match log.driver {
+        LogDriver::JsonFile => {
+            cmd.arg("--log").arg(engine.log_path(&inst.id));
+            if let Some(size) = log.rotation.max_size {
+                cmd.arg("--max-size").arg(size.to_string());
+                cmd.arg("--max-file")
+                    .arg(log.rotation.max_files.to_string());
+            }
+        }
+        LogDriver::None => {
+            cmd.arg("--no-log");
+        }
+    }
     let mut keep: Vec<RawFd> = Vec::new();
     match (pipes, &started.pty_master) {
         (Some((out, err, hold)), _) => {

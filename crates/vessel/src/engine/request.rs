@@ -127,6 +127,161 @@ pub struct RunRequest {
     /// The instance's address and ports on its network, decided at create.
     #[serde(default)]
     pub attachment: Option<vessel_network::Attachment>,
+    /// `--log-driver`, `--log-opt`: where output goes and how much of it is kept
+    /// (records from before logs were bounded get the default bound).
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `--log-driver`: what is done with an instance's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogDriver {
+    /// Docker's `json-file`: JSON lines in `log.json`, rotated.
+    JsonFile,
+    /// Nothing is kept; `vessel logs` has nothing to read.
+    None,
+}
+
+impl LogDriver {
+    /// The name Docker uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogDriver::JsonFile => "json-file",
+            LogDriver::None => "none",
+        }
+    }
+}
+
+/// The logging configuration of an instance, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// The driver.
+    pub driver: LogDriver,
+    /// The options in force, as `inspect` shows them (`max-size`, `max-file`).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// What `max-size` and `max-file` mean for the writer.
+    pub rotation: vessel_shim::logs::Rotation,
+}
+
+impl Default for LogConfig {
+    /// json-file with the default bound ([`vessel_shim::logs::Rotation::DEFAULT`]).
+    fn default() -> Self {
+        LogConfig {
+            driver: LogDriver::JsonFile,
+            options: [("max-size", "20m"), ("max-file", "5")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rotation: vessel_shim::logs::Rotation::DEFAULT,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Parses `--log-driver` (json-file when absent) and the `--log-opt KEY=VALUE`s, as
+    /// Docker's json-file driver reads them: `max-size` a positive size with an optional
+    /// k, m or g (decimal units, as Docker's) or -1 for no limit; `max-file` at least 1
+    /// and only with a `max-size`. With neither, the default bound applies.
+    pub fn parse(driver: Option<&str>, opts: &[String]) -> Result<LogConfig> {
+        let driver = match driver.unwrap_or("json-file") {
+            "json-file" => LogDriver::JsonFile,
+            "none" => LogDriver::None,
+            other => {
+                return Err(EngineError::InvalidFlag(format!(
+                    "invalid --log-driver {other:?}: vessel supports json-file and none"
+                )))
+            }
+        };
+        let mut options = std::collections::BTreeMap::new();
+        for o in opts {
+            let Some((k, v)) = o.split_once('=') else {
+                return Err(EngineError::InvalidFlag(format!(
+                    "invalid --log-opt {o:?}: expected KEY=VALUE"
+                )));
+            };
+            match (driver, k) {
+                (LogDriver::JsonFile, "max-size" | "max-file") => {}
+                (LogDriver::JsonFile, _) => {
+                    return Err(EngineError::InvalidFlag(format!(
+                        "unknown log opt {k:?} for the json-file log driver (--log-opt {o:?}): vessel supports max-size and max-file"
+                    )))
+                }
+                (LogDriver::None, _) => {
+                    return Err(EngineError::InvalidFlag(format!(
+                        "unknown log opt {k:?} for the none log driver (--log-opt {o:?}): it takes none"
+                    )))
+                }
+            }
+            options.insert(k.to_string(), v.to_string());
+        }
+        if driver == LogDriver::None {
+            return Ok(LogConfig {
+                driver,
+                options,
+                rotation: vessel_shim::logs::Rotation::UNLIMITED,
+            });
+        }
+        if options.is_empty() {
+            return Ok(LogConfig::default());
+        }
+        let max_size = match options.get("max-size") {
+            Some(v) => parse_log_size(v)?,
+            None => None,
+        };
+        let max_files = match options.get("max-file") {
+            None => 1,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(EngineError::InvalidFlag(format!(
+                    "invalid --log-opt max-file={v}: expected a whole number of files, at least 1"
+                )))
+                }
+            },
+        };
+        if max_files > 1 && max_size.is_none() {
+            return Err(EngineError::InvalidFlag(format!(
+                "--log-opt max-file={max_files} needs a max-size (files are rotated when they reach it)"
+            )));
+        }
+        Ok(LogConfig {
+            driver,
+            options,
+            rotation: vessel_shim::logs::Rotation {
+                max_size,
+                max_files,
+            },
+        })
+    }
+}
+
+/// Parses json-file's `max-size`: `-1` (no limit) or a positive size in bytes with an
+/// optional decimal unit (`100k`, `20m`, `1.5g`, `10MB`), as Docker's `FromHumanSize`.
+fn parse_log_size(v: &str) -> Result<Option<u64>> {
+    if v == "-1" {
+        return Ok(None);
+    }
+    let bad = || {
+        EngineError::InvalidFlag(format!(
+            "invalid --log-opt max-size={v}: expected a size like 100k, 20m or 1g, or -1 for no limit"
+        ))
+    };
+    let t = v.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1e3),
+        Some('m') => (&t[..t.len() - 1], 1e6),
+        Some('g') => (&t[..t.len() - 1], 1e9),
+        Some(c) if c.is_ascii_digit() => (t, 1.0),
+        _ => return Err(bad()),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    let bytes = n * mult;
+    if !(1.0..=1e15).contains(&bytes) {
+        return Err(bad());
+    }
+    Ok(Some(bytes as u64))
 }
 
 /// Parses Docker-style sizes: `64m`, `1g`, `512k`, `1048576`, `1.5g` (binary units).
@@ -190,6 +345,51 @@ mod tests {
         for bad in ["12zz", "", "m", "-1m", "0", "nan", "infg"] {
             let e = parse_size("--memory", bad).unwrap_err().to_string();
             assert!(e.contains("--memory"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_options() {
+        use vessel_shim::logs::Rotation;
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let d = LogConfig::parse(None, &[]).unwrap();
+        assert_eq!(d, LogConfig::default());
+        assert_eq!(d.rotation, Rotation::DEFAULT);
+        let c =
+            LogConfig::parse(Some("json-file"), &opts(&["max-size=100k", "max-file=2"])).unwrap();
+        assert_eq!(
+            c.rotation,
+            Rotation {
+                max_size: Some(100_000),
+                max_files: 2
+            }
+        );
+        assert_eq!(c.options["max-size"], "100k");
+        let c = LogConfig::parse(None, &opts(&["max-size=1.5MB"])).unwrap();
+        assert_eq!(c.rotation.max_size, Some(1_500_000));
+        assert_eq!(c.rotation.max_files, 1);
+        let c = LogConfig::parse(None, &opts(&["max-size=-1"])).unwrap();
+        assert_eq!(c.rotation, Rotation::UNLIMITED);
+        assert_eq!(
+            LogConfig::parse(Some("none"), &[]).unwrap().driver,
+            LogDriver::None
+        );
+        for (driver, bad, needle) in [
+            (None, "max-size=bogus", "bogus"),
+            (None, "max-size=0", "max-size=0"),
+            (None, "max-size=-5m", "-5m"),
+            (None, "foo=bar", "foo"),
+            (None, "compress=true", "compress"),
+            (None, "max-size", "max-size"),
+            (None, "max-file=0", "max-file=0"),
+            (None, "max-file=3", "needs a max-size"),
+            (Some("none"), "max-size=1m", "none"),
+            (Some("syslog"), "max-size=1m", "syslog"),
+        ] {
+            let e = LogConfig::parse(driver, &opts(&[bad]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
         }
     }
 
