@@ -25,6 +25,40 @@ use seccompiler::{
 
 use crate::error::{Error, Result};
 
+/// The width the kernel reads argument `idx` of syscall `name` with. An `int` argument
+/// compared on 64 bits lets a caller set the high bits to slip past a rule (`socket`
+/// with domain `AF_VSOCK | 1 << 32` is not `!= AF_VSOCK` on 64 bits, and is AF_VSOCK
+/// to the kernel): the 32-bit arguments of the syscalls profiles filter on are compared
+/// on their low 32 bits, as libseccomp does for them.
+fn arg_len(name: &str, idx: u8) -> SeccompCmpArgLen {
+    let dword = match name {
+        // int domain, int type, int protocol
+        "socket" | "socketpair" => idx <= 2,
+        // unsigned int persona
+        "personality" => idx == 0,
+        // int fd / int cmd / unsigned int flags ...
+        "ioctl" | "fcntl" | "setns" | "unshare" | "prctl" | "kill" | "tgkill" | "tkill" => {
+            matches!(
+                (name, idx),
+                ("ioctl", 0)
+                    | ("fcntl", 0 | 1)
+                    | ("setns", 0 | 1)
+                    | ("unshare", 0)
+                    | ("prctl", 0)
+                    | ("kill", 0 | 1)
+                    | ("tgkill", 0..=2)
+                    | ("tkill", 0 | 1)
+            )
+        }
+        _ => false,
+    };
+    if dword {
+        SeccompCmpArgLen::Dword
+    } else {
+        SeccompCmpArgLen::Qword
+    }
+}
+
 /// A compiled profile, ready to load in the container process.
 #[derive(Debug, Clone, Default)]
 pub struct CompiledSeccomp {
@@ -89,50 +123,53 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp> {
         if act == default {
             continue;
         }
-        let conditions = sc
-            .args()
-            .iter()
-            .flatten()
-            .map(|a| {
-                let idx = u8::try_from(a.index()).map_err(|_| {
-                    Error::Seccomp(format!("argument index {} out of range", a.index()))
-                })?;
-                let (op, value) = match a.op() {
-                    LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, a.value()),
-                    LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, a.value()),
-                    LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, a.value()),
-                    LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, a.value()),
-                    LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, a.value()),
-                    LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, a.value()),
-                    // libseccomp: (arg & value) == valueTwo
-                    LinuxSeccompOperator::ScmpCmpMaskedEq => (
-                        SeccompCmpOp::MaskedEq(a.value()),
-                        a.value_two().unwrap_or(0),
-                    ),
-                };
-                SeccompCondition::new(idx, SeccompCmpArgLen::Qword, op, value)
-                    .map_err(|e| Error::Seccomp(format!("argument {idx}: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rule = if conditions.is_empty() {
-            None
-        } else {
-            Some(
-                SeccompRule::new(conditions)
-                    .map_err(|e| Error::Seccomp(format!("rule for {:?}: {e}", sc.names())))?,
-            )
+        let conditions = |name: &str| -> Result<Vec<SeccompCondition>> {
+            sc.args()
+                .iter()
+                .flatten()
+                .map(|a| {
+                    let idx = u8::try_from(a.index()).map_err(|_| {
+                        Error::Seccomp(format!("argument index {} out of range", a.index()))
+                    })?;
+                    let (op, value) = match a.op() {
+                        LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, a.value()),
+                        LinuxSeccompOperator::ScmpCmpLt => (SeccompCmpOp::Lt, a.value()),
+                        LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, a.value()),
+                        LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, a.value()),
+                        LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, a.value()),
+                        LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, a.value()),
+                        // libseccomp: (arg & value) == valueTwo
+                        LinuxSeccompOperator::ScmpCmpMaskedEq => (
+                            SeccompCmpOp::MaskedEq(a.value()),
+                            a.value_two().unwrap_or(0),
+                        ),
+                    };
+                    SeccompCondition::new(idx, arg_len(name, idx), op, value)
+                        .map_err(|e| Error::Seccomp(format!("argument {idx}: {e}")))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let rule_for = |name: &str| -> Result<Option<SeccompRule>> {
+            let conditions = conditions(name)?;
+            if conditions.is_empty() {
+                return Ok(None);
+            }
+            SeccompRule::new(conditions)
+                .map(Some)
+                .map_err(|e| Error::Seccomp(format!("rule for {name}: {e}")))
         };
         for name in sc.names() {
             let Some(nr) = syscall_number(name) else {
                 tracing::trace!(syscall = %name, "unknown on this architecture, skipped");
                 continue;
             };
+            let rule = rule_for(name)?;
             add_rule(&mut main, nr, rule.clone());
             if act != SeccompAction::Allow {
                 let entry = by_action
                     .entry(action_key(&act))
                     .or_insert_with(|| (act.clone(), BTreeMap::new()));
-                add_rule(&mut entry.1, nr, rule.clone());
+                add_rule(&mut entry.1, nr, rule);
             }
         }
     }

@@ -136,6 +136,7 @@ pub fn docker_default_capabilities() -> HashSet<Capability> {
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
     "/proc/acpi",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -146,6 +147,26 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ];
+
+/// [`MASKED_PATHS`] and, as Docker 28 masks them, every CPU's thermal throttle
+/// directory (its counters leak what other tenants run).
+pub fn masked_paths() -> Vec<String> {
+    let mut out: Vec<String> = MASKED_PATHS.iter().map(|s| s.to_string()).collect();
+    if let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") {
+        let mut per_cpu: Vec<String> = cpus
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| {
+                n.strip_prefix("cpu")
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(|n| format!("/sys/devices/system/cpu/{n}/thermal_throttle"))
+            .collect();
+        per_cpu.sort();
+        out.extend(per_cpu);
+    }
+    out
+}
 
 /// Paths Docker makes read-only in containers.
 pub const READONLY_PATHS: &[&str] = &[
@@ -342,7 +363,7 @@ pub fn docker_default(o: &SpecOptions) -> Spec {
     let mut linux = oci_spec::runtime::Linux::default();
     linux.set_namespaces(Some(namespaces));
     linux.set_resources(Some(resources));
-    linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()));
+    linux.set_masked_paths(Some(masked_paths()));
     linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()));
     linux.set_seccomp(Some(docker_seccomp_profile(&caps)));
     linux.set_cgroups_path(o.cgroups_path.as_ref().map(PathBuf::from));
