@@ -320,3 +320,31 @@ fn data_root_is_closed_to_unprivileged_users() {
     );
     ok(&["rm", "-f", &n]);
 }
+
+/// `exec` without `-t` gives the process pipes, never the caller's descriptors: a
+/// container process handed the user's terminal could push input into it (TIOCSTI) or
+/// read what is typed there.
+#[test]
+fn exec_without_tty_gets_pipes_not_the_callers_terminal() {
+    let n = name("pipes");
+    ok(&["run", "-d", "--name", &n, "busybox", "sleep", "1000"]);
+    // The caller's stdio are a terminal (script(1) gives it one); what the exec'd
+    // process has is printed by it.
+    let cmd = format!(
+        "{} --root {} exec -i {n} sh -c 'ls -l /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2; [ -t 0 ] && echo STDIN-IS-A-TTY; [ -t 1 ] && echo STDOUT-IS-A-TTY; true'",
+        vessel_bin(),
+        root().display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (bsdutils)");
+    let out = stdout(&o);
+    ok(&["rm", "-f", &n]);
+    assert!(out.contains("pipe:"), "{out}");
+    assert!(
+        !out.contains("IS-A-TTY") && !out.contains("/dev/pts"),
+        "the exec'd process got the caller's terminal: {out}"
+    );
+}

@@ -706,17 +706,15 @@ pub fn exec(engine: &Engine, a: &ExecArgs) -> CmdResult {
         user: a.user.clone(),
         tty: a.tty,
     };
-    let dup = |fd: i32| -> Result<OwnedFd, Failure> {
-        // SAFETY: 0, 1, 2 are open for the life of the process.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        b.try_clone_to_owned()
-            .map_err(|e| Failure::new(125, format!("dup fd {fd}: {e}")))
-    };
     let null = || -> Result<OwnedFd, Failure> {
         std::fs::File::open("/dev/null")
             .map(OwnedFd::from)
             .map_err(|e| Failure::new(125, format!("open /dev/null: {e}")))
     };
+    // Without a terminal the process gets pipes that we copy, never our own descriptors:
+    // a terminal of ours in the container would let it inject input (TIOCSTI) or read
+    // what the user types elsewhere. Docker and containerd always proxy too.
+    let mut relay = None;
     let stdio = if a.tty {
         Stdio::Pty
     } else if a.detach {
@@ -726,10 +724,27 @@ pub fn exec(engine: &Engine, a: &ExecArgs) -> CmdResult {
             stderr: null()?,
         }
     } else {
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Failure::new(125, format!("pipe: {e}")))
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (stdin, stdin_w) = if a.interactive {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (null()?, None)
+        };
+        relay = Some(ExecRelay {
+            out: out_r,
+            err: err_r,
+            stdin: stdin_w,
+        });
         Stdio::Fds {
-            stdin: if a.interactive { dup(0)? } else { null()? },
-            stdout: dup(1)?,
-            stderr: dup(2)?,
+            stdin,
+            stdout: out_w,
+            stderr: err_w,
         }
     };
     let dir = engine.instance_dir(&inst.id);
@@ -757,6 +772,9 @@ pub fn exec(engine: &Engine, a: &ExecArgs) -> CmdResult {
     if let Some(master) = &p.pty_master {
         proxy_pty(master, a.interactive);
     }
+    if let Some(r) = relay {
+        r.run(target);
+    }
     let code = loop {
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p.pid), None) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
@@ -772,6 +790,97 @@ pub fn exec(engine: &Engine, a: &ExecArgs) -> CmdResult {
     };
     drop(raw);
     Ok(code as u8)
+}
+
+/// The pipes of an exec'd process without a terminal, copied to and from our stdio.
+struct ExecRelay {
+    out: OwnedFd,
+    err: OwnedFd,
+    stdin: Option<OwnedFd>,
+}
+
+impl ExecRelay {
+    /// Copies until the process has exited and its pipes hold nothing more (a background
+    /// process of the container that keeps them open does not hold us), or both close.
+    fn run(self, pid: nix::unistd::Pid) {
+        let ExecRelay { out, err, stdin } = self;
+        let mut stdin = stdin;
+        let mut open = [true, true];
+        let mut stdin_open = stdin.is_some();
+        let mut exited = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        while open[0] || open[1] {
+            if !exited {
+                // WNOWAIT: the caller reaps it.
+                exited = matches!(
+                    nix::sys::wait::waitid(
+                        nix::sys::wait::Id::Pid(pid),
+                        nix::sys::wait::WaitPidFlag::WEXITED
+                            | nix::sys::wait::WaitPidFlag::WNOHANG
+                            | nix::sys::wait::WaitPidFlag::WNOWAIT,
+                    ),
+                    Ok(st) if st.pid().is_some()
+                );
+            }
+            let stdin_fd = std::io::stdin();
+            let mut fds = vec![
+                PollFd::new(out.as_fd(), PollFlags::POLLIN),
+                PollFd::new(err.as_fd(), PollFlags::POLLIN),
+            ];
+            if stdin_open {
+                fds.push(PollFd::new(stdin_fd.as_fd(), PollFlags::POLLIN));
+            }
+            let timeout = if exited { 0u16 } else { 50 };
+            let n = match poll(&mut fds, PollTimeout::from(timeout)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            if n == 0 {
+                if exited {
+                    break;
+                }
+                continue;
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            for (i, (src, dst)) in [(&out, 1), (&err, 2)].into_iter().enumerate() {
+                if !open[i] || !ready[i] {
+                    continue;
+                }
+                match nix::unistd::read(src, &mut buf) {
+                    Ok(0) | Err(_) => open[i] = false,
+                    // SAFETY: 1 and 2 are open for the life of the process.
+                    Ok(k) => write_all(unsafe { BorrowedFd::borrow_raw(dst) }, &buf[..k]),
+                }
+            }
+            if stdin_open && ready.get(2).copied().unwrap_or(false) {
+                match nix::unistd::read(stdin_fd.as_fd(), &mut buf) {
+                    Ok(0) | Err(_) => {
+                        stdin_open = false;
+                        stdin = None; // EOF reaches the process
+                    }
+                    Ok(k) => {
+                        if let Some(w) = &stdin {
+                            write_all(w.as_fd(), &buf[..k]);
+                        }
+                    }
+                }
+            }
+        }
+        drop(stdin);
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => data = &data[k..],
+        }
+    }
 }
 
 /// Copies between our terminal and a pty master until the master closes.
