@@ -309,12 +309,24 @@ impl Unpacker {
         let name_bytes = name.as_bytes();
 
         if name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            let hidden = &name_bytes[WHITEOUT_PREFIX.len()..];
+            // `.wh.`, `.wh..`, `.wh...` would hide "", the directory itself or its parent
+            // (at the layer root, the directory *holding* the layer): never a file name.
+            if name_bytes != OPAQUE_MARKER.as_bytes() && matches!(hidden, b"" | b"." | b"..") {
+                return Err(Self::hostile(
+                    &path,
+                    format!(
+                        "malformed whiteout: hides {:?}, which is not a file name",
+                        String::from_utf8_lossy(hidden)
+                    ),
+                ));
+            }
             let parent = self.open_dir(dir)?;
             if name_bytes == OPAQUE_MARKER.as_bytes() {
                 rfs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
                     .map_err(self.io_err("mark opaque", dir))?;
             } else {
-                let hidden = OsStr::from_bytes(&name_bytes[WHITEOUT_PREFIX.len()..]);
+                let hidden = OsStr::from_bytes(hidden);
                 let target = InnerPath(dir.join(hidden));
                 self.clear(&parent, hidden, &target, false)?;
                 rfs::mknodat(
@@ -947,6 +959,39 @@ mod tests {
         let tar = craft(&[E::File("big", &[7u8; 4096])]);
         let err = unpack_layer(&tar[..1024], &s.layer);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn malformed_whiteouts_are_refused_and_remove_nothing() {
+        for bad in [".wh.", ".wh..", ".wh...", "d/.wh.", "d/.wh..", "d/.wh..."] {
+            let s = sandbox();
+            let tar = craft(&[E::Dir("d"), E::File("d/keep", b"k"), E::File(bad, b"")]);
+            let err = unpack_layer(&tar[..], &s.layer).unwrap_err();
+            assert!(matches!(err, Error::HostileEntry { .. }), "{bad}: {err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("malformed whiteout") && msg.contains(bad.trim_end_matches('/')),
+                "{bad}: {msg}"
+            );
+            outside_untouched(&s);
+            assert_eq!(
+                std::fs::read(s.layer.join("d/keep")).unwrap(),
+                b"k",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_whiteout_names_with_dots_still_work() {
+        let s = sandbox();
+        let tar = craft(&[E::File(".wh....", b""), E::File(".wh..hidden", b"")]);
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        for hidden in ["...", ".hidden"] {
+            let m = std::fs::symlink_metadata(s.layer.join(hidden)).unwrap();
+            assert!(m.file_type().is_char_device(), "{hidden}");
+        }
     }
 
     fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
