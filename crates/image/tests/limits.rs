@@ -405,3 +405,79 @@ fn du(p: &Path) -> u64 {
     }
     total
 }
+
+/// A registry that serves one manifest (of any size) at `/v2/big/manifests/1` and answers
+/// everything else with 404. Returns its `host:port`.
+fn fake_registry(manifest: Vec<u8>) -> String {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut reader = io::BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let mut w = conn;
+            let (status, kind, body): (&str, &str, &[u8]) = match path {
+                "/v2/" => ("200 OK", "application/json", b"{}"),
+                "/v2/big/manifests/1" => (
+                    "200 OK",
+                    "application/vnd.oci.image.manifest.v1+json",
+                    &manifest,
+                ),
+                _ => ("404 Not Found", "application/json", b"{\"errors\":[]}"),
+            };
+            let _ = write!(
+                w,
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = w.write_all(body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn pull_refuses_a_manifest_over_the_limit() {
+    use vessel_image::registry::{pull, RegistryOptions};
+    // A valid manifest padded with spaces to just over the limit.
+    let mut manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": Digest::of(b"{}").to_string(), "size": 2},
+        "layers": []
+    }))
+    .unwrap();
+    manifest.resize(MAX_MANIFEST as usize + 1, b' ');
+    let host = fake_registry(manifest);
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let reference = format!("{host}/big:1").parse().unwrap();
+    let err = pull(&store, &reference, &RegistryOptions::default(), &NoProgress).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                limit: MAX_MANIFEST,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("is 4.0 MiB, over the 4 MiB limit"),
+        "{err}"
+    );
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(leftovers(root.path()), Vec::<PathBuf>::new());
+}
