@@ -274,8 +274,24 @@ pub fn load(store: &Store, reader: impl Read, progress: &dyn Progress) -> Result
     let span = info_span!("load");
     let _guard = span.enter();
     let x = Extracted::extract(store, reader)?;
+    // Blobs this load adds: a load that fails removes those no committed image uses, so
+    // a refused archive (a bomb layer, say) leaves nothing of itself in the store.
+    let mut added = Vec::new();
+    let result = stage_and_commit(store, &x, progress, &mut added);
+    if result.is_err() {
+        store.discard_unreferenced(&added);
+    }
+    result
+}
+
+fn stage_and_commit(
+    store: &Store,
+    x: &Extracted,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<ImageRecord>> {
     let staged = if x.has("manifest.json") {
-        load_docker(store, &x, progress)?
+        load_docker(store, x, progress, added)?
     } else if x.has("index.json") {
         if !x.has("oci-layout") {
             return Err(Error::malformed(
@@ -283,7 +299,7 @@ pub fn load(store: &Store, reader: impl Read, progress: &dyn Progress) -> Result
                 "index.json without oci-layout: not an OCI image layout",
             ));
         }
-        load_oci(store, &x, progress)?
+        load_oci(store, x, progress, added)?
     } else {
         return Err(Error::malformed(
             "archive",
@@ -335,7 +351,12 @@ fn parse_config(bytes: &[u8], what: &str) -> Result<(ImageConfiguration, Vec<Dig
     Ok((config, diff_ids))
 }
 
-fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec<Staged>> {
+fn load_docker(
+    store: &Store,
+    x: &Extracted,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<Staged>> {
     let entries: Vec<DockerEntry> = serde_json::from_slice(&x.read("manifest.json", MAX_MANIFEST)?)
         .map_err(|e| Error::malformed("archive manifest.json", e))?;
     if entries.is_empty() {
@@ -388,7 +409,7 @@ fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<
             };
             // An uncompressed layer's blob digest is its diff id: verify it as it is stored.
             let expected = (compression == Compression::None).then_some((&diff_id, size));
-            let (blob, size) = store.put_blob(counting, expected)?;
+            let (blob, size) = store.put_blob_noting(counting, expected, added)?;
             let media_type = match compression {
                 Compression::None => LAYER_TAR,
                 Compression::Gzip => LAYER_GZIP,
@@ -404,10 +425,10 @@ fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<
             progress.finish(&id, "Loaded");
             layers.push(layer);
         }
-        let stored_config = store.put_blob_bytes(&config_bytes)?;
+        let stored_config = store.put_blob_bytes_noting(&config_bytes, added)?;
         let manifest =
             crate::import::manifest_json(&stored_config, config_bytes.len() as u64, &layers)?;
-        let manifest = store.put_blob_bytes(&manifest)?;
+        let manifest = store.put_blob_bytes_noting(&manifest, added)?;
         let tags = entry
             .repo_tags
             .unwrap_or_default()
@@ -442,7 +463,12 @@ fn oci_tag(annotations: Option<&HashMap<String, String>>) -> Result<Option<Refer
     }
 }
 
-fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec<Staged>> {
+fn load_oci(
+    store: &Store,
+    x: &Extracted,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<Staged>> {
     let index_bytes = x.read("index.json", MAX_MANIFEST)?;
     if classify(&index_bytes, "archive index.json")?.0 != Kind::Index {
         return Err(Error::malformed(
@@ -506,7 +532,7 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
                 progress,
                 id: &id,
             };
-            store.put_blob(counting, Some((&blob, Some(l.size()))))?;
+            store.put_blob_noting(counting, Some((&blob, Some(l.size()))), added)?;
             let layer = LayerRecord {
                 blob,
                 diff_id,
@@ -517,8 +543,8 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
             progress.finish(&id, "Loaded");
             layers.push(layer);
         }
-        let config_stored = store.put_blob_bytes(&config_bytes)?;
-        let manifest_stored = store.put_blob_bytes(&bytes)?;
+        let config_stored = store.put_blob_bytes_noting(&config_bytes, added)?;
+        let manifest_stored = store.put_blob_bytes_noting(&bytes, added)?;
         by_manifest.insert(digest, staged.len());
         staged.push(Staged {
             manifest: manifest_stored,

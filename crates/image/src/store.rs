@@ -229,6 +229,18 @@ impl Store {
         reader: impl Read,
         expected: Option<(&Digest, Option<u64>)>,
     ) -> Result<(Digest, u64)> {
+        self.put_blob_noting(reader, expected, &mut Vec::new())
+    }
+
+    /// Stores a blob as [`Store::put_blob`] does, adding its digest to `added` if this call
+    /// is what put it in the store: what to [`Store::discard_unreferenced`] if the image it
+    /// was for is not committed after all.
+    pub fn put_blob_noting(
+        &self,
+        reader: impl Read,
+        expected: Option<(&Digest, Option<u64>)>,
+        added: &mut Vec<Digest>,
+    ) -> Result<(Digest, u64)> {
         if let Some((d, _)) = expected {
             if self.has_blob(d) {
                 return Ok((
@@ -255,7 +267,30 @@ impl Store {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result
+        let (digest, size, created) = result?;
+        if created {
+            added.push(digest.clone());
+        }
+        Ok((digest, size))
+    }
+
+    /// Removes those of `blobs` that no image refers to: blobs a failed load stored for
+    /// images it did not commit. A blob another image (or another process's commit) uses
+    /// is kept.
+    pub fn discard_unreferenced(&self, blobs: &[Digest]) {
+        let db = self.db();
+        for d in blobs {
+            let used: rusqlite::Result<bool> = db.query_row(
+                "SELECT EXISTS(SELECT 1 FROM images WHERE id = ?1 OR manifest = ?1)
+                     OR EXISTS(SELECT 1 FROM image_layers WHERE blob = ?1)",
+                params![d.to_string()],
+                |r| r.get(0),
+            );
+            // When in doubt (a database error), keep the blob: it is only cache.
+            if let Ok(false) = used {
+                let _ = fs::remove_file(self.blob_path(d));
+            }
+        }
     }
 
     fn write_blob(
@@ -264,7 +299,7 @@ impl Store {
         tmp: &Path,
         expected: Option<(&Digest, Option<u64>)>,
         budget: u64,
-    ) -> Result<(Digest, u64)> {
+    ) -> Result<(Digest, u64, bool)> {
         let file = File::create(tmp).map_err(Error::io("create", tmp))?;
         let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
         // One byte past the budget is enough to know the blob does not fit.
@@ -302,14 +337,20 @@ impl Store {
         }
         file.sync_all().map_err(Error::io("sync", tmp))?;
         let dest = self.blob_path(&digest);
+        let existed = dest.is_file();
         fs::rename(tmp, &dest).map_err(Error::io("rename blob into", &dest))?;
-        Ok((digest, size))
+        Ok((digest, size, !existed))
     }
 
     /// Stores a small blob held in memory.
     pub fn put_blob_bytes(&self, data: &[u8]) -> Result<Digest> {
+        self.put_blob_bytes_noting(data, &mut Vec::new())
+    }
+
+    /// [`Store::put_blob_bytes`], noting a blob it added as [`Store::put_blob_noting`] does.
+    pub fn put_blob_bytes_noting(&self, data: &[u8], added: &mut Vec<Digest>) -> Result<Digest> {
         let d = Digest::of(data);
-        self.put_blob(data, Some((&d, Some(data.len() as u64))))?;
+        self.put_blob_noting(data, Some((&d, Some(data.len() as u64))), added)?;
         Ok(d)
     }
 

@@ -260,7 +260,11 @@ fn gzip_bomb_layer_is_stopped_at_the_disk_budget_and_leaves_nothing() {
         "{msg}"
     );
     assert_nothing_left(root.path(), &store, "gzip bomb");
-    // Nothing of the layer's content reached the disk: the store holds the small blobs.
+    // Nothing of the refused archive stays: not even the (complete) bomb blob.
+    let blobs: Vec<_> = fs::read_dir(root.path().join("images/blobs/sha256"))
+        .unwrap()
+        .collect();
+    assert!(blobs.is_empty(), "blobs left: {blobs:?}");
     let used = du(root.path());
     assert!(
         used < 16 << 20,
