@@ -27,10 +27,12 @@ use tracing::{debug, info_span};
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::limits::{self, DISK_BUDGET, ENTRY_OVERHEAD, MAX_CONFIG, MAX_MANIFEST};
 use crate::manifest::{check_manifest, classify, select_platform, Kind, OCI_INDEX, OCI_MANIFEST};
 use crate::progress::Progress;
 use crate::reference::Reference;
 use crate::store::{ImageRecord, LayerRecord, NewImage, Store};
+use crate::tar_guard::TarGuard;
 use crate::unpack::{self, Compression};
 
 /// The annotation OCI layouts name an image (or just its tag) with.
@@ -127,7 +129,10 @@ fn link_target(link: &str, target: &str) -> Result<String> {
 }
 
 impl Extracted {
+    /// Extracts the archive under the store's `tmp/`, within the store's disk budget; on
+    /// error, nothing of it is left.
     fn extract(store: &Store, reader: impl Read) -> Result<Extracted> {
+        let budget = store.disk_budget()?;
         let dir = store.tmp_path("load");
         fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
         let mut x = Extracted {
@@ -135,12 +140,24 @@ impl Extracted {
             files: HashSet::new(),
             links: HashMap::new(),
         };
+        let mut guard = TarGuard::new(reader, "archive", budget, DISK_BUDGET);
+        let result = x.extract_entries(&mut guard, budget);
+        match result {
+            Err(e) => Err(guard.take_failure().unwrap_or(e)),
+            Ok(()) => Ok(x),
+        }
+    }
+
+    fn extract_entries(&mut self, reader: impl Read, budget: u64) -> Result<()> {
+        let x = self;
+        let mut written = 0u64;
         let mut archive = tar::Archive::new(reader);
         let entries = archive
             .entries()
             .map_err(|e| Error::malformed("archive", e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| Error::malformed("archive", e))?;
+            written = written.saturating_add(ENTRY_OVERHEAD);
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let kind = entry.header().entry_type();
             if kind.is_dir() {
@@ -170,6 +187,19 @@ impl Extracted {
             if !kind.is_file() {
                 continue; // devices, fifos: nothing an image archive needs
             }
+            // Refuse what cannot fit before writing any of it; the tar crate reads exactly
+            // the entry's size, so the sum of sizes is what lands on disk.
+            let left = budget.saturating_sub(written);
+            if entry.size() > left {
+                return Err(Error::TooLarge {
+                    what: format!("archive entry {path:?}"),
+                    size: entry.size(),
+                    limit: left,
+                    limit_name:
+                        "left of the disk budget (free space of the image store less its reserve)",
+                });
+            }
+            written = written.saturating_add(entry.size());
             let dest = x.dir.join(&path);
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
@@ -179,7 +209,7 @@ impl Extracted {
             x.links.remove(&path);
             x.files.insert(path);
         }
-        Ok(x)
+        Ok(())
     }
 
     /// The on-disk file for an archive path, following links inside the archive.
@@ -209,9 +239,10 @@ impl Extracted {
         File::open(&p).map_err(Error::io("open", p))
     }
 
-    fn read(&self, name: &str) -> Result<Vec<u8>> {
+    /// Reads a document of at most `limit` bytes (see [`crate::limits`]).
+    fn read(&self, name: &str, limit: u64) -> Result<Vec<u8>> {
         let p = self.resolve(name)?;
-        fs::read(&p).map_err(Error::io("read", p))
+        limits::read_file_capped(&p, limit, &format!("archive {name}"))
     }
 
     fn blob_name(d: &Digest) -> String {
@@ -243,8 +274,24 @@ pub fn load(store: &Store, reader: impl Read, progress: &dyn Progress) -> Result
     let span = info_span!("load");
     let _guard = span.enter();
     let x = Extracted::extract(store, reader)?;
+    // Blobs this load adds: a load that fails removes those no committed image uses, so
+    // a refused archive (a bomb layer, say) leaves nothing of itself in the store.
+    let mut added = Vec::new();
+    let result = stage_and_commit(store, &x, progress, &mut added);
+    if result.is_err() {
+        store.discard_unreferenced(&added);
+    }
+    result
+}
+
+fn stage_and_commit(
+    store: &Store,
+    x: &Extracted,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<ImageRecord>> {
     let staged = if x.has("manifest.json") {
-        load_docker(store, &x, progress)?
+        load_docker(store, x, progress, added)?
     } else if x.has("index.json") {
         if !x.has("oci-layout") {
             return Err(Error::malformed(
@@ -252,7 +299,7 @@ pub fn load(store: &Store, reader: impl Read, progress: &dyn Progress) -> Result
                 "index.json without oci-layout: not an OCI image layout",
             ));
         }
-        load_oci(store, &x, progress)?
+        load_oci(store, x, progress, added)?
     } else {
         return Err(Error::malformed(
             "archive",
@@ -304,8 +351,13 @@ fn parse_config(bytes: &[u8], what: &str) -> Result<(ImageConfiguration, Vec<Dig
     Ok((config, diff_ids))
 }
 
-fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec<Staged>> {
-    let entries: Vec<DockerEntry> = serde_json::from_slice(&x.read("manifest.json")?)
+fn load_docker(
+    store: &Store,
+    x: &Extracted,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<Staged>> {
+    let entries: Vec<DockerEntry> = serde_json::from_slice(&x.read("manifest.json", MAX_MANIFEST)?)
         .map_err(|e| Error::malformed("archive manifest.json", e))?;
     if entries.is_empty() {
         return Err(Error::malformed("archive manifest.json", "lists no images"));
@@ -313,7 +365,7 @@ fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<
     let mut staged = Vec::new();
     for entry in entries {
         let what = format!("config {}", entry.config);
-        let config_bytes = x.read(&entry.config)?;
+        let config_bytes = x.read(&entry.config, MAX_CONFIG)?;
         let config_digest = Digest::of(&config_bytes);
         // Both layouts name the config file after its digest: check it.
         let named = entry
@@ -357,7 +409,7 @@ fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<
             };
             // An uncompressed layer's blob digest is its diff id: verify it as it is stored.
             let expected = (compression == Compression::None).then_some((&diff_id, size));
-            let (blob, size) = store.put_blob(counting, expected)?;
+            let (blob, size) = store.put_blob_noting(counting, expected, added)?;
             let media_type = match compression {
                 Compression::None => LAYER_TAR,
                 Compression::Gzip => LAYER_GZIP,
@@ -373,10 +425,10 @@ fn load_docker(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<
             progress.finish(&id, "Loaded");
             layers.push(layer);
         }
-        let stored_config = store.put_blob_bytes(&config_bytes)?;
+        let stored_config = store.put_blob_bytes_noting(&config_bytes, added)?;
         let manifest =
             crate::import::manifest_json(&stored_config, config_bytes.len() as u64, &layers)?;
-        let manifest = store.put_blob_bytes(&manifest)?;
+        let manifest = store.put_blob_bytes_noting(&manifest, added)?;
         let tags = entry
             .repo_tags
             .unwrap_or_default()
@@ -411,8 +463,13 @@ fn oci_tag(annotations: Option<&HashMap<String, String>>) -> Result<Option<Refer
     }
 }
 
-fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec<Staged>> {
-    let index_bytes = x.read("index.json")?;
+fn load_oci(
+    store: &Store,
+    x: &Extracted,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<Staged>> {
+    let index_bytes = x.read("index.json", MAX_MANIFEST)?;
     if classify(&index_bytes, "archive index.json")?.0 != Kind::Index {
         return Err(Error::malformed(
             "archive index.json",
@@ -430,13 +487,13 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
         let tag = oci_tag(desc.annotations().as_ref())?;
         let mut digest: Digest = desc.digest().to_string().parse()?;
         let mut size = desc.size();
-        let mut bytes = read_verified(x, &digest, size)?;
+        let mut bytes = read_verified(x, &digest, size, MAX_MANIFEST)?;
         // A nested index (a multi-platform image): take its linux/amd64 manifest.
         if classify(&bytes, &format!("manifest {digest}"))?.0 == Kind::Index {
             let nested = ImageIndex::from_reader(&bytes[..])
                 .map_err(|e| Error::malformed(format!("index {digest}"), e))?;
             (digest, size) = select_platform(&nested, &digest.to_string())?;
-            bytes = read_verified(x, &digest, size)?;
+            bytes = read_verified(x, &digest, size, MAX_MANIFEST)?;
             if classify(&bytes, &format!("manifest {digest}"))?.0 != Kind::Manifest {
                 return Err(Error::malformed(
                     format!("manifest {digest}"),
@@ -453,7 +510,7 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
             .map_err(|e| Error::malformed(what.as_str(), e))?;
         check_manifest(&manifest)?;
         let config_digest: Digest = manifest.config().digest().to_string().parse()?;
-        let config_bytes = read_verified(x, &config_digest, manifest.config().size())?;
+        let config_bytes = read_verified(x, &config_digest, manifest.config().size(), MAX_CONFIG)?;
         let (config, diff_ids) = parse_config(&config_bytes, &format!("config {config_digest}"))?;
         if diff_ids.len() != manifest.layers().len() {
             return Err(Error::malformed(
@@ -475,7 +532,7 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
                 progress,
                 id: &id,
             };
-            store.put_blob(counting, Some((&blob, Some(l.size()))))?;
+            store.put_blob_noting(counting, Some((&blob, Some(l.size()))), added)?;
             let layer = LayerRecord {
                 blob,
                 diff_id,
@@ -486,8 +543,8 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
             progress.finish(&id, "Loaded");
             layers.push(layer);
         }
-        let config_stored = store.put_blob_bytes(&config_bytes)?;
-        let manifest_stored = store.put_blob_bytes(&bytes)?;
+        let config_stored = store.put_blob_bytes_noting(&config_bytes, added)?;
+        let manifest_stored = store.put_blob_bytes_noting(&bytes, added)?;
         by_manifest.insert(digest, staged.len());
         staged.push(Staged {
             manifest: manifest_stored,
@@ -500,16 +557,18 @@ fn load_oci(store: &Store, x: &Extracted, progress: &dyn Progress) -> Result<Vec
     Ok(staged)
 }
 
-/// Reads a small blob (manifest, config) from the layout, checking digest and size.
-fn read_verified(x: &Extracted, digest: &Digest, size: u64) -> Result<Vec<u8>> {
+/// Reads a small blob (manifest, config) of at most `limit` bytes from the layout,
+/// checking digest and size.
+fn read_verified(x: &Extracted, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>> {
     let name = Extracted::blob_name(digest);
+    limits::check_len(size, limit, &format!("archive {name}"))?;
     if !x.has(&name) {
         return Err(Error::malformed(
             "archive",
             format!("blob {digest} is missing from the archive"),
         ));
     }
-    let bytes = x.read(&name)?;
+    let bytes = x.read(&name, limit)?;
     crate::digest::verify(&bytes, digest, size, &format!("archive {name}"))?;
     Ok(bytes)
 }

@@ -64,6 +64,19 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Input over one of vessel's size limits: a tar header, a JSON document, or a layer
+    /// bigger than the disk budget. Nothing of it was kept.
+    #[error("{what} is {}, over the {} {limit_name}", crate::limits::human(*size), crate::limits::human(*limit))]
+    TooLarge {
+        /// What was too large (names the layer, entry or document).
+        what: String,
+        /// Its size, or the size reached when it was stopped.
+        size: u64,
+        /// The limit it went over.
+        limit: u64,
+        /// Which limit that is ("limit", "disk budget ...").
+        limit_name: &'static str,
+    },
     /// An image still in use (by a container or by another tag) that cannot be removed.
     #[error("image {0} is in use: {1}")]
     InUse(String, String),

@@ -13,8 +13,10 @@ use oci_spec::image::{
 
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
+use crate::limits::DISK_BUDGET;
 use crate::reference::Reference;
 use crate::store::{ImageRecord, LayerRecord, NewImage, Store};
+use crate::tar_guard::TarGuard;
 use crate::unpack;
 
 /// The media type vessel writes its own layers with.
@@ -112,7 +114,12 @@ pub fn import(
         } else {
             let f = File::open(source).map_err(Error::io("open", source))?;
             let stream = unpack::decompress(f).map_err(Error::io("read", source))?;
-            write_layer(tmp, |b| copy_tar(b, stream, source))
+            // The tar is the user's, but may come from anywhere: the same header and
+            // size limits as a layer's.
+            let what = format!("tar {}", source.display());
+            let mut guard = TarGuard::new(stream, what, store.disk_budget()?, DISK_BUDGET);
+            let result = write_layer(tmp, |b| copy_tar(b, &mut guard, source));
+            result.map_err(|e| guard.take_failure().unwrap_or(e))
         }
     })?;
     let config = build_config(

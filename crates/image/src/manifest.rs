@@ -110,6 +110,7 @@ pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
 /// manifest, or parse an index and select its linux/amd64 entry. Returns the digest of the
 /// selected entry for an index, `None` for an image manifest.
 pub fn parse(body: &[u8], what: &str) -> Result<Option<(Digest, u64)>> {
+    crate::limits::check_len(body.len() as u64, crate::limits::MAX_MANIFEST, what)?;
     match classify(body, what)?.0 {
         Kind::Manifest => {
             let m = ImageManifest::from_reader(body).map_err(|e| Error::malformed(what, e))?;

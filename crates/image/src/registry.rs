@@ -29,6 +29,7 @@ use tracing::{debug, info_span};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::limits::{check_len, MAX_CONFIG, MAX_MANIFEST};
 use crate::manifest::{check_manifest, classify, parse_digest, select_platform, Kind};
 pub use crate::manifest::{
     DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
@@ -44,9 +45,6 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
     OCI_MANIFEST,
     DOCKER_MANIFEST,
 ];
-
-/// Image configs are small JSON documents; anything bigger is not one.
-const MAX_CONFIG_SIZE: u64 = 64 << 20;
 
 /// Blobs are uploaded in pieces of this size (one PATCH request each).
 const UPLOAD_CHUNK: usize = 4 << 20;
@@ -191,6 +189,9 @@ impl Session {
                     .pull_manifest_raw(target, &self.auth, ACCEPTED_MANIFESTS),
             )
             .map_err(|e| self.err(what, e))?;
+        // oci-client has already buffered the body; refuse it before it is parsed, copied
+        // or stored.
+        check_len(body.len() as u64, MAX_MANIFEST, what)?;
         Ok(body.to_vec())
     }
 
@@ -500,6 +501,7 @@ pub fn pull(
             let (digest, size) = select_platform(&index, &reference.to_string())?;
             debug!(%digest, "selected linux/amd64 manifest");
             let what = format!("linux/amd64 manifest {digest} of {reference}");
+            check_len(size, MAX_MANIFEST, &what)?;
             let body = s.manifest(&s.remote(reference, Some(&digest)), &what)?;
             let actual = Digest::of(&body);
             if actual != digest {
@@ -532,14 +534,9 @@ pub fn pull(
     // The config: small, read into memory, verified, parsed.
     let config_digest = parse_digest(manifest.config().digest().as_ref())?;
     let config_size = manifest.config().size();
-    if config_size > MAX_CONFIG_SIZE {
-        return Err(Error::malformed(
-            format!("config of {reference}"),
-            format!("announced size {config_size} is too large"),
-        ));
-    }
+    check_len(config_size, MAX_CONFIG, &format!("config of {reference}"))?;
     let config_bytes = if store.has_blob(&config_digest) {
-        store.read_blob(&config_digest)?
+        store.read_blob(&config_digest, MAX_CONFIG)?
     } else {
         let data = s.download(
             &target,
@@ -646,7 +643,7 @@ pub fn push(
             )));
         }
     }
-    let manifest_bytes = store.read_blob(&image.manifest)?;
+    let manifest_bytes = store.read_blob(&image.manifest, MAX_MANIFEST)?;
     let what = format!("stored manifest {}", image.manifest);
     let (kind, content_type) = classify(&manifest_bytes, &what)?;
     if kind != Kind::Manifest {

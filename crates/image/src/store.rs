@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
+use crate::limits::{self, DiskLimits, DISK_BUDGET};
 use crate::reference::Reference;
 use crate::unpack;
 
@@ -77,11 +78,19 @@ pub struct NewImage<'a> {
     pub layers: &'a [LayerRecord],
 }
 
+/// How a store is opened: the settings a front end (or a test) chooses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How much of the store's filesystem one blob, layer or archive load may fill.
+    pub disk: DiskLimits,
+}
+
 /// The image store. Cheap to share between threads; safe to use from many processes.
 pub struct Store {
     dir: PathBuf,
     db_path: PathBuf,
     db: Mutex<vessel_db::Db>,
+    options: StoreOptions,
 }
 
 const SCHEMA: &str = "
@@ -115,8 +124,13 @@ CREATE TABLE IF NOT EXISTS holds (
 ";
 
 impl Store {
-    /// Opens (creating if needed) the store under `<root>/images`.
+    /// Opens (creating if needed) the store under `<root>/images`, with default limits.
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store under `<root>/images`.
+    pub fn open_with(root: &Path, options: StoreOptions) -> Result<Store> {
         let dir = root.join("images");
         for sub in ["blobs/sha256", "layers", "tmp"] {
             fs::create_dir_all(dir.join(sub)).map_err(Error::io("create", dir.join(sub)))?;
@@ -135,6 +149,7 @@ impl Store {
             dir,
             db_path,
             db: Mutex::new(db),
+            options,
         };
         store.sweep_tmp();
         Ok(store)
@@ -191,6 +206,11 @@ impl Store {
             .join(format!("{}-{what}-{n}-{nanos}", std::process::id()))
     }
 
+    /// The bytes one blob, layer or archive may write to the store's filesystem now.
+    pub fn disk_budget(&self) -> Result<u64> {
+        self.options.disk.budget(&self.dir.join("tmp"))
+    }
+
     /// Where a blob lives (whether or not it is there).
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs/sha256").join(d.hex())
@@ -213,6 +233,18 @@ impl Store {
         reader: impl Read,
         expected: Option<(&Digest, Option<u64>)>,
     ) -> Result<(Digest, u64)> {
+        self.put_blob_noting(reader, expected, &mut Vec::new())
+    }
+
+    /// Stores a blob as [`Store::put_blob`] does, adding its digest to `added` if this call
+    /// is what put it in the store: what to [`Store::discard_unreferenced`] if the image it
+    /// was for is not committed after all.
+    pub fn put_blob_noting(
+        &self,
+        reader: impl Read,
+        expected: Option<(&Digest, Option<u64>)>,
+        added: &mut Vec<Digest>,
+    ) -> Result<(Digest, u64)> {
         if let Some((d, _)) = expected {
             if self.has_blob(d) {
                 return Ok((
@@ -223,24 +255,69 @@ impl Store {
                 ));
             }
         }
+        let budget = self.disk_budget()?;
+        if let Some((d, Some(size))) = expected {
+            if size > budget {
+                return Err(Error::TooLarge {
+                    what: format!("blob {d}"),
+                    size,
+                    limit: budget,
+                    limit_name: DISK_BUDGET,
+                });
+            }
+        }
         let tmp = self.tmp_path("blob");
-        let result = self.write_blob(reader, &tmp, expected);
+        let result = self.write_blob(reader, &tmp, expected, budget);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result
+        let (digest, size, created) = result?;
+        if created {
+            added.push(digest.clone());
+        }
+        Ok((digest, size))
+    }
+
+    /// Removes those of `blobs` that no image refers to: blobs a failed load stored for
+    /// images it did not commit. A blob another image (or another process's commit) uses
+    /// is kept.
+    pub fn discard_unreferenced(&self, blobs: &[Digest]) {
+        let db = self.db();
+        for d in blobs {
+            let used: rusqlite::Result<bool> = db.query_row(
+                "SELECT EXISTS(SELECT 1 FROM images WHERE id = ?1 OR manifest = ?1)
+                     OR EXISTS(SELECT 1 FROM image_layers WHERE blob = ?1)",
+                params![d.to_string()],
+                |r| r.get(0),
+            );
+            // When in doubt (a database error), keep the blob: it is only cache.
+            if let Ok(false) = used {
+                let _ = fs::remove_file(self.blob_path(d));
+            }
+        }
     }
 
     fn write_blob(
         &self,
-        mut reader: impl Read,
+        reader: impl Read,
         tmp: &Path,
         expected: Option<(&Digest, Option<u64>)>,
-    ) -> Result<(Digest, u64)> {
+        budget: u64,
+    ) -> Result<(Digest, u64, bool)> {
         let file = File::create(tmp).map_err(Error::io("create", tmp))?;
         let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        // One byte past the budget is enough to know the blob does not fit.
+        let mut reader = reader.take(budget.saturating_add(1));
         std::io::copy(&mut reader, &mut w).map_err(Error::io("write blob", tmp))?;
         let (buf, digest, size) = w.finish();
+        if size > budget {
+            return Err(Error::TooLarge {
+                what: expected.map_or_else(|| "blob".to_string(), |(d, _)| format!("blob {d}")),
+                size,
+                limit: budget,
+                limit_name: DISK_BUDGET,
+            });
+        }
         let file = buf
             .into_inner()
             .map_err(|e| Error::io("write blob", tmp)(e.into_error()))?;
@@ -264,24 +341,31 @@ impl Store {
         }
         file.sync_all().map_err(Error::io("sync", tmp))?;
         let dest = self.blob_path(&digest);
+        let existed = dest.is_file();
         fs::rename(tmp, &dest).map_err(Error::io("rename blob into", &dest))?;
-        Ok((digest, size))
+        Ok((digest, size, !existed))
     }
 
     /// Stores a small blob held in memory.
     pub fn put_blob_bytes(&self, data: &[u8]) -> Result<Digest> {
+        self.put_blob_bytes_noting(data, &mut Vec::new())
+    }
+
+    /// [`Store::put_blob_bytes`], noting a blob it added as [`Store::put_blob_noting`] does.
+    pub fn put_blob_bytes_noting(&self, data: &[u8], added: &mut Vec<Digest>) -> Result<Digest> {
         let d = Digest::of(data);
-        self.put_blob(data, Some((&d, Some(data.len() as u64))))?;
+        self.put_blob_noting(data, Some((&d, Some(data.len() as u64))), added)?;
         Ok(d)
     }
 
-    /// Reads a whole blob, verifying its digest (for manifests and configs).
-    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+    /// Reads a whole blob of at most `limit` bytes (see [`crate::limits`]), verifying its
+    /// digest (for manifests and configs).
+    pub fn read_blob(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
         let p = self.blob_path(d);
-        let data = fs::read(&p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::BlobMissing(d.to_string()),
-            _ => Error::io("read", &p)(e),
-        })?;
+        if !p.is_file() {
+            return Err(Error::BlobMissing(d.to_string()));
+        }
+        let data = limits::read_file_capped(&p, limit, &format!("blob {d}"))?;
         let actual = Digest::of(&data);
         if actual != *d {
             return Err(Error::DigestMismatch {
@@ -303,17 +387,32 @@ impl Store {
     }
 
     /// Unpacks a stored layer blob into its shared directory, unless it already is, and
-    /// returns the directory. The unpacked content must hash to `diff_id`.
+    /// returns the directory. The unpacked content must hash to `diff_id` and fit the
+    /// disk budget; a layer that fails leaves nothing behind.
     pub fn unpack_layer(&self, layer: &LayerRecord) -> Result<PathBuf> {
         let dest = self.layer_path(&layer.diff_id);
         if dest.is_dir() {
             return Ok(dest);
         }
         let blob = self.open_blob(&layer.blob)?;
+        let budget = self.disk_budget()?;
         let tmp = self.tmp_path("layer");
         fs::create_dir(&tmp).map_err(Error::io("create", &tmp))?;
         let result = (|| {
-            let out = unpack::unpack_layer(blob, &tmp)?;
+            let out = unpack::unpack_layer_within(blob, &tmp, budget).map_err(|e| match e {
+                Error::TooLarge {
+                    what,
+                    size,
+                    limit,
+                    limit_name,
+                } => Error::TooLarge {
+                    what: format!("layer {}: {what}", layer.blob),
+                    size,
+                    limit,
+                    limit_name,
+                },
+                e => e,
+            })?;
             if out.diff_id != layer.diff_id {
                 return Err(Error::DigestMismatch {
                     what: format!("layer {} (uncompressed)", layer.blob),
@@ -551,14 +650,14 @@ impl Store {
 
     /// The image's parsed config.
     pub fn config(&self, image: &ImageRecord) -> Result<ImageConfiguration> {
-        let data = self.read_blob(&image.id)?;
+        let data = self.read_blob(&image.id, limits::MAX_CONFIG)?;
         ImageConfiguration::from_reader(&data[..])
             .map_err(|e| Error::malformed(format!("image config {}", image.id), e))
     }
 
     /// The image's parsed manifest.
     pub fn manifest(&self, image: &ImageRecord) -> Result<ImageManifest> {
-        let data = self.read_blob(&image.manifest)?;
+        let data = self.read_blob(&image.manifest, limits::MAX_MANIFEST)?;
         ImageManifest::from_reader(&data[..])
             .map_err(|e| Error::malformed(format!("image manifest {}", image.manifest), e))
     }

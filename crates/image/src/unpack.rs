@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,8 @@ use tar::EntryType;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
+use crate::limits::{DiskLimits, DISK_BUDGET, ENTRY_OVERHEAD};
+use crate::tar_guard::TarGuard;
 
 /// The xattr overlayfs reads to mark a directory opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -102,16 +104,32 @@ pub struct Unpacked {
     pub entries: u64,
 }
 
-/// Unpacks a (possibly compressed) layer tar into `dest`, an existing empty directory.
+/// Unpacks a (possibly compressed) layer tar into `dest`, an existing empty directory,
+/// within the default disk budget of the filesystem holding `dest` (see
+/// [`DiskLimits::budget`]).
 ///
 /// Returns the diff id computed over the decompressed stream; the caller compares it with
 /// the one the image config announces.
 pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
+    let budget = DiskLimits::default().budget(dest)?;
+    unpack_layer_within(reader, dest, budget)
+}
+
+/// Unpacks a layer as [`unpack_layer`] does, writing at most `budget` bytes.
+///
+/// Every file byte written (a GNU sparse file's holes included: they are written as
+/// zeros), every xattr and [`ENTRY_OVERHEAD`] per entry count against `budget`, and so
+/// does the uncompressed tar itself as it is read: a decompression bomb is stopped by
+/// the running count, whatever its headers claim. A GNU long name/link or PAX header over
+/// [`MAX_TAR_HEADER`](crate::limits::MAX_TAR_HEADER) is refused before it is buffered.
+/// On error, `dest` holds whatever was unpacked so far: the caller removes it.
+pub fn unpack_layer_within<R: Read>(reader: R, dest: &Path, budget: u64) -> Result<Unpacked> {
     let stream = decompress(reader).map_err(Error::io("decompress layer into", dest))?;
     let mut hashing = HashingReader::new(stream);
-    let entries = {
-        let mut archive = tar::Archive::new(&mut hashing);
-        let mut unpacker = Unpacker::new(dest)?;
+    let mut guard = TarGuard::new(&mut hashing, "layer tar", budget, DISK_BUDGET);
+    let applied = (|| {
+        let mut archive = tar::Archive::new(&mut guard);
+        let mut unpacker = Unpacker::new(dest, budget)?;
         let iter = archive
             .entries()
             .map_err(Error::io("read layer tar for", dest))?;
@@ -122,8 +140,20 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<Unpacked> {
             count += 1;
         }
         unpacker.finish()?;
-        count
+        Ok(count)
+    })();
+    // The guard's own error says what was too large; the tar crate's copy of it is text.
+    let entries = match applied {
+        Err(e) => return Err(guard.take_failure().unwrap_or(e)),
+        Ok(n) => n,
     };
+    // The digest covers the padding after the end-of-archive blocks: read it, bounded.
+    if let Err(e) = guard.drain() {
+        return Err(guard
+            .take_failure()
+            .unwrap_or_else(|| Error::malformed("layer tar", e)));
+    }
+    drop(guard);
     let (diff_id, tar_size) = hashing
         .finish()
         .map_err(|e| Error::malformed("layer tar", e))?;
@@ -184,6 +214,9 @@ struct Unpacker {
     parents: HashMap<PathBuf, OwnedFd>,
     dirs: Vec<DeferredDir>,
     is_root: bool,
+    /// Bytes this layer may still write, and bytes written so far.
+    budget: u64,
+    written: u64,
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
@@ -191,7 +224,7 @@ const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
     .union(ResolveFlags::NO_XDEV);
 
 impl Unpacker {
-    fn new(dest: &Path) -> Result<Unpacker> {
+    fn new(dest: &Path, budget: u64) -> Result<Unpacker> {
         let root = rfs::open(
             dest,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -204,6 +237,8 @@ impl Unpacker {
             parents: HashMap::new(),
             dirs: Vec::new(),
             is_root: rustix::process::geteuid().is_root(),
+            budget,
+            written: 0,
         })
     }
 
@@ -308,13 +343,26 @@ impl Unpacker {
         let name = name.to_os_string();
         let name_bytes = name.as_bytes();
 
+        self.charge(ENTRY_OVERHEAD)?;
         if name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            let hidden = &name_bytes[WHITEOUT_PREFIX.len()..];
+            // `.wh.`, `.wh..`, `.wh...` would hide "", the directory itself or its parent
+            // (at the layer root, the directory *holding* the layer): never a file name.
+            if name_bytes != OPAQUE_MARKER.as_bytes() && matches!(hidden, b"" | b"." | b"..") {
+                return Err(Self::hostile(
+                    &path,
+                    format!(
+                        "malformed whiteout: hides {:?}, which is not a file name",
+                        String::from_utf8_lossy(hidden)
+                    ),
+                ));
+            }
             let parent = self.open_dir(dir)?;
             if name_bytes == OPAQUE_MARKER.as_bytes() {
                 rfs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
                     .map_err(self.io_err("mark opaque", dir))?;
             } else {
-                let hidden = OsStr::from_bytes(&name_bytes[WHITEOUT_PREFIX.len()..]);
+                let hidden = OsStr::from_bytes(hidden);
                 let target = InnerPath(dir.join(hidden));
                 self.clear(&parent, hidden, &target, false)?;
                 rfs::mknodat(
@@ -342,6 +390,7 @@ impl Unpacker {
             .map_err(|e| Self::hostile(&path, format!("bad gid: {e}")))?;
         let mtime = header.mtime().unwrap_or(0);
         let xattrs = pax_xattrs(entry)?;
+        self.charge(xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())?;
 
         match kind {
             EntryType::Directory => {
@@ -366,6 +415,18 @@ impl Unpacker {
                 });
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                // The size is known up front (for a sparse file, its apparent size, holes
+                // included, as they are written as zeros): refuse what cannot fit before
+                // creating the file.
+                let left = self.budget.saturating_sub(self.written);
+                if entry.size() > left {
+                    return Err(Error::TooLarge {
+                        what: format!("layer tar entry {:?}", path.0.display().to_string()),
+                        size: entry.size(),
+                        limit: left,
+                        limit_name: "left of the disk budget (free space of the image store less its reserve)",
+                    });
+                }
                 self.clear(&parent, &name, &path, false)?;
                 let fd = rfs::openat(
                     &parent,
@@ -379,9 +440,7 @@ impl Unpacker {
                 )
                 .map_err(self.io_err("create file", &path.0))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(|e| {
-                    Error::malformed("layer tar", format!("{}: {e}", path.0.display()))
-                })?;
+                self.copy_data(entry, &mut file, &path)?;
                 self.chown(&file, uid, gid, &path)?;
                 rfs::fchmod(&file, Mode::from_raw_mode(mode))
                     .map_err(self.io_err("chmod", &path.0))?;
@@ -485,6 +544,47 @@ impl Unpacker {
             }
         }
         Ok(())
+    }
+
+    /// Counts `n` more bytes against the layer's disk budget.
+    fn charge(&mut self, n: u64) -> Result<()> {
+        self.written = self.written.saturating_add(n);
+        if self.written > self.budget {
+            return Err(Error::TooLarge {
+                what: "layer (unpacked)".into(),
+                size: self.written,
+                limit: self.budget,
+                limit_name: DISK_BUDGET,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies an entry's data into `file`, counting every byte against the budget before
+    /// it is written.
+    fn copy_data(
+        &mut self,
+        entry: &mut impl Read,
+        file: &mut File,
+        path: &InnerPath,
+    ) -> Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::malformed(
+                        "layer tar",
+                        format!("{}: {e}", path.0.display()),
+                    ))
+                }
+            };
+            self.charge(n as u64)?;
+            file.write_all(&buf[..n])
+                .map_err(Error::io("write", self.root_path.join(&path.0)))?;
+        }
     }
 
     fn chown(&self, fd: impl AsFd, uid: u64, gid: u64, path: &InnerPath) -> Result<()> {
@@ -947,6 +1047,162 @@ mod tests {
         let tar = craft(&[E::File("big", &[7u8; 4096])]);
         let err = unpack_layer(&tar[..1024], &s.layer);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn malformed_whiteouts_are_refused_and_remove_nothing() {
+        for bad in [".wh.", ".wh..", ".wh...", "d/.wh.", "d/.wh..", "d/.wh..."] {
+            let s = sandbox();
+            let tar = craft(&[E::Dir("d"), E::File("d/keep", b"k"), E::File(bad, b"")]);
+            let err = unpack_layer(&tar[..], &s.layer).unwrap_err();
+            assert!(matches!(err, Error::HostileEntry { .. }), "{bad}: {err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("malformed whiteout") && msg.contains(bad.trim_end_matches('/')),
+                "{bad}: {msg}"
+            );
+            outside_untouched(&s);
+            assert_eq!(
+                std::fs::read(s.layer.join("d/keep")).unwrap(),
+                b"k",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_whiteout_names_with_dots_still_work() {
+        let s = sandbox();
+        let tar = craft(&[E::File(".wh....", b""), E::File(".wh..hidden", b"")]);
+        unpack_layer(&tar[..], &s.layer).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        for hidden in ["...", ".hidden"] {
+            let m = std::fs::symlink_metadata(s.layer.join(hidden)).unwrap();
+            assert!(m.file_type().is_char_device(), "{hidden}");
+        }
+    }
+
+    /// A tar of one entry whose header claims `size` bytes, followed by those bytes made
+    /// lazily (zeros): nothing of that size is ever held in memory by the test.
+    fn claimed(kind: EntryType, name: &str, size: u64) -> impl Read {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(size);
+        h.set_cksum();
+        let pad = (512 - size % 512) % 512;
+        io::Cursor::new(h.as_bytes().to_vec())
+            .chain(io::repeat(0).take(size + pad))
+            .chain(io::Cursor::new(vec![0u8; 1024]))
+    }
+
+    #[test]
+    fn file_over_the_budget_is_refused_before_it_is_created() {
+        let s = sandbox();
+        let err = unpack_layer_within(
+            claimed(EntryType::Regular, "big", 1 << 30),
+            &s.layer,
+            1 << 20,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { size, .. } if size == 1 << 30),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("\"big\" is 1 GiB"), "{err}");
+        assert!(!s.layer.join("big").exists());
+    }
+
+    #[test]
+    fn many_files_are_stopped_by_the_running_count() {
+        let s = sandbox();
+        let data = vec![1u8; 64 << 10];
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let entries: Vec<E> = names.iter().map(|n| E::File(n, &data)).collect();
+        let budget = 1 << 20;
+        let err = unpack_layer_within(&craft(&entries)[..], &s.layer, budget).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+        let written: u64 = std::fs::read_dir(&s.layer)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(
+            written <= budget,
+            "{written} bytes written over a {budget} budget"
+        );
+        // The same tar fits a budget big enough for it.
+        let s2 = sandbox();
+        unpack_layer_within(&craft(&entries)[..], &s2.layer, 4 << 20).unwrap();
+    }
+
+    #[test]
+    fn sparse_bomb_is_refused_on_its_apparent_size() {
+        // A GNU sparse file of 512 stored bytes that claims to be 2 GiB: its holes would
+        // be written as zeros.
+        let s = sandbox();
+        let real: u64 = 2 << 30;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(512);
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..6].copy_from_slice(b"sparse");
+            gnu.set_real_size(real);
+            gnu.sparse[0].set_offset(real - 512);
+            gnu.sparse[0].set_length(512);
+        }
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[7u8; 512]);
+        tar.extend_from_slice(&[0u8; 1024]);
+        let err = unpack_layer_within(&tar[..], &s.layer, 64 << 20).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { size, .. } if size == real),
+            "{err:?}"
+        );
+        assert!(!s.layer.join("sparse").exists());
+        // Within the budget, the same kind of file unpacks to its full apparent size.
+        let s2 = sandbox();
+        let small: u64 = 4096;
+        let mut h2 = h.clone();
+        let gnu = h2.as_gnu_mut().unwrap();
+        gnu.set_real_size(small);
+        gnu.sparse[0].set_offset(small - 512);
+        h2.set_cksum();
+        let mut tar = h2.as_bytes().to_vec();
+        tar.extend_from_slice(&[7u8; 512]);
+        tar.extend_from_slice(&[0u8; 1024]);
+        unpack_layer_within(&tar[..], &s2.layer, 64 << 20).unwrap();
+        let got = std::fs::read(s2.layer.join("sparse")).unwrap();
+        assert_eq!(got.len() as u64, small);
+        assert!(got[..3584].iter().all(|&b| b == 0) && got[3584..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn decompression_bomb_is_stopped_by_the_stream_count() {
+        // A directory entry may carry data the unpacker never writes: a gzip bomb hidden
+        // there must still be stopped, by the count of tar bytes read.
+        let s = sandbox();
+        let tar = claimed(EntryType::Directory, "d", 1 << 30);
+        let mut gz = flate2::read::GzEncoder::new(tar, flate2::Compression::fast());
+        let mut blob = Vec::new();
+        // Compress only what the unpacker will get to read: the point is the count.
+        (&mut gz).take(64 << 20).read_to_end(&mut blob).unwrap();
+        let err = unpack_layer_within(&blob[..], &s.layer, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { limit, .. } if limit == 1 << 20),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("layer tar (uncompressed)"),
+            "{err}"
+        );
     }
 
     fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
