@@ -256,6 +256,60 @@ pub fn load(compiled: &CompiledSeccomp) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Loads Docker's default profile in a child and attacks it: a socket domain whose
+    /// high bits are set must not pass as another family, io_uring is denied.
+    #[test]
+    fn docker_profile_compares_32_bit_arguments_on_32_bits_and_denies_io_uring() {
+        let caps = crate::spec::docker_default_capabilities();
+        let profile = crate::spec::docker_seccomp_profile(&caps);
+        let compiled = compile(&profile).unwrap();
+        // SAFETY: the child only makes syscalls and _exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                // SAFETY: plain syscalls with integer arguments in the child.
+                let code = unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    if load(&compiled).is_err() {
+                        libc::_exit(100);
+                    }
+                    let mut bad = 0;
+                    let vsock_high: libc::c_long = 40 | (1 << 32);
+                    if libc::syscall(libc::SYS_socket, vsock_high, libc::SOCK_STREAM, 0) >= 0
+                        || errno() != libc::EPERM
+                    {
+                        bad |= 1;
+                    }
+                    if libc::syscall(libc::SYS_socket, 40, libc::SOCK_STREAM, 0) >= 0 {
+                        bad |= 2;
+                    }
+                    if libc::syscall(libc::SYS_io_uring_setup, 1, std::ptr::null_mut::<u8>()) >= 0
+                        || errno() != libc::EPERM
+                    {
+                        bad |= 4;
+                    }
+                    if libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) < 0 {
+                        bad |= 8;
+                    }
+                    bad
+                };
+                // SAFETY: ends the child.
+                unsafe { libc::_exit(code) }
+            }
+            pid => {
+                let mut st = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+                assert!(libc::WIFEXITED(st), "child status {st}");
+                assert_eq!(
+                    libc::WEXITSTATUS(st),
+                    0,
+                    "bits: 1 vsock with high bits passed, 2 vsock passed, 4 io_uring passed, 8 unix socket refused, 100 load failed"
+                );
+            }
+        }
+    }
+
     #[test]
     fn resolves_names() {
         assert!(syscall_number("read").is_some());
