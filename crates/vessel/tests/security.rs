@@ -53,35 +53,21 @@ fn own_ok(args: &[&str]) -> String {
 /// busybox plus the host's dynamic loader and the libraries vessel links: an image in
 /// which the (dynamically linked) vessel binary can run, as it can in any glibc image.
 fn glibc_image() -> &'static str {
-    static IMAGE: OnceLock<()> = OnceLock::new();
+    static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("rootfs");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-rootfs");
-        assert!(Command::new(&script)
-            .arg(&rootfs)
-            .status()
-            .unwrap()
-            .success());
-        let ldd = Command::new("ldd").arg(vessel_bin()).output().unwrap();
-        assert!(ldd.status.success(), "ldd {}", vessel_bin());
-        for lib in String::from_utf8_lossy(&ldd.stdout)
-            .split_whitespace()
-            .filter(|w| w.starts_with('/'))
-        {
-            let dest = rootfs.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(lib, &dest).unwrap();
-        }
-        ok(&[
-            "import",
-            "-c",
-            r#"CMD ["sh"]"#,
-            rootfs.to_str().unwrap(),
-            "busybox-glibc:latest",
-        ]);
-    });
-    "busybox-glibc:latest"
+        image_with("busybox-glibc", |rootfs| {
+            let ldd = Command::new("ldd").arg(vessel_bin()).output().unwrap();
+            assert!(ldd.status.success(), "ldd {}", vessel_bin());
+            for lib in String::from_utf8_lossy(&ldd.stdout)
+                .split_whitespace()
+                .filter(|w| w.starts_with('/'))
+            {
+                let dest = rootfs.join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                std::fs::copy(lib, &dest).unwrap();
+            }
+        })
+    })
 }
 
 /// CVE-2019-5736: a container's process that is the host's vessel binary (its exec'd
