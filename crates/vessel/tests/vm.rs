@@ -304,6 +304,15 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     assert_eq!(st["HostConfig"]["Isolation"], "vm");
     assert_vmm_threads_confined(st["State"]["MonitorPid"].as_i64().unwrap());
     assert!(ok(&["ps"]).contains(&n));
+    // Only root may start processes in the VM, and its instance directory is root's.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = root().join("instances").join(&id);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir.join("exec.sock")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok(&["logs", &n]).contains("up") {
         assert!(Instant::now() < deadline, "no output from the VM");

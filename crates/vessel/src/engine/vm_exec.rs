@@ -76,16 +76,32 @@ fn socket_path(dir: &Path) -> Result<(File, PathBuf)> {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+/// A listening Unix socket at `path` whose file is created with mode 0600.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(UnixListener::from(fd))
+}
+
 /// In the monitor: serves `exec.sock` in `dir` for as long as the process lives, relaying
 /// sessions to the guest through `guest` (the console's write side).
 pub(super) fn serve(dir: &Path, guest: Arc<Mutex<UnixStream>>, sessions: Sessions) -> Result<()> {
     let (dir_fd, path) = socket_path(dir)?;
     let _ = std::fs::remove_file(&path);
-    let listener =
-        UnixListener::bind(&path).map_err(|e| EngineError::io("bind", dir.join(SOCKET), e))?;
-    // Only root may start processes in the VM.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| EngineError::io("chmod", dir.join(SOCKET), e))?;
+    // Only root may start processes in the VM: the socket is 0600 from the moment it
+    // exists (the mode of a socket's fd is what bind gives its file, less the umask), not
+    // chmod'ed after bind.
+    let listener = bind_private(&path).map_err(|e| EngineError::io("bind", dir.join(SOCKET), e))?;
     drop(dir_fd);
     let next = AtomicU32::new(1);
     std::thread::Builder::new()
