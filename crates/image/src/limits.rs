@@ -82,14 +82,7 @@ pub(crate) const DISK_BUDGET: &str = "disk budget (free space of the image store
 pub fn read_file_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(Error::io("open", path))?;
     let len = file.metadata().map_err(Error::io("stat", path))?.len();
-    if len > limit {
-        return Err(Error::TooLarge {
-            what: what.to_string(),
-            size: len,
-            limit,
-            limit_name: "limit",
-        });
-    }
+    check_len(len, limit, what)?;
     read_capped(file, limit, what).map_err(|e| match e {
         Error::Io { op, source, .. } => Error::Io {
             op,
