@@ -120,8 +120,8 @@ fn probe(procs: Option<&fs::File>, dir: &Path, (maj, min): (u32, u32)) -> i32 {
     // SAFETY: the child only makes syscalls (no allocation, no locks) and _exits.
     match unsafe { fork() }.unwrap() {
         ForkResult::Child => {
-            // SAFETY (whole block): syscalls on NUL-terminated paths that live until
-            // _exit, and on descriptors this process owns.
+            // SAFETY: syscalls on NUL-terminated paths that live until _exit, and on
+            // descriptors this process owns.
             unsafe {
                 if let Some(fd) = procs_fd {
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {

@@ -18,23 +18,31 @@ fn many_processes_opening_a_new_database_at_once_all_succeed() {
         let n = 8;
         let go = Instant::now() + Duration::from_millis(200);
         let children: Vec<libc::pid_t> = (0..n)
-            .map(|i| match unsafe { libc::fork() } {
-                0 => {
-                    while Instant::now() < go {}
-                    let ok = open(&path, SCHEMA)
-                        .and_then(|db| db.execute("INSERT INTO t (who) VALUES (?1)", [i]))
-                        .is_ok();
-                    unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-                }
-                pid => {
-                    assert!(pid > 0, "fork failed");
-                    pid
+            .map(|i| {
+                // SAFETY: the test is single-threaded here; the child opens the database
+                // and _exits.
+                let forked = unsafe { libc::fork() };
+                match forked {
+                    0 => {
+                        while Instant::now() < go {}
+                        let ok = open(&path, SCHEMA)
+                            .and_then(|db| db.execute("INSERT INTO t (who) VALUES (?1)", [i]))
+                            .is_ok();
+                        // SAFETY: ends the child without running the parent's exit handlers.
+                        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+                    }
+                    pid => {
+                        assert!(pid > 0, "fork failed");
+                        pid
+                    }
                 }
             })
             .collect();
         for pid in children {
             let mut status = 0;
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            // SAFETY: waiting for our own child with a valid status pointer.
+            let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert_eq!(waited, pid);
             assert!(
                 libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
                 "a process failed to open the new database"

@@ -286,6 +286,7 @@ mod tests {
             // SAFETY: plain syscalls with valid arguments.
             let sock = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
             let err = std::io::Error::last_os_error().raw_os_error();
+            // SAFETY: getpid has no preconditions.
             let pid = unsafe { libc::getpid() };
             let open =
                 std::fs::read_to_string("/proc/thread-self/status").map_err(|e| e.raw_os_error());

@@ -107,10 +107,8 @@ pub fn configure(net: &GuestNetwork) -> io::Result<()> {
     )?;
     let mut req = ifreq();
     // SAFETY: SIOCGIFFLAGS fills the flags of an ifreq valid for the call.
-    check(
-        unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) },
-        || format!("read the flags of {IFACE}"),
-    )?;
+    let r = unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) };
+    check(r, || format!("read the flags of {IFACE}"))?;
     // SAFETY: SIOCGIFFLAGS just set the flags member of the union.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     set(libc::SIOCSIFFLAGS, &req, "bring up")?;

@@ -159,10 +159,8 @@ fn write_identity_files(cfg: &GuestConfig) -> io::Result<()> {
     if !cfg.hostname.is_empty() {
         let name = &cfg.hostname;
         // SAFETY: the pointer and length describe name's bytes, valid for the call.
-        check(
-            unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
-            || format!("sethostname {name:?}"),
-        )?;
+        let r = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+        check(r, || format!("sethostname {name:?}"))?;
         files.push(("hostname", format!("{name}\n")));
         files.push((
             "hosts",

@@ -97,10 +97,8 @@ pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
     // SAFETY: fds is a valid two-element array.
-    check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        || "pipe2".into(),
-    )?;
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(r, || "pipe2".into())?;
     // SAFETY: pipe2 just returned these two descriptors, owned by nobody else.
     Ok(unsafe {
         (

@@ -552,10 +552,9 @@ impl<'a> Io<'a> {
             drop(fds);
             if sig_ready {
                 let mut buf = [0u8; 64];
-                // SAFETY: sig is our own nonblocking pipe.
-                if let Ok(n) =
-                    nix::unistd::read(unsafe { BorrowedFd::borrow_raw(sig.as_raw_fd()) }, &mut buf)
-                {
+                // SAFETY: sig is our own nonblocking pipe, open for the whole loop.
+                let sig_fd = unsafe { BorrowedFd::borrow_raw(sig.as_raw_fd()) };
+                if let Ok(n) = nix::unistd::read(sig_fd, &mut buf) {
                     for &s in &buf[..n] {
                         let s = s as i32;
                         if s == libc::SIGWINCH {
@@ -615,11 +614,12 @@ impl<'a> Io<'a> {
             if sources.is_empty() || Instant::now() >= deadline {
                 return;
             }
-            // SAFETY: fds owned by self for the duration of the poll.
             let mut fds: Vec<PollFd> = sources
                 .iter()
                 .map(|(fd, _)| {
-                    PollFd::new(unsafe { BorrowedFd::borrow_raw(*fd) }, PollFlags::POLLIN)
+                    // SAFETY: fds owned by self for the duration of the poll.
+                    let fd = unsafe { BorrowedFd::borrow_raw(*fd) };
+                    PollFd::new(fd, PollFlags::POLLIN)
                 })
                 .collect();
             let left = deadline
@@ -649,6 +649,7 @@ impl<'a> Io<'a> {
 /// Gives the instance's terminal the size of ours.
 fn resize(started: &Started) {
     let Some(m) = &started.pty_master else { return };
+    // SAFETY: winsize is plain integers; all zeros is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize pointer on fds we hold.
     unsafe {

@@ -253,9 +253,11 @@ pub(super) fn relay(
             let Some(slave) = slave else { return };
             let mut last = (0u16, 0u16);
             loop {
-                // SAFETY: TIOCGWINSZ fills a winsize we own, on a descriptor we hold.
+                // SAFETY: winsize is plain integers; all zeros is a valid value.
                 let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-                if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0 {
+                // SAFETY: TIOCGWINSZ fills a winsize we own, on a descriptor we hold.
+                let got = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+                if got == 0 {
                     let now = (ws.ws_row, ws.ws_col);
                     if now != last && now != (0, 0) {
                         last = now;
