@@ -288,35 +288,34 @@ fn archive_bigger_than_the_budget_is_refused_while_extracting() {
     // An archive entry claiming 3 GiB: refused from its header, nothing extracted.
     let mut tar = header(tar::EntryType::Regular, "blobs/sha256/big", THREE_GIB);
     let stream = io::Cursor::new(std::mem::take(&mut tar)).chain(io::repeat(0).take(THREE_GIB));
-    let err = bounded("huge archive entry", || {
-        load(&store, stream, &NoProgress).unwrap_err()
-    });
-    assert!(
-        err.to_string()
-            .contains("archive entry \"blobs/sha256/big\" is 3 GiB"),
-        "{err}"
+    load_is_refused(
+        root.path(),
+        &store,
+        "huge archive entry",
+        stream,
+        "archive entry \"blobs/sha256/big\" is 3 GiB",
     );
-    assert_nothing_left(root.path(), &store, "huge archive entry");
+}
+
+/// Loads `stream`, which must be refused in bounded memory with an error containing
+/// `expected`, leaving nothing behind.
+fn load_is_refused(root: &Path, store: &Store, what: &str, stream: impl Read, expected: &str) {
+    let err = bounded(what, || load(store, stream, &NoProgress).unwrap_err());
+    assert!(err.to_string().contains(expected), "{err}");
+    assert_nothing_left(root, store, what);
 }
 
 #[test]
 fn archive_long_name_header_is_refused_before_buffering() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
-    let err = bounded("archive long name", || {
-        load(
-            &store,
-            claimed(tar::EntryType::GNULongName, THREE_GIB),
-            &NoProgress,
-        )
-        .unwrap_err()
-    });
-    assert!(
-        err.to_string()
-            .contains("archive: tar GNU long name header \"././@LongLink\" is 3 GiB"),
-        "{err}"
+    load_is_refused(
+        root.path(),
+        &store,
+        "archive long name",
+        claimed(tar::EntryType::GNULongName, THREE_GIB),
+        "archive: tar GNU long name header \"././@LongLink\" is 3 GiB",
     );
-    assert_nothing_left(root.path(), &store, "archive long name");
 }
 
 #[test]
