@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
@@ -48,6 +48,9 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
 
 /// Blobs are uploaded in pieces of this size (one PATCH request each).
 const UPLOAD_CHUNK: usize = 4 << 20;
+
+/// How much of an error response's body is read (for its message).
+const ERROR_BODY_LIMIT: u64 = 64 << 10;
 
 /// How to talk to a registry. Credentials and `--insecure` come from the caller (the CLI
 /// reads flags and environment); the library reads neither.
@@ -79,6 +82,8 @@ pub fn is_loopback_registry(host: &str) -> bool {
 struct Session {
     rt: tokio::runtime::Runtime,
     client: Client,
+    /// For manifest GETs, which oci-client would buffer whole, at any size.
+    http: reqwest::Client,
     auth: RegistryAuth,
     /// The registry host as the user named it (for messages).
     host: String,
@@ -106,6 +111,15 @@ impl Session {
             registry: host.clone(),
             reason: explain(&e, opts.auth.is_some()),
         })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(300))
+            .user_agent(concat!("vessel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Registry {
+                registry: host.clone(),
+                reason: explain(&OciDistributionError::RequestError(e), false),
+            })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("vessel-registry")
@@ -119,6 +133,7 @@ impl Session {
         Ok(Session {
             rt,
             client,
+            http,
             auth,
             host,
             plain,
@@ -181,18 +196,84 @@ impl Session {
             .map_err(|e| self.err("authenticate", e))
     }
 
+    /// GETs the manifest `target` names, refusing it once it passes [`MAX_MANIFEST`]
+    /// bytes: oci-client's own manifest pull buffers the whole body first, whatever a
+    /// (hostile) registry sends. oci-client still does the authentication.
     fn manifest(&self, target: &oci_client::Reference, what: &str) -> Result<Vec<u8>> {
-        let (body, _) = self
+        let token = self
             .rt
             .block_on(
                 self.client
-                    .pull_manifest_raw(target, &self.auth, ACCEPTED_MANIFESTS),
+                    .auth(target, &self.auth, RegistryOperation::Pull),
             )
             .map_err(|e| self.err(what, e))?;
-        // oci-client has already buffered the body; refuse it before it is parsed, copied
-        // or stored.
-        check_len(body.len() as u64, MAX_MANIFEST, what)?;
-        Ok(body.to_vec())
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            if self.plain { "http" } else { "https" },
+            target.resolve_registry(),
+            target.repository(),
+            target.digest().or(target.tag()).unwrap_or("latest")
+        );
+        debug!(%url, "GET manifest");
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        request = match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, pass)) => request.basic_auth(user, Some(pass)),
+            (None, _) => request,
+        };
+        let fail = |e: reqwest::Error| self.err(what, OciDistributionError::RequestError(e));
+        self.rt.block_on(async {
+            let mut response = request.send().await.map_err(fail)?;
+            let status = response.status();
+            // A body claimed over the limit is refused unread; one that only turns out
+            // to be is refused as soon as it passes the limit.
+            let limit = if status.is_success() {
+                MAX_MANIFEST
+            } else {
+                ERROR_BODY_LIMIT
+            };
+            if let Some(claimed) = response.content_length() {
+                if status.is_success() {
+                    check_len(claimed, limit, what)?;
+                }
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(fail)? {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    if status.is_success() {
+                        check_len(body.len() as u64 + chunk.len() as u64, limit, what)?;
+                    }
+                    break; // an error's body: its start says enough
+                }
+                body.extend_from_slice(&chunk);
+            }
+            match status.as_u16() {
+                200 => Ok(body),
+                401 => Err(self.err(what, OciDistributionError::UnauthorizedError { url })),
+                code if status.is_client_error() => Err(self.err(
+                    what,
+                    match serde_json::from_slice::<OciEnvelope>(&body) {
+                        Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+                        Err(_) => OciDistributionError::ServerError {
+                            code,
+                            url,
+                            message: String::from_utf8_lossy(&body).into_owned(),
+                        },
+                    },
+                )),
+                code => Err(self.err(
+                    what,
+                    OciDistributionError::ServerError {
+                        code,
+                        url,
+                        message: String::from_utf8_lossy(&body).into_owned(),
+                    },
+                )),
+            }
+        })
     }
 
     /// Streams a blob into `sink`, reporting progress, stopping at `size` bytes.

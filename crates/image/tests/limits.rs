@@ -484,3 +484,107 @@ fn pull_refuses_a_manifest_over_the_limit() {
     assert!(store.list().unwrap().is_empty());
     assert_eq!(leftovers(root.path()), Vec::<PathBuf>::new());
 }
+
+/// A registry whose manifest at `/v2/huge/manifests/1` is a valid manifest followed by
+/// `total` bytes of spaces, generated as they are sent, with or without a
+/// `Content-Length`. Returns its `host:port` and the count of bytes it managed to send.
+fn huge_manifest_registry(
+    total: u64,
+    with_length: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::BufRead;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut reader = io::BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let mut w = conn;
+            if path != "/v2/huge/manifests/1" {
+                let (status, body) = if path == "/v2/" {
+                    ("200 OK", "{}")
+                } else {
+                    ("404 Not Found", "{\"errors\":[]}")
+                };
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let length = if with_length {
+                format!("Content-Length: {total}\r\n")
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n{{\"schemaVersion\":2,"
+            );
+            let chunk = vec![b' '; 1 << 20];
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if w.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                left -= n as u64;
+            }
+        }
+    });
+    (addr, sent)
+}
+
+/// A registry that sends a 2 GiB manifest, announced or not: the pull is refused as soon
+/// as the body passes the limit (or at once, when its length says so), in bounded memory,
+/// having read little of it, leaving nothing. (oci-client's manifest pull buffered all
+/// of it before vessel could look at its size.)
+#[test]
+fn pull_refuses_a_huge_manifest_without_buffering_it() {
+    use vessel_image::registry::{pull, RegistryOptions};
+    for with_length in [true, false] {
+        let (host, sent) = huge_manifest_registry(2 << 30, with_length);
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let reference = format!("{host}/huge:1").parse().unwrap();
+        let started = std::time::Instant::now();
+        let err = bounded("huge manifest", || {
+            pull(&store, &reference, &RegistryOptions::default(), &NoProgress).unwrap_err()
+        });
+        assert!(
+            matches!(
+                err,
+                Error::TooLarge {
+                    limit: MAX_MANIFEST,
+                    ..
+                }
+            ),
+            "Content-Length {with_length}: {err:?}"
+        );
+        assert!(err.to_string().contains("over the 4 MiB limit"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "took {:?}",
+            started.elapsed()
+        );
+        // Give the server a moment to notice the closed connection.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(sent < 256 << 20, "the registry sent {} MiB", sent >> 20);
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(leftovers(root.path()), Vec::<PathBuf>::new());
+    }
+}
