@@ -177,6 +177,21 @@ fn try_open(path: &Path, schema: &str) -> rusqlite::Result<Db> {
             Some(format!("chmod 0600 {}: {e}", path.display())),
         )
     })?;
+    // SQLite makes the -wal and -shm files with the database's mode, but those of a
+    // database made by an older vessel may still be world-readable.
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match restrict(Path::new(&side), 0o600) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_PERM),
+                    Some(format!("chmod 0600 {}: {e}", Path::new(&side).display())),
+                ))
+            }
+            _ => {}
+        }
+    }
     db.busy_handler(Some(busy_wait))?;
     // WAL is persistent: only a new database needs the (exclusive) switch.
     let mode: String = db.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
@@ -321,5 +336,26 @@ mod tests {
         let e = open(&path, SCHEMA).unwrap_err();
         assert!(!is_busy(&e), "{e}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn wal_and_shm_of_an_older_database_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let db = open(&path, SCHEMA).unwrap();
+        db.execute("INSERT INTO t (who) VALUES (1)", []).unwrap();
+        let side = |s: &str| dir.path().join(format!("x.db{s}"));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // As an older vessel left them: readable by every local user.
+        for s in ["-wal", "-shm"] {
+            assert!(side(s).exists(), "{s}");
+            std::fs::set_permissions(side(s), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let again = open(&path, SCHEMA).unwrap();
+        for s in ["-wal", "-shm"] {
+            assert_eq!(mode(&side(s)), 0o600, "{s}");
+        }
+        drop((db, again));
     }
 }
