@@ -445,6 +445,34 @@ pub struct RunArgs {
     /// (default: max-size=20m, max-file=5)
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     pub log_opts: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE or KEY lines; # comments);
+    /// -e flags win over it
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Set a label (KEY=VALUE or KEY), over the image's labels
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Add a line to /etc/hosts (NAME:IP; IP may be host-gateway)
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_hosts: Vec<String>,
+    /// Nameserver for /etc/resolv.conf (replaces the host's)
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Add a Linux capability (NAME, CAP_NAME or ALL; containers only)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (NAME, CAP_NAME or ALL; containers only)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Resource limit NAME=SOFT[:HARD], e.g. nofile=1024:2048 (containers only)
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
+    /// Mount a tmpfs at PATH (noexec,nosuid,nodev unless OPTIONS say; containers only)
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
+    /// Write the instance id to FILE (which must not exist)
+    #[arg(long = "cidfile", value_name = "FILE")]
+    pub cidfile: Option<PathBuf>,
     /// Image name or id
     pub image: String,
     /// Command and arguments (default: the image's)

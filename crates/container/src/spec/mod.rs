@@ -192,6 +192,146 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
     m
 }
 
+/// Every Linux capability (0 to 40, `CAP_CHOWN` to `CAP_CHECKPOINT_RESTORE`).
+pub fn all_capabilities() -> HashSet<Capability> {
+    const NAMES: &[&str] = &[
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES
+        .iter()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::from(*n)).ok())
+        .collect()
+}
+
+/// Docker's `--cap-add`/`--cap-drop` arithmetic over its default set: `ALL` in the adds
+/// is every capability but the drops; `ALL` in the drops is only the adds; otherwise the
+/// defaults minus the drops plus the adds. Names are taken with or without `CAP_`, in
+/// any case; an unknown one is an error naming it.
+pub fn capabilities_with(
+    add: &[String],
+    drop: &[String],
+) -> std::result::Result<HashSet<Capability>, String> {
+    let is_all = |n: &String| n.eq_ignore_ascii_case("all") || n.eq_ignore_ascii_case("cap_all");
+    let parse = |names: &[String]| -> std::result::Result<HashSet<Capability>, String> {
+        names
+            .iter()
+            .filter(|n| !is_all(n))
+            .map(|n| {
+                serde_json::from_value::<Capability>(serde_json::Value::from(n.as_str()))
+                    .map_err(|_| format!("unknown capability: {n:?}"))
+            })
+            .collect()
+    };
+    let (adds, drops) = (parse(add)?, parse(drop)?);
+    Ok(if add.iter().any(is_all) {
+        all_capabilities().difference(&drops).copied().collect()
+    } else if drop.iter().any(is_all) {
+        adds
+    } else {
+        docker_default_capabilities()
+            .difference(&drops)
+            .copied()
+            .chain(adds)
+            .collect()
+    })
+}
+
+/// Gives the spec's process exactly `caps` (bounding, effective, permitted) and the
+/// seccomp profile Docker pairs with them (it allows what some capabilities need).
+pub fn set_capabilities(spec: &mut Spec, caps: &HashSet<Capability>) {
+    if let Some(process) = spec.process_mut() {
+        let mut c = LinuxCapabilities::default();
+        c.set_bounding(Some(caps.clone()));
+        c.set_effective(Some(caps.clone()));
+        c.set_permitted(Some(caps.clone()));
+        c.set_inheritable(None);
+        c.set_ambient(None);
+        process.set_capabilities(Some(c));
+    }
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_seccomp(Some(docker_seccomp_profile(caps)));
+    }
+}
+
+/// Sets the rlimit `typ` (`RLIMIT_NOFILE`...) to `soft`/`hard`, replacing any of its type.
+pub fn set_rlimit(
+    spec: &mut Spec,
+    typ: &str,
+    soft: u64,
+    hard: u64,
+) -> std::result::Result<(), String> {
+    let typ: PosixRlimitType = serde_json::from_value(serde_json::Value::from(typ))
+        .map_err(|_| format!("unknown rlimit {typ}"))?;
+    let limit = PosixRlimitBuilder::default()
+        .typ(typ)
+        .soft(soft)
+        .hard(hard)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if let Some(process) = spec.process_mut() {
+        let mut all = process.rlimits().clone().unwrap_or_default();
+        all.retain(|r| r.typ() != typ);
+        all.push(limit);
+        process.set_rlimits(Some(all));
+    }
+    Ok(())
+}
+
+/// Adds a tmpfs at `dest`: `noexec,nosuid,nodev` (Docker's `--tmpfs` defaults) unless
+/// `options` say otherwise, then `options`.
+pub fn add_tmpfs(spec: &mut Spec, dest: &str, options: &[String]) {
+    let mut opts: Vec<&str> = Vec::new();
+    for (default, opposite) in [("noexec", "exec"), ("nosuid", "suid"), ("nodev", "dev")] {
+        if !options.iter().any(|o| o == opposite || o == default) {
+            opts.push(default);
+        }
+    }
+    opts.extend(options.iter().map(String::as_str));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(mount(dest, "tmpfs", "tmpfs", &opts));
+    spec.set_mounts(Some(mounts));
+}
+
 /// Docker's default mounts: /proc, /dev, /dev/pts, /sys, /sys/fs/cgroup, /dev/mqueue,
 /// /dev/shm.
 pub fn docker_default_mounts() -> Vec<Mount> {
@@ -521,5 +661,44 @@ mod tests {
             .unwrap()
             .iter()
             .any(|s| s.names().contains(&"unshare".to_string())));
+    }
+
+    #[test]
+    fn capability_arithmetic_follows_docker() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let base = docker_default_capabilities();
+        let c = capabilities_with(&names(&["SYS_ADMIN"]), &names(&["cap_net_raw"])).unwrap();
+        assert!(c.contains(&Capability::SysAdmin) && !c.contains(&Capability::NetRaw));
+        assert_eq!(c.len(), base.len());
+        let c = capabilities_with(&names(&["ALL"]), &names(&["MKNOD"])).unwrap();
+        assert_eq!(c.len(), all_capabilities().len() - 1);
+        let c = capabilities_with(&names(&["CHOWN"]), &names(&["all"])).unwrap();
+        assert_eq!(c, [Capability::Chown].into_iter().collect());
+        assert_eq!(all_capabilities().len(), 41);
+        let e = capabilities_with(&names(&["CAP_BOGUS"]), &[]).unwrap_err();
+        assert!(e.contains("CAP_BOGUS"), "{e}");
+    }
+
+    #[test]
+    fn rlimits_and_tmpfs_are_set() {
+        let mut spec = docker_default(&SpecOptions::default());
+        set_rlimit(&mut spec, "RLIMIT_NOFILE", 10, 20).unwrap();
+        set_rlimit(&mut spec, "RLIMIT_NPROC", 5, 5).unwrap();
+        let rl = spec.process().as_ref().unwrap().rlimits().clone().unwrap();
+        assert_eq!(rl.len(), 2);
+        assert!(rl
+            .iter()
+            .any(|r| r.typ() == PosixRlimitType::RlimitNofile && r.soft() == 10 && r.hard() == 20));
+        add_tmpfs(
+            &mut spec,
+            "/scratch",
+            &["exec".to_string(), "size=1m".to_string()],
+        );
+        let m = spec.mounts().as_ref().unwrap().last().unwrap().clone();
+        assert_eq!(m.destination(), &PathBuf::from("/scratch"));
+        assert_eq!(
+            m.options().clone().unwrap(),
+            ["nosuid", "nodev", "exec", "size=1m"]
+        );
     }
 }

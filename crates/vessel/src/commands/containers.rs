@@ -15,10 +15,11 @@ use crate::engine::catalogue::{Instance, Status};
 use crate::engine::logs::{self, Stream};
 use crate::engine::monitor::{self, Report};
 use crate::engine::request::{
-    parse_signal, parse_size, Isolation, LogConfig, LogDriver, RunRequest, Volume,
+    parse_signal, parse_size, ExtraHost, Isolation, LogConfig, LogDriver, RunRequest, Tmpfs,
+    Ulimit, Volume,
 };
 use crate::engine::{CreateSpec, Engine, EngineError};
-use crate::{CmdResult, Failure};
+use crate::{CmdResult, Failure, EXIT_ENGINE};
 
 use super::images::{human_age, print_table};
 
@@ -68,7 +69,13 @@ fn build_request(
         ));
     }
     let mut env: Vec<String> = c.env().clone().unwrap_or_default();
-    for e in &a.env {
+    // --env-file entries first, then -e: the flags win, as in Docker.
+    let mut given: Vec<String> = Vec::new();
+    for f in &a.env_files {
+        given.extend(read_env_file(f)?);
+    }
+    given.extend(a.env.iter().cloned());
+    for e in &given {
         let kv = match e.split_once('=') {
             Some(_) => e.clone(),
             None => match std::env::var(e) {
@@ -149,7 +156,60 @@ fn build_request(
             "the working directory {workdir:?} is not an absolute path"
         )));
     }
+    if a.isolation == IsolationArg::Vm {
+        for (given, flag) in [
+            (!a.cap_add.is_empty(), "--cap-add"),
+            (!a.cap_drop.is_empty(), "--cap-drop"),
+            (!a.ulimits.is_empty(), "--ulimit"),
+            (!a.tmpfs.is_empty(), "--tmpfs"),
+        ] {
+            if given {
+                return Err(EngineError::InvalidFlag(format!(
+                    "{flag} applies to containers only: a microVM's processes are confined by its own kernel, which vessel does not configure this way yet"
+                )));
+            }
+        }
+    }
+    // Checked now, so that a bad name fails the run before anything is created.
+    vessel_container::spec::capabilities_with(&a.cap_add, &a.cap_drop)
+        .map_err(EngineError::InvalidFlag)?;
+    let mut labels: std::collections::BTreeMap<String, String> =
+        c.labels().clone().unwrap_or_default().into_iter().collect();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(EngineError::InvalidFlag(format!("invalid label {l:?}")));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let dns = a
+        .dns
+        .iter()
+        .map(|d| {
+            d.parse::<std::net::IpAddr>()
+                .map_err(|_| EngineError::InvalidFlag(format!("--dns {d:?}: not an IP address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RunRequest {
+        labels,
+        extra_hosts: a
+            .add_hosts
+            .iter()
+            .map(|h| ExtraHost::parse(h))
+            .collect::<Result<_, _>>()?,
+        dns,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        ulimits: a
+            .ulimits
+            .iter()
+            .map(|u| Ulimit::parse(u))
+            .collect::<Result<_, _>>()?,
+        tmpfs: a
+            .tmpfs
+            .iter()
+            .map(|t| Tmpfs::parse(t))
+            .collect::<Result<_, _>>()?,
         isolation: isolation_of(a.isolation),
         args,
         env,
@@ -194,8 +254,51 @@ fn build_request(
     })
 }
 
+/// `--env-file`: `KEY=VALUE` lines, or `KEY` to take the caller's value; blank lines and
+/// `#` comments skipped. At most 1 MiB.
+fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, EngineError> {
+    use std::io::Read;
+    let bad = |e: String| EngineError::InvalidFlag(format!("--env-file {}: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(|e| bad(e.to_string()))?
+        .take((1 << 20) + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() > 1 << 20 {
+        return Err(bad("larger than 1 MiB".into()));
+    }
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or_default();
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Err(bad(format!(
+                "line {}: variable {key:?} has white space or no name",
+                n + 1
+            )));
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
 fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
-    engine
+    if let Some(f) = &a.cidfile {
+        if f.exists() {
+            return Err(Failure::new(
+                EXIT_ENGINE,
+                format!(
+                    "container ID file found, make sure the other container isn't running or delete {}",
+                    f.display()
+                ),
+            ));
+        }
+    }
+    let inst = engine
         .create(
             CreateSpec {
                 image: a.image.clone(),
@@ -203,7 +306,21 @@ fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
             },
             |_, config, id| build_request(a, config, id),
         )
-        .map_err(fail)
+        .map_err(fail)?;
+    if let Some(f) = &a.cidfile {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(f)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, inst.id.as_bytes()));
+        if let Err(e) = written {
+            return Err(Failure::new(
+                EXIT_ENGINE,
+                format!("write the container ID file {}: {e}", f.display()),
+            ));
+        }
+    }
+    Ok(inst)
 }
 
 pub fn isolation_of(a: IsolationArg) -> Isolation {
@@ -534,6 +651,12 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "NetworkMode": r.network.as_str(),
             "PortBindings": port_bindings(&r.ports),
             "LogConfig": {"Type": r.log.driver.as_str(), "Config": r.log.options},
+            "CapAdd": r.cap_add,
+            "CapDrop": r.cap_drop,
+            "Ulimits": r.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft as i64, "Hard": u.hard as i64})).collect::<Vec<_>>(),
+            "Tmpfs": r.tmpfs.iter().map(|t| (t.path.clone(), serde_json::Value::from(t.options.join(",")))).collect::<serde_json::Map<_, _>>(),
+            "ExtraHosts": r.extra_hosts.iter().map(|h| format!("{}:{}", h.name, h.ip)).collect::<Vec<_>>(),
+            "Dns": r.dns,
         },
         "Config": {
             "Hostname": r.hostname,
@@ -546,6 +669,7 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "Image": i.image,
             "StopSignal": r.stop_signal,
             "StopTimeout": r.stop_timeout,
+            "Labels": r.labels,
         },
         "Mounts": mounts,
         "NetworkSettings": network_settings(r),

@@ -61,6 +61,23 @@ pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Res
             }
         }
     }
+    for h in &req.extra_hosts {
+        let ip = if h.ip == "host-gateway" {
+            match &req.attachment {
+                Some(att) => att.gateway.to_string(),
+                None => {
+                    return Err(EngineError::InvalidFlag(format!(
+                        "--add-host {}:host-gateway needs a bridge network (this instance has --network {})",
+                        h.name,
+                        req.network.as_str()
+                    )))
+                }
+            }
+        } else {
+            h.ip.clone()
+        };
+        out.push_str(&format!("{ip}\t{}\n", h.name));
+    }
     Ok(out)
 }
 
@@ -87,21 +104,26 @@ fn write(path: &Path, data: &str) -> Result<()> {
 }
 
 /// The host's resolv.conf minus loopback nameservers (unreachable from a private netns),
-/// as Docker does; Google's public resolvers if nothing is left.
-pub(super) fn resolv_conf() -> String {
+/// as Docker does; Google's public resolvers if nothing is left. `--dns` replaces the
+/// nameservers (the host's search and options lines stay).
+pub(super) fn resolv_conf(req: &super::request::RunRequest) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut out: Vec<&str> = host
+    let mut out: Vec<String> = host
         .lines()
         .filter(|l| {
             let mut w = l.split_whitespace();
-            !(w.next() == Some("nameserver")
-                && w.next()
-                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            let server = w.next() == Some("nameserver");
+            !(server
+                && (!req.dns.is_empty()
+                    || w.next()
+                        .is_some_and(|a| a.starts_with("127.") || a == "::1")))
         })
+        .map(str::to_string)
         .collect();
+    out.extend(req.dns.iter().map(|d| format!("nameserver {d}")));
     if !out.iter().any(|l| l.starts_with("nameserver")) {
-        out.push("nameserver 8.8.8.8");
-        out.push("nameserver 8.8.4.4");
+        out.push("nameserver 8.8.8.8".into());
+        out.push("nameserver 8.8.4.4".into());
     }
     out.join("\n") + "\n"
 }
@@ -132,7 +154,7 @@ impl Backend for ContainerBackend {
         let user = userdb::resolve(&req.user, &top_first)?;
         write(&dir.join("hostname"), &format!("{}\n", req.hostname))?;
         write(&dir.join("hosts"), &hosts(&self.networks, inst)?)?;
-        write(&dir.join("resolv.conf"), &resolv_conf())?;
+        write(&dir.join("resolv.conf"), &resolv_conf(req))?;
 
         let mut binds: Vec<BindMount> = ["hostname", "hosts", "resolv.conf"]
             .iter()
@@ -202,7 +224,23 @@ impl Backend for ContainerBackend {
             cgroups_path: Some(format!("vessel/{}", inst.id)),
             annotations,
         };
-        let spec = spec::docker_default(&opts);
+        let mut spec = spec::docker_default(&opts);
+        if !req.cap_add.is_empty() || !req.cap_drop.is_empty() {
+            let caps = spec::capabilities_with(&req.cap_add, &req.cap_drop)
+                .map_err(EngineError::InvalidFlag)?;
+            spec::set_capabilities(&mut spec, &caps);
+        }
+        for u in &req.ulimits {
+            let typ = super::request::ULIMITS
+                .iter()
+                .find(|(n, _)| *n == u.name)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| EngineError::InvalidFlag(format!("--ulimit {}", u.name)))?;
+            spec::set_rlimit(&mut spec, typ, u.soft, u.hard).map_err(EngineError::InvalidFlag)?;
+        }
+        for t in &req.tmpfs {
+            spec::add_tmpfs(&mut spec, &t.path, &t.options);
+        }
         let json =
             serde_json::to_vec_pretty(&spec).map_err(|e| EngineError::Internal(e.to_string()))?;
         let p = dir.join("config.json");

@@ -131,6 +131,200 @@ pub struct RunRequest {
     /// (records from before logs were bounded get the default bound).
     #[serde(default)]
     pub log: LogConfig,
+    /// `-l`/`--label` over the image's labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--add-host`: extra lines of /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `--dns`: the nameservers of /etc/resolv.conf (empty: the host's).
+    #[serde(default)]
+    pub dns: Vec<std::net::IpAddr>,
+    /// `--cap-add` (container only), as given.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `--cap-drop` (container only), as given.
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--ulimit` (container only).
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
+    /// `--tmpfs` (container only).
+    #[serde(default)]
+    pub tmpfs: Vec<Tmpfs>,
+}
+
+/// `--add-host NAME:IP`: a line of /etc/hosts. `host-gateway` is the instance's gateway
+/// on its bridge network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraHost {
+    /// The host name.
+    pub name: String,
+    /// An address, or `host-gateway`.
+    pub ip: String,
+}
+
+impl ExtraHost {
+    /// Parses `NAME:IP` (or Docker's newer `NAME=IP`); IPv6 may be bracketed.
+    pub fn parse(s: &str) -> Result<ExtraHost> {
+        let bad = |why: &str| EngineError::InvalidFlag(format!("--add-host {s:?}: {why}"));
+        let (name, ip) = match (s.split_once('='), s.split_once(':')) {
+            (Some((n, ip)), _) => (n, ip),
+            (None, Some((n, ip))) => (n, ip),
+            _ => return Err(bad("expected NAME:IP")),
+        };
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') {
+            return Err(bad("invalid host name"));
+        }
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        if ip != "host-gateway" && ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad("invalid IP address"));
+        }
+        Ok(ExtraHost {
+            name: name.to_string(),
+            ip: ip.to_string(),
+        })
+    }
+}
+
+/// `--ulimit NAME=SOFT[:HARD]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// Docker's name (`nofile`, `nproc`, ...).
+    pub name: String,
+    /// Soft limit (`u64::MAX` is unlimited).
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// Docker's ulimit names and the OCI rlimit each is.
+pub const ULIMITS: &[(&str, &str)] = &[
+    ("as", "RLIMIT_AS"),
+    ("core", "RLIMIT_CORE"),
+    ("cpu", "RLIMIT_CPU"),
+    ("data", "RLIMIT_DATA"),
+    ("fsize", "RLIMIT_FSIZE"),
+    ("locks", "RLIMIT_LOCKS"),
+    ("memlock", "RLIMIT_MEMLOCK"),
+    ("msgqueue", "RLIMIT_MSGQUEUE"),
+    ("nice", "RLIMIT_NICE"),
+    ("nofile", "RLIMIT_NOFILE"),
+    ("nproc", "RLIMIT_NPROC"),
+    ("rss", "RLIMIT_RSS"),
+    ("rtprio", "RLIMIT_RTPRIO"),
+    ("rttime", "RLIMIT_RTTIME"),
+    ("sigpending", "RLIMIT_SIGPENDING"),
+    ("stack", "RLIMIT_STACK"),
+];
+
+impl Ulimit {
+    /// Parses `NAME=SOFT[:HARD]`; `-1` is unlimited; one value sets both.
+    pub fn parse(s: &str) -> Result<Ulimit> {
+        let bad = |why: String| EngineError::InvalidFlag(format!("--ulimit {s:?}: {why}"));
+        let (name, values) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=SOFT[:HARD]".into()))?;
+        if !ULIMITS.iter().any(|(n, _)| *n == name) {
+            let names: Vec<&str> = ULIMITS.iter().map(|(n, _)| *n).collect();
+            return Err(bad(format!(
+                "unknown limit {name:?} (one of {})",
+                names.join(", ")
+            )));
+        }
+        let value = |v: &str| -> Result<u64> {
+            match v {
+                "-1" | "unlimited" => Ok(u64::MAX),
+                v => v
+                    .parse::<u64>()
+                    .map_err(|_| bad(format!("invalid value {v:?}"))),
+            }
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((a, b)) => (value(a)?, value(b)?),
+            None => (value(values)?, value(values)?),
+        };
+        if soft > hard {
+            return Err(bad(
+                "the soft limit must be less than or equal to the hard limit".into(),
+            ));
+        }
+        Ok(Ulimit {
+            name: name.to_string(),
+            soft,
+            hard,
+        })
+    }
+}
+
+/// `--tmpfs PATH[:OPTIONS]`: a tmpfs mounted at `path`, `noexec,nosuid,nodev` unless
+/// the options say otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// Where, inside the instance.
+    pub path: String,
+    /// Mount options as given (`size=64m,mode=1777`...).
+    pub options: Vec<String>,
+}
+
+impl Tmpfs {
+    /// Parses `PATH[:OPTIONS]`.
+    pub fn parse(s: &str) -> Result<Tmpfs> {
+        let bad = |why: &str| EngineError::InvalidFlag(format!("--tmpfs {s:?}: {why}"));
+        let (path, opts) = s.split_once(':').unwrap_or((s, ""));
+        if !path.starts_with('/') || path == "/" {
+            return Err(bad("the path must be absolute and not /"));
+        }
+        if path.split('/').any(|c| c == "..") {
+            return Err(bad("the path must not contain .."));
+        }
+        let options: Vec<String> = opts
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(str::to_string)
+            .collect();
+        for o in &options {
+            let key = o.split('=').next().unwrap_or_default();
+            const KNOWN: &[&str] = &[
+                "size",
+                "mode",
+                "uid",
+                "gid",
+                "nr_inodes",
+                "nr_blocks",
+                "ro",
+                "rw",
+                "exec",
+                "noexec",
+                "suid",
+                "nosuid",
+                "dev",
+                "nodev",
+                "atime",
+                "noatime",
+                "relatime",
+                "norelatime",
+                "strictatime",
+                "nostrictatime",
+                "diratime",
+                "nodiratime",
+                "sync",
+                "async",
+                "dirsync",
+                "mand",
+                "nomand",
+                "huge",
+                "mpol",
+            ];
+            if !KNOWN.contains(&key) {
+                return Err(bad(&format!("unknown tmpfs option {o:?}")));
+            }
+        }
+        Ok(Tmpfs {
+            path: path.to_string(),
+            options,
+        })
+    }
 }
 
 /// `--log-driver`: what is done with an instance's output.
@@ -413,5 +607,56 @@ mod tests {
         assert!(Volume::parse("/tmp:/../x").is_err());
         assert!(Volume::parse("/tmp:/x:zz").is_err());
         assert!(Volume::parse("/does/not/exist:/x").is_err());
+    }
+
+    #[test]
+    fn extra_hosts() {
+        let h = ExtraHost::parse("db:10.0.0.2").unwrap();
+        assert_eq!((h.name.as_str(), h.ip.as_str()), ("db", "10.0.0.2"));
+        assert_eq!(
+            ExtraHost::parse("v6:[2001:db8::1]").unwrap().ip,
+            "2001:db8::1"
+        );
+        assert_eq!(
+            ExtraHost::parse("v6:2001:db8::1").unwrap().ip,
+            "2001:db8::1"
+        );
+        assert_eq!(
+            ExtraHost::parse("gw=host-gateway").unwrap().ip,
+            "host-gateway"
+        );
+        for bad in ["db", ":1.2.3.4", "db:nope", "a b:1.2.3.4", "db:1.2.3"] {
+            assert!(ExtraHost::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ulimits() {
+        let u = Ulimit::parse("nofile=1024:2048").unwrap();
+        assert_eq!((u.soft, u.hard), (1024, 2048));
+        let u = Ulimit::parse("nproc=50").unwrap();
+        assert_eq!((u.soft, u.hard), (50, 50));
+        assert_eq!(Ulimit::parse("core=-1").unwrap().hard, u64::MAX);
+        for bad in [
+            "nofile",
+            "nofile=",
+            "nofile=2:1",
+            "bogus=1",
+            "nofile=x",
+            "nofile=1:2:3",
+        ] {
+            assert!(Ulimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tmpfs() {
+        let t = Tmpfs::parse("/run/x:size=64m,mode=1777").unwrap();
+        assert_eq!(t.path, "/run/x");
+        assert_eq!(t.options, ["size=64m", "mode=1777"]);
+        assert!(Tmpfs::parse("/data").unwrap().options.is_empty());
+        for bad in ["", "/", "rel", "/a/../b", "/x:bogus=1"] {
+            assert!(Tmpfs::parse(bad).is_err(), "{bad}");
+        }
     }
 }

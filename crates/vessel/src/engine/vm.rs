@@ -584,7 +584,7 @@ impl Backend for VmBackend {
                     gateway: att.gateway,
                     mtu: att.mtu,
                     hosts: super::container::hosts(&self.networks, inst)?,
-                    resolv_conf: super::container::resolv_conf(),
+                    resolv_conf: super::container::resolv_conf(r),
                 };
                 let nic = NetConfig {
                     tap,
