@@ -179,9 +179,11 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
     let not_asked = |iso: Isolation| Cell::Unavailable {
         reason: format!("not requested (--isolation {})", other(iso).as_str()),
     };
+    let emulator = hypervisor.as_ref().and_then(|h| h.emulator);
     let rows = build_rows(
         opts,
         &host,
+        emulator.is_some(),
         host_perf.as_ref(),
         side(Isolation::Container),
         side(Isolation::Vm),
@@ -618,6 +620,7 @@ fn yes_no(b: bool) -> &'static str {
 fn build_rows(
     opts: &Options,
     host: &Host,
+    emulated: bool,
     host_perf: Result<&Perf, &String>,
     container: Option<&Side>,
     vm: Option<&Side>,
@@ -1090,7 +1093,10 @@ fn build_rows(
                     .as_ref()
                     .ok()
                     .and_then(|v| measure::median_p95(v))
-                    .map(|(m, _)| format!("{m:.0} ms start"))
+                    .map(|(m, _)| {
+                        let caveat = if emulated { ", emulated" } else { "" };
+                        format!("{m:.0} ms start{caveat}")
+                    })
                     .unwrap_or_else(|| "start not measured".into());
                 let fit = s
                     .idle

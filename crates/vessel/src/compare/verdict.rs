@@ -52,18 +52,18 @@ pub fn visibility<T: Ord>(
     host_before: &[T],
     host_after: &[T],
 ) -> Visibility {
+    let after: BTreeSet<&T> = host_after.iter().collect();
+    let stable: BTreeSet<&T> = host_before.iter().filter(|e| after.contains(e)).collect();
+    // Nothing of the host's to see (a kernel without loadable modules has no
+    // /proc/modules, inside or out); another kernel's list is still its own.
+    if stable.is_empty() && same_kernel {
+        return Visibility::HostListsNone;
+    }
     let Some(inside) = inside else {
         return Visibility::Unreadable;
     };
-    let after: BTreeSet<&T> = host_after.iter().collect();
-    let stable: BTreeSet<&T> = host_before.iter().filter(|e| after.contains(e)).collect();
     if stable.is_empty() {
-        // Nothing of the host's to see; another kernel's list is still its own.
-        return if same_kernel {
-            Visibility::HostListsNone
-        } else {
-            Visibility::OwnKernel { common: 0.0 }
-        };
+        return Visibility::OwnKernel { common: 0.0 };
     }
     let inside: BTreeSet<&T> = inside.iter().collect();
     let share = stable.iter().filter(|e| inside.contains(*e)).count() as f64 / stable.len() as f64;
@@ -293,6 +293,12 @@ mod tests {
         );
         assert_eq!(
             visibility(true, Some(&host), &names(&["a"]), &names(&["b"])),
+            Visibility::HostListsNone
+        );
+        // The host's kernel has no modules: nothing to see, whether or not the instance
+        // can open /proc/modules.
+        assert_eq!(
+            visibility::<String>(true, None, &[], &[]),
             Visibility::HostListsNone
         );
         // A host kernel without modules, a guest kernel with some: still the guest's own.
