@@ -10,3 +10,9 @@
 
 pub mod initramfs;
 pub mod protocol;
+
+/// `vessel-init probe facts` reports one `/proc/kallsyms` entry in this many (chosen by
+/// a hash of its name and module, so every kernel reports the same names): enough to
+/// tell what share of the host's symbols an instance can read, without shipping 150k
+/// names through a VM's console.
+pub const KALLSYMS_SAMPLE: u64 = 32;

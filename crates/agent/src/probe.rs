@@ -4,7 +4,9 @@
 //! usage:
 //! - `vessel-init probe facts`: what the instance sees of the kernel and the host, as JSON.
 //! - `vessel-init probe perf RUNS DIR`: RUNS timings of a CPU-bound loop, a syscall loop
-//!   and a file write/read loop (in DIR), as JSON.
+//!   and a file write/fsync/read loop (in DIR), as JSON, with the file system the file
+//!   loop wrote on (its type and whether it is mounted `volatile`, where fsync does
+//!   nothing), so that a figure that claims to include fsync can be checked.
 //!
 //! The binary is static, so it runs unchanged in any image and on the host.
 
@@ -15,6 +17,7 @@ use std::process::exit;
 use std::time::Instant;
 
 use serde::Serialize;
+use vessel_agent::KALLSYMS_SAMPLE;
 
 /// Iterations of the CPU-bound loop.
 const CPU_ITERATIONS: u64 = 20_000_000;
@@ -38,8 +41,12 @@ struct Facts {
     cap_eff: String,
     /// `Seccomp` mode of `/proc/self/status` (0 off, 1 strict, 2 filter).
     seccomp: Option<u32>,
-    /// A hash of the kernel's symbol names in `/proc/kallsyms`, when readable.
-    kallsyms: Option<String>,
+    /// `/proc/self/ns/pid` (`pid:[inode]`): the PID namespace whose processes `/proc`
+    /// lists.
+    pid_ns: String,
+    /// FNV-1a hashes of the `name\tmodule` entries of `/proc/kallsyms` whose hash is a
+    /// multiple of [`KALLSYMS_SAMPLE`], sorted, without duplicates; when readable.
+    kallsyms_sample: Option<Vec<u64>>,
     /// Symbols listed in `/proc/kallsyms`.
     kallsyms_symbols: usize,
     /// Modules listed in `/proc/modules`, sorted, when readable.
@@ -55,12 +62,23 @@ struct Timings {
     ns: Vec<u64>,
 }
 
+/// The file system a path is on, from `/proc/self/mountinfo`.
+#[derive(Serialize, Debug, Default, PartialEq)]
+struct FileSystem {
+    /// Its type (`ext4`, `overlay`, `tmpfs`...); empty when unknown.
+    fstype: String,
+    /// Mounted `volatile` (overlayfs): `fsync` returns without syncing anything.
+    volatile: bool,
+}
+
 /// The three performance loops.
 #[derive(Serialize, Debug)]
 struct Perf {
     cpu: Timings,
     syscall: Timings,
     file: Timings,
+    /// Where the file loop wrote.
+    file_fs: FileSystem,
 }
 
 fn die(msg: &str) -> ! {
@@ -138,16 +156,10 @@ fn facts() -> Facts {
                 .count()
         })
         .unwrap_or(0);
-    let (kallsyms, kallsyms_symbols) = match std::fs::read_to_string("/proc/kallsyms") {
+    let (kallsyms_sample, kallsyms_symbols) = match std::fs::read_to_string("/proc/kallsyms") {
         Ok(text) if !text.is_empty() => {
-            let mut h = 0xcbf2_9ce4_8422_2325u64;
-            let mut n = 0;
-            for name in text.lines().filter_map(|l| l.split_whitespace().nth(2)) {
-                fnv(&mut h, name.as_bytes());
-                fnv(&mut h, b"\n");
-                n += 1;
-            }
-            (Some(format!("{h:016x}")), n)
+            let (sample, n) = kallsyms_sample(&text);
+            (Some(sample), n)
         }
         _ => (None, 0),
     };
@@ -166,12 +178,74 @@ fn facts() -> Facts {
             .trim()
             .to_string(),
         processes,
+        pid_ns: std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         cap_eff: status_field(&status, "CapEff").unwrap_or_default(),
         seccomp: status_field(&status, "Seccomp").and_then(|s| s.parse().ok()),
-        kallsyms,
+        kallsyms_sample,
         kallsyms_symbols,
         modules,
     }
+}
+
+/// The sampled symbol hashes of a `/proc/kallsyms` text (see [`KALLSYMS_SAMPLE`]) and its
+/// number of symbols.
+fn kallsyms_sample(text: &str) -> (Vec<u64>, usize) {
+    let mut sample = Vec::new();
+    let mut n = 0;
+    for l in text.lines() {
+        let mut f = l.split_whitespace();
+        let Some(name) = f.nth(2) else { continue };
+        n += 1;
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        fnv(&mut h, name.as_bytes());
+        if let Some(module) = f.next() {
+            fnv(&mut h, b"\t");
+            fnv(&mut h, module.as_bytes());
+        }
+        if h % KALLSYMS_SAMPLE == 0 {
+            sample.push(h);
+        }
+    }
+    sample.sort_unstable();
+    sample.dedup();
+    (sample, n)
+}
+
+/// The file system `path` is on, from a `/proc/self/mountinfo` text: the mount with the
+/// longest mount point that contains `path` (the last one mounted wins a tie).
+fn file_system(mountinfo: &str, path: &Path) -> FileSystem {
+    let mut best: Option<(usize, FileSystem)> = None;
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+        let mut halves = line.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            continue;
+        };
+        let Some(point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let point = point.replace("\\040", " ");
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or_default().to_string();
+        let superopts = r.nth(1).unwrap_or_default();
+        if !path.starts_with(&point) {
+            continue;
+        }
+        if best.as_ref().is_some_and(|(len, _)| *len > point.len()) {
+            continue;
+        }
+        let fs = FileSystem {
+            fstype,
+            // `volatile` as mounted; Linux 6.x shows it as `fsync=volatile`.
+            volatile: superopts
+                .split(',')
+                .any(|o| o == "volatile" || o == "fsync=volatile"),
+        };
+        best = Some((point.len(), fs));
+    }
+    best.map(|(_, fs)| fs).unwrap_or_default()
 }
 
 fn time(f: impl FnOnce() -> Result<(), String>) -> Result<u64, String> {
@@ -242,6 +316,10 @@ fn perf(runs: u32, dir: &Path) -> Result<Perf, String> {
             work: FILE_BYTES as u64,
             ns: Vec::new(),
         },
+        file_fs: file_system(
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+        ),
     };
     for _ in 0..runs {
         p.cpu.ns.push(time(cpu_loop)?);
@@ -261,6 +339,51 @@ mod tests {
         assert_eq!(status_field(s, "CapEff").unwrap(), "000001ffffffffff");
         assert_eq!(status_field(s, "Seccomp").unwrap(), "2");
         assert!(status_field(s, "Nope").is_none());
+    }
+
+    #[test]
+    fn kallsyms_sample_is_by_name_and_module() {
+        let text = (0..4000)
+            .map(|i| format!("0000000000000000 T sym_{i}\n0000000000000000 t sym_{i}\t[mod]\n"))
+            .collect::<String>();
+        let (sample, n) = kallsyms_sample(&text);
+        assert_eq!(n, 8000);
+        // About one in KALLSYMS_SAMPLE, the same names every time.
+        assert!((100..400).contains(&sample.len()), "{}", sample.len());
+        assert!(sample.iter().all(|h| h % KALLSYMS_SAMPLE == 0));
+        assert!(sample.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(kallsyms_sample(&text).0, sample);
+        // A module's symbol differs from the core symbol of the same name.
+        let (core, _) = kallsyms_sample(&text.lines().step_by(2).collect::<Vec<_>>().join("\n"));
+        assert!(core.len() < sample.len());
+    }
+
+    #[test]
+    fn file_system_of_a_path() {
+        let mi = "\
+22 1 0:21 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,volatile
+23 22 0:22 / /proc rw - proc proc rw
+24 22 8:1 / /data rw - ext4 /dev/vda rw
+25 24 0:30 / /data/tmp rw - tmpfs tmpfs rw
+26 22 0:31 / /new rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,uuid=on,fsync=volatile
+27 22 0:32 / /strict rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,fsync=strict
+";
+        let fs = |p: &str| file_system(mi, Path::new(p));
+        assert_eq!(
+            fs("/.vessel-compare/work"),
+            FileSystem {
+                fstype: "overlay".into(),
+                volatile: true
+            }
+        );
+        assert!(fs("/new/x").volatile);
+        assert!(!fs("/strict/x").volatile);
+        assert_eq!(fs("/data/x").fstype, "ext4");
+        assert!(!fs("/data/x").volatile);
+        assert_eq!(fs("/data/tmp/x").fstype, "tmpfs");
+        // A prefix of a name is not a parent directory.
+        assert_eq!(fs("/datax").fstype, "overlay");
+        assert_eq!(file_system("", Path::new("/x")), FileSystem::default());
     }
 
     #[test]

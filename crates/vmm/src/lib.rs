@@ -40,5 +40,5 @@ pub use config::{
     MIN_MEMORY_MIB,
 };
 pub use error::{Error, Result};
-pub use kvm_detect::{detect_kvm, CpuVendor, KvmKind};
+pub use kvm_detect::{detect_hypervisor, detect_kvm, CpuVendor, Hypervisor, KvmKind};
 pub use vm::{ExitReason, StopHandle, Vm};

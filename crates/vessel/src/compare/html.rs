@@ -37,6 +37,8 @@ td.bad{color:#a00;font-style:italic}
 .detail{color:#667;font-size:.8em;display:block}
 .n{color:#889;font-size:.8em}
 svg text{font-family:system-ui,sans-serif;font-size:11px}
+.emulated{background:#fde8e8;border:2px solid #a00;color:#a00;padding:.6em .8em;font-size:1.05em}
+.caveat{color:#a00;font-size:.8em;display:block}
 .legend span{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}
 ";
 
@@ -52,16 +54,33 @@ fn cell_html(c: &Cell, said: Option<&str>) -> (String, &'static str) {
             unit,
             samples,
             detail,
+            caveat,
         } => {
             let mut s = format!(
                 "{} <span class=\"n\">n={samples}</span>",
                 escape(&figure(*value, unit))
             );
+            if let Some(c) = caveat {
+                let _ = write!(s, "<span class=\"caveat\">{}</span>", escape(c));
+            }
             if let Some(d) = detail {
                 let _ = write!(s, "<span class=\"detail\">{}</span>", escape(d));
             }
             (s, "")
         }
+        Cell::Extrapolated {
+            value,
+            unit,
+            samples,
+            basis,
+        } => (
+            format!(
+                "{} <span class=\"n\">extrapolated from n={samples}</span><span class=\"detail\">{}</span>",
+                escape(&figure(*value, unit)),
+                escape(basis)
+            ),
+            "",
+        ),
         Cell::Observed { text, samples } => (
             format!("{} <span class=\"n\">n={samples}</span>", escape(text)),
             "",
@@ -161,6 +180,17 @@ pub fn render(r: &Report) -> String {
         started = escape(&r.started),
         secs = r.seconds,
     );
+    if let Some(e) = &r.emulated {
+        let _ = write!(
+            h,
+            "<p class=\"emulated\" id=\"emulated\"><b>Emulated host:</b> this host runs under {} \
+             (CPUID hypervisor vendor &quot;{}&quot;). Every absolute time below is {}: \
+             only ratios measured side by side in this run mean anything.</p>",
+            escape(&e.by),
+            escape(&e.signature),
+            escape(&e.note)
+        );
+    }
     if let Some(why) = &r.vm_unavailable {
         let _ = write!(
             h,
@@ -229,9 +259,11 @@ mod tests {
                 cpus: 1,
                 memory: 1,
                 kvm: "none".into(),
+                hypervisor: None,
             },
             isolations: vec!["container".into()],
             vm_unavailable: Some("no <evil-kvm>".into()),
+            emulated: None,
             started: "t".into(),
             seconds: 1.0,
             rows: vec![Row {
@@ -257,5 +289,20 @@ mod tests {
         for bad in ["<script", "src=", "href=", "<link", "url("] {
             assert!(!page.contains(bad), "{bad}");
         }
+        assert!(!page.contains("class=\"emulated\""));
+        let mut r = r;
+        r.mark_emulated("QEMU <TCG>", "TCGTCGTCGTCG");
+        let page = render(&r);
+        assert!(
+            page.contains("<p class=\"emulated\" id=\"emulated\">"),
+            "{page}"
+        );
+        assert!(page.contains("QEMU &lt;TCG&gt;"));
+        // Both absolute times carry the caveat.
+        assert_eq!(
+            page.matches("<span class=\"caveat\">emulated: compare ratios only</span>")
+                .count(),
+            2
+        );
     }
 }

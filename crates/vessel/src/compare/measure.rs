@@ -196,6 +196,49 @@ fn kb_field(text: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The process among `pid` and its descendants that holds a KVM VM (an
+/// `anon_inode:kvm-vm` descriptor): the VMM whose memory is the guest's. Searching the
+/// descendants keeps this right when the VMM runs as a child of the monitor.
+pub fn kvm_process(pid: i32) -> Result<i32, String> {
+    let mut queue = vec![pid];
+    let mut seen = HashSet::new();
+    while let Some(p) = queue.pop() {
+        if !seen.insert(p) || seen.len() > 256 {
+            continue;
+        }
+        if holds_kvm_vm(p) {
+            return Ok(p);
+        }
+        queue.extend(children(p));
+    }
+    Err(format!(
+        "no process holding a KVM VM (anon_inode:kvm-vm) among pid {pid} and its descendants"
+    ))
+}
+
+fn holds_kvm_vm(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:kvm-vm")
+        })
+    })
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
 /// The memory a process's cgroup is charged (v1 `memory.usage_in_bytes` or v2
 /// `memory.current`), bytes, with the file it was read from.
 pub fn cgroup_memory(pid: i32) -> Result<(u64, PathBuf), String> {
@@ -219,6 +262,10 @@ fn cgroup_memory_file(proc_cgroup: &str, fs: &Path) -> Option<PathBuf> {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let rel = path.trim_start_matches('/');
+        // The root cgroup is the whole host's, never one instance's.
+        if rel.is_empty() {
+            continue;
+        }
         if controllers.split(',').any(|c| c == "memory") {
             return Some(fs.join("memory").join(rel).join("memory.usage_in_bytes"));
         }
@@ -247,12 +294,15 @@ pub struct Facts {
     pub boot_id: String,
     /// Processes visible in `/proc`.
     pub processes: usize,
+    /// `/proc/self/ns/pid`: the PID namespace whose processes `/proc` lists.
+    pub pid_ns: String,
     /// `CapEff`, hex.
     pub cap_eff: String,
     /// Seccomp mode.
     pub seccomp: Option<u32>,
-    /// Hash of the symbol names in `/proc/kallsyms`.
-    pub kallsyms: Option<String>,
+    /// Hashes of a fixed sample of the `/proc/kallsyms` entries (the same names on every
+    /// kernel: those whose hash is a multiple of the probe's sampling modulus).
+    pub kallsyms_sample: Option<Vec<u64>>,
     /// How many symbols.
     pub kallsyms_symbols: usize,
     /// Module names from `/proc/modules`.
@@ -277,6 +327,17 @@ pub struct Perf {
     pub syscall: Timings,
     /// File write, fsync, read back.
     pub file: Timings,
+    /// The file system the file loop wrote on.
+    pub file_fs: FileSystem,
+}
+
+/// A file system as the probe saw it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct FileSystem {
+    /// Its type; empty when unknown.
+    pub fstype: String,
+    /// Mounted `volatile`: fsync syncs nothing.
+    pub volatile: bool,
 }
 
 /// Parses a probe's JSON output.
@@ -312,6 +373,8 @@ mod tests {
             fs.path().join("memory/vessel/abc/memory.usage_in_bytes")
         );
         assert_eq!(cgroup_memory_file("0::/vessel/abc\n", fs.path()), None);
+        // A process in the root cgroup is charged to the whole host: no figure.
+        assert_eq!(cgroup_memory_file("12:memory:/\n0::/\n", fs.path()), None);
         std::fs::write(fs.path().join("cgroup.controllers"), "memory").unwrap();
         assert_eq!(
             cgroup_memory_file("0::/vessel/abc\n", fs.path()).unwrap(),
@@ -328,6 +391,13 @@ mod tests {
         sparse.set_len(1 << 30).unwrap();
         let used = disk_usage(&[d.path().to_path_buf()]);
         assert!((64 << 10..1 << 20).contains(&used), "{used}");
+    }
+
+    #[test]
+    fn kvm_process_is_not_any_process() {
+        // This test process holds no KVM VM, and neither does anything it started.
+        let e = kvm_process(std::process::id() as i32).unwrap_err();
+        assert!(e.contains("kvm-vm"), "{e}");
     }
 
     #[test]

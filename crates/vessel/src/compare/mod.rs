@@ -13,6 +13,7 @@ pub mod html;
 mod measure;
 pub mod report;
 pub mod table;
+mod verdict;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -75,18 +76,23 @@ struct Side {
     first_output: Result<Vec<Duration>, String>,
     workload: Result<Vec<Duration>, String>,
     facts: Result<Facts, String>,
+    /// The host's facts read just before and just after `facts` (kernel-wide lists may
+    /// change meanwhile: only what both readings hold is compared).
+    host_facts: Result<(Facts, Facts), String>,
     perf: Result<Perf, String>,
     /// Successful instance runs.
     ran: u32,
+    /// Instance runs that failed.
+    failed: u32,
 }
 
 /// Idle instances: memory per instance and disk use.
 struct Idle {
     /// (bytes, how it was made up) per instance.
     memory: Vec<(u64, String)>,
-    /// Bytes written by the first and by the second instance.
-    first_disk: u64,
-    more_disk: u64,
+    /// Bytes written by the first and by the second instance, and what they are.
+    first_disk: (u64, String),
+    more_disk: (u64, String),
     /// Bytes of what all instances share.
     shared: u64,
     shared_what: String,
@@ -134,8 +140,6 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
         .prefix("compare-host.")
         .tempdir_in(&opts.root)
         .map_err(|e| CompareError::Setup(format!("temp dir in {}: {e}", opts.root.display())))?;
-    let host_facts =
-        host_probe(&probe, &["facts"]).and_then(|o| measure::parse::<Facts>("facts", &o));
     let host_perf = host_probe(
         &probe,
         &[
@@ -149,10 +153,12 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
     let sides: Vec<Side> = opts
         .isolations
         .iter()
-        .map(|&iso| measure_side(&vessel, opts, &probe_image.tag, iso, obs))
+        .map(|&iso| measure_side(&vessel, opts, &probe_image.tag, &probe, iso, obs))
         .collect();
     probe_image.remove(&store, &opts.root);
 
+    let hypervisor = vessel_vmm::detect_hypervisor();
+    let kvm = vessel_vmm::detect_kvm();
     let host = Host {
         kernel: rustix::system::uname()
             .release()
@@ -160,22 +166,30 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
             .into_owned(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory: measure::mem_total(),
-        kvm: vessel_vmm::detect_kvm().to_string(),
+        kvm: match hypervisor.as_ref().and_then(|h| h.emulator) {
+            // Hardware KVM offered by an emulated CPU is the emulator's, not a machine's.
+            Some(e) if kvm.runs_stock_kernels() => {
+                format!("{kvm}, nested inside {e}: emulated, not hardware")
+            }
+            _ => kvm.to_string(),
+        },
+        hypervisor: hypervisor.as_ref().map(ToString::to_string),
     };
     let side = |iso| sides.iter().find(|s| s.isolation == iso);
     let not_asked = |iso: Isolation| Cell::Unavailable {
         reason: format!("not requested (--isolation {})", other(iso).as_str()),
     };
+    let emulator = hypervisor.as_ref().and_then(|h| h.emulator);
     let rows = build_rows(
         opts,
         &host,
-        host_facts.as_ref(),
+        emulator.is_some(),
         host_perf.as_ref(),
         side(Isolation::Container),
         side(Isolation::Vm),
         &not_asked,
     );
-    Ok(Report {
+    let mut report = Report {
         image: opts.image.clone(),
         command: opts.command.clone(),
         runs: opts.runs,
@@ -187,10 +201,15 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
             .map(|i| i.as_str().to_string())
             .collect(),
         vm_unavailable: side(Isolation::Vm).and_then(|s| s.unavailable.clone()),
+        emulated: None,
         started,
         seconds: clock.elapsed().as_secs_f64(),
         rows,
-    })
+    };
+    if let Some((by, h)) = hypervisor.as_ref().and_then(|h| Some((h.emulator?, h))) {
+        report.mark_emulated(by, &h.signature);
+    }
+    Ok(report)
 }
 
 fn other(i: Isolation) -> Isolation {
@@ -267,6 +286,7 @@ fn measure_side(
     vessel: &Vessel,
     opts: &Options,
     probe_tag: &str,
+    probe: &Path,
     iso: Isolation,
     obs: &dyn Observer,
 ) -> Side {
@@ -287,20 +307,23 @@ fn measure_side(
         first_output: Err(String::new()),
         workload: Err(String::new()),
         facts: Err(String::new()),
+        host_facts: Err(String::new()),
         perf: Err(String::new()),
         ran: 0,
+        failed: 0,
     };
     // First: idle instances (memory, disk). The first start is also the check that this
     // isolation runs here at all.
     obs.step(&format!("{name}: idle instances"));
     side.idle = idle_instances(vessel, opts, iso, obs);
-    if let Err(e) = &side.idle {
-        if let Some(reason) = e.strip_prefix(CANNOT_START) {
-            side.unavailable = Some(reason.to_string());
+    match &side.idle {
+        Err(e) if e.starts_with(CANNOT_START) => {
+            side.unavailable = Some(e[CANNOT_START.len()..].to_string());
             return side;
         }
+        Ok(i) => side.ran += i.memory.len() as u32,
+        Err(_) => side.failed += 1,
     }
-    side.ran += 2;
     let times = |label: &str, cmd: &[&str], first: bool| {
         let mut v = Vec::new();
         for i in 0..opts.runs {
@@ -321,15 +344,34 @@ fn measure_side(
         let cmd: Vec<&str> = opts.command.iter().map(String::as_str).collect();
         side.workload = times("workload", &cmd, false);
     }
-    for r in [&side.start, &side.first_output, &side.workload] {
-        side.ran += r.as_ref().map_or(0, |v| v.len() as u32);
+    // A series stops at its first failure: what ran before it succeeded.
+    for r in [&side.start, &side.first_output] {
+        match r {
+            Ok(v) => side.ran += v.len() as u32,
+            Err(_) => side.failed += 1,
+        }
+    }
+    match &side.workload {
+        Ok(v) => side.ran += v.len() as u32,
+        Err(_) if !opts.command.is_empty() => side.failed += 1,
+        Err(_) => {}
     }
     obs.step(&format!("{name}: isolation facts"));
+    // The host read just before and just after the instance's own reading: kernel-wide
+    // lists (modules, symbols) are compared on what the host held throughout.
+    let host_facts =
+        || host_probe(probe, &["facts"]).and_then(|o| measure::parse::<Facts>("facts", &o));
+    let before = host_facts();
     side.facts = run(&["--rm"], probe_tag, &[PROBE_PATH, "probe", "facts"])
         .and_then(|t| measure::parse("facts", &t.stdout));
+    side.host_facts = before.and_then(|b| Ok((b, host_facts()?)));
     obs.step(&format!("{name}: performance loops"));
+    // Not `--rm`: a container removed at exit gets a `volatile` overlay, where fsync does
+    // nothing, and the file loop would skip the durability it claims to time. This
+    // instance writes like any kept one; it is removed afterwards.
+    let perf_name = format!("vessel-compare-perf-{}-{name}", std::process::id());
     side.perf = run(
-        &["--rm"],
+        &["--name", &perf_name],
         probe_tag,
         &[
             PROBE_PATH,
@@ -340,31 +382,47 @@ fn measure_side(
         ],
     )
     .and_then(|t| measure::parse("perf", &t.stdout));
-    side.ran += side.facts.is_ok() as u32 + side.perf.is_ok() as u32;
+    if let Err(e) = vessel.timed(&["rm", "-f", &perf_name]) {
+        if side.perf.is_ok() {
+            side.perf = Err(format!("remove the perf instance {perf_name}: {e}"));
+        }
+    }
+    for ok in [side.facts.is_ok(), side.perf.is_ok()] {
+        if ok {
+            side.ran += 1;
+        } else {
+            side.failed += 1;
+        }
+    }
     side
 }
 
 /// Prefix of an idle-instance error meaning the isolation cannot run here at all.
 const CANNOT_START: &str = "cannot start: ";
 
-/// Starts two idle instances one after the other, measuring disk use before and after
-/// each and their memory once each has settled; removes them.
+/// Starts two idle instances one after the other, measuring the disk each one wrote and
+/// their memory once each has settled; removes them.
 fn idle_instances(
     vessel: &Vessel,
     opts: &Options,
     iso: Isolation,
     obs: &dyn Observer,
 ) -> Result<Idle, String> {
-    let trees = [opts.root.join("instances"), opts.root.join("vm")];
+    // What an instance writes on disk: its own directory (container: upper dir, bundle,
+    // log; VM: its sparse writable disk, log) and, on first use, the artefacts every
+    // instance of the image shares (VM: the image's root disk, the initramfs). Runtime
+    // state under /run is tmpfs (RAM), and the instance's row in the catalogue is a few
+    // hundred bytes of SQLite; neither is counted.
+    let shared_tree = [opts.root.join("vm")];
     let mut ids = Vec::new();
     let result = (|| {
-        let d0 = measure::disk_usage(&trees);
         let mut disk = Vec::new();
         let mut memory = Vec::new();
         for i in 0..2 {
             if i == 1 {
                 obs.step(&format!("{}: second idle instance", iso.as_str()));
             }
+            let shared_before = measure::disk_usage(&shared_tree);
             let t = vessel
                 .timed(&[
                     "run",
@@ -389,13 +447,20 @@ fn idle_instances(
             // Let it reach its idle state (a guest finishes booting, a shell settles).
             std::thread::sleep(Duration::from_secs(1));
             memory.push(instance_memory(vessel, &id, iso)?);
-            disk.push(measure::disk_usage(&trees));
+            disk.push(instance_disk(
+                vessel,
+                opts,
+                &id,
+                &shared_tree,
+                shared_before,
+            )?);
         }
         let (shared, shared_what) = shared_artefacts(vessel, opts, iso, &ids[0])?;
+        let mut disk = disk.into_iter();
         Ok(Idle {
             memory,
-            first_disk: disk[0].saturating_sub(d0),
-            more_disk: disk[1].saturating_sub(disk[0]),
+            first_disk: disk.next().unwrap_or_default(),
+            more_disk: disk.next().unwrap_or_default(),
             shared,
             shared_what,
         })
@@ -408,6 +473,35 @@ fn idle_instances(
         }
     }
     result
+}
+
+/// The disk one running instance wrote, after `sync` inside it (a guest's writes still in
+/// its page cache have not reached its disk file yet): its own directory, plus what the
+/// shared artefacts grew by while it started.
+fn instance_disk(
+    vessel: &Vessel,
+    opts: &Options,
+    id: &str,
+    shared_tree: &[PathBuf],
+    shared_before: u64,
+) -> Result<(u64, String), String> {
+    let synced = match vessel.timed(&["exec", id, "sync"]) {
+        Ok(_) => "after `sync` inside",
+        Err(_) => {
+            "no `sync` ran inside (the image has none): writes still cached inside are not counted"
+        }
+    };
+    let own = measure::disk_usage(&[opts.root.join("instances").join(id)]);
+    let shared = measure::disk_usage(shared_tree).saturating_sub(shared_before);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    Ok((
+        own + shared,
+        format!(
+            "its directory {:.2} MiB + shared artefacts built for it {:.2} MiB; {synced}",
+            mib(own),
+            mib(shared)
+        ),
+    ))
 }
 
 fn inspect(vessel: &Vessel, id: &str) -> Result<serde_json::Value, String> {
@@ -441,16 +535,29 @@ fn instance_memory(vessel: &Vessel, id: &str, iso: Isolation) -> Result<(u64, St
             ))
         }
         Isolation::Vm => {
-            let vmm = measure::pss(monitor)?;
+            // The process that holds the KVM VM (the monitor, or its VMM child), checked
+            // by its descriptor rather than assumed.
+            let vmm_pid = measure::kvm_process(monitor)?;
+            let vmm = measure::pss(vmm_pid)?;
+            let mon = if vmm_pid == monitor {
+                0
+            } else {
+                measure::pss(monitor)?
+            };
             let guest = v["HostConfig"]["Memory"]
                 .as_u64()
                 .filter(|m| *m > 0)
                 .unwrap_or((crate::engine::vm::DEFAULT_MEMORY_MIB as u64) << 20);
             Ok((
-                vmm,
+                vmm + mon,
                 format!(
-                    "VMM PSS {:.1} MiB, of which guest RAM touched so far; guest RAM committed {:.0} MiB",
+                    "VMM PSS {:.1} MiB (pid {vmm_pid}, holds the KVM VM; guest RAM touched so far included){}; guest RAM committed {:.0} MiB",
                     mib(vmm),
+                    if mon > 0 {
+                        format!(" + monitor PSS {:.1} MiB", mib(mon))
+                    } else {
+                        String::new()
+                    },
                     mib(guest)
                 ),
             ))
@@ -513,7 +620,7 @@ fn yes_no(b: bool) -> &'static str {
 fn build_rows(
     opts: &Options,
     host: &Host,
-    host_facts: Result<&Facts, &String>,
+    emulated: bool,
     host_perf: Result<&Perf, &String>,
     container: Option<&Side>,
     vm: Option<&Side>,
@@ -538,13 +645,32 @@ fn build_rows(
         Ok(x) => f(x),
         Err(e) => Cell::Failed { reason: e.clone() },
     };
-    let hf = host_facts.ok();
+    // The instance's facts with the host's read around them, and whether the instance
+    // ran on the host's kernel (from the boot ids, checked to be boot ids): every row
+    // about the kernel comes from this one verdict, so no two rows can disagree on it.
+    let with_host = |s: &Side, f: &dyn Fn(&Facts, &Facts, &Facts, bool) -> Cell| {
+        let (inside, (before, after)) = match (&s.facts, &s.host_facts) {
+            (Ok(i), Ok(h)) => (i, h),
+            (Err(e), _) => return Cell::Failed { reason: e.clone() },
+            (_, Err(e)) => {
+                return Cell::Failed {
+                    reason: format!("host probe: {e}"),
+                }
+            }
+        };
+        match verdict::same_kernel(&inside.boot_id, &before.boot_id) {
+            Ok(same) => f(inside, before, after, same),
+            Err(e) => Cell::Failed { reason: e },
+        }
+    };
     let runs = opts.runs;
     let mut rows = Vec::new();
 
     rows.push(Row {
         key: "virtualization".into(),
         title: "Virtualization level".into(),
+        // Wrong if uname were all there is (a kernel reports what it likes): the boot id
+        // below decides whose kernel it is, checked to be a boot id on both sides.
         metrics: vec![
             metric(
                 "kernel",
@@ -565,18 +691,13 @@ fn build_rows(
                 "kernel handling its syscalls",
                 "boot id inside (/proc/sys/kernel/random/boot_id) compared with the host's",
                 &|s| {
-                    facts_cell(s, &|f| match hf {
-                        Some(h) if h.boot_id == f.boot_id => Cell::Observed {
-                            text: format!("the host's ({})", h.kernel),
-                            samples: 1,
+                    with_host(s, &|f, h, _, same| Cell::Observed {
+                        text: if same {
+                            format!("the host's ({})", h.kernel)
+                        } else {
+                            format!("its own guest kernel ({})", f.kernel)
                         },
-                        Some(_) => Cell::Observed {
-                            text: format!("its own guest kernel ({})", f.kernel),
-                            samples: 1,
-                        },
-                        None => Cell::Failed {
-                            reason: format!("host probe: {}", host_facts.err().map_or("", |e| e)),
-                        },
+                        samples: 1,
                     })
                 },
             ),
@@ -586,6 +707,10 @@ fn build_rows(
     rows.push(Row {
         key: "start".into(),
         title: "Boot/start time".into(),
+        // Wrong if the series paid one-time costs (a VM's image root disk and initramfs
+        // are built at its first start; cold page cache): the idle instances ran first and
+        // paid them. Each figure is the whole `vessel run --rm`, removal included, as a
+        // user waits for it; under an emulator they carry the "emulated" caveat.
         metrics: vec![
             metric(
                 "start_median",
@@ -646,10 +771,16 @@ fn build_rows(
         key: "resources".into(),
         title: "Resource overhead".into(),
         metrics: vec![
+            // Wrong if the two sides counted different things: the container's cgroup
+            // holds its processes' memory, kernel memory and the page cache they read
+            // (charged to the first reader); its monitor is added. The VM's VMM (the
+            // process found holding the KVM VM) holds the guest's RAM as far as the guest
+            // touched it; its kernel-side KVM structures are in neither figure. PSS splits
+            // pages shared with other processes (libc, the vessel binary) among them.
             metric(
                 "idle_memory",
                 "host memory per idle instance",
-                "2 idle instances (`sleep`), 1 s after start: container = cgroup memory usage + monitor PSS; VM = VMM process PSS (guest RAM it touched included)",
+                "2 idle instances (`sleep`), 1 s after start: container = its cgroup's memory usage (processes, kernel memory, page cache it read) + monitor PSS; VM = PSS of the process holding the KVM VM (guest RAM it touched included) + monitor PSS if separate; PSS splits shared pages among the processes sharing them",
                 &|s| {
                     idle_cell(s, &|i| {
                         Cell::measured(
@@ -669,12 +800,15 @@ fn build_rows(
                     idle_cell(s, &|i| {
                         let per = per_instance(i);
                         if per > 0.0 {
-                            Cell::measured(
-                                (opts.budget as f64 / per).floor(),
-                                "instances",
-                                i.memory.len() as u32,
-                                Some("extrapolated from the measured per-instance cost".into()),
-                            )
+                            Cell::Extrapolated {
+                                value: (opts.budget as f64 / per).floor(),
+                                unit: "instances".into(),
+                                samples: i.memory.len() as u32,
+                                basis: format!(
+                                    "not run: {budget_mib} MiB / {} per idle instance",
+                                    table::bytes(per)
+                                ),
+                            }
                         } else {
                             Cell::Failed {
                                 reason: "measured 0 bytes per instance".into(),
@@ -690,18 +824,31 @@ fn build_rows(
         key: "storage".into(),
         title: "Storage efficiency".into(),
         metrics: vec![
+            // Wrong if part of what an instance wrote were elsewhere or still cached:
+            // `sync` runs inside first (a guest's page cache), and the shared artefacts
+            // built for it on first use are counted with it (see `instance_disk`).
             metric(
                 "first_instance_disk",
                 "disk written by the first instance",
-                "blocks allocated under <root>/instances and <root>/vm, before vs after starting one idle instance",
-                &|s| idle_cell(s, &|i| Cell::measured(i.first_disk as f64, "B", 1, None)),
+                "after `sync` inside: blocks allocated in its directory <root>/instances/ID (container: upper dir, bundle, log; VM: its sparse writable disk, log) + growth of <root>/vm (image root disk, initramfs built on first use) while it started",
+                &|s| {
+                    idle_cell(s, &|i| {
+                        Cell::measured(i.first_disk.0 as f64, "B", 1, Some(i.first_disk.1.clone()))
+                    })
+                },
             ),
             metric(
                 "additional_instance_disk",
                 "disk written by each additional instance",
-                "the same, before vs after a second idle instance of the same image",
-                &|s| idle_cell(s, &|i| Cell::measured(i.more_disk as f64, "B", 1, None)),
+                "the same for a second idle instance of the same image",
+                &|s| {
+                    idle_cell(s, &|i| {
+                        Cell::measured(i.more_disk.0 as f64, "B", 1, Some(i.more_disk.1.clone()))
+                    })
+                },
             ),
+            // Wrong if counted per instance or twice: blocks of hard links once; for a VM
+            // the layers stay in the store too, which the text says.
             metric(
                 "shared_disk",
                 "shared by all instances of the image",
@@ -716,12 +863,9 @@ fn build_rows(
     });
 
     let obs = |text: String| Cell::Observed { text, samples: 1 };
-    let host_missing = || Cell::Failed {
-        reason: format!(
-            "host probe: {}",
-            host_facts.err().map_or("failed", |e| e.as_str())
-        ),
-    };
+    // Kernel-wide lists (symbols, modules): what share of the host's entries the instance
+    // reads, judged by `verdict::visibility` (see there what would make it wrong).
+    let sample = format!("sampled symbols (1 in {})", vessel_agent::KALLSYMS_SAMPLE);
     rows.push(Row {
         key: "isolation".into(),
         title: "Isolation".into(),
@@ -731,68 +875,84 @@ fn build_rows(
                 "own kernel",
                 "boot id inside vs the host's: a different one is a different kernel",
                 &|s| {
-                    facts_cell(s, &|f| match hf {
-                        Some(h) => obs(format!(
+                    with_host(s, &|_, _, _, same| {
+                        obs(format!(
                             "{} ({})",
-                            yes_no(h.boot_id != f.boot_id),
-                            if h.boot_id == f.boot_id {
+                            yes_no(!same),
+                            if same {
                                 "shared with the host"
                             } else {
                                 "separate boot"
                             }
-                        )),
-                        None => host_missing(),
+                        ))
                     })
                 },
             ),
             metric(
                 "host_processes_visible",
                 "host processes visible",
-                "processes listed in /proc inside vs on the host",
+                "the PID namespace /proc lists inside (/proc/self/ns/pid) vs the host's, on the host's kernel only; counts of processes listed",
                 &|s| {
-                    facts_cell(s, &|f| match hf {
-                        Some(h) => obs(format!(
+                    with_host(s, &|f, h, _, same| {
+                        obs(format!(
                             "{} ({} inside, host has {})",
-                            yes_no(f.processes >= h.processes),
+                            yes_no(verdict::processes_visible(same, &f.pid_ns, &h.pid_ns)),
                             f.processes,
                             h.processes
-                        )),
-                        None => host_missing(),
+                        ))
                     })
                 },
             ),
             metric(
                 "host_kallsyms_visible",
                 "host kernel symbols visible",
-                "hash of the symbol names in /proc/kallsyms inside vs on the host",
+                "share of the host's /proc/kallsyms entries (a fixed sample by name) readable inside, the host read just before and after; another kernel's symbols are its own",
                 &|s| {
-                    facts_cell(s, &|f| match (hf, &f.kallsyms) {
-                        (_, None) => obs("no (/proc/kallsyms unreadable)".into()),
-                        (Some(h), Some(k)) => obs(if h.kallsyms.as_ref() == Some(k) {
-                            format!("yes (the host's {} symbols)", f.kallsyms_symbols)
-                        } else {
-                            format!("no (its own kernel's {} symbols)", f.kallsyms_symbols)
-                        }),
-                        (None, _) => host_missing(),
+                    with_host(s, &|f, before, after, same| {
+                        let v = verdict::visibility(
+                            same,
+                            f.kallsyms_sample.as_deref(),
+                            before.kallsyms_sample.as_deref().unwrap_or_default(),
+                            after.kallsyms_sample.as_deref().unwrap_or_default(),
+                        );
+                        if before.kallsyms_sample.is_none() {
+                            return Cell::Failed {
+                                reason: "the host's /proc/kallsyms is unreadable".into(),
+                            };
+                        }
+                        let host_n = before.kallsyms_sample.as_ref().map_or(0, Vec::len);
+                        let text = verdict::visibility_text(&v, &sample, host_n, host_n);
+                        obs(match v {
+                            verdict::Visibility::OwnKernel { common } => format!(
+                                "no (its own kernel's {} symbols; {} of the host's sampled names also occur there)",
+                                f.kallsyms_symbols,
+                                verdict::percent(common)
+                            ),
+                            _ => text,
+                        })
                     })
                 },
             ),
             metric(
                 "host_modules_visible",
                 "host kernel modules visible",
-                "/proc/modules inside vs on the host",
+                "share of the host's /proc/modules names readable inside, the host read just before and after; another kernel's modules are its own",
                 &|s| {
-                    facts_cell(s, &|f| match (hf, &f.modules) {
-                        (_, None) => obs("no (/proc/modules unreadable)".into()),
-                        (Some(h), Some(m)) => obs(if h.modules.as_ref() == Some(m) {
-                            format!("yes (the host's {} modules)", m.len())
-                        } else {
-                            format!("no (its own kernel's {} modules)", m.len())
-                        }),
-                        (None, _) => host_missing(),
+                    with_host(s, &|f, before, after, same| {
+                        // A host kernel without loadable modules has no /proc/modules:
+                        // an empty list, nothing to see.
+                        let none = Vec::new();
+                        let b = before.modules.as_ref().unwrap_or(&none);
+                        let a = after.modules.as_ref().unwrap_or(&none);
+                        let v = verdict::visibility(same, f.modules.as_deref(), b, a);
+                        let listed = f.modules.as_ref().map_or(0, Vec::len);
+                        obs(verdict::visibility_text(&v, "modules", listed, b.len()))
                     })
                 },
             ),
+            // Capabilities and seccomp are those of the probe, started like any command of
+            // the instance (same `run` options): wrong only if the image's user differed,
+            // which a derived image with one added layer does not change.
             metric(
                 "cap_eff",
                 "effective capabilities",
@@ -828,14 +988,12 @@ fn build_rows(
                 "a kernel panic inside takes down",
                 "stated from the kernel observed above, not triggered",
                 &|s| {
-                    facts_cell(s, &|f| match hf {
-                        Some(h) if h.boot_id == f.boot_id => Cell::Stated {
-                            text: "the host and every instance on it (one shared kernel)".into(),
+                    with_host(s, &|_, _, _, same| Cell::Stated {
+                        text: if same {
+                            "the host and every instance on it (one shared kernel)".into()
+                        } else {
+                            "this VM only (its own kernel; the host's keeps running)".into()
                         },
-                        Some(_) => Cell::Stated {
-                            text: "this VM only (its own kernel; the host's keeps running)".into(),
-                        },
-                        None => host_missing(),
                     })
                 },
             ),
@@ -867,6 +1025,9 @@ fn build_rows(
         key: "performance".into(),
         title: "Performance".into(),
         metrics: vec![
+            // Wrong if the host and the instance ran under different load: the same static
+            // binary, medians, run one after the other; the figure is a ratio, so under an
+            // emulator it holds where absolute times do not.
             metric(
                 "cpu",
                 "CPU-bound loop",
@@ -882,8 +1043,18 @@ fn build_rows(
             metric(
                 "file",
                 "file write+fsync+read",
-                &format!("write in 64 KiB blocks, fsync, read back, in the instance's writable root (host: in the vessel root); median of {runs} inside / on the host"),
-                &|s| perf_cell(s, |p| &p.file),
+                &format!("8 MiB written in 64 KiB blocks, fsync, read back: in a kept (not --rm) instance's writable root, whose overlay is not volatile, so fsync syncs (container: overlay upper dir on the host's file system; VM: ext4 on its virtio disk, each flush an fdatasync of the disk file on the host); host: in the vessel root; median of {runs} inside / on the host"),
+                &|s| match (&s.perf, host_perf) {
+                    (Ok(p), Ok(h)) => verdict::file_cell(
+                        p,
+                        h,
+                        (s.isolation == Isolation::Vm).then_some(&h.file_fs),
+                    ),
+                    (Err(e), _) => Cell::Failed { reason: e.clone() },
+                    (_, Err(e)) => Cell::Failed {
+                        reason: format!("host run: {e}"),
+                    },
+                },
             ),
         ],
     });
@@ -897,8 +1068,8 @@ fn build_rows(
                 "runs a kernel other than the host's",
                 "the kernel observed inside vs the host's",
                 &|s| {
-                    facts_cell(s, &|f| {
-                        if f.kernel != host.kernel || hf.is_some_and(|h| h.boot_id != f.boot_id) {
+                    with_host(s, &|f, _, _, same| {
+                        if f.kernel != host.kernel || !same {
                             Cell::Stated {
                                 text: format!("yes: ran {} (host {})", f.kernel, host.kernel),
                             }
@@ -913,19 +1084,19 @@ fn build_rows(
             metric(
                 "same_image",
                 "the same image ran unchanged",
-                "successful instance runs of this image (and its probe layer) in this comparison",
-                &|s| Cell::Observed {
-                    text: format!("yes: {} runs", s.ran),
-                    samples: s.ran,
-                },
+                "instance runs of this image (and of it plus the probe layer) in this comparison that succeeded; failed ones are named, not counted",
+                &|s| verdict::same_image(s.ran, s.failed),
             ),
-            metric("use_case", "fits", "stated from the figures above", &|s| {
+            metric("use_case", "fits", "stated from the figures above (the instance count is extrapolated, not run)", &|s| {
                 let start = s
                     .start
                     .as_ref()
                     .ok()
                     .and_then(|v| measure::median_p95(v))
-                    .map(|(m, _)| format!("{m:.0} ms start"))
+                    .map(|(m, _)| {
+                        let caveat = if emulated { ", emulated" } else { "" };
+                        format!("{m:.0} ms start{caveat}")
+                    })
                     .unwrap_or_else(|| "start not measured".into());
                 let fit = s
                     .idle
@@ -933,7 +1104,7 @@ fn build_rows(
                     .ok()
                     .map(|i| {
                         format!(
-                            "~{:.0} per {budget_mib} MiB",
+                            "~{:.0} per {budget_mib} MiB, extrapolated",
                             (opts.budget as f64 / per_instance(i)).floor()
                         )
                     })

@@ -18,6 +18,21 @@ pub enum Cell {
         /// What else was measured to get it (components, the host's figure...).
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// What limits its meaning (under an emulator: "emulated: compare ratios only").
+        #[serde(skip_serializing_if = "Option::is_none")]
+        caveat: Option<String>,
+    },
+    /// A number computed from measured ones, not itself measured (e.g. how many idle
+    /// instances would fit a budget, from one instance's cost).
+    Extrapolated {
+        /// The figure.
+        value: f64,
+        /// Its unit.
+        unit: String,
+        /// Samples of the measurement it was computed from.
+        samples: u32,
+        /// How it was computed.
+        basis: String,
     },
     /// A fact observed in this run, in words.
     Observed {
@@ -51,16 +66,33 @@ impl Cell {
             unit: unit.to_string(),
             samples,
             detail,
+            caveat: None,
         }
     }
 
-    /// The figure and unit, when measured.
+    /// The figure and unit, when measured or extrapolated.
     pub fn number(&self) -> Option<(f64, &str)> {
         match self {
-            Cell::Measured { value, unit, .. } => Some((*value, unit)),
+            Cell::Measured { value, unit, .. } | Cell::Extrapolated { value, unit, .. } => {
+                Some((*value, unit))
+            }
             _ => None,
         }
     }
+}
+
+/// What [`Report::emulated`] says and every absolute time carries under an emulator.
+pub const EMULATED: &str = "emulated: compare ratios only";
+
+/// The host runs under a CPU emulator: its absolute times are not a machine's.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Emulation {
+    /// The emulator (e.g. "QEMU TCG (software CPU emulation)").
+    pub by: String,
+    /// The CPUID hypervisor vendor signature it announced.
+    pub signature: String,
+    /// [`EMULATED`].
+    pub note: String,
 }
 
 /// One line of the table.
@@ -119,8 +151,10 @@ pub struct Host {
     pub cpus: usize,
     /// `MemTotal`, bytes.
     pub memory: u64,
-    /// What `/dev/kvm` is here.
+    /// What `/dev/kvm` is here (qualified when the host is emulated).
     pub kvm: String,
+    /// The hypervisor this host runs under, from CPUID, if any.
+    pub hypervisor: Option<String>,
 }
 
 /// The whole comparison.
@@ -140,12 +174,37 @@ pub struct Report {
     pub isolations: Vec<String>,
     /// Why the VM side could not run, if it could not.
     pub vm_unavailable: Option<String>,
+    /// Set when the host runs under a CPU emulator (QEMU TCG): every absolute time then
+    /// carries the caveat [`EMULATED`]; only ratios measured side by side mean anything.
+    pub emulated: Option<Emulation>,
     /// When it started (RFC 3339).
     pub started: String,
     /// Wall time of the whole comparison, seconds.
     pub seconds: f64,
     /// The table.
     pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// Marks the report as run under `by` (an emulator): the flag, and the caveat on every
+    /// absolute time (unit `ms`). Ratios (`x host`, VM / container) stay as they are: both
+    /// sides ran under the same emulator.
+    pub fn mark_emulated(&mut self, by: &str, signature: &str) {
+        self.emulated = Some(Emulation {
+            by: by.to_string(),
+            signature: signature.to_string(),
+            note: EMULATED.to_string(),
+        });
+        for m in self.rows.iter_mut().flat_map(|r| r.metrics.iter_mut()) {
+            for c in [&mut m.container, &mut m.vm] {
+                if let Cell::Measured { unit, caveat, .. } = c {
+                    if unit == "ms" {
+                        *caveat = Some(EMULATED.to_string());
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +220,71 @@ mod tests {
         let gone = Cell::Unavailable { reason: "r".into() };
         assert_eq!(m(ms(10.0), gone), None);
         assert_eq!(m(ms(0.0), ms(1.0)), None);
+    }
+
+    #[test]
+    fn emulated_reports_flag_every_absolute_time() {
+        let mut r = Report {
+            image: "i".into(),
+            command: vec![],
+            runs: 1,
+            budget: 1,
+            host: Host {
+                kernel: "k".into(),
+                cpus: 1,
+                memory: 1,
+                kvm: "hardware KVM (Amd)".into(),
+                hypervisor: None,
+            },
+            isolations: vec![],
+            vm_unavailable: None,
+            emulated: None,
+            started: "t".into(),
+            seconds: 1.0,
+            rows: vec![Row {
+                key: "k".into(),
+                title: "t".into(),
+                metrics: vec![
+                    Metric::new(
+                        "start",
+                        "s",
+                        "m",
+                        Cell::measured(4.0, "ms", 1, None),
+                        Cell::measured(40.0, "ms", 1, None),
+                    ),
+                    Metric::new(
+                        "cpu",
+                        "c",
+                        "m",
+                        Cell::measured(1.1, "x host", 1, None),
+                        Cell::measured(5.0, "B", 1, None),
+                    ),
+                ],
+            }],
+        };
+        r.mark_emulated("QEMU TCG", "TCGTCGTCGTCG");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["emulated"]["note"], EMULATED);
+        assert_eq!(j["emulated"]["signature"], "TCGTCGTCGTCG");
+        let m = &j["rows"][0]["metrics"];
+        assert_eq!(m[0]["container"]["caveat"], EMULATED);
+        assert_eq!(m[0]["vm"]["caveat"], EMULATED);
+        assert!(m[1]["container"].get("caveat").is_none());
+        assert!(m[1]["vm"].get("caveat").is_none());
+        assert_eq!(m[0]["ratio"], 10.0);
+    }
+
+    #[test]
+    fn extrapolated_cells_say_so() {
+        let e = Cell::Extrapolated {
+            value: 8.0,
+            unit: "instances".into(),
+            samples: 2,
+            basis: "b".into(),
+        };
+        assert_eq!(e.number(), Some((8.0, "instances")));
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["status"], "extrapolated");
     }
 
     #[test]

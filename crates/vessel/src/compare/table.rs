@@ -1,7 +1,7 @@
 //! The human table of a [`Report`]: aligned columns, notes for long reasons, colour only
 //! when asked (the CLI asks on a terminal).
 
-use super::report::{Cell, Report};
+use super::report::{Cell, Report, EMULATED};
 
 /// Formats a figure with its unit for people.
 pub fn figure(value: f64, unit: &str) -> String {
@@ -49,8 +49,27 @@ fn cell_text(c: &Cell, notes: &mut Vec<String>) -> (String, bool) {
             value,
             unit,
             samples,
+            caveat,
             ..
-        } => (format!("{} (n={samples})", figure(*value, unit)), false),
+        } => (
+            match caveat {
+                Some(c) if c == EMULATED => {
+                    format!("{} (n={samples}, emulated*)", figure(*value, unit))
+                }
+                Some(c) => format!("{} (n={samples}, {})", figure(*value, unit), note(c)),
+                None => format!("{} (n={samples})", figure(*value, unit)),
+            },
+            false,
+        ),
+        Cell::Extrapolated {
+            value,
+            unit,
+            samples,
+            ..
+        } => (
+            format!("{} (extrapolated from n={samples})", figure(*value, unit)),
+            false,
+        ),
         Cell::Observed { text, .. } | Cell::Stated { text } => (text.clone(), false),
         Cell::Failed { reason } => (format!("failed {}", note(reason)), true),
         Cell::Unavailable { reason } => (format!("unavailable {}", note(reason)), true),
@@ -113,6 +132,16 @@ pub fn render(r: &Report, colour: bool) -> String {
         ),
     ));
     out.push('\n');
+    if let Some(e) = &r.emulated {
+        out.push_str(&paint(
+            "1;31",
+            &format!(
+                "EMULATED HOST: this host runs under {} (CPUID hypervisor vendor \"{}\"): every absolute time (marked *) is {}.",
+                e.by, e.signature, e.note
+            ),
+        ));
+        out.push('\n');
+    }
     let header: Vec<String> = head
         .iter()
         .enumerate()
@@ -148,6 +177,10 @@ pub fn render(r: &Report, colour: bool) -> String {
     for (i, n) in notes.iter().enumerate() {
         out.push_str(&format!("[{}] {n}\n", i + 1));
     }
+    if r.emulated.is_some() {
+        out.push_str(&paint("1;31", &format!("* {EMULATED}")));
+        out.push('\n');
+    }
     out.push_str(&paint(
         "2",
         &format!(
@@ -174,9 +207,11 @@ mod tests {
                 cpus: 2,
                 memory: 1 << 34,
                 kvm: "pvm".into(),
+                hypervisor: None,
             },
             isolations: vec!["container".into(), "vm".into()],
             vm_unavailable: Some("no kvm".into()),
+            emulated: None,
             started: "now".into(),
             seconds: 3.0,
             rows: vec![Row {
@@ -214,5 +249,23 @@ mod tests {
         assert!(t.contains("[1] no kvm"), "{t}");
         assert!(!t.contains('\x1b'));
         assert!(render(&sample(), true).contains("\x1b[1m"));
+        assert!(!t.contains("EMULATED"), "{t}");
+    }
+
+    #[test]
+    fn an_emulated_host_is_flagged_and_its_times_marked() {
+        let mut r = sample();
+        r.mark_emulated("QEMU TCG (software CPU emulation)", "TCGTCGTCGTCG");
+        let t = render(&r, false);
+        let mut lines = t.lines();
+        lines.next();
+        let banner = lines.next().unwrap();
+        assert!(banner.starts_with("EMULATED HOST"), "{t}");
+        assert!(
+            banner.contains("QEMU TCG") && banner.contains(EMULATED),
+            "{t}"
+        );
+        assert!(t.contains("12.3 ms (n=3, emulated*)"), "{t}");
+        assert!(t.contains(&format!("* {EMULATED}")), "{t}");
     }
 }

@@ -526,6 +526,31 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_reaches_the_backing_file() {
+        // FLUSH is the guest's fsync: it must fdatasync the disk file, whose failure the
+        // guest sees. A file that cannot be synced (a pipe) proves the sync is attempted.
+        let m = mem();
+        let (rx, _tx) = std::io::pipe().unwrap();
+        let pipe = File::from(std::os::fd::OwnedFd::from(rx));
+        let id = [0u8; ID_LEN];
+        let disk = Disk {
+            file: &pipe,
+            size: 512,
+            read_only: false,
+            id: &id,
+        };
+        let flush = req(RequestType::Flush, 0, vec![]);
+        let mut buf = Vec::new();
+        assert_eq!(execute(&flush, &disk, &m, &mut buf).0, VIRTIO_BLK_S_IOERR);
+        let (_t, file) = disk_file(1);
+        let disk = Disk {
+            file: &file,
+            ..disk
+        };
+        assert_eq!(execute(&flush, &disk, &m, &mut buf).0, VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
     fn large_requests_use_a_bounded_buffer() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let (_t, file) = disk_file(1024);
