@@ -441,7 +441,12 @@ fn instance_memory(vessel: &Vessel, id: &str, iso: Isolation) -> Result<(u64, St
             ))
         }
         Isolation::Vm => {
-            let vmm = measure::pss(monitor)?;
+            // The monitor plus its jailed VMM process, which holds the guest RAM.
+            let jailed = v["State"]["VmmPid"].as_i64().unwrap_or(0) as i32;
+            if jailed <= 0 {
+                return Err(format!("instance {id} has no VMM process: {}", v["State"]));
+            }
+            let vmm = measure::pss(monitor)? + measure::pss(jailed)?;
             let guest = v["HostConfig"]["Memory"]
                 .as_u64()
                 .filter(|m| *m > 0)
