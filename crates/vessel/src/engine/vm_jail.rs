@@ -41,6 +41,11 @@ use super::{EngineError, Result};
 /// host, and no two live VMMs share one.
 pub const VMM_ID_BASE: u32 = 0x7000_0000;
 
+/// The uid and gid of the VMM of the monitor `pid`.
+fn vmm_id(pid: u32) -> u32 {
+    VMM_ID_BASE + (pid & 0x003f_ffff)
+}
+
 /// Where the VMM reads its [`Spec`].
 const SPEC_FD: RawFd = 3;
 /// Where the VMM writes its [`Status`] lines.
@@ -343,8 +348,7 @@ fn cstring(s: &[u8]) -> Result<CString> {
 /// Starts the jailed VMM process of the instance in `dir` and waits until it has built
 /// the VM (an error says why it could not). Its pid goes to `dir/vmm.pid`.
 pub fn spawn(dir: &Path, files: VmmFiles, settings: VmmSettings) -> Result<VmmProcess> {
-    let monitor = std::process::id();
-    let id = VMM_ID_BASE + (monitor & 0x003f_ffff);
+    let id = vmm_id(std::process::id());
     let mut h = Handover { fds: Vec::new() };
     let serial_to_stdout = files.console_log.is_none();
     let max_file_size = files
@@ -753,9 +757,18 @@ mod tests {
         }
     }
 
+    /// Every pid the kernel can give (at most 2^22, `PID_MAX_LIMIT`) maps to its own id,
+    /// all in the range, none root's.
     #[test]
-    fn ids_stay_in_their_range() {
-        assert_eq!(VMM_ID_BASE + (u32::MAX & 0x003f_ffff), 0x703f_ffff);
-        assert!(VMM_ID_BASE + (1 & 0x003f_ffff) > 0);
+    fn each_monitor_pid_has_its_own_vmm_id() {
+        assert_eq!(vmm_id(1), 0x7000_0001);
+        assert_eq!(vmm_id((1 << 22) - 1), 0x703f_ffff);
+        assert_ne!(vmm_id(4242), vmm_id(4243));
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(max <= 1 << 22, "pid_max {max}");
     }
 }
