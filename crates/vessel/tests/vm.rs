@@ -980,10 +980,11 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Crash the monitor: the VMM dies with it, and its tap (not persistent) at once.
-    let monitor = ins["State"]["MonitorPid"].as_i64().unwrap();
+    // Crash the VMM process (vmm_runs_jailed kills the monitor): its tap (not
+    // persistent) goes with it at once.
+    let vmm = vmm_pid(&ins);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(monitor as i32),
+        nix::unistd::Pid::from_raw(vmm as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -992,6 +993,13 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         assert!(Instant::now() < deadline, "{tap} outlived the VMM");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The monitor sees the VMM die and records the end (it does not hang).
+    let o = vessel(&["wait", &v]);
+    assert!(
+        o.status.success(),
+        "wait after the VMM crashed: {}",
+        stderr(&o)
+    );
     // rm -f removes what a crash cannot: the DNAT rule and the lease.
     ok(&["rm", "-f", &v]);
     assert_vm_net_gone(&id, &net);

@@ -348,182 +348,39 @@ fn cstring(s: &[u8]) -> Result<CString> {
 /// Starts the jailed VMM process of the instance in `dir` and waits until it has built
 /// the VM (an error says why it could not). Its pid goes to `dir/vmm.pid`.
 pub fn spawn(dir: &Path, files: VmmFiles, settings: VmmSettings) -> Result<VmmProcess> {
-    let id = vmm_id(std::process::id());
-    let mut h = Handover { fds: Vec::new() };
     let serial_to_stdout = files.console_log.is_none();
-    let max_file_size = files
-        .disks
-        .iter()
-        .filter_map(|(_, f, _)| f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()))
-        .max()
-        .unwrap_or(0)
-        .max(4 << 20);
-    let spec = Spec {
-        jail_root: settings.jail_root,
-        uid: id,
-        gid: id,
-        kvm: h.add(files.kvm)?,
-        kernel: h.handed(files.kernel.0, files.kernel.1)?,
-        initrd: match files.initrd {
-            Some((p, f)) => Some(h.handed(p, f)?),
-            None => None,
-        },
-        cmdline: settings.cmdline,
-        vcpus: settings.vcpus,
-        memory_mib: settings.memory_mib,
-        disks: files
-            .disks
-            .into_iter()
-            .map(|(p, f, ro)| Ok((h.handed(p, f)?, ro)))
-            .collect::<Result<_>>()?,
-        console_log: match files.console_log {
-            Some((p, f)) => Some(h.handed(p, f)?),
-            None => None,
-        },
-        guest_channel: h.add(files.guest_channel)?,
-        nics: files
-            .nics
-            .into_iter()
-            .map(|n| Ok((h.add(n.tap)?, n.mac, n.mtu)))
-            .collect::<Result<_>>()?,
-        free_page_reporting: settings.free_page_reporting,
-        files: 0,
-        // The console to our stdout may be a file of the user's, which must not be cut.
-        max_file_size: (!serial_to_stdout).then_some(max_file_size),
-    };
-    let spec = Spec {
-        files: h.fds.len() as u32,
-        ..spec
-    };
-    let json =
-        serde_json::to_vec(&spec).map_err(|e| EngineError::Internal(format!("VMM spec: {e}")))?;
-
-    let (spec_r, spec_w) = pipe()?;
+    let (spec, handover) = hand_over(files, settings)?;
+    let spec_r = spec_pipe(&spec)?;
     let (status_r, status_w) = pipe()?;
     let (control_r, control_w) = pipe()?;
-    // The spec fits in the pipe (checked: a pipe holds 64 KiB), so it is written before
-    // the child exists and the child reads it to its end.
-    if json.len() >= 60 << 10 {
-        return Err(EngineError::Internal(format!(
-            "VMM spec of {} bytes does not fit a pipe",
-            json.len()
-        )));
-    }
-    File::from(spec_w)
-        .write_all(&json)
-        .map_err(|e| EngineError::Backend(format!("write the VMM spec: {e}")))?;
-
-    // The sealed binary: our own view of it if we run sealed (the monitor does), else a
-    // fresh sealed view.
-    let exe: OwnedFd = if vessel_container::sealed::running_sealed() {
-        File::open("/proc/self/exe")
-            .map_err(|e| EngineError::io("open", "/proc/self/exe", e))?
-            .into()
-    } else {
-        let host = vessel_container::sealed::host_exe()
-            .map_err(|e| EngineError::Backend(e.to_string()))?;
-        vessel_container::sealed::seal(&host).map_err(|e| EngineError::Backend(e.to_string()))?
-    };
-    let exe = high(&exe)?;
-    let argv0 = vessel_container::sealed::host_exe()
-        .map(|p| p.into_os_string())
-        .unwrap_or_else(|_| OsString::from("vessel"));
-    let argv = [cstring(argv0.as_bytes())?, cstring(b"__vmm")?];
-    let argv_ptrs: Vec<*const libc::c_char> = argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let env: Vec<CString> = ["VESSEL_VMM_SECCOMP", "VESSEL_LOG", "RUST_BACKTRACE"]
-        .iter()
-        .filter_map(|k| std::env::var_os(k).map(|v| (k, v)))
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
-    let env_ptrs: Vec<*const libc::c_char> = env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let exec = SealedExec::prepare()?;
     let null = File::options()
         .read(true)
         .write(true)
         .open("/dev/null")
         .map_err(|e| EngineError::io("open", "/dev/null", e))?;
-    let null = high(&null)?;
-    // Child descriptor -> our descriptor; all of ours are >= HIGH_FD, all targets below.
-    let fixed = [
+    // Child descriptor <- ours; all of ours are >= HIGH_FD, every target is below.
+    let mut keep = vec![
         (SPEC_FD, high(&spec_r)?),
         (STATUS_FD, high(&status_w)?),
         (CONTROL_FD, high(&control_r)?),
+        (0, high(&null)?),
     ];
-    drop((spec_r, status_w, control_r));
-    let moves: Vec<(RawFd, RawFd)> = fixed
-        .iter()
-        .map(|(to, from)| (*to, from.as_raw_fd()))
-        .chain(
-            h.fds
-                .iter()
-                .enumerate()
-                .map(|(i, fd)| (FIRST_FILE_FD + i as RawFd, fd.as_raw_fd())),
-        )
-        .chain(std::iter::once((0, null.as_raw_fd())))
-        .chain((!serial_to_stdout).then_some((1, null.as_raw_fd())))
-        .collect();
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP;
-    // SAFETY: clone(2) without CLONE_VM behaves as fork(2) with new namespaces. The child
-    // runs only async-signal-safe system calls on memory prepared above (dup2, sigprocmask,
-    // execveat, _exit) and never returns from this block.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid == 0 {
-        // SAFETY: see above; the child's own copies of the prepared buffers.
-        unsafe {
-            for &(to, from) in &moves {
-                if libc::dup2(from, to) < 0 {
-                    libc::_exit(126);
-                }
-            }
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            libc::syscall(
-                libc::SYS_execveat,
-                exe.as_raw_fd(),
-                c"".as_ptr(),
-                argv_ptrs.as_ptr(),
-                env_ptrs.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-            libc::_exit(127);
-        }
+    if !serial_to_stdout {
+        keep.push((1, high(&null)?));
     }
-    if pid < 0 {
-        return Err(EngineError::Backend(format!(
-            "start the VMM process (clone with new namespaces): {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let pid = pid as i32;
-    // Only the child holds the VM's files, the tap above all (it goes with the VMM).
-    drop((h, fixed, null, exe));
+    drop((spec_r, status_w, control_r, null));
+    keep.extend(
+        handover
+            .fds
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| (FIRST_FILE_FD + i as RawFd, fd)),
+    );
+    let moves: Vec<(RawFd, RawFd)> = keep.iter().map(|(to, fd)| (*to, fd.as_raw_fd())).collect();
+    let pid = clone_into_namespaces(&moves, &exec)?;
+    // Only the child holds the VM's files now, the tap above all (it goes with the VMM).
+    drop((keep, exec));
     let pid_file = dir.join("vmm.pid");
     if let Some(start) = super::catalogue::process_start_time(pid) {
         let _ = std::fs::write(&pid_file, format!("{pid} {start}\n"));
@@ -554,6 +411,182 @@ pub fn spawn(dir: &Path, files: VmmFiles, settings: VmmSettings) -> Result<VmmPr
             }))
         }
     }
+}
+
+/// The [`Spec`] of a VM, and the descriptors it names.
+fn hand_over(files: VmmFiles, settings: VmmSettings) -> Result<(Spec, Handover)> {
+    let id = vmm_id(std::process::id());
+    let mut h = Handover { fds: Vec::new() };
+    // The console to our stdout may be a file of the user's, which must not be cut.
+    let max_file_size = files.console_log.is_some().then(|| {
+        files
+            .disks
+            .iter()
+            .filter_map(|(_, f, _)| f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()))
+            .max()
+            .unwrap_or(0)
+            .max(4 << 20)
+    });
+    let mut spec = Spec {
+        jail_root: settings.jail_root,
+        uid: id,
+        gid: id,
+        kvm: h.add(files.kvm)?,
+        kernel: h.handed(files.kernel.0, files.kernel.1)?,
+        initrd: match files.initrd {
+            Some((p, f)) => Some(h.handed(p, f)?),
+            None => None,
+        },
+        cmdline: settings.cmdline,
+        vcpus: settings.vcpus,
+        memory_mib: settings.memory_mib,
+        disks: files
+            .disks
+            .into_iter()
+            .map(|(p, f, ro)| Ok((h.handed(p, f)?, ro)))
+            .collect::<Result<_>>()?,
+        console_log: match files.console_log {
+            Some((p, f)) => Some(h.handed(p, f)?),
+            None => None,
+        },
+        guest_channel: h.add(files.guest_channel)?,
+        nics: files
+            .nics
+            .into_iter()
+            .map(|n| Ok((h.add(n.tap)?, n.mac, n.mtu)))
+            .collect::<Result<_>>()?,
+        free_page_reporting: settings.free_page_reporting,
+        files: 0,
+        max_file_size,
+    };
+    spec.files = h.fds.len() as u32;
+    Ok((spec, h))
+}
+
+/// A pipe holding `spec` as JSON, written and closed: its read end. A spec fits in a
+/// pipe's buffer (64 KiB), so it is written before the child exists.
+fn spec_pipe(spec: &Spec) -> Result<OwnedFd> {
+    let json =
+        serde_json::to_vec(spec).map_err(|e| EngineError::Internal(format!("VMM spec: {e}")))?;
+    if json.len() >= 60 << 10 {
+        return Err(EngineError::Internal(format!(
+            "VMM spec of {} bytes does not fit a pipe",
+            json.len()
+        )));
+    }
+    let (r, w) = pipe()?;
+    File::from(w)
+        .write_all(&json)
+        .map_err(|e| EngineError::Backend(format!("write the VMM spec: {e}")))?;
+    Ok(r)
+}
+
+/// Everything `execveat` of `vessel __vmm` needs, made before the clone (the child may
+/// not allocate).
+struct SealedExec {
+    exe: OwnedFd,
+    _argv: [CString; 2],
+    argv: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    env: Vec<*const libc::c_char>,
+}
+
+impl SealedExec {
+    /// The sealed binary: our own view of it if we run sealed (the monitor does), else a
+    /// fresh sealed view. `argv[0]` is the host binary's path (see `sealed::host_exe`);
+    /// the environment only what the VMM reads.
+    fn prepare() -> Result<SealedExec> {
+        use vessel_container::sealed;
+        let exe: OwnedFd = if sealed::running_sealed() {
+            File::open("/proc/self/exe")
+                .map_err(|e| EngineError::io("open", "/proc/self/exe", e))?
+                .into()
+        } else {
+            let host = sealed::host_exe().map_err(|e| EngineError::Backend(e.to_string()))?;
+            sealed::seal(&host).map_err(|e| EngineError::Backend(e.to_string()))?
+        };
+        let argv0 = sealed::host_exe()
+            .map(|p| p.into_os_string())
+            .unwrap_or_else(|_| OsString::from("vessel"));
+        let argv_owned = [cstring(argv0.as_bytes())?, cstring(b"__vmm")?];
+        let env_owned: Vec<CString> = ["VESSEL_VMM_SECCOMP", "VESSEL_LOG", "RUST_BACKTRACE"]
+            .iter()
+            .filter_map(|k| std::env::var_os(k).map(|v| (k, v)))
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+            v.iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        Ok(SealedExec {
+            exe: high(&exe)?,
+            argv: ptrs(&argv_owned),
+            _argv: argv_owned,
+            env: ptrs(&env_owned),
+            _env: env_owned,
+        })
+    }
+}
+
+/// `clone` into new mount, pid, network, IPC, UTS and cgroup namespaces; the child moves
+/// each descriptor of `moves` (`(target, ours)`) into place and execs `exec`. Returns the
+/// child's pid.
+fn clone_into_namespaces(moves: &[(RawFd, RawFd)], exec: &SealedExec) -> Result<i32> {
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: clone(2) without CLONE_VM behaves as fork(2) with new namespaces. The child
+    // runs only async-signal-safe system calls on memory prepared before (dup2,
+    // sigprocmask, execveat, _exit) and never returns from this block.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: see above; the child's own copies of the prepared buffers.
+        unsafe {
+            for &(to, from) in moves {
+                if libc::dup2(from, to) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::syscall(
+                libc::SYS_execveat,
+                exec.exe.as_raw_fd(),
+                c"".as_ptr(),
+                exec.argv.as_ptr(),
+                exec.env.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            libc::_exit(127);
+        }
+    }
+    if pid < 0 {
+        return Err(EngineError::Backend(format!(
+            "start the VMM process (clone with new namespaces): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(pid as i32)
 }
 
 impl VmmProcess {
