@@ -148,6 +148,9 @@ pub enum Command {
         #[arg(long, allow_negative_numbers = true)]
         code: i32,
     },
+    /// (internal) a microVM's jailed VMM process, started by its monitor (fds 3-5 and up)
+    #[command(name = "__vmm", hide = true)]
+    Vmm,
     /// Manage networks
     #[command(subcommand)]
     Network(NetworkCommand),

@@ -186,53 +186,220 @@ fn two_vms_of_one_image_at_once() {
     }
 }
 
-/// The VMM's vCPU and I/O threads run under a seccomp filter (mode 2) with no
-/// capabilities; the monitor's other threads are not confined.
-fn assert_vmm_threads_confined(monitor: i64) {
-    let mut confined = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{monitor}/task"))
+/// A field of a `/proc/<pid>/status`-like text, trimmed.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The VMM process's host pid: `State.VmmPid`. Before the VMM had a process of its own
+/// (vessel before the jail), the VMM was the monitor: then the monitor is what the
+/// assertions below look at, and they fail.
+fn vmm_pid(st: &serde_json::Value) -> i64 {
+    st["State"]["VmmPid"]
+        .as_i64()
+        .or_else(|| st["State"]["MonitorPid"].as_i64())
+        .unwrap()
+}
+
+/// Every thread of the VMM process (the vCPUs, the I/O thread and the rest) runs under a
+/// seccomp filter (mode 2), with no capabilities and no_new_privs.
+fn assert_vmm_threads_confined(vmm: i64) {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{vmm}/task"))
         .unwrap()
         .flatten()
     {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let comm = comm.trim().to_string();
-        if !(comm.starts_with("vcpu") || comm == "vmm-io") {
-            continue;
-        }
         let status = std::fs::read_to_string(task.path().join("status")).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default()
-        };
+        let field = |name: &str| status_field(&status, name);
         assert_eq!(field("Seccomp:"), "2", "thread {comm}: {status}");
-        assert_eq!(field("CapEff:"), "0000000000000000", "thread {comm}");
-        assert_eq!(field("CapPrm:"), "0000000000000000", "thread {comm}");
+        for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(cap), "0000000000000000", "thread {comm}: {cap}");
+        }
         assert_eq!(field("NoNewPrivs:"), "1", "thread {comm}");
-        confined.push(comm);
+        names.push(comm);
     }
-    confined.sort();
+    for want in ["vcpu0", "vmm-io"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no {want} thread in the VMM {vmm}: {names:?}"
+        );
+    }
+}
+
+/// The socket inodes (`socket:[N]`) and paths the descriptors of `pid` point to.
+fn fd_targets(pid: i64) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn vmm_runs_jailed() {
+    let n = name("jail");
+    let id = vm_ok(&["-d", "--name", &n, "busybox", "sleep", "1000"])
+        .trim()
+        .to_string();
+    let st = inspect(&n);
+    let monitor = st["State"]["MonitorPid"].as_i64().unwrap();
+    let vmm = vmm_pid(&st);
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+
+    // A process of its own, pid 1 of its own pid namespace.
+    assert_ne!(vmm, monitor, "the VMM runs in the monitor's process");
     assert_eq!(
-        confined,
-        ["vcpu0", "vmm-io"],
-        "the VMM threads of {monitor}"
+        status_field(&status, "NSpid:"),
+        format!("{vmm}\t1"),
+        "the VMM is not pid 1 of a pid namespace of its own"
     );
-    let main = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+    // Unprivileged ids that are nobody's on the host, no supplementary groups.
+    for field in ["Uid:", "Gid:"] {
+        let ids: Vec<u32> = status_field(&status, field)
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 4, "{field}");
+        assert!(
+            ids.iter().all(|&i| i == ids[0] && i >= 0x7000_0000),
+            "{field} {ids:?}: the VMM runs with host ids"
+        );
+    }
+    assert_eq!(status_field(&status, "Groups:"), "", "supplementary groups");
+    // Not dumpable: its /proc files belong to root, not to its uid.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(format!("/proc/{vmm}/environ")).unwrap();
+        assert_eq!(
+            meta.uid(),
+            0,
+            "the VMM is dumpable (its /proc files are its own)"
+        );
+    }
+    // No capability in any set, a seccomp filter and no_new_privs on every thread.
+    assert_vmm_threads_confined(vmm);
+    // Namespaces of its own: mounts, network, pids, IPC, host name.
+    for ns in ["mnt", "net", "pid", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "the VMM shares the host's {ns} namespace");
+    }
+    // Its root is an empty, read-only tmpfs, and it is the only mount it has: nothing of
+    // the host (no /etc, no vessel binary, no data root, no /dev, no /proc).
+    let listing: Vec<_> = std::fs::read_dir(format!("/proc/{vmm}/root"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(listing.is_empty(), "the VMM's root holds {listing:?}");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{vmm}/mountinfo")).unwrap();
+    let mounts: Vec<&str> = mountinfo.lines().collect();
+    assert_eq!(
+        mounts.len(),
+        1,
+        "the VMM sees more than its root:\n{mountinfo}"
+    );
+    let fields: Vec<&str> = mounts[0].split_whitespace().collect();
+    assert_eq!(fields[4], "/", "{mountinfo}");
     assert!(
-        main.contains("Seccomp:\t0"),
-        "the monitor's main thread is not confined"
+        fields[5].split(',').any(|o| o == "ro"),
+        "root not read-only: {mountinfo}"
     );
+    assert!(mounts[0].contains(" - tmpfs "), "{mountinfo}");
+    // Its binary is a sealed view of vessel (a read-only overlay without an upper layer,
+    // or a write-sealed memfd), never the host's file, so nothing can write through
+    // /proc/<pid>/exe, not even once the process is gone.
+    {
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/{vmm}/exe")).unwrap();
+        assert_ne!(link, std::path::Path::new(vessel_bin()), "the host binary");
+        let exe = std::fs::File::open(format!("/proc/{vmm}/exe")).unwrap();
+        // SAFETY: fcntl, fstatfs and fstatvfs on a descriptor we own, into zeroed structs.
+        let sealed = unsafe {
+            let seals = libc::fcntl(exe.as_raw_fd(), libc::F_GET_SEALS);
+            if seals >= 0 {
+                seals & libc::F_SEAL_WRITE != 0 && seals & libc::F_SEAL_SEAL != 0
+            } else {
+                let mut fs: libc::statfs = std::mem::zeroed();
+                let mut vfs: libc::statvfs = std::mem::zeroed();
+                libc::fstatfs(exe.as_raw_fd(), &mut fs) == 0
+                    && fs.f_type == 0x794c_7630
+                    && libc::fstatvfs(exe.as_raw_fd(), &mut vfs) == 0
+                    && vfs.f_flag & libc::ST_RDONLY != 0
+            }
+        };
+        assert!(sealed, "the VMM's exe {} is not sealed", link.display());
+    }
+    // What it holds open: the VM's files, no directory, nothing of the engine (no
+    // database, no exec.sock, no log).
+    let targets = fd_targets(vmm);
+    for t in &targets {
+        assert!(
+            !(t.ends_with(".db")
+                || t.contains("exec.sock")
+                || (t.ends_with(".log") && !t.ends_with("console.log"))),
+            "the VMM holds {t}: {targets:?}"
+        );
+        if t.starts_with('/') {
+            assert!(
+                !std::path::Path::new(t).is_dir(),
+                "the VMM holds the directory {t}"
+            );
+        }
+    }
+    // The listener of `vessel exec` (bound through /proc/self/fd/N/exec.sock) is the
+    // monitor's, not the VMM's.
+    let unix = std::fs::read_to_string(format!("/proc/{monitor}/net/unix")).unwrap();
+    let listeners: Vec<String> = unix
+        .lines()
+        .filter(|l| l.ends_with("/exec.sock"))
+        .filter_map(|l| l.split_whitespace().nth(6))
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    let theirs = fd_targets(monitor);
+    assert!(
+        listeners.iter().any(|s| theirs.contains(s)),
+        "the monitor holds no exec.sock listener ({listeners:?}):\n{unix}"
+    );
+    assert!(
+        !listeners.iter().any(|s| targets.contains(s)),
+        "the VMM holds exec.sock: {targets:?}"
+    );
+    assert_eq!(ok(&["exec", &n, "echo", "hi"]), "hi\n");
+
+    // kill -9 of the monitor takes the VMM with it; rm then leaves nothing.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{vmm}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(
+            Instant::now() < deadline,
+            "the VMM {vmm} outlived its monitor"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&["rm", "-f", &n]);
+    assert_no_leftovers(&id);
 }
 
 /// Memory the guest frees goes back to the host (virtio-balloon free page reporting): the
 /// VMM's resident memory grows while a process in the guest holds 96 MiB (`dd`'s buffer,
 /// filled from /dev/zero, held while dd waits on a pipe nobody reads), and shrinks again
 /// once it has exited.
-fn guest_memory_returns_to_the_host(vm: &str, monitor: i64) {
+fn guest_memory_returns_to_the_host(vm: &str, vmm: i64) {
     let rss_mib = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
         let kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -302,7 +469,7 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     let st = inspect(&n);
     assert_eq!(st["State"]["Status"], "running");
     assert_eq!(st["HostConfig"]["Isolation"], "vm");
-    assert_vmm_threads_confined(st["State"]["MonitorPid"].as_i64().unwrap());
+    assert_vmm_threads_confined(vmm_pid(&st));
     assert!(ok(&["ps"]).contains(&n));
     // Only root may start processes in the VM, and its instance directory is root's.
     {
@@ -318,7 +485,7 @@ fn detached_lifecycle_stop_and_no_leftovers() {
         assert!(Instant::now() < deadline, "no output from the VM");
         std::thread::sleep(Duration::from_millis(200));
     }
-    guest_memory_returns_to_the_host(&n, st["State"]["MonitorPid"].as_i64().unwrap());
+    guest_memory_returns_to_the_host(&n, vmm_pid(&st));
     // Graceful stop: TERM reaches the workload inside the guest.
     ok(&["stop", "-t", "60", &n]);
     assert_eq!(ok(&["wait", &n]), "0\n");
@@ -337,7 +504,12 @@ fn detached_lifecycle_stop_and_no_leftovers() {
     ok(&["stop", "-t", "2", &m]);
     assert_eq!(inspect(&m)["State"]["ExitCode"], 137);
     let mid = id_of(&m);
+    let vmm = vmm_pid(&st);
     ok(&["rm", &n, &m]);
+    assert!(
+        std::fs::read_to_string(format!("/proc/{vmm}/stat")).map_or(true, |s| s.contains(") Z ")),
+        "the VMM {vmm} of {n} is left"
+    );
     for i in [&id, &mid] {
         assert_vm_net_gone(i, "bridge");
         assert!(!root().join("instances").join(i).exists());
@@ -718,8 +890,9 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Crash the VMM: its tap (not persistent) goes with it at once.
-    let vmm = ins["State"]["MonitorPid"].as_i64().unwrap();
+    // Crash the VMM process (vmm_runs_jailed kills the monitor): its tap (not
+    // persistent) goes with it at once.
+    let vmm = vmm_pid(&ins);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vmm as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -730,6 +903,13 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         assert!(Instant::now() < deadline, "{tap} outlived the VMM");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The monitor sees the VMM die and records the end (it does not hang).
+    let o = vessel(&["wait", &v]);
+    assert!(
+        o.status.success(),
+        "wait after the VMM crashed: {}",
+        stderr(&o)
+    );
     // rm -f removes what a crash cannot: the DNAT rule and the lease.
     ok(&["rm", "-f", &v]);
     assert_vm_net_gone(&id, &net);

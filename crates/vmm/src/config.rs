@@ -1,12 +1,13 @@
 //! User-facing VM configuration, validated once before anything is created.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::boot::kernel::{self, KernelInfo};
 use crate::error::{Error, Result};
+use crate::files::{Access, OpenFiles};
 
 /// Largest number of vCPUs a VM may have (IOAPIC/MADT ids stay below the IOAPIC's id).
 pub const MAX_VCPUS: u8 = 32;
@@ -103,6 +104,16 @@ pub enum SerialOut {
     Discard,
 }
 
+impl SerialOut {
+    /// The log file's path, if the output goes to one.
+    fn file(&self) -> Option<&Path> {
+        match self {
+            SerialOut::File(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
 /// What validation learned about the inputs, kept so [`crate::Vm::new`] does not look
 /// twice.
 #[derive(Debug, Clone)]
@@ -144,10 +155,11 @@ impl VmConfig {
     /// x86_64 bzImage or ELF, the initramfs and disks can be opened, memory and vCPU counts
     /// are in range and memory can hold kernel plus initramfs, the command line fits.
     pub fn validate(&self) -> Result<()> {
-        self.inspect().map(|_| ())
+        self.inspect(&OpenFiles::host()).map(|_| ())
     }
 
-    pub(crate) fn inspect(&self) -> Result<Validated> {
+    /// [`VmConfig::validate`] with the files in `files`.
+    pub(crate) fn inspect(&self, files: &OpenFiles) -> Result<Validated> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(Error::VcpuCount {
                 vcpus: self.vcpus,
@@ -161,7 +173,7 @@ impl VmConfig {
             });
         }
 
-        let kernel = kernel::inspect(&self.kernel)?;
+        let kernel = kernel::inspect(&self.kernel, files)?;
 
         if self.cmdline.as_bytes().contains(&0) {
             return Err(Error::Cmdline {
@@ -182,10 +194,13 @@ impl VmConfig {
         let initrd_size = match &self.initrd {
             None => 0,
             Some(path) => {
-                let meta = fs::metadata(path).map_err(|source| Error::InitrdRead {
-                    path: path.clone(),
-                    source,
-                })?;
+                let meta = files
+                    .open(path, Access::Read)
+                    .and_then(|f| f.metadata())
+                    .map_err(|source| Error::InitrdRead {
+                        path: path.clone(),
+                        source,
+                    })?;
                 if !meta.is_file() {
                     return Err(Error::InitrdRead {
                         path: path.clone(),
@@ -218,15 +233,15 @@ impl VmConfig {
             });
         }
         for disk in &self.disks {
-            check_disk(disk)?;
+            check_disk(disk, files)?;
         }
 
-        if let SerialOut::File(path) = &self.serial {
+        if let Some(path) = self.serial.file().filter(|_| !files.only_handed_over()) {
             let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
             if let Some(parent) = parent {
                 if !parent.is_dir() {
                     return Err(Error::SerialOutput {
-                        path: path.clone(),
+                        path: path.to_path_buf(),
                         source: std::io::Error::new(
                             std::io::ErrorKind::NotFound,
                             format!("directory {} does not exist", parent.display()),
@@ -265,12 +280,12 @@ impl VmConfig {
 }
 
 /// Opens the disk the way the device will and returns its usable size in bytes.
-fn check_disk(disk: &DiskConfig) -> Result<u64> {
+fn check_disk(disk: &DiskConfig, files: &OpenFiles) -> Result<u64> {
     let err = |reason: String| Error::Disk {
         path: disk.path.clone(),
         reason,
     };
-    let file = open_disk(&disk.path, disk.read_only)
+    let file = open_disk(disk, files)
         .map_err(|e| err(format!("cannot open it {}: {e}", mode(disk.read_only))))?;
     let meta = file
         .metadata()
@@ -302,17 +317,21 @@ fn mode(read_only: bool) -> &'static str {
     }
 }
 
-pub(crate) fn open_disk(path: &Path, read_only: bool) -> std::io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
+/// The disk's file, opened as the device uses it.
+pub(crate) fn open_disk(disk: &DiskConfig, files: &OpenFiles) -> std::io::Result<File> {
+    let access = if disk.read_only {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    };
+    files.open(&disk.path, access)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::boot::kernel::tests::fake_bzimage;
+    use std::fs;
 
     fn base(dir: &tempfile::TempDir) -> VmConfig {
         let kernel = dir.path().join("vmlinuz");

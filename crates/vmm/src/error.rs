@@ -13,6 +13,14 @@ pub enum Error {
     /// The VMM threads' seccomp filter or capability drop could not be built or applied.
     #[error("cannot confine the VMM threads (seccomp/capabilities): {0}")]
     Seccomp(String),
+    /// A step of confining the VMM process ([`crate::jail::Jail::enter`]) failed.
+    #[error("cannot jail the VMM process: {step}: {source}")]
+    Jail {
+        /// The step, e.g. "pivot_root into the empty root".
+        step: &'static str,
+        /// Underlying error.
+        source: io::Error,
+    },
     /// The kernel image could not be opened or read.
     #[error("cannot read kernel image {path}: {source}")]
     KernelRead {

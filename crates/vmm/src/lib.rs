@@ -25,10 +25,12 @@ mod config;
 mod devices;
 mod error;
 mod exit;
+mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod io_thread;
+pub mod jail;
 mod kvm_detect;
 mod memory;
 mod seccomp;
@@ -40,5 +42,6 @@ pub use config::{
     MIN_MEMORY_MIB,
 };
 pub use error::{Error, Result};
+pub use files::OpenFiles;
 pub use kvm_detect::{detect_hypervisor, detect_kvm, CpuVendor, Hypervisor, KvmKind};
 pub use vm::{ExitReason, StopHandle, Vm};

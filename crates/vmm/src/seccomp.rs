@@ -5,8 +5,11 @@
 //! per-thread filters, compiled with `seccompiler`). Anything else kills the process: a
 //! device model bug that a guest turns into, say, `execve` ends the VM instead.
 //!
-//! The filters are per thread (no `TSYNC`): the monitor's other threads (the guest
-//! channel, signal handling, the catalogue) keep their ordinary privileges.
+//! These filters are per thread (no `TSYNC`), so [`crate::Vm::run`] may run in a process
+//! that does other things. A jailed VMM process ([`crate::jail`]) first installs a
+//! process-wide filter on every thread ([`crate::Vm::confine_process`], `TSYNC`), which
+//! the vCPU and I/O threads inherit before they add theirs: then no thread of the VMM
+//! runs unfiltered.
 //!
 //! `VESSEL_VMM_SECCOMP=log` makes a non-listed call be allowed and logged by the kernel
 //! (`audit: type=1326 ... syscall=N` in `dmesg`) instead: the way to find what a change
@@ -32,6 +35,10 @@ pub(crate) enum ThreadKind {
     Vcpu,
     /// The I/O thread: epoll over ioeventfds, disk and console backends.
     Io,
+    /// The whole process of a jailed VMM (installed on every thread with `TSYNC` and
+    /// inherited by those started later): what the vCPUs and the I/O thread may do, plus
+    /// starting threads that confine themselves further, waiting and exiting.
+    Process,
 }
 
 /// What happens to a system call that is not on the list.
@@ -107,6 +114,30 @@ const IO: &[i64] = &[
     libc::SYS_sendmsg,
 ];
 
+/// Extra calls of a jailed VMM process as a whole: starting threads (`clone` only with
+/// `CLONE_THREAD`: no new process), which then name themselves, drop their capabilities
+/// and install their own filter; sleeping while the vCPUs stop. Nothing here reaches a
+/// file, a process or the network.
+const PROCESS: &[i64] = &[
+    // The I/O thread's epoll and stop eventfd, made as it starts.
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_eventfd2,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    // A new thread reads its own attributes (glibc's pthread_getattr_np asks the
+    // affinity) to place its stack guard; handlers of the kick signal.
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigaction,
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    // Allowed here only to be refused by [`deny_clone3`] with ENOSYS, on which glibc
+    // falls back to clone (whose flags a filter can see).
+    libc::SYS_clone3,
+];
+
 /// The allowlist of `kind`, as seccompiler rules (an empty rule list allows the call
 /// with any arguments). `console_log` is the capped serial console log's descriptor,
 /// which a vCPU (the UART's writer) may truncate to 0 when it reaches its cap: only that
@@ -137,6 +168,36 @@ pub(crate) fn rules(
             }
         }
         ThreadKind::Io => map.extend(IO.iter().map(|&nr| (nr, Vec::new()))),
+        ThreadKind::Process => {
+            // Every thread inherits this filter, so it holds what each of them needs.
+            map = rules(ThreadKind::Vcpu, console_log)?;
+            map.extend(IO.iter().chain(PROCESS).map(|&nr| (nr, Vec::new())));
+            let arg = |index, op, value| {
+                SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
+                    .and_then(|c| SeccompRule::new(vec![c]))
+                    .map_err(filter_error)
+            };
+            let thread = libc::CLONE_THREAD as u64;
+            map.insert(
+                libc::SYS_clone,
+                vec![arg(0, SeccompCmpOp::MaskedEq(thread), thread)?],
+            );
+            map.insert(
+                libc::SYS_prctl,
+                [libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS]
+                    .into_iter()
+                    .map(|op| arg(0, SeccompCmpOp::Eq, op as u64))
+                    .collect::<Result<Vec<_>>>()?,
+            );
+            map.insert(
+                libc::SYS_seccomp,
+                vec![arg(
+                    0,
+                    SeccompCmpOp::Eq,
+                    u64::from(libc::SECCOMP_SET_MODE_FILTER),
+                )?],
+            );
+        }
     }
     Ok(map)
 }
@@ -161,10 +222,26 @@ pub(crate) fn compile(
         Mode::Enforce => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
     };
-    Ok(Some(vec![
-        deny_open()?,
-        compile_with(kind, mismatch, console_log)?,
-    ]))
+    let mut filters = vec![deny_open()?];
+    if kind == ThreadKind::Process {
+        filters.push(deny_clone3()?);
+    }
+    filters.push(compile_with(kind, mismatch, console_log)?);
+    Ok(Some(filters))
+}
+
+/// A filter under which `clone3` fails with ENOSYS (its flags are behind a pointer, out
+/// of a filter's sight); the allowlist then judges glibc's fallback to `clone`.
+fn deny_clone3() -> Result<BpfProgram> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(filter_error)?;
+    filter.try_into().map_err(filter_error)
 }
 
 /// A second filter: `openat` fails with ENOENT, everything else is left to the
@@ -215,16 +292,26 @@ pub(crate) fn confine_current_thread(filters: Option<&Filters>) -> Result<()> {
     Ok(())
 }
 
+/// Installs `filters` on every thread of the process at once (`TSYNC`); threads started
+/// later inherit them.
+pub(crate) fn confine_process(filters: Option<&Filters>) -> Result<()> {
+    for filter in filters.into_iter().flatten() {
+        seccompiler::apply_filter_all_threads(filter)
+            .map_err(|e| Error::Seccomp(format!("installing the process filter: {e}")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn both_filters_compile_in_every_mode() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Process] {
             for mode in [Mode::Enforce, Mode::Log] {
                 let progs = compile(kind, mode, Some(7)).unwrap().unwrap();
-                assert_eq!(progs.len(), 2);
+                assert_eq!(progs.len(), 2 + usize::from(kind == ThreadKind::Process));
                 for prog in progs {
                     assert!(
                         !prog.is_empty() && prog.len() < 4096,

@@ -1,7 +1,7 @@
 //! Wiring a VM together (Firecracker's `builder.rs`) and running it.
 
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +27,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::IrqLine;
 pub use crate::exit::ExitReason;
 use crate::exit::ExitSignal;
+use crate::files::{Access, OpenFiles};
 use crate::io_thread::{IoSource, IoThread};
 use crate::kvm_detect::{detect_kvm, KvmKind};
 use crate::seccomp::{self, ThreadKind};
@@ -83,11 +84,16 @@ impl std::fmt::Debug for Vm {
 
 /// The serial console's output, and the descriptor of the capped log file if that is
 /// where it goes (the vCPUs' seccomp filter lets them truncate it).
-fn serial_writer(out: SerialOut) -> Result<(Box<dyn Write + Send>, Option<RawFd>)> {
+fn serial_writer(
+    out: SerialOut,
+    files: &OpenFiles,
+) -> Result<(Box<dyn Write + Send>, Option<RawFd>)> {
     Ok(match out {
         SerialOut::File(path) => {
-            let log =
-                CappedLog::open(&path).map_err(|source| Error::SerialOutput { path, source })?;
+            let log = files
+                .open(&path, Access::Log)
+                .and_then(CappedLog::from_file)
+                .map_err(|source| Error::SerialOutput { path, source })?;
             let fd = log.fd();
             (Box::new(log), Some(fd))
         }
@@ -102,13 +108,22 @@ fn eventfd(what: &str) -> Result<EventFd> {
         .map_err(|e| Error::os(format!("creating {what}"), e))
 }
 
-fn open_kvm() -> Result<Kvm> {
-    let kvm = Kvm::new().map_err(|e| Error::KvmUnavailable {
-        reason: match detect_kvm() {
-            KvmKind::Missing { reason } => reason,
-            _ => format!("cannot open /dev/kvm: {e}"),
-        },
-    })?;
+fn open_kvm(files: &mut OpenFiles) -> Result<Kvm> {
+    let kvm = match files.take_kvm() {
+        // SAFETY: the descriptor is an open /dev/kvm whose ownership moves into `Kvm`.
+        Some(file) => unsafe { Kvm::from_raw_fd(file.into_raw_fd()) },
+        None if files.only_handed_over() => {
+            return Err(Error::KvmUnavailable {
+                reason: "/dev/kvm was not handed to the jailed VMM".into(),
+            })
+        }
+        None => Kvm::new().map_err(|e| Error::KvmUnavailable {
+            reason: match detect_kvm() {
+                KvmKind::Missing { reason } => reason,
+                _ => format!("cannot open /dev/kvm: {e}"),
+            },
+        })?,
+    };
     for (cap, name) in [
         (Cap::Irqchip, "in-kernel irqchip"),
         (Cap::Pit2, "in-kernel PIT"),
@@ -197,18 +212,24 @@ impl Vm {
     /// first (on PVM a stock kernel crashes early, and [`Vm::run`] then returns
     /// [`ExitReason::Crashed`]).
     pub fn new(cfg: VmConfig) -> Result<Vm> {
-        let validated = cfg.inspect()?;
-        Self::build(cfg, BootSource::Linux(validated))
+        Self::with_files(cfg, OpenFiles::host())
     }
 
-    fn build(cfg: VmConfig, source: BootSource) -> Result<Vm> {
+    /// [`Vm::new`] with the files (and `/dev/kvm`) in `files`: how a VMM that cannot
+    /// open anything (see [`crate::jail`]) builds its VM.
+    pub fn with_files(cfg: VmConfig, files: OpenFiles) -> Result<Vm> {
+        let validated = cfg.inspect(&files)?;
+        Self::build(cfg, BootSource::Linux(validated), files)
+    }
+
+    fn build(cfg: VmConfig, source: BootSource, mut files: OpenFiles) -> Result<Vm> {
         let started = Instant::now();
         let name = cfg
             .kernel
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "vm".into());
-        let kvm = open_kvm()?;
+        let kvm = open_kvm(&mut files)?;
         let vm = kvm
             .create_vm()
             .map_err(|e| Error::kvm("KVM_CREATE_VM", e))?;
@@ -243,7 +264,7 @@ impl Vm {
         let serial_irq = eventfd("the serial irqfd")?;
         vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
             .map_err(|e| Error::kvm("KVM_IRQFD (serial)", e))?;
-        let (serial_out, console_log) = serial_writer(cfg.serial)?;
+        let (serial_out, console_log) = serial_writer(cfg.serial, &files)?;
         let serial = Serial::new(IrqLine::new(serial_irq), serial_out);
         pio.insert(
             Arc::new(Mutex::new(serial)),
@@ -275,7 +296,7 @@ impl Vm {
         };
         for (i, disk) in cfg.disks.iter().enumerate() {
             let dev_name = format!("virtio-blk {}", disk.path.display());
-            let block = Block::new(disk, i).map_err(|e| Error::Device {
+            let block = Block::new(disk, i, &files).map_err(|e| Error::Device {
                 device: dev_name.clone(),
                 source: Box::new(e),
             })?;
@@ -323,11 +344,12 @@ impl Vm {
 
         match source {
             BootSource::Linux(validated) => {
-                let loaded = kernel::load(&mem, &cfg.kernel, &validated.kernel)?;
+                let loaded = kernel::load(&mem, &cfg.kernel, &validated.kernel, &files)?;
                 let initrd = match &cfg.initrd {
                     Some(path) => Some(boot::load_initrd(
                         &mem,
                         path,
+                        &files,
                         boot_params::lowmem_top(mem_bytes),
                         validated.kernel.initrd_addr_max,
                         loaded.end,
@@ -386,6 +408,23 @@ impl Vm {
         StopHandle {
             exit: self.exit.clone(),
         }
+    }
+
+    /// Confines the whole calling process to the system calls a VMM makes (see
+    /// [`crate::seccomp`]'s process filter): installed on every thread at once (`TSYNC`)
+    /// and inherited by every thread started later, the vCPUs and the I/O thread of
+    /// [`Vm::run`] included, which add their own stricter filters. From then on nothing in
+    /// the process can open a file, start a process, execute a program, or make a
+    /// socket. For a VMM process of its own (see [`crate::jail`]): call it after
+    /// [`Vm::with_files`] and before [`Vm::run`], never in a process that must do
+    /// anything else afterwards. `VESSEL_VMM_SECCOMP` applies as for the threads.
+    pub fn confine_process(&self) -> Result<()> {
+        let filters = seccomp::compile(
+            ThreadKind::Process,
+            seccomp::Mode::from_env(),
+            self.console_log,
+        )?;
+        seccomp::confine_process(filters.as_ref())
     }
 
     /// Runs the guest until it powers off, resets, crashes or is stopped through a
@@ -485,6 +524,7 @@ mod tests {
         let vm = Vm::build(
             config(&out, disks),
             BootSource::RealMode { code, at: 0x1000 },
+            OpenFiles::host(),
         )
         .unwrap();
         let reason = vm.run().unwrap();
@@ -558,7 +598,12 @@ mod tests {
         code.extend_from_slice(&[0xeb, 0xfe]); // jmp $
         let mut cfg = config(&out, vec![]);
         cfg.vcpus = 2;
-        let vm = Vm::build(cfg, BootSource::RealMode { code, at: 0x1000 }).unwrap();
+        let vm = Vm::build(
+            cfg,
+            BootSource::RealMode { code, at: 0x1000 },
+            OpenFiles::host(),
+        )
+        .unwrap();
         let stop = vm.stop_handle();
         let t = std::thread::spawn(move || vm.run());
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -585,6 +630,143 @@ mod tests {
             }],
         );
         assert_eq!((reason, out.as_str()), (ExitReason::Shutdown, "ok"));
+    }
+
+    /// The child half of [`a_jailed_process_runs_a_guest_under_the_process_filter`]:
+    /// does nothing unless that test started this process for it.
+    #[test]
+    fn jailed_child() {
+        let Some(root) = std::env::var_os("VESSEL_VMM_JAIL_CHILD") else {
+            return;
+        };
+        let fail = |what: String| -> ! {
+            eprintln!("jailed child: {what}");
+            // SAFETY: leaves at once; nothing else may run under the filter.
+            unsafe { libc::_exit(1) }
+        };
+        let root = PathBuf::from(root);
+        let log = root.with_extension("log");
+        let mut files = OpenFiles::handed_over();
+        let kvm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .unwrap_or_else(|e| fail(format!("open /dev/kvm: {e}")));
+        files.set_kvm(kvm);
+        let log_file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap_or_else(|e| fail(format!("open the log: {e}")));
+        files.insert(&log, log_file);
+        let jail = crate::jail::Jail {
+            root: root.clone(),
+            uid: 0x7000_0000 + 7,
+            gid: 0x7000_0000 + 7,
+            max_files: 64,
+            max_threads: 16,
+            max_file_size: Some(1 << 20),
+        };
+        jail.enter()
+            .unwrap_or_else(|e| fail(format!("enter the jail: {e}")));
+        // SAFETY: plain id queries.
+        let ids = unsafe {
+            (
+                libc::getuid(),
+                libc::geteuid(),
+                libc::getgid(),
+                libc::getegid(),
+            )
+        };
+        if ids != (jail.uid, jail.uid, jail.gid, jail.gid) {
+            fail(format!("ids after the jail: {ids:?}"));
+        }
+        for set in [
+            caps::CapSet::Bounding,
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+            caps::CapSet::Inheritable,
+            caps::CapSet::Ambient,
+        ] {
+            let held = caps::read(None, set).unwrap_or_else(|e| fail(format!("{e}")));
+            if !held.is_empty() {
+                fail(format!("{set:?} still holds {held:?}"));
+            }
+        }
+        for path in ["/etc/passwd", "/dev/kvm", "/proc/self/status", "/"] {
+            if std::fs::read_dir(path).is_ok() || std::fs::File::open(path).is_ok() {
+                fail(format!("{path} can be opened in the jail"));
+            }
+        }
+        let mut cfg = config(&log, vec![]);
+        cfg.vcpus = 2;
+        let code = guest(b"jailed\n", 0x3c0, (5 << 2) | 0x20);
+        let vm = Vm::build(cfg, BootSource::RealMode { code, at: 0x1000 }, files)
+            .unwrap_or_else(|e| fail(format!("build the VM: {e}")));
+        vm.confine_process()
+            .unwrap_or_else(|e| fail(format!("confine: {e}")));
+        let reason = vm.run().unwrap_or_else(|e| fail(format!("run: {e}")));
+        if reason != ExitReason::Shutdown {
+            fail(format!("the guest ended with {reason:?}"));
+        }
+        // Under the process filter: fails (ENOENT from the filter), does not kill.
+        if std::fs::File::open("/").is_ok() {
+            fail("opened / under the filter".into());
+        }
+        // SAFETY: leaves without running the test harness under the filter.
+        unsafe { libc::_exit(0) }
+    }
+
+    /// A whole VMM process confined as vessel's is (own namespaces, empty root, no
+    /// capabilities, an unprivileged uid, the process-wide seccomp filter) still boots and
+    /// runs a guest to its power-off, with 2 vCPUs and the console log it was handed;
+    /// and inside, nothing of the host can be opened. Runs on PVM (real mode).
+    #[test]
+    fn a_jailed_process_runs_a_guest_under_the_process_filter() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        assert!(
+            kvm_available(),
+            "this test needs /dev/kvm (real mode runs on PVM too)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "vm::tests::jailed_child", "--nocapture"])
+            .env("VESSEL_VMM_JAIL_CHILD", &root)
+            .env(
+                "VESSEL_VMM_SECCOMP",
+                std::env::var("JAILTEST_MODE").unwrap_or_default(),
+            );
+        // SAFETY: unshare(2) only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(
+                    libc::CLONE_NEWNS
+                        | libc::CLONE_NEWNET
+                        | libc::CLONE_NEWIPC
+                        | libc::CLONE_NEWUTS,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), out.status.signal()),
+            (Some(0), None),
+            "the jailed child failed (signal 31 is a seccomp kill): {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.with_extension("log")).unwrap(),
+            "jailed\n"
+        );
+        // The host never saw the jail's mount.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
     }
 
     #[test]

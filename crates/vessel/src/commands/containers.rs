@@ -637,6 +637,8 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "StartedAt": i.started_at,
             "FinishedAt": i.finished_at,
             "MonitorPid": i.monitor.map(|m| m.0),
+            // A microVM's jailed VMM process (engine::vm_jail), while it runs.
+            "VmmPid": crate::engine::vm_jail::vmm_pid(&engine.instance_dir(&i.id)),
         },
         "HostConfig": {
             "Isolation": r.isolation.as_str(),

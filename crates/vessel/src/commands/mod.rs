@@ -77,6 +77,8 @@ pub fn run(cli: Cli) -> CmdResult {
             &root,
             (attached, stdin, tty, remove),
         )),
+        // The VMM opens nothing, the engine least of all: its monitor handed it the VM.
+        Command::Vmm => Ok(crate::engine::vm_jail::run()),
         Command::MonitorFinish { id, code } => {
             Ok(crate::engine::monitor::finish(&engine()?, &id, code))
         }

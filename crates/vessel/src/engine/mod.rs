@@ -13,6 +13,7 @@ pub mod request;
 pub mod userdb;
 pub mod vm;
 mod vm_exec;
+pub mod vm_jail;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -20,11 +20,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vessel_agent::protocol::{self, GuestConfig, GuestNetwork, Kind};
-use vessel_vmm::{DiskConfig, ExitReason, KvmKind, NetConfig, SerialOut, StopHandle, Vm, VmConfig};
+use vessel_vmm::{ExitReason, KvmKind, NetConfig, VmConfig};
 
 use super::backend::{Backend, Exec, ExecRequest, Exit, Started, Stdio};
 use super::catalogue::{self, Instance};
 use super::vm_exec::{self, Sessions};
+use super::vm_jail::{self, VmmFiles, VmmSettings, VmmStop};
 use super::{EngineError, Result};
 
 /// Modules the guest agent loads, by name (dependencies are added from `modules.dep`).
@@ -120,7 +121,7 @@ pub fn stop_signal() -> i32 {
 struct Running {
     id: String,
     control: mpsc::Sender<Control>,
-    stop: StopHandle,
+    stop: VmmStop,
 }
 
 struct Threads {
@@ -517,10 +518,10 @@ impl Backend for VmBackend {
     }
 
     fn start(&self, inst: &Instance, dir: &Path, stdio: Stdio) -> Result<Started> {
-        // This process (the monitor) becomes the VMM. With transparent huge pages on, a
-        // thread stack (2 MiB) that happens to be 2 MiB-aligned is backed by one huge page
-        // at its first touch: 2 MiB committed for a few KiB used, seen as 1.1 vs 3.1 MiB
-        // of VMM memory between runs. Guest RAM opts out on its own (MADV_NOHUGEPAGE).
+        // The VMM process inherits this. With transparent huge pages on, a thread stack
+        // (2 MiB) that happens to be 2 MiB-aligned is backed by one huge page at its
+        // first touch: 2 MiB committed for a few KiB used, seen as 1.1 vs 3.1 MiB of VMM
+        // memory between runs. Guest RAM opts out on its own (MADV_NOHUGEPAGE).
         if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
             tracing::debug!("PR_SET_THP_DISABLE: {e}");
         }
@@ -600,38 +601,57 @@ impl Backend for VmBackend {
             }
             None => (Vec::new(), None),
         };
-        let cfg = VmConfig {
-            kernel: r.kernel.clone().unwrap_or_else(|| kernel.vmlinuz()),
-            initrd: Some(self.initramfs(&kernel)?),
+        // The VMM runs in a jailed process of its own that cannot open anything: it gets
+        // every file open (see vm_jail). The guest channel's other end stays here.
+        let kernel_path = r.kernel.clone().unwrap_or_else(|| kernel.vmlinuz());
+        let initrd_path = self.initramfs(&kernel)?;
+        let root_disk = dir.join("root.ext4");
+        let scratch = dir.join("scratch.ext4");
+        let files = VmmFiles {
+            kvm: vm_jail::open_for_vmm(Path::new("/dev/kvm"), true)?,
+            kernel: (
+                kernel_path.clone(),
+                vm_jail::open_for_vmm(&kernel_path, false)?,
+            ),
+            initrd: Some((
+                initrd_path.clone(),
+                vm_jail::open_for_vmm(&initrd_path, false)?,
+            )),
+            disks: vec![
+                (
+                    root_disk.clone(),
+                    vm_jail::open_for_vmm(&root_disk, false)?,
+                    true,
+                ),
+                (
+                    scratch.clone(),
+                    vm_jail::open_for_vmm(&scratch, true)?,
+                    false,
+                ),
+            ],
+            console_log: if r.console {
+                None
+            } else {
+                Some((serial_log.clone(), vm_jail::open_console_log(&serial_log)?))
+            },
+            guest_channel: OwnedFd::from(vm_end),
+            nics: net,
+        };
+        let settings = VmmSettings {
             cmdline,
             vcpus,
             memory_mib,
-            disks: vec![
-                DiskConfig {
-                    path: dir.join("root.ext4"),
-                    read_only: true,
-                },
-                DiskConfig {
-                    path: dir.join("scratch.ext4"),
-                    read_only: false,
-                },
-            ],
-            serial: if r.console {
-                SerialOut::Stdout
-            } else {
-                SerialOut::File(serial_log.clone())
-            },
-            virtio_console: Some(OwnedFd::from(vm_end)),
-            vsock_cid: None,
+            jail_root: dir.join("vmm-root"),
             free_page_reporting: true,
-            net,
         };
-        let vm = Vm::new(cfg).map_err(|e| EngineError::Backend(format!("create the VM: {e}")))?;
-        let stop = vm.stop_handle();
+        let vmm = vm_jail::spawn(dir, files, settings)?;
+        let vmm_pid = vmm.pid();
+        let stop = vmm.stop_handle();
         let vm_thread = std::thread::Builder::new()
             .name("vm".into())
-            .spawn(move || vm.run())
+            .spawn(move || vmm.wait())
             .map_err(|e| EngineError::Backend(format!("start the VM thread: {e}")))?;
+        tracing::debug!(vmm_pid, "VMM process started");
         let (ready_tx, ready_rx) = mpsc::channel();
         let (control_tx, control_rx) = mpsc::channel();
         let config = guest_config(inst, network);
@@ -854,6 +874,9 @@ impl Backend for VmBackend {
 
     fn cleanup(&self, inst: &Instance, dir: &Path) -> Result<()> {
         let _ = std::fs::remove_file(dir.join("exec.sock"));
+        // A VMM outlives its monitor by moments at most (it is killed with it); if one is
+        // still there, it goes now, and the tap with it.
+        vm_jail::kill_leftover(dir);
         // The tap went with the VMM's descriptor; its published ports stop now.
         if let Some(att) = &inst.request.attachment {
             self.networks.unpublish(&inst.id, att)?;

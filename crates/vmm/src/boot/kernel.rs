@@ -1,7 +1,6 @@
 //! Kernel images: recognising an x86_64 bzImage or ELF vmlinux before boot, and loading
 //! it with `linux-loader` for the Linux 64-bit boot protocol.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -11,6 +10,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::HIMEM_START;
 use crate::error::{Error, Result};
+use crate::files::{Access, OpenFiles};
 
 /// Where a bzImage's protected-mode part is loaded (its default `code32_start`).
 pub(crate) const KERNEL_LOAD_ADDR: u64 = HIMEM_START;
@@ -186,12 +186,12 @@ fn parse_elf(head: &[u8]) -> std::result::Result<KernelInfo, String> {
 }
 
 /// Reads and checks a kernel image's header.
-pub(crate) fn inspect(path: &Path) -> Result<KernelInfo> {
+pub(crate) fn inspect(path: &Path, files: &OpenFiles) -> Result<KernelInfo> {
     let read_err = |source| Error::KernelRead {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(read_err)?;
+    let file = files.open(path, Access::Read).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
         return Err(read_err(std::io::Error::other("not a regular file")));
@@ -205,11 +205,18 @@ pub(crate) fn inspect(path: &Path) -> Result<KernelInfo> {
 }
 
 /// Loads the kernel into guest memory and returns its entry point and setup header.
-pub(crate) fn load(mem: &GuestMemoryMmap, path: &Path, info: &KernelInfo) -> Result<LoadedKernel> {
-    let mut file = File::open(path).map_err(|source| Error::KernelRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
+pub(crate) fn load(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    info: &KernelInfo,
+    files: &OpenFiles,
+) -> Result<LoadedKernel> {
+    let mut file = files
+        .open(path, Access::Read)
+        .map_err(|source| Error::KernelRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let load_err = |e: linux_loader::loader::Error| Error::KernelLoad {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -350,7 +357,7 @@ pub(crate) mod tests {
                 } else {
                     continue;
                 };
-                let info = inspect(&f.path()).unwrap();
+                let info = inspect(&f.path(), &OpenFiles::host()).unwrap();
                 assert_eq!(info.format, want, "{name}");
                 assert!(info.footprint > 8 << 20, "{name}: {info:?}");
             }

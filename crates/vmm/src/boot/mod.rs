@@ -2,13 +2,13 @@
 
 pub(crate) mod kernel;
 
-use std::fs::File;
 use std::path::Path;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::{CMDLINE_START, EBDA_START};
 use crate::error::{Error, Result};
+use crate::files::{Access, OpenFiles};
 
 /// Where the initramfs was put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,7 @@ pub(crate) fn place_initrd(
 pub(crate) fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
+    files: &OpenFiles,
     lowmem_top: u64,
     initrd_addr_max: u64,
     kernel_end: u64,
@@ -43,7 +44,7 @@ pub(crate) fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = files.open(path, Access::Read).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     let addr = place_initrd(size, lowmem_top, initrd_addr_max, kernel_end).ok_or_else(|| {
         Error::Memory {

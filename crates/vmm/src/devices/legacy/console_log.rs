@@ -8,10 +8,9 @@
 //! dropped.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
 
 /// At most this many bytes are in the file (a debug log: boot messages and a panic fit).
 pub(crate) const CAP: u64 = 1 << 20;
@@ -33,18 +32,33 @@ pub(crate) struct CappedLog {
 
 impl CappedLog {
     /// Opens (creating) `path` for appending, capped at [`CAP`].
-    pub(crate) fn open(path: &Path) -> std::io::Result<CappedLog> {
+    #[cfg(test)]
+    pub(crate) fn open(path: &std::path::Path) -> std::io::Result<CappedLog> {
         Self::open_with(path, CAP, KEEP)
     }
 
     /// Opens `path` with its own bounds (tests). `keep` must be well under `cap`; it is
     /// clamped to a quarter of it.
-    pub(crate) fn open_with(path: &Path, cap: u64, keep: usize) -> std::io::Result<CappedLog> {
-        let mut file = OpenOptions::new()
+    #[cfg(test)]
+    pub(crate) fn open_with(
+        path: &std::path::Path,
+        cap: u64,
+        keep: usize,
+    ) -> std::io::Result<CappedLog> {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)?;
+        Self::with_file(file, cap, keep)
+    }
+
+    /// Takes over `file`, open for reading and appending, capped at [`CAP`].
+    pub(crate) fn from_file(file: File) -> std::io::Result<CappedLog> {
+        Self::with_file(file, CAP, KEEP)
+    }
+
+    fn with_file(mut file: File, cap: u64, keep: usize) -> std::io::Result<CappedLog> {
         let size = file.metadata()?.len();
         let keep = keep.min(usize::try_from(cap / 4).unwrap_or(usize::MAX));
         // What an earlier run left is the tail to keep if this one overflows at once.

@@ -384,6 +384,7 @@ mod tests {
                 read_only,
             },
             0,
+            &crate::files::OpenFiles::host(),
         )
         .unwrap();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();

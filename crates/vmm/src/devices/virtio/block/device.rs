@@ -10,6 +10,7 @@ use super::request::{self, Disk, ID_LEN, SECTOR_SIZE};
 use super::BlockError;
 use crate::config::{open_disk, DiskConfig};
 use crate::devices::virtio::{DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::files::OpenFiles;
 
 /// Virtio device id of a block device.
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -39,8 +40,12 @@ pub(crate) struct Block {
 impl Block {
     /// Opens the disk (read-only if so configured). `index` makes the GET_ID string
     /// unique within the VM ("vessel-vda", "vessel-vdb", ...).
-    pub(crate) fn new(cfg: &DiskConfig, index: usize) -> Result<Block, BlockError> {
-        let mut file = open_disk(&cfg.path, cfg.read_only).map_err(|source| BlockError::Open {
+    pub(crate) fn new(
+        cfg: &DiskConfig,
+        index: usize,
+        files: &OpenFiles,
+    ) -> Result<Block, BlockError> {
+        let mut file = open_disk(cfg, files).map_err(|source| BlockError::Open {
             path: cfg.path.clone(),
             source,
         })?;
@@ -186,6 +191,7 @@ mod tests {
                 read_only: false,
             },
             1,
+            &crate::files::OpenFiles::host(),
         )
         .unwrap();
         (mem, t, blk)
