@@ -409,25 +409,31 @@ fn du(p: &Path) -> u64 {
     total
 }
 
+/// Reads an HTTP request's head from `conn`; returns its path.
+fn request_path(conn: &std::net::TcpStream) -> Option<String> {
+    use std::io::BufRead;
+    let mut reader = io::BufReader::new(conn.try_clone().ok()?);
+    let mut request = String::new();
+    reader.read_line(&mut request).ok()?;
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    Some(request.split_whitespace().nth(1).unwrap_or("").to_string())
+}
+
 /// A registry that serves one manifest (of any size) at `/v2/big/manifests/1` and answers
 /// everything else with 404. Returns its `host:port`.
 fn fake_registry(manifest: Vec<u8>) -> String {
-    use std::io::BufRead;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { return };
-            let mut reader = io::BufReader::new(conn.try_clone().unwrap());
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
+            let Some(path) = request_path(&conn) else {
                 continue;
-            }
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("");
+            };
+            let path = path.as_str();
             let mut w = conn;
             let (status, kind, body): (&str, &str, &[u8]) = match path {
                 "/v2/" => ("200 OK", "application/json", b"{}"),
@@ -492,7 +498,6 @@ fn huge_manifest_registry(
     total: u64,
     with_length: bool,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    use std::io::BufRead;
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = sent.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -500,16 +505,10 @@ fn huge_manifest_registry(
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { return };
-            let mut reader = io::BufReader::new(conn.try_clone().unwrap());
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
+            let Some(path) = request_path(&conn) else {
                 continue;
-            }
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("");
+            };
+            let path = path.as_str();
             let mut w = conn;
             if path != "/v2/huge/manifests/1" {
                 let (status, body) = if path == "/v2/" {
