@@ -221,9 +221,15 @@ fn pure_cgroup2_host_denies_host_devices() {
 
 /// --userns needs the image layers on a filesystem that can be idmapped. The testbed's
 /// /tmp is a tmpfs, which its kernel (6.1) cannot idmap (tmpfs can from 6.3): the data
-/// root then goes on an ext4 filesystem of its own, through TMPDIR (read by
-/// `common::root`, which has not run yet: this is the binary's only test in the suite).
+/// root then goes on an ext4 filesystem of its own, through TMPDIR, which `common::root`
+/// reads once, the first time any test of this binary needs it. So every test the VM
+/// suite runs here calls this first; it does its work once.
 fn data_root_that_can_be_idmapped() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(idmappable_tmpdir);
+}
+
+fn idmappable_tmpdir() {
     const TMPFS_MAGIC: u64 = 0x0102_1994;
     let tmp = std::env::temp_dir();
     let fs = rustix::fs::statfs(&tmp).expect("statfs TMPDIR");
@@ -335,6 +341,7 @@ fn device_program_that_cannot_be_attached_stops_the_start() {
         vessel_container::CgroupMode::Unified,
         "this test is for a pure cgroup2 host (the nested testbed); this one is {mode:?}"
     );
+    data_root_that_can_be_idmapped();
     let n = name("nobpf");
     let mut c = cmd(&["run", "--name", &n, "--network", "none", "busybox", "true"]);
     c.stdout(std::process::Stdio::piped())
