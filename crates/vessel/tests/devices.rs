@@ -208,15 +208,20 @@ fn userns_container_root_cannot_open_host_devices() {
 #[test]
 #[ignore = "needs a pure cgroup2 host: runs in the nested testbed (scripts/test-all vm suite)"]
 fn pure_cgroup2_host_denies_host_devices() {
+    assert_pure_cgroup2();
+    data_root_that_can_be_idmapped();
+    attack_as_root();
+    attack_in_userns();
+}
+
+/// Fails unless this host mounts only cgroup2 (as the nested testbed does).
+fn assert_pure_cgroup2() {
     let mode = vessel_container::cgroup_mode().expect("read the cgroup layout");
     assert_eq!(
         mode,
         vessel_container::CgroupMode::Unified,
         "this test is for a pure cgroup2 host (the nested testbed); this one is {mode:?}"
     );
-    data_root_that_can_be_idmapped();
-    attack_as_root();
-    attack_in_userns();
 }
 
 /// --userns needs the image layers on a filesystem that can be idmapped. The testbed's
@@ -335,12 +340,7 @@ fn deny_bpf() -> std::io::Result<()> {
 #[ignore = "needs a pure cgroup2 host: runs in the nested testbed (scripts/test-all vm suite)"]
 fn device_program_that_cannot_be_attached_stops_the_start() {
     use std::os::unix::process::CommandExt;
-    let mode = vessel_container::cgroup_mode().expect("read the cgroup layout");
-    assert_eq!(
-        mode,
-        vessel_container::CgroupMode::Unified,
-        "this test is for a pure cgroup2 host (the nested testbed); this one is {mode:?}"
-    );
+    assert_pure_cgroup2();
     data_root_that_can_be_idmapped();
     let n = name("nobpf");
     let mut c = cmd(&["run", "--name", &n, "--network", "none", "busybox", "true"]);
