@@ -409,6 +409,22 @@ fn du(p: &Path) -> u64 {
     total
 }
 
+/// A one-connection-at-a-time HTTP server on a free loopback port: `respond` gets each
+/// request's path and the connection. Returns its `host:port`.
+fn serve(respond: impl Fn(&str, std::net::TcpStream) + Send + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            if let Some(path) = request_path(&conn) {
+                respond(&path, conn);
+            }
+        }
+    });
+    addr
+}
+
 /// Reads an HTTP request's head from `conn`; returns its path.
 fn request_path(conn: &std::net::TcpStream) -> Option<String> {
     use std::io::BufRead;
@@ -425,34 +441,23 @@ fn request_path(conn: &std::net::TcpStream) -> Option<String> {
 /// A registry that serves one manifest (of any size) at `/v2/big/manifests/1` and answers
 /// everything else with 404. Returns its `host:port`.
 fn fake_registry(manifest: Vec<u8>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let Some(path) = request_path(&conn) else {
-                continue;
-            };
-            let path = path.as_str();
-            let mut w = conn;
-            let (status, kind, body): (&str, &str, &[u8]) = match path {
-                "/v2/" => ("200 OK", "application/json", b"{}"),
-                "/v2/big/manifests/1" => (
-                    "200 OK",
-                    "application/vnd.oci.image.manifest.v1+json",
-                    &manifest,
-                ),
-                _ => ("404 Not Found", "application/json", b"{\"errors\":[]}"),
-            };
-            let _ = write!(
+    serve(move |path, mut w| {
+        let (status, kind, body): (&str, &str, &[u8]) = match path {
+            "/v2/" => ("200 OK", "application/json", b"{}"),
+            "/v2/big/manifests/1" => (
+                "200 OK",
+                "application/vnd.oci.image.manifest.v1+json",
+                &manifest,
+            ),
+            _ => ("404 Not Found", "application/json", b"{\"errors\":[]}"),
+        };
+        let _ = write!(
                 w,
                 "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = w.write_all(body);
-        }
-    });
-    addr
+        let _ = w.write_all(body);
+    })
 }
 
 #[test]
@@ -500,48 +505,38 @@ fn huge_manifest_registry(
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = sent.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let Some(path) = request_path(&conn) else {
-                continue;
+    let addr = serve(move |path, mut w| {
+        if path != "/v2/huge/manifests/1" {
+            let (status, body) = if path == "/v2/" {
+                ("200 OK", "{}")
+            } else {
+                ("404 Not Found", "{\"errors\":[]}")
             };
-            let path = path.as_str();
-            let mut w = conn;
-            if path != "/v2/huge/manifests/1" {
-                let (status, body) = if path == "/v2/" {
-                    ("200 OK", "{}")
-                } else {
-                    ("404 Not Found", "{\"errors\":[]}")
-                };
-                let _ = write!(
+            let _ = write!(
                     w,
                     "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                continue;
-            }
-            let length = if with_length {
-                format!("Content-Length: {total}\r\n")
-            } else {
-                String::new()
-            };
-            let _ = write!(
+            return;
+        }
+        let length = if with_length {
+            format!("Content-Length: {total}\r\n")
+        } else {
+            String::new()
+        };
+        let _ = write!(
                 w,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n{{\"schemaVersion\":2,"
             );
-            let chunk = vec![b' '; 1 << 20];
-            let mut left = total;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                if w.write_all(&chunk[..n]).is_err() {
-                    break;
-                }
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-                left -= n as u64;
+        let chunk = vec![b' '; 1 << 20];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if w.write_all(&chunk[..n]).is_err() {
+                break;
             }
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            left -= n as u64;
         }
     });
     (addr, sent)
