@@ -77,6 +77,14 @@ pub fn host_exe() -> Result<PathBuf> {
     std::env::current_exe().map_err(|e| Error::io("locate the running binary", "/proc/self/exe", e))
 }
 
+/// `KEY=VALUE` as an `execve` environment entry; `None` if either holds a NUL byte.
+pub fn env_entry(key: &std::ffi::OsStr, value: &std::ffi::OsStr) -> Option<CString> {
+    let mut kv = key.as_bytes().to_vec();
+    kv.push(b'=');
+    kv.extend_from_slice(value.as_bytes());
+    CString::new(kv).ok()
+}
+
 /// A sealed view of the executable `exe`: an fd open for reading and executing on a
 /// detached read-only overlay, or a sealed memfd copy where overlayfs is unavailable.
 pub fn seal(exe: &Path) -> Result<OwnedFd> {
@@ -176,12 +184,7 @@ pub fn exec_sealed(args: &[OsString]) -> Result<Infallible> {
         argv.push(cstr(a)?);
     }
     let env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
+        .filter_map(|(k, v)| env_entry(&k, &v))
         .collect();
     let e = nix::unistd::execveat(
         fd.as_fd(),

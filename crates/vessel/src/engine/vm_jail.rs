@@ -512,12 +512,7 @@ impl SealedExec {
         let env_owned: Vec<CString> = ["VESSEL_VMM_SECCOMP", "VESSEL_LOG", "RUST_BACKTRACE"]
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (k, v)))
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok()
-            })
+            .filter_map(|(k, v)| sealed::env_entry(std::ffi::OsStr::new(k), &v))
             .collect();
         let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
             v.iter()
