@@ -169,6 +169,22 @@ fn build_request(
                 )));
             }
         }
+        // Not built for VMs yet: refused rather than accepted and ignored (a user would
+        // believe their data mounted or their limit in force).
+        if !a.volumes.is_empty() {
+            return Err(EngineError::InvalidFlag(
+                "-v/--volume is not supported with --isolation vm yet (host directories are not shared into microVMs): copy the data into the image, or use a container".into(),
+            ));
+        }
+        if a.pids_limit.is_some() {
+            return Err(EngineError::InvalidFlag(
+                "--pids-limit is not supported with --isolation vm yet (the guest has no process limit): use --memory to bound the VM, or a container".into(),
+            ));
+        }
+    } else if a.console {
+        return Err(EngineError::InvalidFlag(
+            "--console needs --isolation vm: it shows a microVM's guest console; a container has none".into(),
+        ));
     }
     // Checked now, so that a bad name fails the run before anything is created.
     vessel_container::spec::capabilities_with(&a.cap_add, &a.cap_drop)
