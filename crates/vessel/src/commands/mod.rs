@@ -1,5 +1,6 @@
 //! One function per command: call the engine or the image store, print the result.
 
+mod build;
 mod compare;
 mod containers;
 mod images;
@@ -88,6 +89,7 @@ pub fn run(cli: Cli) -> CmdResult {
         }
         Command::Rmi(a) | Command::Image(ImageCommand::Rm(a)) => images::remove(&store()?, &a),
         Command::Tag { source, target } => images::tag(&store()?, &source, &target),
+        Command::Build(a) => build::build(&root, &a),
         Command::Import(a) | Command::Image(ImageCommand::Import(a)) => {
             images::import(&store()?, &a)
         }
@@ -104,6 +106,7 @@ fn forks_container_processes(cmd: &Command) -> bool {
     matches!(
         cmd,
         Command::Exec(_)
+            | Command::Build(_)
             | Command::Monitor { .. }
             | Command::MonitorEarly { .. }
             | Command::Oci(OciCommand::Create { .. })
