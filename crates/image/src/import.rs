@@ -700,12 +700,20 @@ mod tests {
         }
         assert_eq!(
             names,
-            vec![".wh.gone", "new", "opaque", "opaque/.wh..wh..opq", "opaque/kept"]
+            vec![
+                ".wh.gone",
+                "new",
+                "opaque",
+                "opaque/.wh..wh..opq",
+                "opaque/kept"
+            ]
         );
         // Unpacked, it is an overlay layer again: whiteout device and opaque xattr.
         let dir = store.layer_path(&layer.diff_id);
         let gone = fs::symlink_metadata(dir.join("gone")).unwrap();
-        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&gone.file_type()));
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &gone.file_type()
+        ));
         assert!(is_opaque(&dir.join("opaque")));
     }
 }
