@@ -445,3 +445,172 @@ fn copy_cannot_write_through_an_image_symlink_to_the_host() {
     );
     assert_eq!(inside, "PWNED\nPWNED\nPWNED\n");
 }
+
+/// Every path under `dir` (but `skip`): type, mode, owner, and content or link target.
+fn tree(dir: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let key = format!("/{}", r.display());
+            if skip.contains(&key.as_str()) {
+                continue;
+            }
+            let p = dir.join(&r);
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(r.clone());
+                "dir".to_string()
+            } else if m.is_file() {
+                format!(
+                    "file {:?}",
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap())
+                )
+            } else {
+                format!("special {:x}", m.rdev())
+            };
+            let mode = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            };
+            out.insert(key, format!("{what} {mode:o} {}:{}", m.uid(), m.gid()));
+        }
+    }
+    out
+}
+
+/// The same Dockerfile built by `buildah bud` (Debian's buildah, chroot isolation, vfs
+/// storage): the same files (paths, types, modes, owners, contents) and the same config.
+#[test]
+fn matches_buildah_bud() {
+    assert!(
+        std::process::Command::new("buildah")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "this test compares with buildah: apt-get install buildah"
+    );
+    let rootfs = root().parent().unwrap().join("busybox-rootfs");
+    let ctx = context(&[
+        ("one.txt", "one\n"),
+        ("files/f1", "f1\n"),
+        ("files/remove-me", "rm\n"),
+        ("tarsrc/sub/d", "d\n"),
+        (
+            "Dockerfile",
+            "FROM scratch\nADD rootfs.tar /\nENV PATH=/usr/sbin:/usr/bin:/sbin:/bin APP=/app\nARG VER=1\n\
+             LABEL a=b version=$VER\nWORKDIR /app\nCOPY --chown=1:1 files/ ./files/\n\
+             COPY --chmod=600 one.txt /etc/one.txt\nADD data.tar.gz /data/\n\
+             RUN echo built $VER > /app/built && mkdir -p /var/x && chmod 750 /var/x && chown 1:1 /var/x && rm -f /etc/group\n\
+             RUN ln -s /app/built /app/link && rm /app/files/remove-me\nUSER daemon\nEXPOSE 8080\n\
+             ENTRYPOINT [\"/bin/sh\"]\nCMD [\"-c\", \"cat /app/built\"]\n",
+        ),
+    ]);
+    let sh = |script: &str| {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&ctx)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    sh(&format!(
+        "chmod 755 files/f1 && tar -C {} -cf rootfs.tar . && tar -C tarsrc -czf data.tar.gz . && rm -r tarsrc",
+        rootfs.display()
+    ));
+    let image = tag("vs-buildah");
+    build_ok(&ctx, &["-t", &image]);
+
+    let work = ctx.with_extension("buildah");
+    let b = format!(
+        "buildah --root {w}/root --runroot {w}/run --storage-driver vfs",
+        w = work.display()
+    );
+    sh(&format!(
+        "{b} bud --isolation chroot -q -t cmp:1 -f Dockerfile . >/dev/null"
+    ));
+    let cid = sh(&format!("{b} from cmp:1"));
+    let theirs_dir = PathBuf::from(sh(&format!("{b} mount {cid}")));
+
+    // Ours: the image's layers under a throwaway overlay.
+    let i = image_inspect(&image);
+    let lower: Vec<String> = i["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            root()
+                .join("images/layers")
+                .join(l.as_str().unwrap().trim_start_matches("sha256:"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let ov = work.join("ours");
+    sh(&format!(
+        "mkdir -p {o}/u {o}/w {o}/m && mount -t overlay overlay -o lowerdir={l},upperdir={o}/u,workdir={o}/w {o}/m",
+        o = ov.display(),
+        l = lower.join(":")
+    ));
+    // Mount points each builder's RUN leaves in its own way (Docker's too).
+    let skip = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run"];
+    let ours = tree(&ov.join("m"), &skip);
+    let theirs = tree(&theirs_dir, &skip);
+    sh(&format!(
+        "umount {o}/m; {b} rm {cid} >/dev/null",
+        o = ov.display()
+    ));
+    let differ: Vec<String> = ours
+        .keys()
+        .chain(theirs.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| ours.get(*k) != theirs.get(*k))
+        .map(|k| format!("{k}: vessel {:?} buildah {:?}", ours.get(k), theirs.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the trees differ:\n{}",
+        differ.join("\n")
+    );
+    assert!(
+        ours.len() > 250,
+        "a whole busybox tree was compared ({} paths)",
+        ours.len()
+    );
+
+    let theirs_cfg: serde_json::Value =
+        serde_json::from_str(&sh(&format!("{b} inspect --type image cmp:1"))).unwrap();
+    let tc = &theirs_cfg["OCIv1"]["config"];
+    let oc = &config_doc(&image)["config"];
+    for f in [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+    ] {
+        assert_eq!(oc[f], tc[f], "config {f}");
+    }
+    let mut labels = tc["Labels"].clone();
+    labels.as_object_mut().unwrap().remove("io.buildah.version");
+    assert_eq!(
+        oc["Labels"], labels,
+        "config Labels (buildah's own version label aside)"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
