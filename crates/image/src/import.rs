@@ -677,14 +677,14 @@ mod tests {
         fs::write(upper.join("new"), b"n").unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &upper.join("gone"),
+            upper.join("gone"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::empty(),
             0,
         )
         .unwrap();
         rustix::fs::setxattr(
-            &upper.join("opaque"),
+            upper.join("opaque"),
             unpack::OPAQUE_XATTR,
             b"y",
             rustix::fs::XattrFlags::empty(),
