@@ -31,8 +31,10 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 #[derive(Clone)]
 struct State {
     layers: Vec<LayerRecord>,
-    /// The whole image config document (Docker's fields kept: Healthcheck, OnBuild, Shell).
-    config: Value,
+    /// The image config document but its `config` (Docker's extra fields kept).
+    doc: Map<String, Value>,
+    /// Its `config` object (Docker's Healthcheck, OnBuild and Shell kept).
+    cfg: Map<String, Value>,
     /// An image in the store with exactly these layers, if one is known.
     anchor: Option<Digest>,
     /// The cache key of everything up to here.
@@ -219,44 +221,38 @@ impl Vars for Env<'_> {
 
 impl State {
     fn scratch() -> State {
+        let mut doc = Map::new();
+        doc.insert("architecture".into(), json!("amd64"));
+        doc.insert("os".into(), json!("linux"));
+        doc.insert("history".into(), json!([]));
         State {
             layers: Vec::new(),
-            config: json!({
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": []},
-                "history": [],
-            }),
+            doc,
+            cfg: Map::new(),
             anchor: None,
             key: chain("", &["scratch"]),
         }
     }
 
-    /// The `config` object of the image config, made if missing.
+    /// The `config` object of the image config.
     fn cfg(&mut self) -> &mut Map<String, Value> {
-        if !self.config.get("config").is_some_and(Value::is_object) {
-            self.config["config"] = json!({});
-        }
-        match self.config.get_mut("config") {
-            Some(Value::Object(m)) => m,
-            // Made an object just above.
-            _ => unreachable!("config.config is an object"),
-        }
+        &mut self.cfg
+    }
+
+    /// The whole config document.
+    fn document(&self) -> Value {
+        let mut d = self.doc.clone();
+        d.insert("config".into(), Value::Object(self.cfg.clone()));
+        Value::Object(d)
     }
 
     fn get_str(&self, field: &str) -> Option<String> {
-        self.config
-            .get("config")?
-            .get(field)?
-            .as_str()
-            .map(str::to_string)
+        self.cfg.get(field)?.as_str().map(str::to_string)
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        self.config
-            .get("config")
-            .and_then(|c| c.get("Env"))
+        self.cfg
+            .get("Env")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
@@ -279,9 +275,8 @@ impl State {
     }
 
     fn shell(&self) -> Vec<String> {
-        self.config
-            .get("config")
-            .and_then(|c| c.get("Shell"))
+        self.cfg
+            .get("Shell")
             .and_then(|s| serde_json::from_value::<Vec<String>>(s.clone()).ok())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
@@ -298,9 +293,10 @@ impl State {
         if empty {
             h["empty_layer"] = json!(true);
         }
-        match self.config.get_mut("history").and_then(Value::as_array_mut) {
-            Some(list) => list.push(h),
-            None => self.config["history"] = json!([h]),
+        let list = self.doc.entry("history").or_insert_with(|| json!([]));
+        match list.as_array_mut() {
+            Some(a) => a.push(h),
+            None => *list = json!([h]),
         }
     }
 
@@ -508,11 +504,16 @@ impl Builder<'_> {
                 "[Warning] One or more build-args {unused:?} were not consumed"
             ));
         }
-        fin.config["created"] = json!(now());
+        fin.doc.insert("created".into(), json!(now()));
         let shown = self.opts.tag.as_ref().map(|t| t.to_string());
         self.report
             .step(&format!("COMMIT {}", shown.as_deref().unwrap_or("")));
-        let image = commit(self.store, &fin.config, &fin.layers, self.opts.tag.as_ref())?;
+        let image = commit(
+            self.store,
+            &fin.document(),
+            &fin.layers,
+            self.opts.tag.as_ref(),
+        )?;
         // Intermediate images of the target's own chain: the final image now holds their
         // layers. Those of other stages stay (untagged), keeping their layers for the cache.
         for id in std::mem::take(&mut self.intermediates) {
@@ -594,11 +595,14 @@ impl Builder<'_> {
             .store
             .read_blob(&img.id, MAX_CONFIG)
             .map_err(|e| e.to_string())?;
-        let config: Value =
+        let mut doc: Map<String, Value> =
             serde_json::from_slice(&raw).map_err(|e| format!("image config of {name}: {e}"))?;
-        if config
-            .get("config")
-            .and_then(|c| c.get("OnBuild"))
+        let cfg = match doc.remove("config") {
+            Some(Value::Object(c)) => c,
+            _ => Map::new(),
+        };
+        if cfg
+            .get("OnBuild")
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
         {
@@ -608,7 +612,8 @@ impl Builder<'_> {
         }
         Ok(State {
             layers: img.layers.clone(),
-            config,
+            doc,
+            cfg,
             anchor: Some(img.id.clone()),
             key: chain("", &["image", &img.id.to_string()]),
         })
@@ -741,7 +746,7 @@ impl Builder<'_> {
             }
             Instruction::Maintainer(m) => {
                 let name = m.name.value.to_string();
-                st.config["author"] = json!(name);
+                st.doc.insert("author".into(), json!(name));
                 st.meta(&format!("MAINTAINER {name}"));
             }
             Instruction::User(u) => {
@@ -1015,7 +1020,7 @@ impl Builder<'_> {
         if let Some(a) = &st.anchor {
             return Ok(a.clone());
         }
-        let img = commit(self.store, &st.config, &st.layers, None)?;
+        let img = commit(self.store, &st.document(), &st.layers, None)?;
         self.intermediates.push(img.id.clone());
         st.anchor = Some(img.id.clone());
         Ok(img.id)
@@ -1267,9 +1272,11 @@ impl Builder<'_> {
         let store = self.store;
         self.fs_step(st, key, &created_by, start, |root| {
             for m in &matched {
-                if add && !m.is_dir && is_archive(&m.entries[0].host) {
-                    extract(store, root, &m.entries[0].host, &dest_path, attrs)?;
-                    continue;
+                if let Some(top) = m.entries.first().filter(|_| add && !m.is_dir) {
+                    if is_archive(&top.host) {
+                        extract(store, root, &top.host, &dest_path, attrs)?;
+                        continue;
+                    }
                 }
                 let into = dest_dir || (!m.is_dir && copy::is_dir(root, &dest_path));
                 copy::copy(root, m, &dest_path, into, attrs)?;
