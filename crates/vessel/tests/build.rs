@@ -614,3 +614,44 @@ fn matches_buildah_bud() {
     );
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Attack: ADD extracts a local archive; entries that climb out (`../`), absolute ones, or
+/// go through a symlink the archive itself plants must stay inside the image.
+#[test]
+fn add_of_a_hostile_tar_stays_in_the_image() {
+    let host = std::env::temp_dir().join(common::name("vessel-build-tar-target"));
+    std::fs::create_dir_all(&host).unwrap();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nADD evil.tar /x/\n")]);
+    let h = host.display().to_string();
+    let script = format!(
+        r#"
+import io, tarfile
+t = tarfile.open("evil.tar", "w")
+def f(name, data=b"PWNED\n"):
+    i = tarfile.TarInfo(name); i.size = len(data); t.addfile(i, io.BytesIO(data))
+f("../../../../../../../..{h}/climb")
+f("{h}/absolute")
+l = tarfile.TarInfo("link"); l.type = tarfile.SYMTYPE; l.linkname = "{h}"; t.addfile(l)
+f("link/through-link")
+t.close()
+"#
+    );
+    let st = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&ctx)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = build(&ctx, &["-t", &tag("evil-tar")]);
+    let left: Vec<_> = std::fs::read_dir(&host)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "ADD wrote onto the host: {left:?} in {h} (build: {}{})",
+        stdout(&o),
+        stderr(&o)
+    );
+}
