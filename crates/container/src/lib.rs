@@ -30,6 +30,9 @@ pub use cgroups::{CgroupMode, Stats};
 pub use error::{Error, Result};
 pub use nix::unistd::Pid;
 pub use process::Stdio;
+/// Paths inside a root directory resolved by the kernel without escaping it (for a
+/// builder writing into an image's root, as the runtime does into a container's).
+pub use rootfs::paths::Root;
 pub use runtime::{CreateOptions, ExecProcess, Runtime};
 pub use state::{State, Status};
 

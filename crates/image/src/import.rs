@@ -110,7 +110,7 @@ pub fn import(
     let meta = fs::metadata(source).map_err(Error::io("import from", source))?;
     let layer = store_layer(store, "import", |tmp| {
         if meta.is_dir() {
-            write_layer(tmp, |b| append_tree(b, source))
+            write_layer(tmp, |b| append_tree(b, source, false))
         } else {
             let f = File::open(source).map_err(Error::io("open", source))?;
             let stream = unpack::decompress(f).map_err(Error::io("read", source))?;
@@ -141,7 +141,7 @@ pub fn add_layer(
     created_by: &str,
 ) -> Result<ImageRecord> {
     let layer = store_layer(store, "layer", |tmp| {
-        write_layer(tmp, |b| append_tree(b, source))
+        write_layer(tmp, |b| append_tree(b, source, false))
     })?;
     let mut config = store.config(base)?;
     let mut diff_ids = config.rootfs().diff_ids().clone();
@@ -164,6 +164,16 @@ pub fn add_layer(
     let mut layers = base.layers.clone();
     layers.push(layer);
     commit_single(store, config, layers, tag)
+}
+
+/// Stores the overlayfs upper directory `upper` (what one step of a build changed) as a
+/// layer: its whiteouts (0:0 character devices) become `.wh.NAME` entries and its opaque
+/// directories (`trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry, as the OCI
+/// image spec writes them. The layer is stored and unpacked like any other.
+pub fn store_upper_layer(store: &Store, upper: &Path) -> Result<LayerRecord> {
+    store_layer(store, "diff", |tmp| {
+        write_layer(tmp, |b| append_tree(b, upper, true))
+    })
 }
 
 /// Stores a config and a manifest for `layers` and commits the image.
@@ -380,12 +390,17 @@ fn copy_tar(b: &mut LayerWriter, stream: impl Read, source: &Path) -> Result<()>
 }
 
 /// Tars a directory tree, sorted for reproducible digests, keeping owners, modes, times,
-/// xattrs, hard links, symlinks, devices and fifos. Symlinks are never followed.
-fn append_tree(b: &mut LayerWriter, root: &Path) -> Result<()> {
+/// xattrs, hard links, symlinks, devices and fifos. Symlinks are never followed. With
+/// `overlay_upper`, the tree is an overlayfs upper directory whose whiteouts and opaque
+/// directories become OCI whiteout entries.
+fn append_tree(b: &mut LayerWriter, root: &Path, overlay_upper: bool) -> Result<()> {
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = root.join(&rel);
+        if overlay_upper && !rel.as_os_str().is_empty() && is_opaque(&full) {
+            append_whiteout(b, &rel.join(unpack::OPAQUE_MARKER))?;
+        }
         let mut names: Vec<_> = fs::read_dir(&full)
             .map_err(Error::io("read directory", &full))?
             .map(|e| e.map(|e| e.file_name()))
@@ -403,6 +418,13 @@ fn append_tree(b: &mut LayerWriter, root: &Path) -> Result<()> {
             h.set_mode(meta.mode() & 0o7777);
             let ft = meta.file_type();
             let w = |e: io::Error| Error::io("add to layer", path.clone())(e);
+            use std::os::unix::fs::FileTypeExt;
+            if overlay_upper && ft.is_char_device() && meta.rdev() == 0 {
+                let mut hidden = std::ffi::OsString::from(unpack::WHITEOUT_PREFIX);
+                hidden.push(&name);
+                append_whiteout(b, &rel.join(hidden))?;
+                continue;
+            }
             if ft.is_dir() {
                 h.set_size(0);
                 b.append_data(&mut h, &rel_path, io::empty()).map_err(w)?;
@@ -423,7 +445,6 @@ fn append_tree(b: &mut LayerWriter, root: &Path) -> Result<()> {
                 if meta.nlink() > 1 {
                     links.insert((meta.dev(), meta.ino()), rel_path.clone());
                 }
-                use std::os::unix::fs::FileTypeExt;
                 if ft.is_char_device() || ft.is_block_device() {
                     let dev = meta.rdev();
                     h.set_device_major(rustix::fs::major(dev)).map_err(w)?;
@@ -446,6 +467,25 @@ fn append_tree(b: &mut LayerWriter, root: &Path) -> Result<()> {
         stack.extend(subdirs.into_iter().rev());
     }
     Ok(())
+}
+
+/// Whether overlayfs marked the directory `dir` opaque (it hides the lower layers' one).
+fn is_opaque(dir: &Path) -> bool {
+    let mut val = [0u8; 4];
+    matches!(rustix::fs::lgetxattr(dir, unpack::OPAQUE_XATTR, &mut val), Ok(1) if val[0] == b'y')
+}
+
+/// An OCI whiteout entry: an empty root-owned file named `.wh.NAME` (or `.wh..wh..opq`).
+fn append_whiteout(b: &mut LayerWriter, rel: &Path) -> Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, rel, io::empty())
+        .map_err(|e| Error::io("add whiteout to layer", rel)(e))
 }
 
 fn append_xattrs(b: &mut LayerWriter, path: &Path) -> Result<()> {
@@ -624,5 +664,56 @@ mod tests {
             .iter()
             .all(|i| i.layers[0].diff_id == images[0].layers[0].diff_id));
         assert_eq!(fs::read_dir(root.join("images/layers")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn upper_dir_whiteouts_become_oci_whiteouts() {
+        // Needs root: mknod of a whiteout and trusted.* xattrs, as overlayfs makes them.
+        assert!(rustix::process::geteuid().is_root(), "run as root");
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("upper");
+        fs::create_dir_all(upper.join("opaque")).unwrap();
+        fs::write(upper.join("opaque/kept"), b"k").unwrap();
+        fs::write(upper.join("new"), b"n").unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            upper.join("gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        rustix::fs::setxattr(
+            upper.join("opaque"),
+            unpack::OPAQUE_XATTR,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let store = Store::open(&tmp.path().join("root")).unwrap();
+        let layer = store_upper_layer(&store, &upper).unwrap();
+        let blob = store.open_blob(&layer.blob).unwrap();
+        let mut names = Vec::new();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+        for e in archive.entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+        }
+        assert_eq!(
+            names,
+            vec![
+                ".wh.gone",
+                "new",
+                "opaque",
+                "opaque/.wh..wh..opq",
+                "opaque/kept"
+            ]
+        );
+        // Unpacked, it is an overlay layer again: whiteout device and opaque xattr.
+        let dir = store.layer_path(&layer.diff_id);
+        let gone = fs::symlink_metadata(dir.join("gone")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &gone.file_type()
+        ));
+        assert!(is_opaque(&dir.join("opaque")));
     }
 }

@@ -34,8 +34,10 @@ use crate::tar_guard::TarGuard;
 
 /// The xattr overlayfs reads to mark a directory opaque.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The name prefix of an OCI whiteout entry.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The OCI entry that marks its directory opaque.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

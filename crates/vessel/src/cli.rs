@@ -168,6 +168,8 @@ pub enum Command {
         /// New name[:tag]
         target: String,
     },
+    /// Build an image from a Dockerfile and a context directory
+    Build(BuildArgs),
     /// Import a root filesystem (directory or tar, optionally compressed) as an image
     Import(ImportArgs),
     /// Download an image from a registry
@@ -272,6 +274,34 @@ pub struct RmiArgs {
     /// Image names or ids
     #[arg(required = true)]
     pub images: Vec<String>,
+}
+
+/// `build`.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Name[:tag] for the new image
+    #[arg(short, long = "tag")]
+    pub tag: Option<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile)
+    #[arg(short, long = "file")]
+    pub file: Option<PathBuf>,
+    /// A build argument, KEY=VALUE (or KEY: its value from the environment)
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The stage to build (default: the last one)
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Run every step, taking nothing from the build cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print only the new image's id
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Where RUN steps run: container (vm is not supported by build yet)
+    #[arg(long, value_enum, default_value_t = IsolationArg::Container)]
+    pub isolation: IsolationArg,
+    /// The build context directory
+    pub context: PathBuf,
 }
 
 #[derive(Args, Debug)]

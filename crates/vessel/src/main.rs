@@ -3,7 +3,6 @@
 mod cli;
 mod commands;
 mod compare;
-mod engine;
 mod progress;
 
 use std::process::ExitCode;

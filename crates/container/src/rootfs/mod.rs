@@ -5,7 +5,7 @@
 //! fork time would deadlock us); errors carry the path and errno back to the parent.
 
 pub(crate) mod idmap;
-mod paths;
+pub(crate) mod paths;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use crate::error::{Error, Result};
 
 /// The container's root directory, held open: paths inside it are resolved relative to it.
-pub(crate) struct Root {
+pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -33,7 +33,7 @@ pub(crate) fn fd_path(fd: &impl AsRawFd) -> PathBuf {
 
 impl Root {
     /// Opens the root directory `path` (a trusted host path: the bundle's rootfs).
-    pub(crate) fn open(path: &Path) -> Result<Root> {
+    pub fn open(path: &Path) -> Result<Root> {
         let fd = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -53,7 +53,7 @@ impl Root {
     /// An `O_PATH` descriptor of `p` (a path inside the container), resolved inside the
     /// root. Resolve again after mounting on it: the descriptor keeps naming what was
     /// there before the mount.
-    pub(crate) fn resolve(&self, p: &Path) -> Result<OwnedFd> {
+    pub fn resolve(&self, p: &Path) -> Result<OwnedFd> {
         self.resolve_raw(p).map_err(|e| {
             Error::sys(
                 "resolve inside the container's root",
@@ -82,7 +82,7 @@ impl Root {
     /// Makes the directory `p` and its missing parents inside the root, and returns an
     /// `O_PATH` descriptor of it. A dangling symlink on the way is followed, inside the
     /// root, and its target made (as runc's SecureJoin + MkdirAll end up doing).
-    pub(crate) fn mkdir_all(&self, p: &Path) -> Result<OwnedFd> {
+    pub fn mkdir_all(&self, p: &Path) -> Result<OwnedFd> {
         self.mkdir_all_depth(p, 0)
     }
 
@@ -158,7 +158,7 @@ impl Root {
 
     /// The directory that holds `p` (made if missing) and `p`'s last component, to
     /// create `p` itself with a `*at` call that does not follow a symlink there.
-    pub(crate) fn parent_of<'a>(&self, p: &'a Path) -> Result<(OwnedFd, &'a std::ffi::OsStr)> {
+    pub fn parent_of<'a>(&self, p: &'a Path) -> Result<(OwnedFd, &'a std::ffi::OsStr)> {
         let (parent, name) = split(p)?;
         Ok((self.mkdir_all(parent)?, name))
     }

@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{CompareArgs, CompareIsolation};
 use crate::compare::{self, CompareError, Observer, Options};
-use crate::engine::request::{parse_size, Isolation};
 use crate::{CmdResult, Failure, EXIT_ENGINE};
+use vessel_engine::request::{parse_size, Isolation};
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
 struct Bar(Option<ProgressBar>);

@@ -10,16 +10,16 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde_json::json;
 
 use crate::cli::{ExecArgs, Format, IsolationArg, LogsArgs, PsArgs, RunArgs};
-use crate::engine::backend::{ExecRequest, Stdio};
-use crate::engine::catalogue::{Instance, Status};
-use crate::engine::logs::{self, Stream};
-use crate::engine::monitor::{self, Report};
-use crate::engine::request::{
+use crate::{CmdResult, Failure, EXIT_ENGINE};
+use vessel_engine::backend::{ExecRequest, Stdio};
+use vessel_engine::catalogue::{Instance, Status};
+use vessel_engine::logs::{self, Stream};
+use vessel_engine::monitor::{self, Report};
+use vessel_engine::request::{
     parse_signal, parse_size, ExtraHost, Isolation, LogConfig, LogDriver, RunRequest, Tmpfs,
     Ulimit, Volume,
 };
-use crate::engine::{CreateSpec, Engine, EngineError};
-use crate::{CmdResult, Failure, EXIT_ENGINE};
+use vessel_engine::{CreateSpec, Engine, EngineError};
 
 use super::images::{human_age, print_table};
 
@@ -654,7 +654,7 @@ fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
             "FinishedAt": i.finished_at,
             "MonitorPid": i.monitor.map(|m| m.0),
             // A microVM's jailed VMM process (engine::vm_jail), while it runs.
-            "VmmPid": crate::engine::vm_jail::vmm_pid(&engine.instance_dir(&i.id)),
+            "VmmPid": vessel_engine::vm_jail::vmm_pid(&engine.instance_dir(&i.id)),
         },
         "HostConfig": {
             "Isolation": r.isolation.as_str(),

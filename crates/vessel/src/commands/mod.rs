@@ -1,5 +1,6 @@
 //! One function per command: call the engine or the image store, print the result.
 
+mod build;
 mod compare;
 mod containers;
 mod images;
@@ -9,7 +10,7 @@ mod transfer;
 
 use vessel_image::Store;
 
-use crate::engine::Engine;
+use vessel_engine::Engine;
 
 use crate::cli::{Cli, Command, ImageCommand};
 use crate::{CmdResult, Failure};
@@ -33,7 +34,7 @@ pub fn run(cli: Cli) -> CmdResult {
             // First, while this process has one thread and no database open: the
             // instance's monitor, forked, opens the engine while we create the instance.
             let early =
-                crate::engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty, a.rm)
+                vessel_engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty, a.rm)
                     .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
             // Our caller waits for our exit; the monitor writes after us and checkpoints
             // once the run has returned.
@@ -66,21 +67,21 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Oci(c) => oci::run(c),
         Command::Network(c) => network::run(&engine()?, &c),
         Command::Monitor { id, attached } => {
-            Ok(crate::engine::monitor::run(&engine()?, &id, attached))
+            Ok(vessel_engine::monitor::run(&engine()?, &id, attached))
         }
         Command::MonitorEarly {
             attached,
             stdin,
             tty,
             remove,
-        } => Ok(crate::engine::monitor::early(
+        } => Ok(vessel_engine::monitor::early(
             &root,
             (attached, stdin, tty, remove),
         )),
         // The VMM opens nothing, the engine least of all: its monitor handed it the VM.
-        Command::Vmm => Ok(crate::engine::vm_jail::run()),
+        Command::Vmm => Ok(vessel_engine::vm_jail::run()),
         Command::MonitorFinish { id, code } => {
-            Ok(crate::engine::monitor::finish(&engine()?, &id, code))
+            Ok(vessel_engine::monitor::finish(&engine()?, &id, code))
         }
         Command::Images(a) | Command::Image(ImageCommand::Ls(a)) => images::list(&store()?, &a),
         Command::Image(ImageCommand::Inspect { images: names }) => {
@@ -88,6 +89,7 @@ pub fn run(cli: Cli) -> CmdResult {
         }
         Command::Rmi(a) | Command::Image(ImageCommand::Rm(a)) => images::remove(&store()?, &a),
         Command::Tag { source, target } => images::tag(&store()?, &source, &target),
+        Command::Build(a) => build::build(&root, &a),
         Command::Import(a) | Command::Image(ImageCommand::Import(a)) => {
             images::import(&store()?, &a)
         }
@@ -104,6 +106,7 @@ fn forks_container_processes(cmd: &Command) -> bool {
     matches!(
         cmd,
         Command::Exec(_)
+            | Command::Build(_)
             | Command::Monitor { .. }
             | Command::MonitorEarly { .. }
             | Command::Oci(OciCommand::Create { .. })

@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use crate::cli::{Format, NetworkCommand};
-use crate::engine::{Engine, EngineError};
 use crate::{CmdResult, Failure};
+use vessel_engine::{Engine, EngineError};
 
 use super::images::print_table;
 

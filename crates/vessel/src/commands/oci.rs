@@ -6,8 +6,8 @@ use std::path::Path;
 use vessel_container::{CreateOptions, Runtime, Stdio};
 
 use crate::cli::OciCommand;
-use crate::engine::request::parse_signal;
 use crate::{CmdResult, Failure};
+use vessel_engine::request::parse_signal;
 
 fn err(e: vessel_container::Error) -> Failure {
     Failure::new(e.exit_code().map(|c| c as u8).unwrap_or(1), e)

@@ -22,7 +22,7 @@ use vessel_image::Store;
 
 use self::measure::{Facts, Perf, Vessel};
 use self::report::{Cell, Host, Metric, Report, Row};
-use crate::engine::request::Isolation;
+use vessel_engine::request::Isolation;
 
 /// Where the probe lives inside the derived image.
 const PROBE_PATH: &str = "/.vessel-compare/probe";
@@ -110,7 +110,7 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
     let clock = Instant::now();
     let exe = vessel_container::sealed::host_exe()
         .map_err(|e| CompareError::Setup(format!("locate the vessel binary: {e}")))?;
-    let probe = crate::engine::init::binary().map_err(|e| {
+    let probe = vessel_engine::init::binary().map_err(|e| {
         CompareError::Setup(format!(
             "compare runs the static probe vessel-init: {}",
             e.to_string().trim_start_matches("internal error: ")
@@ -271,7 +271,7 @@ impl ProbeImage {
             .iter()
             .any(|r| matches!(r, vessel_image::store::Removed::Deleted(_)))
         {
-            crate::engine::vm::remove_image_disk(root, &self.id.to_string());
+            vessel_engine::vm::remove_image_disk(root, &self.id.to_string());
         }
     }
 }
@@ -547,7 +547,7 @@ fn instance_memory(vessel: &Vessel, id: &str, iso: Isolation) -> Result<(u64, St
             let guest = v["HostConfig"]["Memory"]
                 .as_u64()
                 .filter(|m| *m > 0)
-                .unwrap_or((crate::engine::vm::DEFAULT_MEMORY_MIB as u64) << 20);
+                .unwrap_or((vessel_engine::vm::DEFAULT_MEMORY_MIB as u64) << 20);
             Ok((
                 vmm + mon,
                 format!(
@@ -586,7 +586,7 @@ fn shared_artefacts(
             ),
         )),
         Isolation::Vm => {
-            let disk = crate::engine::vm::image_disk_path(&opts.root, &image_id);
+            let disk = vessel_engine::vm::image_disk_path(&opts.root, &image_id);
             let initramfs = opts.root.join("vm/initramfs");
             Ok((
                 measure::disk_usage(&[disk, initramfs]),
