@@ -436,8 +436,14 @@ fn start_one(
     let raw = RawMode::enable(attached && req.tty && req.interactive);
     let mut m = match early {
         Some(m) => m,
-        None => monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
-            .map_err(fail)?,
+        None => monitor::spawn(
+            engine.config(),
+            &inst.id,
+            attached,
+            req.interactive,
+            req.tty,
+        )
+        .map_err(fail)?,
     };
     let first = m.next();
     drop(warm);
