@@ -658,9 +658,11 @@ pub struct Spawned {
     go: Option<std::fs::File>,
 }
 
-impl Spawned {
-    /// The next report, or `None` if the monitor closed the pipe (it exited).
-    pub fn next(&mut self) -> Option<Report> {
+/// The monitor's reports, in order: `None` once it closed the pipe (it exited).
+impl Iterator for Spawned {
+    type Item = Report;
+
+    fn next(&mut self) -> Option<Report> {
         use std::io::BufRead;
         let mut line = String::new();
         match self.reports.read_line(&mut line) {
@@ -668,7 +670,9 @@ impl Spawned {
             Ok(_) => serde_json::from_str(&line).ok(),
         }
     }
+}
 
+impl Spawned {
     /// The pipe the reports come on, to poll: see also [`Spawned::buffered`].
     pub fn report_fd(&self) -> BorrowedFd<'_> {
         self.reports.get_ref().as_fd()
