@@ -20,18 +20,22 @@ pub(crate) const USERNS_HOST_ID: u32 = 100_000;
 pub struct ContainerBackend {
     runtime: Runtime,
     networks: vessel_network::Networks,
+    /// `vessel-init`, for `--init`.
+    init: PathBuf,
 }
 
 impl ContainerBackend {
     /// A backend whose runtime state lives under `state_root`, wiring containers to the
-    /// bridge networks of `networks`.
+    /// bridge networks of `networks`, with `init` as the PID 1 of `--init`.
     pub fn new(
         state_root: impl Into<PathBuf>,
         networks: vessel_network::Networks,
+        init: PathBuf,
     ) -> ContainerBackend {
         ContainerBackend {
             runtime: Runtime::new(state_root),
             networks,
+            init,
         }
     }
 }
@@ -199,7 +203,7 @@ impl Backend for ContainerBackend {
             args.insert(0, super::init::INIT_PATH.to_string());
             args.insert(1, "--".to_string());
             binds.push(BindMount {
-                source: super::init::binary()?,
+                source: super::init::binary(&self.init)?,
                 destination: super::init::INIT_PATH.into(),
                 readonly: true,
             });

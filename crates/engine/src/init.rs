@@ -1,26 +1,22 @@
-//! Locating `vessel-init`, the static PID 1 that `--init` bind-mounts into a container.
+//! `vessel-init`, the static PID 1 that `--init` bind-mounts into a container (and the
+//! agent of a microVM): where it appears, and the check that it is there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{EngineError, Result};
 
 /// Where `vessel-init` appears inside the container.
 pub const INIT_PATH: &str = "/dev/init";
 
-/// The `vessel-init` binary: `VESSEL_INIT`, or beside the running `vessel` binary.
-pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VESSEL_INIT") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = vessel_container::sealed::host_exe()
-        .map_err(|e| EngineError::Internal(format!("locate the vessel binary: {e}")))?;
-    let p = exe.with_file_name("vessel-init");
-    if p.is_file() {
-        Ok(p)
+/// The `vessel-init` binary at `path` ([`crate::EngineConfig::init`]), which must exist.
+pub fn binary(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
     } else {
         Err(EngineError::Internal(format!(
-            "--init needs {} (build it with ./x setup, or set VESSEL_INIT)",
-            p.display()
+            "--init needs {} (build it with ./x setup, or set {})",
+            path.display(),
+            crate::config::ENV_INIT
         )))
     }
 }

@@ -4,11 +4,14 @@
 
 pub mod backend;
 pub mod catalogue;
+pub mod config;
 pub mod container;
 pub mod init;
+pub mod inspect;
 pub use vessel_shim::logs;
 pub mod monitor;
 pub mod names;
+pub mod options;
 pub mod request;
 pub mod userdb;
 pub mod vm;
@@ -19,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vessel_image::{ImageRecord, Store};
+
+pub use self::config::{EngineConfig, RUN_DIR};
 
 use self::backend::Backend;
 use self::catalogue::{Catalogue, Instance, Status};
@@ -103,12 +108,10 @@ impl EngineError {
 /// Result alias for the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// Default directory for state that dies with the host (runtime state, sockets).
-pub const RUN_DIR: &str = "/run/vessel";
-
 /// The engine over one data root.
 pub struct Engine {
-    root: PathBuf,
+    /// Its settings; `config.root` is the data root.
+    config: EngineConfig,
     /// Opened on first use: the monitor never needs it unless it removes (`--rm`).
     store: std::sync::OnceLock<Store>,
     catalogue: Catalogue,
@@ -126,7 +129,7 @@ pub struct Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let moved = std::mem::take(self.trashed.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let trash = self.root.join("trash");
+        let trash = self.config.root.join("trash");
         if *self.trash_here.get_mut() {
             vessel_container::trash::empty_now(&trash, &moved);
         } else {
@@ -144,9 +147,9 @@ pub struct CreateSpec {
 }
 
 impl Engine {
-    /// Opens the engine on data root `root`.
-    pub fn open(root: &Path) -> Result<Engine> {
-        Engine::open_with(root, None)
+    /// Opens the engine with the settings of `config` (on its data root).
+    pub fn open(config: &EngineConfig) -> Result<Engine> {
+        Engine::open_with(config, None)
     }
 
     /// [`Engine::open`], opening the image store first: for `vessel run`, whose monitor
@@ -154,27 +157,28 @@ impl Engine {
     /// first by one of the two processes, which rebuilds its WAL index, and then by the
     /// other, which finds it ready; opening the same one at once, one would wait for the
     /// other's rebuild.
-    pub fn open_store_first(root: &Path) -> Result<Engine> {
-        let store = Store::open(root)?;
+    pub fn open_store_first(config: &EngineConfig) -> Result<Engine> {
+        let store = Store::open(&config.root)?;
         store.warm();
-        Engine::open_with(root, Some(store))
+        Engine::open_with(config, Some(store))
     }
 
-    fn open_with(root: &Path, store: Option<Store>) -> Result<Engine> {
-        let catalogue = Catalogue::open(root)?;
+    fn open_with(config: &EngineConfig, store: Option<Store>) -> Result<Engine> {
+        let catalogue = Catalogue::open(&config.root)?;
         let store = store.map(std::sync::OnceLock::from).unwrap_or_default();
-        let run = std::env::var_os("VESSEL_RUN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(RUN_DIR));
-        let container =
-            ContainerBackend::new(run.join("runtime"), vessel_network::Networks::from_env());
+        let networks = || vessel_network::Networks::new(config.network_dir.clone());
+        let container = ContainerBackend::new(
+            config.run_dir.join("runtime"),
+            networks(),
+            config.init.clone(),
+        );
         Ok(Engine {
-            root: root.to_path_buf(),
+            config: config.clone(),
             store,
             catalogue,
             container,
-            vm: vm::VmBackend::new(root, vessel_network::Networks::from_env()),
-            networks: vessel_network::Networks::from_env(),
+            vm: vm::VmBackend::new(config, networks()),
+            networks: networks(),
             trashed: std::sync::Mutex::new(Vec::new()),
             trash_here: std::sync::atomic::AtomicBool::new(false),
         })
@@ -212,7 +216,7 @@ impl Engine {
         if let Some(s) = self.store.get() {
             return Ok(s);
         }
-        let s = Store::open(&self.root)?;
+        let s = Store::open(&self.config.root)?;
         Ok(self.store.get_or_init(|| s))
     }
 
@@ -223,7 +227,12 @@ impl Engine {
 
     /// The data root.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.config.root
+    }
+
+    /// The settings the engine was opened with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// The backend for an isolation.
@@ -236,7 +245,7 @@ impl Engine {
 
     /// An instance's directory.
     pub fn instance_dir(&self, id: &str) -> PathBuf {
-        self.root.join("instances").join(id)
+        self.config.root.join("instances").join(id)
     }
 
     /// Makes an instance's directory: root's alone (`0700`), as its config, logs, disks
@@ -597,8 +606,9 @@ impl Engine {
         }
         tracing::debug!("purge: backend cleaned up");
         // Gone from its place at once; its contents are deleted when we are dropped.
-        if let Some(moved) = vessel_container::trash::move_to_trash(&dir, &self.root.join("trash"))
-            .map_err(|e| EngineError::io("remove", &dir, e))?
+        if let Some(moved) =
+            vessel_container::trash::move_to_trash(&dir, &self.config.root.join("trash"))
+                .map_err(|e| EngineError::io("remove", &dir, e))?
         {
             self.trashed
                 .lock()

@@ -20,7 +20,7 @@ use super::backend::{Exit, Started, Stdio};
 use super::catalogue::{self, Instance};
 use super::logs::{self, Stream};
 use super::request::LogDriver;
-use super::{Engine, EngineError};
+use super::{Engine, EngineConfig, EngineError};
 
 /// The fd on which the monitor reports to its parent.
 pub const SYNC_FD: RawFd = 3;
@@ -266,7 +266,7 @@ fn supervise(
 
     // A detached container needs no more of `vessel` until it exits: become the shim.
     if !attached && inst.request.isolation == super::request::Isolation::Container {
-        if let Some(shim) = shim_binary() {
+        if let Some(shim) = engine.config().shim.clone() {
             drop(log);
             let e = exec_shim(engine, inst, &shim, &started, ours.as_ref());
             // Still here: the shim could not run; stay the monitor ourselves.
@@ -334,17 +334,6 @@ fn conclude(
     Ok(exit.code.clamp(0, 255) as u8)
 }
 
-/// `vessel-shim`, beside the running `vessel` binary (`VESSEL_SHIM` overrides), if there.
-fn shim_binary() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("VESSEL_SHIM") {
-        return Some(p.into());
-    }
-    let p = vessel_container::sealed::host_exe()
-        .ok()?
-        .with_file_name("vessel-shim");
-    p.is_file().then_some(p)
-}
-
 /// Replaces this process with the shim, which keeps the container's stdio, waits for it
 /// and then runs `vessel __monitor-finish`. Returns only if the exec failed.
 fn exec_shim(
@@ -355,11 +344,10 @@ fn exec_shim(
     pipes: Option<&(OwnedFd, OwnedFd, Option<OwnedFd>)>,
 ) -> std::io::Error {
     use std::os::unix::process::CommandExt;
-    let exe = match vessel_container::sealed::host_exe() {
-        Ok(e) => e,
-        Err(e) => return std::io::Error::other(e),
-    };
+    let exe = &engine.config().exe;
     let mut cmd = std::process::Command::new(shim);
+    // What `__monitor-finish` opens its engine with, through the shim.
+    engine.config().apply_child_env(&mut cmd);
     cmd.arg("--pid").arg(started.pid.to_string());
     let log = &inst.request.log;
     match log.driver {
@@ -670,9 +658,11 @@ pub struct Spawned {
     go: Option<std::fs::File>,
 }
 
-impl Spawned {
-    /// The next report, or `None` if the monitor closed the pipe (it exited).
-    pub fn next(&mut self) -> Option<Report> {
+/// The monitor's reports, in order: `None` once it closed the pipe (it exited).
+impl Iterator for Spawned {
+    type Item = Report;
+
+    fn next(&mut self) -> Option<Report> {
         use std::io::BufRead;
         let mut line = String::new();
         match self.reports.read_line(&mut line) {
@@ -680,7 +670,9 @@ impl Spawned {
             Ok(_) => serde_json::from_str(&line).ok(),
         }
     }
+}
 
+impl Spawned {
     /// The pipe the reports come on, to poll: see also [`Spawned::buffered`].
     pub fn report_fd(&self) -> BorrowedFd<'_> {
         self.reports.get_ref().as_fd()
@@ -754,7 +746,7 @@ impl Spawned {
 /// `attached`, `stdin` and `tty` are as for [`spawn`]; with `remove` (`--rm`), the monitor
 /// also readies the image store, which the removal needs, while it waits.
 pub fn fork_early(
-    root: &std::path::Path,
+    config: &EngineConfig,
     attached: bool,
     stdin: bool,
     tty: bool,
@@ -783,7 +775,7 @@ pub fn fork_early(
             // The monitor forks the container's processes: it runs from the sealed binary
             // (vessel_container::sealed), as `__monitor-early` with the report pipe on
             // fd 3 and the id pipe on fd 4.
-            let e = exec_early(root, (attached, stdin, tty, remove), w, go_r);
+            let e = exec_early(config, (attached, stdin, tty, remove), w, go_r);
             let mut sync = Sync(Some(std::fs::File::from(e.1)));
             sync.send(&Report::Error {
                 code: 125,
@@ -798,7 +790,7 @@ pub fn fork_early(
 /// Puts `sync` on fd 3 and `go` on fd 4 and execs the sealed binary as `__monitor-early`.
 /// Returns only on failure, with the report pipe to say so on.
 fn exec_early(
-    root: &std::path::Path,
+    config: &EngineConfig,
     (attached, stdin, tty, remove): (bool, bool, bool, bool),
     sync: OwnedFd,
     go: OwnedFd,
@@ -825,7 +817,7 @@ fn exec_early(
             sync_back,
         );
     }
-    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), root.into()];
+    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), config.root.clone().into()];
     if let Some(level) = tracing::level_filters::LevelFilter::current().into_level() {
         if level >= tracing::Level::DEBUG {
             args.push("--debug".into());
@@ -842,6 +834,14 @@ fn exec_early(
             args.push(flag.into());
         }
     }
+    // The settings go explicitly, whatever our own environment holds. This child of a
+    // single-threaded process is single-threaded: changing its environment is sound.
+    for (k, v) in config.child_env() {
+        match v {
+            Some(v) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
+        }
+    }
     match vessel_container::sealed::exec_sealed(&args) {
         Err(e) => (e.to_string(), sync_back),
         Ok(never) => match never {},
@@ -850,7 +850,8 @@ fn exec_early(
 
 /// `vessel __monitor-early`: the monitor [`fork_early`] started, now running sealed, with
 /// the report pipe on fd 3 and the pipe that brings the instance id on fd 4.
-pub fn early(root: &std::path::Path, flags: (bool, bool, bool, bool)) -> u8 {
+/// `config` is the one the front end rebuilt from what [`fork_early`] passed on.
+pub fn early(config: &EngineConfig, flags: (bool, bool, bool, bool)) -> u8 {
     // SAFETY: fds 3 and 4 were placed for us by `exec_early` and are ours from here on.
     let (sync, go) = unsafe { (OwnedFd::from_raw_fd(SYNC_FD), OwnedFd::from_raw_fd(GO_FD)) };
     for fd in [&sync, &go] {
@@ -873,14 +874,14 @@ pub fn early(root: &std::path::Path, flags: (bool, bool, bool, bool)) -> u8 {
             return 125;
         }
     };
-    let code = early_child(root, flags, sync, go, null);
+    let code = early_child(config, flags, sync, go, null);
     let _ = std::io::stdout().flush();
     code
 }
 
 /// The body of a monitor from [`fork_early`]; returns its exit status.
 fn early_child(
-    root: &std::path::Path,
+    config: &EngineConfig,
     (attached, stdin, tty, remove): (bool, bool, bool, bool),
     sync: OwnedFd,
     go: OwnedFd,
@@ -902,7 +903,7 @@ fn early_child(
     settle_child(!(attached && tty));
     drop(null);
     // Opened, and its schemas loaded, while our parent creates the instance.
-    let engine = Engine::open(root);
+    let engine = Engine::open(config);
     if let Ok(e) = &engine {
         e.catalogue().warm();
         if remove {
@@ -947,8 +948,9 @@ fn settle_child(own_session: bool) {
 /// Starts the monitor of instance `id`. With `attached`, it shares our stdout and stderr
 /// (and stdin if `stdin`); it stays in our session (to get SIGWINCH) only when it drives
 /// an attached terminal, and otherwise gets a session of its own so that it survives us.
+/// The monitor is `config.exe`, given the settings of `config` explicitly.
 pub fn spawn(
-    root: &std::path::Path,
+    config: &EngineConfig,
     id: &str,
     attached: bool,
     stdin: bool,
@@ -956,12 +958,11 @@ pub fn spawn(
 ) -> Result<Spawned, EngineError> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio as P};
-    let exe = vessel_container::sealed::host_exe()
-        .map_err(|e| EngineError::Internal(format!("locate the vessel binary: {e}")))?;
     let (r, w) = pipe()?;
     let w_raw = w.as_raw_fd();
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root").arg(root).arg("__monitor").arg(id);
+    let mut cmd = Command::new(&config.exe);
+    cmd.arg("--root").arg(&config.root).arg("__monitor").arg(id);
+    config.apply_child_env(&mut cmd);
     if attached {
         cmd.arg("--attached");
     }

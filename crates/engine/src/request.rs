@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 use super::{EngineError, Result};
 
 /// Which kind of isolation runs the instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// Namespaces and cgroups on the host kernel.
+    #[default]
     Container,
     /// A KVM microVM with its own kernel.
     Vm,

@@ -55,15 +55,6 @@ const SCRATCH_BYTES: u64 = 1 << 30;
 pub struct KernelDir(pub PathBuf);
 
 impl KernelDir {
-    /// `VESSEL_KERNEL_DIR`, else `<root>/kernel`.
-    pub fn locate(root: &Path) -> KernelDir {
-        KernelDir(
-            std::env::var_os("VESSEL_KERNEL_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("kernel")),
-        )
-    }
-
     /// The image to boot: the ELF `vmlinux` if there is one (PVH entry: no decompression
     /// in the guest, so a faster start and ~34 MiB less guest memory touched: the
     /// bzImage's compressed copy and decompression buffers), else the `vmlinuz` bzImage.
@@ -103,6 +94,8 @@ pub fn remove_image_disk(root: &Path, image_id: &str) {
 /// Runs instances as microVMs.
 pub struct VmBackend {
     root: PathBuf,
+    /// The settings: kernel directory, agent binary, the VMM's binary and environment.
+    config: crate::EngineConfig,
     networks: vessel_network::Networks,
     /// The running VM of this process (the monitor), for `kill` from signal forwarding.
     running: Mutex<Option<Running>>,
@@ -145,10 +138,12 @@ fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> Engin
 }
 
 impl VmBackend {
-    /// A backend over data root `root`, wiring VMs to `networks`.
-    pub fn new(root: &Path, networks: vessel_network::Networks) -> VmBackend {
+    /// A backend with the settings of `config` (on its data root), wiring VMs to
+    /// `networks`.
+    pub fn new(config: &crate::EngineConfig, networks: vessel_network::Networks) -> VmBackend {
         VmBackend {
-            root: root.to_path_buf(),
+            root: config.root.clone(),
+            config: config.clone(),
             networks,
             running: Mutex::new(None),
             threads: Mutex::new(None),
@@ -162,7 +157,7 @@ impl VmBackend {
     /// The kernel directory whose modules go into the initramfs (`--kernel` replaces only
     /// the kernel image that boots).
     fn kernel(&self, _inst: &Instance) -> KernelDir {
-        KernelDir::locate(&self.root)
+        KernelDir(self.config.kernel_dir.clone())
     }
 
     /// The shared read-only root disk of an image, built on first use.
@@ -259,7 +254,7 @@ impl VmBackend {
     /// agent or the kernel's modules changed).
     fn initramfs(&self, kernel: &KernelDir) -> Result<PathBuf> {
         let version = kernel.version()?;
-        let agent = super::init::binary()?;
+        let agent = super::init::binary(&self.config.init)?;
         let dir = self.root.join("vm/initramfs");
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let out = dir.join(format!("{version}+{}.cpio", GUEST_MODULES.join("+")));
@@ -644,7 +639,7 @@ impl Backend for VmBackend {
             jail_root: dir.join("vmm-root"),
             free_page_reporting: true,
         };
-        let vmm = vm_jail::spawn(dir, files, settings)?;
+        let vmm = vm_jail::spawn(&self.config, dir, files, settings)?;
         let vmm_pid = vmm.pid();
         let stop = vmm.stop_handle();
         let vm_thread = std::thread::Builder::new()

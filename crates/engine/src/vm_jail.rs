@@ -22,7 +22,7 @@
 //! The VMM's host pid and start time are in `<instance dir>/vmm.pid` while it runs
 //! ([`vmm_pid`]; `vessel inspect` shows it as `State.VmmPid`).
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -347,13 +347,19 @@ fn cstring(s: &[u8]) -> Result<CString> {
 
 /// Starts the jailed VMM process of the instance in `dir` and waits until it has built
 /// the VM (an error says why it could not). Its pid goes to `dir/vmm.pid`.
-pub fn spawn(dir: &Path, files: VmmFiles, settings: VmmSettings) -> Result<VmmProcess> {
+/// `config` names the binary to run sealed and the diagnostics its environment carries.
+pub fn spawn(
+    config: &crate::EngineConfig,
+    dir: &Path,
+    files: VmmFiles,
+    settings: VmmSettings,
+) -> Result<VmmProcess> {
     let serial_to_stdout = files.console_log.is_none();
     let (spec, handover) = hand_over(files, settings)?;
     let spec_r = spec_pipe(&spec)?;
     let (status_r, status_w) = pipe()?;
     let (control_r, control_w) = pipe()?;
-    let exec = SealedExec::prepare()?;
+    let exec = SealedExec::prepare(config)?;
     let null = File::options()
         .read(true)
         .write(true)
@@ -493,26 +499,26 @@ struct SealedExec {
 
 impl SealedExec {
     /// The sealed binary: our own view of it if we run sealed (the monitor does), else a
-    /// fresh sealed view. `argv[0]` is the host binary's path (see `sealed::host_exe`);
-    /// the environment only what the VMM reads.
-    fn prepare() -> Result<SealedExec> {
+    /// fresh sealed view of `config.exe`, the host binary (see `sealed::host_exe`), which
+    /// is also `argv[0]`; the environment only what the VMM reads ([`crate::config::VMM_ENV`],
+    /// as the front end gave them in `config.vmm_env`).
+    fn prepare(config: &crate::EngineConfig) -> Result<SealedExec> {
         use vessel_container::sealed;
         let exe: OwnedFd = if sealed::running_sealed() {
             File::open("/proc/self/exe")
                 .map_err(|e| EngineError::io("open", "/proc/self/exe", e))?
                 .into()
         } else {
-            let host = sealed::host_exe().map_err(|e| EngineError::Backend(e.to_string()))?;
-            sealed::seal(&host).map_err(|e| EngineError::Backend(e.to_string()))?
+            sealed::seal(&config.exe).map_err(|e| EngineError::Backend(e.to_string()))?
         };
-        let argv0 = sealed::host_exe()
-            .map(|p| p.into_os_string())
-            .unwrap_or_else(|_| OsString::from("vessel"));
-        let argv_owned = [cstring(argv0.as_bytes())?, cstring(b"__vmm")?];
-        let env_owned: Vec<CString> = ["VESSEL_VMM_SECCOMP", "VESSEL_LOG", "RUST_BACKTRACE"]
+        let argv_owned = [
+            cstring(config.exe.as_os_str().as_bytes())?,
+            cstring(b"__vmm")?,
+        ];
+        let env_owned: Vec<CString> = config
+            .vmm_env
             .iter()
-            .filter_map(|k| std::env::var_os(k).map(|v| (k, v)))
-            .filter_map(|(k, v)| sealed::env_entry(std::ffi::OsStr::new(k), &v))
+            .filter_map(|(k, v)| sealed::env_entry(std::ffi::OsStr::new(k), v))
             .collect();
         let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
             v.iter()

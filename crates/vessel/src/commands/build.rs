@@ -2,7 +2,6 @@
 //! itself is `vessel_build`'s.
 
 use std::io::Write;
-use std::path::Path;
 
 use crate::cli::{BuildArgs, IsolationArg};
 use crate::{CmdResult, Failure, EXIT_ENGINE};
@@ -27,7 +26,7 @@ impl vessel_build::Report for Plain {
 }
 
 /// `vessel build`.
-pub fn build(root: &Path, a: &BuildArgs) -> CmdResult {
+pub fn build(engine: &Engine, a: &BuildArgs) -> CmdResult {
     if a.isolation == IsolationArg::Vm {
         return Err(Failure::new(
             EXIT_ENGINE,
@@ -64,8 +63,7 @@ pub fn build(root: &Path, a: &BuildArgs) -> CmdResult {
         target: a.target.clone(),
         no_cache: a.no_cache,
     };
-    let engine = Engine::open(root).map_err(|e| Failure::new(EXIT_ENGINE, e))?;
-    let built = vessel_build::build(&engine, &opts, &Plain { quiet: a.quiet })
+    let built = vessel_build::build(engine, &opts, &Plain { quiet: a.quiet })
         .map_err(|e| Failure::new(e.exit_code(), e))?;
     println!("{}", built.image.id);
     Ok(0)

@@ -41,7 +41,7 @@ fn write(path: &Path, what: &str, data: &[u8]) -> Result<(), Failure> {
 }
 
 /// `vessel compare`.
-pub fn compare(root: &Path, a: &CompareArgs) -> CmdResult {
+pub fn compare(config: &vessel_engine::EngineConfig, a: &CompareArgs) -> CmdResult {
     let budget = parse_size("--budget", &a.budget).map_err(|e| Failure::new(EXIT_ENGINE, e))?;
     let isolations = match a.isolation {
         CompareIsolation::Both => vec![Isolation::Container, Isolation::Vm],
@@ -49,7 +49,8 @@ pub fn compare(root: &Path, a: &CompareArgs) -> CmdResult {
         CompareIsolation::Vm => vec![Isolation::Vm],
     };
     let opts = Options {
-        root: root.to_path_buf(),
+        root: config.root.clone(),
+        init: config.init.clone(),
         image: a.image.clone(),
         runs: a.runs,
         command: a.command.clone(),

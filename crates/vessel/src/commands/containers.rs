@@ -7,7 +7,6 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use serde_json::json;
 
 use crate::cli::{ExecArgs, Format, IsolationArg, LogsArgs, PsArgs, RunArgs};
 use crate::{CmdResult, Failure, EXIT_ENGINE};
@@ -15,11 +14,9 @@ use vessel_engine::backend::{ExecRequest, Stdio};
 use vessel_engine::catalogue::{Instance, Status};
 use vessel_engine::logs::{self, Stream};
 use vessel_engine::monitor::{self, Report};
-use vessel_engine::request::{
-    parse_signal, parse_size, ExtraHost, Isolation, LogConfig, LogDriver, RunRequest, Tmpfs,
-    Ulimit, Volume,
-};
-use vessel_engine::{CreateSpec, Engine, EngineError};
+use vessel_engine::options::RunOptions;
+use vessel_engine::request::{parse_signal, Isolation, LogDriver};
+use vessel_engine::{Engine, EngineError};
 
 use super::images::{human_age, print_table};
 
@@ -37,269 +34,43 @@ const PROXIED: &[Signal] = &[
     Signal::SIGUSR2,
 ];
 
-/// Builds the request from the flags and the image config.
-fn build_request(
-    a: &RunArgs,
-    config: &oci_spec::image::ImageConfiguration,
-    id: &str,
-) -> Result<RunRequest, EngineError> {
-    if a.userns && a.isolation == IsolationArg::Vm {
-        // The guest kernel is the boundary; its root is no host uid at all.
-        return Err(EngineError::InvalidFlag(
-            "--userns applies to containers: a microVM's root is confined by its own kernel, not by a user namespace".into(),
-        ));
-    }
-    let c = config.config().clone().unwrap_or_default();
-    let entrypoint: Vec<String> = match &a.entrypoint {
-        Some(e) if e.is_empty() => Vec::new(),
-        Some(e) => vec![e.clone()],
-        None => c.entrypoint().clone().unwrap_or_default(),
-    };
-    let cmd: Vec<String> = if !a.command.is_empty() {
-        a.command.clone()
-    } else if a.entrypoint.is_some() {
-        Vec::new() // Docker: --entrypoint discards the image's Cmd
-    } else {
-        c.cmd().clone().unwrap_or_default()
-    };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-    if args.is_empty() {
-        return Err(EngineError::InvalidFlag(
-            "no command specified: the image has no Cmd or Entrypoint; give one".into(),
-        ));
-    }
-    let mut env: Vec<String> = c.env().clone().unwrap_or_default();
-    // --env-file entries first, then -e: the flags win, as in Docker.
-    let mut given: Vec<String> = Vec::new();
-    for f in &a.env_files {
-        given.extend(read_env_file(f)?);
-    }
-    given.extend(a.env.iter().cloned());
-    for e in &given {
-        let kv = match e.split_once('=') {
-            Some(_) => e.clone(),
-            None => match std::env::var(e) {
-                Ok(v) => format!("{e}={v}"),
-                Err(_) => continue, // Docker drops unset variables named without a value
-            },
-        };
-        let key = kv.split('=').next().unwrap_or_default().to_string();
-        if key.is_empty() {
-            return Err(EngineError::InvalidFlag(format!(
-                "invalid environment variable {e:?}"
-            )));
-        }
-        env.retain(|x| x.split('=').next() != Some(key.as_str()));
-        env.push(kv);
-    }
-    let volumes = a
-        .volumes
-        .iter()
-        .map(|v| Volume::parse(v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let memory = a
-        .memory
-        .as_deref()
-        .map(|m| parse_size("--memory", m))
-        .transpose()?;
-    if memory.is_some_and(|m| m < 6 << 20) {
-        return Err(EngineError::InvalidFlag(
-            "--memory: the minimum allowed is 6m".into(),
-        ));
-    }
-    let cpus = match &a.cpus {
-        Some(s) => match s.parse::<f64>() {
-            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
-            _ => {
-                return Err(EngineError::InvalidFlag(format!(
-                    "invalid value {s:?} for --cpus: expected a positive number like 0.5"
-                )))
-            }
-        },
-        None => None,
-    };
-    if a.pids_limit.is_some_and(|p| p == 0 || p < -1) {
-        return Err(EngineError::InvalidFlag(
-            "--pids-limit must be positive (or -1 for unlimited)".into(),
-        ));
-    }
-    // Both isolations default to the `bridge` network, as Docker does.
-    let network = vessel_network::Mode::parse(a.network.as_deref().unwrap_or("bridge"))?;
-    let ports = a
-        .publish
-        .iter()
-        .map(|p| vessel_network::PortMap::parse(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    if !ports.is_empty() && !matches!(network, vessel_network::Mode::Bridge(_)) {
-        return Err(EngineError::InvalidFlag(format!(
-            "-p needs a bridge network; --network {} has no ports to publish",
-            network.as_str()
-        )));
-    }
-    if a.isolation == IsolationArg::Vm && network == vessel_network::Mode::Host {
-        return Err(EngineError::InvalidFlag(
-            "--network host: a VM has its own kernel and cannot share the host's network stack; use a bridge network (the default) or --network none".into(),
-        ));
-    }
-    let stop_signal = match a.stop_signal.as_deref().or(c.stop_signal().as_deref()) {
-        Some(s) => parse_signal(s)?,
-        None => libc::SIGTERM,
-    };
-    let workdir = a
-        .workdir
-        .clone()
-        .or_else(|| c.working_dir().clone())
-        .filter(|w| !w.is_empty())
-        .unwrap_or_else(|| "/".into());
-    if !workdir.starts_with('/') {
-        return Err(EngineError::InvalidFlag(format!(
-            "the working directory {workdir:?} is not an absolute path"
-        )));
-    }
-    if a.isolation == IsolationArg::Vm {
-        for (given, flag) in [
-            (!a.cap_add.is_empty(), "--cap-add"),
-            (!a.cap_drop.is_empty(), "--cap-drop"),
-            (!a.ulimits.is_empty(), "--ulimit"),
-            (!a.tmpfs.is_empty(), "--tmpfs"),
-        ] {
-            if given {
-                return Err(EngineError::InvalidFlag(format!(
-                    "{flag} applies to containers only: a microVM's processes are confined by its own kernel, which vessel does not configure this way yet"
-                )));
-            }
-        }
-        // Not built for VMs yet: refused rather than accepted and ignored (a user would
-        // believe their data mounted or their limit in force).
-        if !a.volumes.is_empty() {
-            return Err(EngineError::InvalidFlag(
-                "-v/--volume is not supported with --isolation vm yet (host directories are not shared into microVMs): copy the data into the image, or use a container".into(),
-            ));
-        }
-        if a.pids_limit.is_some() {
-            return Err(EngineError::InvalidFlag(
-                "--pids-limit is not supported with --isolation vm yet (the guest has no process limit): use --memory to bound the VM, or a container".into(),
-            ));
-        }
-    } else if a.console {
-        return Err(EngineError::InvalidFlag(
-            "--console needs --isolation vm: it shows a microVM's guest console; a container has none".into(),
-        ));
-    }
-    // Checked now, so that a bad name fails the run before anything is created.
-    vessel_container::spec::capabilities_with(&a.cap_add, &a.cap_drop)
-        .map_err(EngineError::InvalidFlag)?;
-    let mut labels: std::collections::BTreeMap<String, String> =
-        c.labels().clone().unwrap_or_default().into_iter().collect();
-    for l in &a.labels {
-        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-        if k.is_empty() {
-            return Err(EngineError::InvalidFlag(format!("invalid label {l:?}")));
-        }
-        labels.insert(k.to_string(), v.to_string());
-    }
-    let dns = a
-        .dns
-        .iter()
-        .map(|d| {
-            d.parse::<std::net::IpAddr>()
-                .map_err(|_| EngineError::InvalidFlag(format!("--dns {d:?}: not an IP address")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RunRequest {
-        labels,
-        extra_hosts: a
-            .add_hosts
-            .iter()
-            .map(|h| ExtraHost::parse(h))
-            .collect::<Result<_, _>>()?,
-        dns,
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
-        ulimits: a
-            .ulimits
-            .iter()
-            .map(|u| Ulimit::parse(u))
-            .collect::<Result<_, _>>()?,
-        tmpfs: a
-            .tmpfs
-            .iter()
-            .map(|t| Tmpfs::parse(t))
-            .collect::<Result<_, _>>()?,
+/// The flags of `run`/`create` as the engine's options.
+fn run_options(a: &RunArgs) -> RunOptions {
+    RunOptions {
         isolation: isolation_of(a.isolation),
-        args,
-        env,
-        workdir,
-        user: a
-            .user
-            .clone()
-            .or_else(|| c.user().clone())
-            .unwrap_or_default(),
-        hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
-        tty: a.tty,
         interactive: a.interactive,
-        auto_remove: a.rm,
+        tty: a.tty,
+        rm: a.rm,
+        env: a.env.clone(),
+        env_files: a.env_files.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
+        volumes: a.volumes.clone(),
         read_only: a.read_only,
-        volumes,
-        memory,
-        cpus,
-        pids_limit: a.pids_limit.filter(|&p| p > 0),
+        memory: a.memory.clone(),
+        cpus: a.cpus.clone(),
+        pids_limit: a.pids_limit,
         init: a.init,
         userns: a.userns,
-        network,
-        ports,
-        attachment: None,
-        stop_signal,
-        stop_timeout: a.stop_timeout.unwrap_or(10),
-        kernel: match &a.kernel {
-            Some(k) if a.isolation != IsolationArg::Vm => {
-                return Err(EngineError::InvalidFlag(format!(
-                    "--kernel {} needs --isolation vm",
-                    k.display()
-                )))
-            }
-            Some(k) => {
-                Some(std::fs::canonicalize(k).map_err(|e| {
-                    EngineError::InvalidFlag(format!("--kernel {}: {e}", k.display()))
-                })?)
-            }
-            None => None,
-        },
+        network: a.network.clone(),
+        publish: a.publish.clone(),
+        entrypoint: a.entrypoint.clone(),
+        stop_signal: a.stop_signal.clone(),
+        kernel: a.kernel.clone(),
         console: a.console,
-        log: LogConfig::parse(a.log_driver.as_deref(), &a.log_opts)?,
-    })
-}
-
-/// `--env-file`: `KEY=VALUE` lines, or `KEY` to take the caller's value; blank lines and
-/// `#` comments skipped. At most 1 MiB.
-fn read_env_file(path: &std::path::Path) -> Result<Vec<String>, EngineError> {
-    use std::io::Read;
-    let bad = |e: String| EngineError::InvalidFlag(format!("--env-file {}: {e}", path.display()));
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(|e| bad(e.to_string()))?
-        .take((1 << 20) + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| bad(e.to_string()))?;
-    if text.len() > 1 << 20 {
-        return Err(bad("larger than 1 MiB".into()));
+        stop_timeout: a.stop_timeout,
+        log_driver: a.log_driver.clone(),
+        log_opts: a.log_opts.clone(),
+        labels: a.labels.clone(),
+        add_hosts: a.add_hosts.clone(),
+        dns: a.dns.clone(),
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        ulimits: a.ulimits.clone(),
+        tmpfs: a.tmpfs.clone(),
+        command: a.command.clone(),
     }
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let key = line.split('=').next().unwrap_or_default();
-        if key.is_empty() || key.chars().any(char::is_whitespace) {
-            return Err(bad(format!(
-                "line {}: variable {key:?} has white space or no name",
-                n + 1
-            )));
-        }
-        out.push(line.to_string());
-    }
-    Ok(out)
 }
 
 fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
@@ -314,14 +85,10 @@ fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
             ));
         }
     }
+    // `-e NAME` takes NAME's value from our environment, as Docker's client does.
+    let caller_env = |k: &str| std::env::var(k).ok();
     let inst = engine
-        .create(
-            CreateSpec {
-                image: a.image.clone(),
-                name: a.name.clone(),
-            },
-            |_, config, id| build_request(a, config, id),
-        )
+        .create_from_options(&a.image, a.name.clone(), &run_options(a), &caller_env)
         .map_err(fail)?;
     if let Some(f) = &a.cidfile {
         let written = std::fs::OpenOptions::new()
@@ -452,8 +219,14 @@ fn start_one(
     let raw = RawMode::enable(attached && req.tty && req.interactive);
     let mut m = match early {
         Some(m) => m,
-        None => monitor::spawn(engine.root(), &inst.id, attached, req.interactive, req.tty)
-            .map_err(fail)?,
+        None => monitor::spawn(
+            engine.config(),
+            &inst.id,
+            attached,
+            req.interactive,
+            req.tty,
+        )
+        .map_err(fail)?,
     };
     let first = m.next();
     drop(warm);
@@ -586,7 +359,8 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
         return Ok(0);
     }
     if a.format == Format::Json {
-        let v: Vec<_> = shown.iter().map(|i| instance_json(engine, i)).collect();
+        let v: Vec<_> = shown.iter().map(|i| engine.inspect(i)).collect();
+        let v = sorted_json(&v);
         let _ = writeln!(
             out,
             "{}",
@@ -624,115 +398,10 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     Ok(0)
 }
 
-fn instance_json(engine: &Engine, i: &Instance) -> serde_json::Value {
-    let r = &i.request;
-    let mut mounts: Vec<_> = r
-        .volumes
-        .iter()
-        .map(|v| json!({"Type": "bind", "Source": v.source, "Destination": v.target, "RW": !v.read_only}))
-        .collect();
-    if r.isolation == Isolation::Container {
-        mounts.insert(0, json!({"Type": "overlay", "Destination": "/", "Upper": engine.instance_dir(&i.id).join("upper"), "RW": !r.read_only}));
-    }
-    json!({
-        "Id": i.id,
-        "Name": i.name,
-        "Created": i.created,
-        "Path": r.args.first(),
-        "Args": r.args.get(1..).unwrap_or_default(),
-        "Image": i.image_id,
-        "ImageName": i.image,
-        "State": {
-            "Status": i.status.as_str(),
-            "Running": i.status == Status::Running,
-            "Dead": i.status == Status::Dead,
-            "Pid": if i.status == Status::Running { i.pid.unwrap_or(0) } else { 0 },
-            "ExitCode": i.exit_code.unwrap_or(0),
-            "OOMKilled": i.oom_killed,
-            "Error": i.error.clone().unwrap_or_default(),
-            "StartedAt": i.started_at,
-            "FinishedAt": i.finished_at,
-            "MonitorPid": i.monitor.map(|m| m.0),
-            // A microVM's jailed VMM process (engine::vm_jail), while it runs.
-            "VmmPid": vessel_engine::vm_jail::vmm_pid(&engine.instance_dir(&i.id)),
-        },
-        "HostConfig": {
-            "Isolation": r.isolation.as_str(),
-            "Memory": r.memory.unwrap_or(0),
-            "NanoCpus": r.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-            "PidsLimit": r.pids_limit,
-            "ReadonlyRootfs": r.read_only,
-            "Binds": r.volumes.iter().map(|v| format!("{}:{}{}", v.source, v.target, if v.read_only { ":ro" } else { "" })).collect::<Vec<_>>(),
-            "AutoRemove": r.auto_remove,
-            "Init": r.init,
-            "UsernsMode": if r.userns { "private" } else { "host" },
-            "NetworkMode": r.network.as_str(),
-            "PortBindings": port_bindings(&r.ports),
-            "LogConfig": {"Type": r.log.driver.as_str(), "Config": r.log.options},
-            "CapAdd": r.cap_add,
-            "CapDrop": r.cap_drop,
-            "Ulimits": r.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft as i64, "Hard": u.hard as i64})).collect::<Vec<_>>(),
-            "Tmpfs": r.tmpfs.iter().map(|t| (t.path.clone(), serde_json::Value::from(t.options.join(",")))).collect::<serde_json::Map<_, _>>(),
-            "ExtraHosts": r.extra_hosts.iter().map(|h| format!("{}:{}", h.name, h.ip)).collect::<Vec<_>>(),
-            "Dns": r.dns,
-        },
-        "Config": {
-            "Hostname": r.hostname,
-            "User": r.user,
-            "Env": r.env,
-            "Cmd": r.args,
-            "WorkingDir": r.workdir,
-            "Tty": r.tty,
-            "OpenStdin": r.interactive,
-            "Image": i.image,
-            "StopSignal": r.stop_signal,
-            "StopTimeout": r.stop_timeout,
-            "Labels": r.labels,
-        },
-        "Mounts": mounts,
-        "NetworkSettings": network_settings(r),
-        "LogPath": engine.log_path(&i.id),
-    })
-}
-
-/// Docker's shape: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
-fn port_bindings(ports: &[vessel_network::PortMap]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for p in ports {
-        let key = format!("{}/{}", p.container_port, p.proto.as_str());
-        let entry = json!({
-            "HostIp": p.host_ip.map(|a| a.to_string()).unwrap_or_default(),
-            "HostPort": p.host_port.to_string(),
-        });
-        match m.get_mut(&key).and_then(|v| v.as_array_mut()) {
-            Some(list) => list.push(entry),
-            None => {
-                m.insert(key, json!([entry]));
-            }
-        }
-    }
-    serde_json::Value::Object(m)
-}
-
-fn network_settings(r: &RunRequest) -> serde_json::Value {
-    let Some(att) = &r.attachment else {
-        return json!({"IPAddress": "", "Ports": {}, "Networks": {}});
-    };
-    json!({
-        "IPAddress": att.ip.to_string(),
-        "IPPrefixLen": att.prefix,
-        "Gateway": att.gateway.to_string(),
-        "Ports": port_bindings(&att.ports),
-        "Networks": {
-            att.network.clone(): {
-                "NetworkID": att.network_id,
-                "IPAddress": att.ip.to_string(),
-                "IPPrefixLen": att.prefix,
-                "Gateway": att.gateway.to_string(),
-                "Bridge": att.bridge,
-            }
-        },
-    })
+/// `docs` as a JSON value, whose objects print with their keys sorted: `inspect` and
+/// `ps --format json` have always printed them so.
+fn sorted_json(docs: &[vessel_engine::inspect::ContainerJson]) -> serde_json::Value {
+    serde_json::to_value(docs).unwrap_or_default()
 }
 
 /// `vessel inspect`: instances, or images when no instance matches.
@@ -740,7 +409,7 @@ pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
     let mut docs = Vec::new();
     for n in names {
         match engine.get(n) {
-            Ok(i) => docs.push(instance_json(engine, &i)),
+            Ok(i) => docs.push(engine.inspect(&i)),
             Err(EngineError::NoSuchInstance(_)) => {
                 if let Ok(store) = engine.store() {
                     if store.resolve(n).is_ok() {
@@ -754,7 +423,7 @@ pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
     }
     println!(
         "{}",
-        serde_json::to_string_pretty(&docs).unwrap_or_default()
+        serde_json::to_string_pretty(&sorted_json(&docs)).unwrap_or_default()
     );
     Ok(0)
 }

@@ -10,7 +10,7 @@ mod transfer;
 
 use vessel_image::Store;
 
-use vessel_engine::Engine;
+use vessel_engine::{Engine, EngineConfig};
 
 use crate::cli::{Cli, Command, ImageCommand};
 use crate::{CmdResult, Failure};
@@ -27,14 +27,16 @@ pub fn run(cli: Cli) -> CmdResult {
     }
     let root = cli.global.root;
     let store = || Store::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
-    let engine = || Engine::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
+    let config = || engine_config(&root);
+    let engine = || Engine::open(&config()?).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     match cli.command {
         Command::Run(a) => {
             tracing::debug!("run: parsed");
             // First, while this process has one thread and no database open: the
             // instance's monitor, forked, opens the engine while we create the instance.
+            let config = config()?;
             let early =
-                vessel_engine::monitor::fork_early(&root, !a.detach, a.interactive, a.tty, a.rm)
+                vessel_engine::monitor::fork_early(&config, !a.detach, a.interactive, a.tty, a.rm)
                     .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
             // Our caller waits for our exit; the monitor writes after us and checkpoints
             // once the run has returned.
@@ -42,7 +44,8 @@ pub fn run(cli: Cli) -> CmdResult {
             // Before the engine opens: the warm-up overlaps with that too.
             let warm = Engine::warm_up(containers::isolation_of(a.isolation), a.userns);
             tracing::debug!("run: monitor forked");
-            match Engine::open_store_first(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e)) {
+            match Engine::open_store_first(&config).map_err(|e| Failure::new(crate::EXIT_ENGINE, e))
+            {
                 Ok(engine) => {
                     tracing::debug!("run: engine open");
                     containers::run(&engine, &a, warm, early)
@@ -63,7 +66,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Wait { instances } => containers::wait(&engine()?, &instances),
         Command::Rm { force, instances } => containers::rm(&engine()?, force, &instances),
         Command::Inspect { names } => containers::inspect(&engine()?, &names),
-        Command::Compare(a) => compare::compare(&root, &a),
+        Command::Compare(a) => compare::compare(&config()?, &a),
         Command::Oci(c) => oci::run(c),
         Command::Network(c) => network::run(&engine()?, &c),
         Command::Monitor { id, attached } => {
@@ -75,7 +78,7 @@ pub fn run(cli: Cli) -> CmdResult {
             tty,
             remove,
         } => Ok(vessel_engine::monitor::early(
-            &root,
+            &config()?,
             (attached, stdin, tty, remove),
         )),
         // The VMM opens nothing, the engine least of all: its monitor handed it the VM.
@@ -89,7 +92,7 @@ pub fn run(cli: Cli) -> CmdResult {
         }
         Command::Rmi(a) | Command::Image(ImageCommand::Rm(a)) => images::remove(&store()?, &a),
         Command::Tag { source, target } => images::tag(&store()?, &source, &target),
-        Command::Build(a) => build::build(&root, &a),
+        Command::Build(a) => build::build(&engine()?, &a),
         Command::Import(a) | Command::Image(ImageCommand::Import(a)) => {
             images::import(&store()?, &a)
         }
@@ -98,6 +101,17 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Load(a) | Command::Image(ImageCommand::Load(a)) => transfer::load(&store()?, &a),
         Command::Save(a) | Command::Image(ImageCommand::Save(a)) => transfer::save(&store()?, &a),
     }
+}
+
+/// The engine's settings, built once here from `--root` and the environment:
+/// `VESSEL_RUN_DIR`, `VESSEL_NETWORK_DIR`, `VESSEL_KERNEL_DIR`, `VESSEL_INIT`,
+/// `VESSEL_SHIM` (else beside this binary), and the VMM's diagnostics
+/// (`VESSEL_VMM_SECCOMP`, `VESSEL_LOG`, `RUST_BACKTRACE`). The engine passes them on to
+/// the monitors it starts, which read them back here.
+fn engine_config(root: &std::path::Path) -> Result<EngineConfig, Failure> {
+    let exe = vessel_container::sealed::host_exe()
+        .map_err(|e| Failure::new(crate::EXIT_ENGINE, format!("locate the vessel binary: {e}")))?;
+    Ok(EngineConfig::from_vars(root, &exe, |k| std::env::var_os(k)))
 }
 
 /// Whether `cmd` forks processes that enter a container (and so must run sealed).

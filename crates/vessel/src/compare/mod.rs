@@ -33,6 +33,8 @@ const PROBE_WORK: &str = "/.vessel-compare/work";
 pub struct Options {
     /// Data root.
     pub root: PathBuf,
+    /// `vessel-init`, the static probe run inside both isolations.
+    pub init: PathBuf,
     /// Image name or id.
     pub image: String,
     /// Samples per timed measurement.
@@ -110,7 +112,7 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
     let clock = Instant::now();
     let exe = vessel_container::sealed::host_exe()
         .map_err(|e| CompareError::Setup(format!("locate the vessel binary: {e}")))?;
-    let probe = vessel_engine::init::binary().map_err(|e| {
+    let probe = vessel_engine::init::binary(&opts.init).map_err(|e| {
         CompareError::Setup(format!(
             "compare runs the static probe vessel-init: {}",
             e.to_string().trim_start_matches("internal error: ")

@@ -1,0 +1,502 @@
+//! The inspect document of an instance: a typed struct that serializes as (a subset of)
+//! Docker's `ContainerJSON`, with vessel's additions (`ImageName`, `State.MonitorPid`,
+//! `State.VmmPid`, `HostConfig.Isolation`). Fields serialize in declaration order (the
+//! CLI prints them through a `serde_json::Value`, keys sorted, as it always has).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::catalogue::{Instance, Status};
+use crate::request::{Isolation, RunRequest};
+use crate::Engine;
+
+/// A JSON object whose keys keep the order they were first given in (Docker's
+/// `PortBindings`, `Tmpfs`, `Networks`); a key given again replaces its value in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<V> OrderedMap<V> {
+    /// Sets `key` to `value`, in place if it is there.
+    pub fn insert(&mut self, key: String, value: V) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// The value of `key`, to change.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl<V: Serialize> Serialize for OrderedMap<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Docker's `ContainerJSON`: one instance's configuration and state.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerJson {
+    /// Full id.
+    pub id: String,
+    /// Name (without Docker's leading `/`).
+    pub name: String,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// The program run (first word of the command).
+    pub path: Option<String>,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The image's id.
+    pub image: String,
+    /// The image as the user named it.
+    pub image_name: String,
+    /// Run state.
+    pub state: ContainerState,
+    /// Resources and host-side settings.
+    pub host_config: HostConfig,
+    /// The process's configuration.
+    pub config: ContainerConfig,
+    /// Root file system and volumes.
+    pub mounts: Vec<MountPoint>,
+    /// Address and ports.
+    pub network_settings: NetworkSettings,
+    /// The json-file log.
+    pub log_path: PathBuf,
+}
+
+/// Docker's `ContainerState`, plus the monitor's and VMM's pids.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerState {
+    /// `created`, `running`, `exited` or `dead`.
+    pub status: String,
+    /// Whether it runs.
+    pub running: bool,
+    /// Whether it is dead (its monitor vanished).
+    pub dead: bool,
+    /// Host pid of its main process while it runs, else 0.
+    pub pid: i32,
+    /// Exit status (0 before it exited).
+    pub exit_code: i32,
+    /// Whether the OOM killer ended it.
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
+    /// Why it failed or died, else empty.
+    pub error: String,
+    /// Start time, RFC 3339.
+    pub started_at: Option<String>,
+    /// End time, RFC 3339.
+    pub finished_at: Option<String>,
+    /// Its monitor process.
+    pub monitor_pid: Option<i32>,
+    /// A microVM's jailed VMM process (`vm_jail`), while it runs.
+    pub vmm_pid: Option<i32>,
+}
+
+/// Docker's `HostConfig`, the fields vessel has.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostConfig {
+    /// `container` or `vm`.
+    pub isolation: String,
+    /// Memory limit, bytes (0: none).
+    pub memory: u64,
+    /// CPU quota in billionths of a CPU (0: none).
+    pub nano_cpus: i64,
+    /// Process limit.
+    pub pids_limit: Option<i64>,
+    /// `--read-only`.
+    pub readonly_rootfs: bool,
+    /// `SRC:DST[:ro]` per volume.
+    pub binds: Vec<String>,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// `--init`.
+    pub init: bool,
+    /// `private` with a user namespace of its own, else `host`.
+    pub userns_mode: String,
+    /// `bridge`, a network's name, `host` or `none`.
+    pub network_mode: String,
+    /// Published ports as requested.
+    pub port_bindings: OrderedMap<Vec<PortBinding>>,
+    /// Log driver and its options.
+    pub log_config: LogConfigJson,
+    /// Added capabilities.
+    pub cap_add: Vec<String>,
+    /// Dropped capabilities.
+    pub cap_drop: Vec<String>,
+    /// Resource limits.
+    pub ulimits: Vec<UlimitJson>,
+    /// tmpfs mounts: path to options.
+    pub tmpfs: OrderedMap<String>,
+    /// `NAME:IP` entries of `/etc/hosts`.
+    pub extra_hosts: Vec<String>,
+    /// Name servers.
+    pub dns: Vec<IpAddr>,
+}
+
+/// One host side of a published port.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    /// Host address (empty: all).
+    pub host_ip: String,
+    /// Host port, as a string (Docker's type).
+    pub host_port: String,
+}
+
+/// Docker's `LogConfig`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LogConfigJson {
+    /// Driver name.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Its options.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Docker's `Ulimit`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UlimitJson {
+    /// Resource name (`nofile`, ...).
+    pub name: String,
+    /// Soft limit.
+    pub soft: i64,
+    /// Hard limit.
+    pub hard: i64,
+}
+
+/// Docker's `Config` of a container, the fields vessel has.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    /// Host name.
+    pub hostname: String,
+    /// User.
+    pub user: String,
+    /// Environment, `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// The whole command line.
+    pub cmd: Vec<String>,
+    /// Working directory.
+    pub working_dir: String,
+    /// With a terminal.
+    pub tty: bool,
+    /// stdin kept open.
+    pub open_stdin: bool,
+    /// The image as the user named it.
+    pub image: String,
+    /// Stop signal number.
+    pub stop_signal: i32,
+    /// Seconds between the stop signal and SIGKILL.
+    pub stop_timeout: u32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Docker's `MountPoint`: the overlay root (containers) or a bind mount.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountPoint {
+    /// `overlay` or `bind`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Host path of a bind mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Path inside.
+    pub destination: String,
+    /// The overlay's upper directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
+    /// Writable.
+    #[serde(rename = "RW")]
+    pub rw: bool,
+}
+
+/// Docker's `NetworkSettings`, the fields vessel has.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettings {
+    /// Address (empty without a network).
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Its prefix length.
+    #[serde(rename = "IPPrefixLen", skip_serializing_if = "Option::is_none")]
+    pub ip_prefix_len: Option<u8>,
+    /// The network's gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Published ports as bound.
+    pub ports: OrderedMap<Vec<PortBinding>>,
+    /// Per network.
+    pub networks: OrderedMap<EndpointSettings>,
+}
+
+/// Docker's `EndpointSettings`, the fields vessel has.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EndpointSettings {
+    /// The network's id.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// Address.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Its prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// Gateway.
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+    /// The host bridge.
+    #[serde(rename = "Bridge")]
+    pub bridge: String,
+}
+
+/// Docker's shape: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
+pub fn port_bindings(ports: &[vessel_network::PortMap]) -> OrderedMap<Vec<PortBinding>> {
+    let mut m: OrderedMap<Vec<PortBinding>> = OrderedMap::default();
+    for p in ports {
+        let key = format!("{}/{}", p.container_port, p.proto.as_str());
+        let entry = PortBinding {
+            host_ip: p.host_ip.map(|a| a.to_string()).unwrap_or_default(),
+            host_port: p.host_port.to_string(),
+        };
+        match m.get_mut(&key) {
+            Some(list) => list.push(entry),
+            None => m.insert(key, vec![entry]),
+        }
+    }
+    m
+}
+
+fn network_settings(r: &RunRequest) -> NetworkSettings {
+    let Some(att) = &r.attachment else {
+        return NetworkSettings {
+            ip_address: String::new(),
+            ip_prefix_len: None,
+            gateway: None,
+            ports: OrderedMap::default(),
+            networks: OrderedMap::default(),
+        };
+    };
+    let mut networks = OrderedMap::default();
+    networks.insert(
+        att.network.clone(),
+        EndpointSettings {
+            network_id: att.network_id.clone(),
+            ip_address: att.ip.to_string(),
+            ip_prefix_len: att.prefix,
+            gateway: att.gateway.to_string(),
+            bridge: att.bridge.clone(),
+        },
+    );
+    NetworkSettings {
+        ip_address: att.ip.to_string(),
+        ip_prefix_len: Some(att.prefix),
+        gateway: Some(att.gateway.to_string()),
+        ports: port_bindings(&att.ports),
+        networks,
+    }
+}
+
+impl Engine {
+    /// The inspect document of `inst` (as [`Engine::get`] returns it: refreshed).
+    pub fn inspect(&self, i: &Instance) -> ContainerJson {
+        let r = &i.request;
+        let dir = self.instance_dir(&i.id);
+        let mut mounts: Vec<MountPoint> = r
+            .volumes
+            .iter()
+            .map(|v| MountPoint {
+                kind: "bind".into(),
+                source: Some(v.source.clone()),
+                destination: v.target.clone(),
+                upper: None,
+                rw: !v.read_only,
+            })
+            .collect();
+        if r.isolation == Isolation::Container {
+            mounts.insert(
+                0,
+                MountPoint {
+                    kind: "overlay".into(),
+                    source: None,
+                    destination: "/".into(),
+                    upper: Some(dir.join("upper")),
+                    rw: !r.read_only,
+                },
+            );
+        }
+        let running = i.status == Status::Running;
+        ContainerJson {
+            id: i.id.clone(),
+            name: i.name.clone(),
+            created: i.created.clone(),
+            path: r.args.first().cloned(),
+            args: r.args.get(1..).unwrap_or_default().to_vec(),
+            image: i.image_id.clone(),
+            image_name: i.image.clone(),
+            state: ContainerState {
+                status: i.status.as_str().to_string(),
+                running,
+                dead: i.status == Status::Dead,
+                pid: if running { i.pid.unwrap_or(0) } else { 0 },
+                exit_code: i.exit_code.unwrap_or(0),
+                oom_killed: i.oom_killed,
+                error: i.error.clone().unwrap_or_default(),
+                started_at: i.started_at.clone(),
+                finished_at: i.finished_at.clone(),
+                monitor_pid: i.monitor.map(|m| m.0),
+                vmm_pid: crate::vm_jail::vmm_pid(&dir),
+            },
+            host_config: HostConfig {
+                isolation: r.isolation.as_str().to_string(),
+                memory: r.memory.unwrap_or(0),
+                nano_cpus: r.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+                pids_limit: r.pids_limit,
+                readonly_rootfs: r.read_only,
+                binds: r
+                    .volumes
+                    .iter()
+                    .map(|v| {
+                        let ro = if v.read_only { ":ro" } else { "" };
+                        format!("{}:{}{ro}", v.source, v.target)
+                    })
+                    .collect(),
+                auto_remove: r.auto_remove,
+                init: r.init,
+                userns_mode: if r.userns { "private" } else { "host" }.into(),
+                network_mode: r.network.as_str().to_string(),
+                port_bindings: port_bindings(&r.ports),
+                log_config: LogConfigJson {
+                    kind: r.log.driver.as_str().to_string(),
+                    config: r.log.options.clone(),
+                },
+                cap_add: r.cap_add.clone(),
+                cap_drop: r.cap_drop.clone(),
+                ulimits: r
+                    .ulimits
+                    .iter()
+                    .map(|u| UlimitJson {
+                        name: u.name.clone(),
+                        soft: u.soft as i64,
+                        hard: u.hard as i64,
+                    })
+                    .collect(),
+                tmpfs: {
+                    let mut m = OrderedMap::default();
+                    for t in &r.tmpfs {
+                        m.insert(t.path.clone(), t.options.join(","));
+                    }
+                    m
+                },
+                extra_hosts: r
+                    .extra_hosts
+                    .iter()
+                    .map(|h| format!("{}:{}", h.name, h.ip))
+                    .collect(),
+                dns: r.dns.clone(),
+            },
+            config: ContainerConfig {
+                hostname: r.hostname.clone(),
+                user: r.user.clone(),
+                env: r.env.clone(),
+                cmd: r.args.clone(),
+                working_dir: r.workdir.clone(),
+                tty: r.tty,
+                open_stdin: r.interactive,
+                image: i.image.clone(),
+                stop_signal: r.stop_signal,
+                stop_timeout: r.stop_timeout,
+                labels: r.labels.clone(),
+            },
+            mounts,
+            network_settings: network_settings(r),
+            log_path: self.log_path(&i.id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_map_keeps_first_order_and_replaces_in_place() {
+        let mut m = OrderedMap::default();
+        m.insert("b".to_string(), 1);
+        m.insert("a".to_string(), 2);
+        m.insert("b".to_string(), 3);
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"b":3,"a":2}"#);
+    }
+
+    #[test]
+    fn port_bindings_group_by_container_port_in_docker_shape() {
+        let ports: Vec<vessel_network::PortMap> = ["8080:80", "127.0.0.1:8081:80", "53:53/udp"]
+            .iter()
+            .map(|p| vessel_network::PortMap::parse(p).unwrap())
+            .collect();
+        let v = serde_json::to_value(port_bindings(&ports)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "80/tcp": [{"HostIp": "", "HostPort": "8080"}, {"HostIp": "127.0.0.1", "HostPort": "8081"}],
+                "53/udp": [{"HostIp": "", "HostPort": "53"}],
+            })
+        );
+    }
+
+    #[test]
+    fn mounts_and_network_settings_keep_docker_keys() {
+        let overlay = MountPoint {
+            kind: "overlay".into(),
+            source: None,
+            destination: "/".into(),
+            upper: Some("/x/upper".into()),
+            rw: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&overlay).unwrap(),
+            r#"{"Type":"overlay","Destination":"/","Upper":"/x/upper","RW":true}"#
+        );
+        let none =
+            network_settings(&serde_json::from_value::<RunRequest>(minimal_request()).unwrap());
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"IPAddress":"","Ports":{},"Networks":{}}"#
+        );
+    }
+
+    fn minimal_request() -> serde_json::Value {
+        let o = crate::options::RunOptions {
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let image: oci_spec::image::ImageConfiguration = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#,
+        )
+        .unwrap();
+        let r = crate::options::build_request(&o, &image, "0123456789abcdef", &|_| None).unwrap();
+        serde_json::to_value(r).unwrap()
+    }
+}

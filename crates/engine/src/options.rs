@@ -1,0 +1,504 @@
+//! Docker-shaped options of a new instance and the request built from them with the
+//! image's config: what `docker run`/`docker create` and the Engine API's container
+//! create decide, in one place for every front end.
+
+use std::path::{Path, PathBuf};
+
+use crate::request::{
+    parse_signal, parse_size, ExtraHost, Isolation, LogConfig, RunRequest, Tmpfs, Ulimit, Volume,
+};
+use crate::{EngineError, Result};
+
+/// The options of `run`/`create`, as given (each parsed and checked by
+/// [`build_request`]).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Container or microVM.
+    pub isolation: Isolation,
+    /// `-i`: keep stdin open.
+    pub interactive: bool,
+    /// `-t`: a terminal.
+    pub tty: bool,
+    /// `--rm`: removed when it exits.
+    pub rm: bool,
+    /// `-e KEY=VALUE` or `-e KEY` (the caller's value).
+    pub env: Vec<String>,
+    /// `--env-file`: files of `KEY=VALUE` lines, read before `-e`.
+    pub env_files: Vec<PathBuf>,
+    /// `-w`: working directory (the image's, else `/`).
+    pub workdir: Option<String>,
+    /// `-u`: user (the image's, else root).
+    pub user: Option<String>,
+    /// `-h`: host name (else the id's first 12 digits).
+    pub hostname: Option<String>,
+    /// `-v SRC:DST[:ro]`.
+    pub volumes: Vec<String>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `-m`: memory limit (`512m`, ...).
+    pub memory: Option<String>,
+    /// `--cpus`: CPU quota, a positive number.
+    pub cpus: Option<String>,
+    /// `--pids-limit` (`-1` unlimited).
+    pub pids_limit: Option<i64>,
+    /// `--init`: `vessel-init` as PID 1.
+    pub init: bool,
+    /// `--userns`: a user namespace of its own (containers only).
+    pub userns: bool,
+    /// `--network` (default `bridge`).
+    pub network: Option<String>,
+    /// `-p`: published ports.
+    pub publish: Vec<String>,
+    /// `--entrypoint` (empty: none; replaces the image's and discards its Cmd).
+    pub entrypoint: Option<String>,
+    /// `--stop-signal` (the image's, else SIGTERM).
+    pub stop_signal: Option<String>,
+    /// `--kernel` (microVMs only).
+    pub kernel: Option<PathBuf>,
+    /// `--console`: the guest console to the log (microVMs).
+    pub console: bool,
+    /// `--stop-timeout` seconds (default 10).
+    pub stop_timeout: Option<u32>,
+    /// `--log-driver`.
+    pub log_driver: Option<String>,
+    /// `--log-opt KEY=VALUE`.
+    pub log_opts: Vec<String>,
+    /// `-l KEY=VALUE`, over the image's labels.
+    pub labels: Vec<String>,
+    /// `--add-host NAME:IP`.
+    pub add_hosts: Vec<String>,
+    /// `--dns IP`.
+    pub dns: Vec<String>,
+    /// `--cap-add`.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`.
+    pub cap_drop: Vec<String>,
+    /// `--ulimit NAME=SOFT[:HARD]`.
+    pub ulimits: Vec<String>,
+    /// `--tmpfs PATH[:OPTIONS]`.
+    pub tmpfs: Vec<String>,
+    /// The command (replaces the image's Cmd).
+    pub command: Vec<String>,
+}
+
+/// Builds the request of a new instance (id `id`) from the options and the image's
+/// config, as Docker does: the entrypoint and command, the environment (the image's,
+/// then `--env-file`s, then `-e`s, each replacing a variable of the same name), the user,
+/// the working directory, and every check that the options go together (a microVM takes
+/// no `--userns`, `--cap-add`, ... ). A variable named without a value takes the caller's
+/// value from `caller_env` (the CLI's environment), or is dropped if it has none.
+pub fn build_request(
+    a: &RunOptions,
+    config: &oci_spec::image::ImageConfiguration,
+    id: &str,
+    caller_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunRequest> {
+    if a.userns && a.isolation == Isolation::Vm {
+        // The guest kernel is the boundary; its root is no host uid at all.
+        return Err(EngineError::InvalidFlag(
+            "--userns applies to containers: a microVM's root is confined by its own kernel, not by a user namespace".into(),
+        ));
+    }
+    let c = config.config().clone().unwrap_or_default();
+    let entrypoint: Vec<String> = match &a.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => c.entrypoint().clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !a.command.is_empty() {
+        a.command.clone()
+    } else if a.entrypoint.is_some() {
+        Vec::new() // Docker: --entrypoint discards the image's Cmd
+    } else {
+        c.cmd().clone().unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(EngineError::InvalidFlag(
+            "no command specified: the image has no Cmd or Entrypoint; give one".into(),
+        ));
+    }
+    let mut env: Vec<String> = c.env().clone().unwrap_or_default();
+    // --env-file entries first, then -e: the flags win, as in Docker.
+    let mut given: Vec<String> = Vec::new();
+    for f in &a.env_files {
+        given.extend(read_env_file(f)?);
+    }
+    given.extend(a.env.iter().cloned());
+    for e in &given {
+        let kv = match e.split_once('=') {
+            Some(_) => e.clone(),
+            None => match caller_env(e) {
+                Some(v) => format!("{e}={v}"),
+                None => continue, // Docker drops unset variables named without a value
+            },
+        };
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        if key.is_empty() {
+            return Err(EngineError::InvalidFlag(format!(
+                "invalid environment variable {e:?}"
+            )));
+        }
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    }
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| Volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let memory = a
+        .memory
+        .as_deref()
+        .map(|m| parse_size("--memory", m))
+        .transpose()?;
+    if memory.is_some_and(|m| m < 6 << 20) {
+        return Err(EngineError::InvalidFlag(
+            "--memory: the minimum allowed is 6m".into(),
+        ));
+    }
+    let cpus = match &a.cpus {
+        Some(s) => match s.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
+            _ => {
+                return Err(EngineError::InvalidFlag(format!(
+                    "invalid value {s:?} for --cpus: expected a positive number like 0.5"
+                )))
+            }
+        },
+        None => None,
+    };
+    if a.pids_limit.is_some_and(|p| p == 0 || p < -1) {
+        return Err(EngineError::InvalidFlag(
+            "--pids-limit must be positive (or -1 for unlimited)".into(),
+        ));
+    }
+    // Both isolations default to the `bridge` network, as Docker does.
+    let network = vessel_network::Mode::parse(a.network.as_deref().unwrap_or("bridge"))?;
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| vessel_network::PortMap::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ports.is_empty() && !matches!(network, vessel_network::Mode::Bridge(_)) {
+        return Err(EngineError::InvalidFlag(format!(
+            "-p needs a bridge network; --network {} has no ports to publish",
+            network.as_str()
+        )));
+    }
+    if a.isolation == Isolation::Vm && network == vessel_network::Mode::Host {
+        return Err(EngineError::InvalidFlag(
+            "--network host: a VM has its own kernel and cannot share the host's network stack; use a bridge network (the default) or --network none".into(),
+        ));
+    }
+    let stop_signal = match a.stop_signal.as_deref().or(c.stop_signal().as_deref()) {
+        Some(s) => parse_signal(s)?,
+        None => libc::SIGTERM,
+    };
+    let workdir = a
+        .workdir
+        .clone()
+        .or_else(|| c.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !workdir.starts_with('/') {
+        return Err(EngineError::InvalidFlag(format!(
+            "the working directory {workdir:?} is not an absolute path"
+        )));
+    }
+    if a.isolation == Isolation::Vm {
+        for (given, flag) in [
+            (!a.cap_add.is_empty(), "--cap-add"),
+            (!a.cap_drop.is_empty(), "--cap-drop"),
+            (!a.ulimits.is_empty(), "--ulimit"),
+            (!a.tmpfs.is_empty(), "--tmpfs"),
+        ] {
+            if given {
+                return Err(EngineError::InvalidFlag(format!(
+                    "{flag} applies to containers only: a microVM's processes are confined by its own kernel, which vessel does not configure this way yet"
+                )));
+            }
+        }
+        // Not built for VMs yet: refused rather than accepted and ignored (a user would
+        // believe their data mounted or their limit in force).
+        if !a.volumes.is_empty() {
+            return Err(EngineError::InvalidFlag(
+                "-v/--volume is not supported with --isolation vm yet (host directories are not shared into microVMs): copy the data into the image, or use a container".into(),
+            ));
+        }
+        if a.pids_limit.is_some() {
+            return Err(EngineError::InvalidFlag(
+                "--pids-limit is not supported with --isolation vm yet (the guest has no process limit): use --memory to bound the VM, or a container".into(),
+            ));
+        }
+    } else if a.console {
+        return Err(EngineError::InvalidFlag(
+            "--console needs --isolation vm: it shows a microVM's guest console; a container has none".into(),
+        ));
+    }
+    // Checked now, so that a bad name fails the run before anything is created.
+    vessel_container::spec::capabilities_with(&a.cap_add, &a.cap_drop)
+        .map_err(EngineError::InvalidFlag)?;
+    let mut labels: std::collections::BTreeMap<String, String> =
+        c.labels().clone().unwrap_or_default().into_iter().collect();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            return Err(EngineError::InvalidFlag(format!("invalid label {l:?}")));
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let dns = a
+        .dns
+        .iter()
+        .map(|d| {
+            d.parse::<std::net::IpAddr>()
+                .map_err(|_| EngineError::InvalidFlag(format!("--dns {d:?}: not an IP address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunRequest {
+        labels,
+        extra_hosts: a
+            .add_hosts
+            .iter()
+            .map(|h| ExtraHost::parse(h))
+            .collect::<Result<_, _>>()?,
+        dns,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        ulimits: a
+            .ulimits
+            .iter()
+            .map(|u| Ulimit::parse(u))
+            .collect::<Result<_, _>>()?,
+        tmpfs: a
+            .tmpfs
+            .iter()
+            .map(|t| Tmpfs::parse(t))
+            .collect::<Result<_, _>>()?,
+        isolation: a.isolation,
+        args,
+        env,
+        workdir,
+        user: a
+            .user
+            .clone()
+            .or_else(|| c.user().clone())
+            .unwrap_or_default(),
+        hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        tty: a.tty,
+        interactive: a.interactive,
+        auto_remove: a.rm,
+        read_only: a.read_only,
+        volumes,
+        memory,
+        cpus,
+        pids_limit: a.pids_limit.filter(|&p| p > 0),
+        init: a.init,
+        userns: a.userns,
+        network,
+        ports,
+        attachment: None,
+        stop_signal,
+        stop_timeout: a.stop_timeout.unwrap_or(10),
+        kernel: match &a.kernel {
+            Some(k) if a.isolation != Isolation::Vm => {
+                return Err(EngineError::InvalidFlag(format!(
+                    "--kernel {} needs --isolation vm",
+                    k.display()
+                )))
+            }
+            Some(k) => {
+                Some(std::fs::canonicalize(k).map_err(|e| {
+                    EngineError::InvalidFlag(format!("--kernel {}: {e}", k.display()))
+                })?)
+            }
+            None => None,
+        },
+        console: a.console,
+        log: LogConfig::parse(a.log_driver.as_deref(), &a.log_opts)?,
+    })
+}
+
+/// `--env-file`: `KEY=VALUE` lines, or `KEY` to take the caller's value; blank lines and
+/// `#` comments skipped. At most 1 MiB.
+pub fn read_env_file(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let bad = |e: String| EngineError::InvalidFlag(format!("--env-file {}: {e}", path.display()));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(|e| bad(e.to_string()))?
+        .take((1 << 20) + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() > 1 << 20 {
+        return Err(bad("larger than 1 MiB".into()));
+    }
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or_default();
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Err(bad(format!(
+                "line {}: variable {key:?} has white space or no name",
+                n + 1
+            )));
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+impl crate::Engine {
+    /// `run`/`create`: resolves `image`, builds the request from `opts` and the image's
+    /// config ([`build_request`]; `caller_env` gives the values of variables named without
+    /// one) and records the new instance, named `name` or a generated name.
+    pub fn create_from_options(
+        &self,
+        image: &str,
+        name: Option<String>,
+        opts: &RunOptions,
+        caller_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::catalogue::Instance> {
+        self.create(
+            crate::CreateSpec {
+                image: image.to_string(),
+                name,
+            },
+            |_, config, id| build_request(opts, config, id, caller_env),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(json: &str) -> oci_spec::image::ImageConfiguration {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BUSYBOX: &str = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+        "config":{"Env":["PATH=/bin","A=image"],"Entrypoint":["/entry"],"Cmd":["sh"],"WorkingDir":"/srv","User":"nobody","StopSignal":"SIGQUIT"}}"#;
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_image_config_fills_what_the_options_leave() {
+        let r = build_request(&RunOptions::default(), &image(BUSYBOX), ID, &no_env).unwrap();
+        assert_eq!(r.args, ["/entry", "sh"]);
+        assert_eq!(r.workdir, "/srv");
+        assert_eq!(r.user, "nobody");
+        assert_eq!(r.hostname, "0123456789ab");
+        assert_eq!(r.stop_signal, libc::SIGQUIT);
+        assert_eq!(r.env, ["PATH=/bin", "A=image"]);
+    }
+
+    #[test]
+    fn entrypoint_discards_the_image_cmd_and_a_command_replaces_it() {
+        let o = RunOptions {
+            entrypoint: Some("/other".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_request(&o, &image(BUSYBOX), ID, &no_env)
+                .unwrap()
+                .args,
+            ["/other"]
+        );
+        let o = RunOptions {
+            command: vec!["echo".into(), "hi".into()],
+            ..Default::default()
+        };
+        let r = build_request(&o, &image(BUSYBOX), ID, &no_env).unwrap();
+        assert_eq!(r.args, ["/entry", "echo", "hi"]);
+        let o = RunOptions {
+            entrypoint: Some(String::new()),
+            ..Default::default()
+        };
+        let e = build_request(&o, &image(r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#), ID, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no command specified"), "{e}");
+    }
+
+    #[test]
+    fn env_files_then_flags_replace_the_image_env_and_named_variables_come_from_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, "# comment\n\nA=file\nB=file\nFROM_CALLER\n").unwrap();
+        let o = RunOptions {
+            env_files: vec![f],
+            env: vec!["B=flag".into(), "UNSET".into()],
+            ..Default::default()
+        };
+        let caller = |k: &str| (k == "FROM_CALLER").then(|| "caller".to_string());
+        let r = build_request(&o, &image(BUSYBOX), ID, &caller).unwrap();
+        assert_eq!(
+            r.env,
+            ["PATH=/bin", "A=file", "FROM_CALLER=caller", "B=flag"]
+        );
+    }
+
+    #[test]
+    fn a_bad_env_file_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, "OK=1\nBAD KEY=2\n").unwrap();
+        let e = read_env_file(&f).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("BAD KEY"), "{e}");
+    }
+
+    #[test]
+    fn container_only_options_are_refused_for_a_microvm() {
+        for o in [
+            RunOptions {
+                userns: true,
+                ..Default::default()
+            },
+            RunOptions {
+                cap_add: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            },
+            RunOptions {
+                network: Some("host".into()),
+                ..Default::default()
+            },
+        ] {
+            let o = RunOptions {
+                isolation: Isolation::Vm,
+                ..o
+            };
+            assert!(
+                build_request(&o, &image(BUSYBOX), ID, &no_env).is_err(),
+                "{o:?}"
+            );
+        }
+        let o = RunOptions {
+            kernel: Some("/boot/vmlinuz".into()),
+            ..Default::default()
+        };
+        let e = build_request(&o, &image(BUSYBOX), ID, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs --isolation vm"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_workdir_is_refused() {
+        let o = RunOptions {
+            workdir: Some("srv".into()),
+            ..Default::default()
+        };
+        let e = build_request(&o, &image(BUSYBOX), ID, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"srv\""), "{e}");
+    }
+}
