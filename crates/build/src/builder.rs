@@ -396,6 +396,23 @@ impl Builder<'_> {
             .step(&format!("STEP {}/{}: {first}", self.step, self.total));
     }
 
+    /// An `ARG NAME[=DEFAULT]` word: its name and value, the `--build-arg` of that name
+    /// (then marked used) or else the default.
+    fn declare_arg(&mut self, word: &str) -> (String, Option<String>) {
+        let (k, default) = match word.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (word.to_string(), None),
+        };
+        match self.build_args.get(&k) {
+            Some(v) => {
+                self.used_args.insert(k.clone());
+                let v = v.clone();
+                (k, Some(v))
+            }
+            None => (k, default),
+        }
+    }
+
     fn run(&mut self, parsed: &parse_dockerfile::Dockerfile<'_>) -> Result<Built> {
         // ARGs before the first FROM: for FROM lines only (and ARG defaults in stages).
         for a in parsed.global_args() {
@@ -404,17 +421,7 @@ impl Builder<'_> {
             for w in words::words(&a.arguments.value, self.escape, &vars)
                 .map_err(|e| self.at(start, e))?
             {
-                let (k, default) = match w.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (w.clone(), None),
-                };
-                let value = match self.build_args.get(&k) {
-                    Some(v) => {
-                        self.used_args.insert(k.clone());
-                        Some(v.clone())
-                    }
-                    None => default,
-                };
+                let (k, value) = self.declare_arg(&w);
                 if let Some(v) = value {
                     self.meta.insert(k, v);
                 }
@@ -704,17 +711,9 @@ impl Builder<'_> {
                 for w in words::words(&a.arguments.value, self.escape, &vars)
                     .map_err(|e| self.at(start, e))?
                 {
-                    let (k, default) = match w.split_once('=') {
-                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                        None => (w.clone(), None),
-                    };
-                    let value = match self.build_args.get(&k) {
-                        Some(v) => {
-                            self.used_args.insert(k.clone());
-                            Some(v.clone())
-                        }
-                        None => default.or_else(|| self.meta.get(&k).cloned()),
-                    };
+                    // A stage's ARG without a value of its own inherits the global one.
+                    let (k, value) = self.declare_arg(&w);
+                    let value = value.or_else(|| self.meta.get(&k).cloned());
                     let text = match &value {
                         Some(v) => format!("ARG {k}={v}"),
                         None => format!("ARG {k}"),

@@ -109,14 +109,7 @@ fn put(root: &Root, dest: &Path, e: &Entry, attrs: Attrs) -> R<()> {
     if ft.is_file() {
         let mut src =
             std::fs::File::open(&e.host).map_err(|x| format!("{}: {x}", e.host.display()))?;
-        let fd = rustix::fs::openat(
-            &parent,
-            name,
-            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(err("create", dest))?;
-        let mut out = std::fs::File::from(fd);
+        let mut out = create_new(&parent, name, dest)?;
         std::io::copy(&mut (&mut src).take(u64::MAX), &mut out)
             .map_err(|x| format!("write {}: {x}", dest.display()))?;
         finish_fd(out.as_fd(), dest, &e.meta, uid, gid, mode)?;
@@ -152,6 +145,19 @@ fn put(root: &Root, dest: &Path, e: &Entry, attrs: Attrs) -> R<()> {
 
 /// Removes what is at `name` in `parent` unless it is a directory (a file, a link: COPY
 /// replaces it; the link itself, never what it points to).
+/// Creates `name` in `parent` (a directory inside the image root): a new file, never
+/// through a symlink, mode 0600 until its attributes are set.
+fn create_new(parent: &OwnedFd, name: &OsStr, dest: &Path) -> R<std::fs::File> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(err("create", dest))?;
+    Ok(std::fs::File::from(fd))
+}
+
 fn replace(parent: &OwnedFd, name: &OsStr, dest: &Path) -> R<()> {
     match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Err(rustix::io::Errno::NOENT) => Ok(()),
@@ -212,14 +218,7 @@ fn finish_fd(
 pub fn write_text(root: &Root, dest: &Path, text: &str, attrs: Attrs) -> R<()> {
     let (parent, name) = root.parent_of(dest).map_err(|x| x.to_string())?;
     replace(&parent, name, dest)?;
-    let fd = rustix::fs::openat(
-        &parent,
-        name,
-        OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(err("create", dest))?;
-    let mut out = std::fs::File::from(fd);
+    let mut out = create_new(&parent, name, dest)?;
     std::io::Write::write_all(&mut out, text.as_bytes())
         .map_err(|x| format!("write {}: {x}", dest.display()))?;
     let (uid, gid) = attrs.chown.unwrap_or((0, 0));
