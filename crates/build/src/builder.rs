@@ -374,16 +374,19 @@ impl Builder<'_> {
         }
     }
 
-    /// The instruction's source text starting at `start`: continuations joined, comments
-    /// dropped.
-    fn source(&self, start: usize) -> String {
-        let end = self
-            .starts
+    /// Where the instruction starting at `start` ends: at the next one, or the file's end.
+    fn end_of(&self, start: usize) -> usize {
+        self.starts
             .iter()
             .copied()
             .find(|&s| s > start)
-            .unwrap_or(self.text.len());
-        words::shell_text(&self.text[start..end], self.escape)
+            .unwrap_or(self.text.len())
+    }
+
+    /// The instruction's source text starting at `start`: continuations joined, comments
+    /// dropped.
+    fn source(&self, start: usize) -> String {
+        words::shell_text(&self.text[start..self.end_of(start)], self.escape)
             .trim()
             .to_string()
     }
@@ -1043,13 +1046,7 @@ impl Builder<'_> {
             }
             (Command::Shell(_), docs) if !docs.is_empty() => {
                 // The shell reads the here-documents itself: give it the whole text.
-                let end = self
-                    .starts
-                    .iter()
-                    .copied()
-                    .find(|&s| s > start)
-                    .unwrap_or(self.text.len());
-                let body = self.text[r.run.span.end..end].trim();
+                let body = self.text[r.run.span.end..self.end_of(start)].trim();
                 let mut v = st.shell();
                 v.push(body.to_string());
                 v

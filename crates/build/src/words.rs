@@ -129,22 +129,15 @@ impl<'a> Lexer<'a> {
                 self.braced()
             }
             Some(c) if c.is_ascii_alphanumeric() || c == '_' => {
-                let mut name = String::new();
-                while let Some(c) = self
-                    .peek()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                {
-                    name.push(c);
-                    self.pos += 1;
-                }
+                let name = self.name();
                 Ok(self.vars.get(&name).unwrap_or_default())
             }
             _ => Ok("$".into()),
         }
     }
 
-    /// After `${`: `name}` or `name<op>word}`.
-    fn braced(&mut self) -> Result<String, String> {
+    /// A variable name (letters, digits, `_`) from here; empty if there is none.
+    fn name(&mut self) -> String {
         let mut name = String::new();
         while let Some(c) = self
             .peek()
@@ -153,6 +146,12 @@ impl<'a> Lexer<'a> {
             name.push(c);
             self.pos += 1;
         }
+        name
+    }
+
+    /// After `${`: `name}` or `name<op>word}`.
+    fn braced(&mut self) -> Result<String, String> {
+        let name = self.name();
         if name.is_empty() {
             return Err("bad substitution: ${} needs a variable name".into());
         }
