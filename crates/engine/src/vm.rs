@@ -436,6 +436,18 @@ fn ended(reason: Option<ExitReason>) -> String {
     }
 }
 
+/// A host pty in raw mode: the guest has the real terminal, so the host side only carries
+/// its bytes (no echo, no line editing, no signals from control characters).
+fn raw_pty() -> Result<nix::pty::OpenptyResult> {
+    let pty =
+        nix::pty::openpty(None, None).map_err(|e| EngineError::Backend(format!("openpty: {e}")))?;
+    let mut raw = nix::sys::termios::tcgetattr(&pty.slave)
+        .map_err(|e| EngineError::Backend(format!("tcgetattr: {e}")))?;
+    nix::sys::termios::cfmakeraw(&mut raw);
+    let _ = nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &raw);
+    Ok(pty)
+}
+
 fn serial_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -531,16 +543,7 @@ impl Backend for VmBackend {
             Stdio::Pty => {
                 // The guest has the real terminal; a host pty carries its bytes to the
                 // monitor, which treats it like a container's.
-                let pty = nix::pty::openpty(None, None)
-                    .map_err(|e| EngineError::Backend(format!("openpty: {e}")))?;
-                let mut raw = nix::sys::termios::tcgetattr(&pty.slave)
-                    .map_err(|e| EngineError::Backend(format!("tcgetattr: {e}")))?;
-                nix::sys::termios::cfmakeraw(&mut raw);
-                let _ = nix::sys::termios::tcsetattr(
-                    &pty.slave,
-                    nix::sys::termios::SetArg::TCSANOW,
-                    &raw,
-                );
+                let pty = raw_pty()?;
                 let dup = |fd: &OwnedFd| {
                     fd.try_clone()
                         .map_err(|e| EngineError::Backend(format!("dup: {e}")))
@@ -831,16 +834,7 @@ impl Backend for VmBackend {
                 stderr,
             } => (stdin, stdout, Some(stderr), None),
             Stdio::Pty => {
-                let pty = nix::pty::openpty(None, None)
-                    .map_err(|e| EngineError::Backend(format!("openpty: {e}")))?;
-                let mut raw = nix::sys::termios::tcgetattr(&pty.slave)
-                    .map_err(|e| EngineError::Backend(format!("tcgetattr: {e}")))?;
-                nix::sys::termios::cfmakeraw(&mut raw);
-                let _ = nix::sys::termios::tcsetattr(
-                    &pty.slave,
-                    nix::sys::termios::SetArg::TCSANOW,
-                    &raw,
-                );
+                let pty = raw_pty()?;
                 let slave_in = pty
                     .slave
                     .try_clone()

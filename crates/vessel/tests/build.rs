@@ -429,10 +429,7 @@ fn copy_cannot_write_through_an_image_symlink_to_the_host() {
     ]);
     let image = tag("symlink");
     build_ok(&ctx, &["-t", &image]);
-    let left: Vec<_> = std::fs::read_dir(&host)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = entries(&host);
     assert!(
         left.is_empty(),
         "the COPY wrote onto the host: {left:?} in {}",
@@ -644,14 +641,19 @@ t.close()
         .unwrap();
     assert!(st.success());
     let o = build(&ctx, &["-t", &tag("evil-tar")]);
-    let left: Vec<_> = std::fs::read_dir(&host)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = entries(&host);
     assert!(
         left.is_empty(),
         "ADD wrote onto the host: {left:?} in {h} (build: {}{})",
         stdout(&o),
         stderr(&o)
     );
+}
+
+/// The names in directory `dir`.
+fn entries(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
 }
