@@ -645,6 +645,8 @@ impl Builder<'_> {
             &vessel_image::registry::RegistryOptions {
                 auth: None,
                 insecure: false,
+                // As docker build: the credentials of `vessel login`.
+                stored_credentials: true,
             },
             &vessel_image::progress::NoProgress,
         )

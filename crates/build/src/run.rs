@@ -91,6 +91,9 @@ pub fn run<T>(
                 cap_drop: Vec::new(),
                 ulimits: Vec::new(),
                 tmpfs: Vec::new(),
+                dns_search: Vec::new(),
+                access: Default::default(),
+                restart: Default::default(),
             })
         },
     )?;

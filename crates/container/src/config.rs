@@ -125,6 +125,9 @@ pub(crate) struct CapSets {
 /// The process to run (container init or exec).
 #[derive(Debug, Clone)]
 pub(crate) struct ProcessConfig {
+    /// The sealed entry program the final `execve` goes through (see
+    /// [`crate::Runtime::with_entry`]); `None` to exec the program directly.
+    pub entry: Option<std::os::fd::RawFd>,
     pub args: Vec<CString>,
     pub arg0: String,
     pub env: Vec<CString>,
@@ -426,13 +429,28 @@ pub(crate) fn process_config(
     }
     let caps = match p.capabilities() {
         None => None,
-        Some(c) => Some(CapSets {
-            bounding: cap_mask(c.bounding())?,
-            effective: cap_mask(c.effective())?,
-            permitted: cap_mask(c.permitted())?,
-            inheritable: cap_mask(c.inheritable())?,
-            ambient: cap_mask(c.ambient())?,
-        }),
+        Some(c) => {
+            let permitted = cap_mask(c.permitted())?;
+            let inheritable = cap_mask(c.inheritable())?;
+            let asked = cap_mask(c.ambient())?;
+            // The kernel keeps a capability ambient only if it is also permitted and
+            // inheritable; runc skips the others (`runc spec` itself asks for ambient
+            // capabilities without inheritable ones), and so does vessel.
+            let ambient = asked & permitted & inheritable;
+            if ambient != asked {
+                tracing::debug!(
+                    skipped = format!("{:#x}", asked & !ambient),
+                    "ambient capabilities that are not both permitted and inheritable are not raised"
+                );
+            }
+            Some(CapSets {
+                bounding: cap_mask(c.bounding())?,
+                effective: cap_mask(c.effective())?,
+                permitted,
+                inheritable,
+                ambient,
+            })
+        }
     };
     let mut rlimits = Vec::new();
     let mut seen = HashSet::new();
@@ -461,6 +479,7 @@ pub(crate) fn process_config(
         )
     });
     Ok(ProcessConfig {
+        entry: None,
         args,
         arg0,
         env,

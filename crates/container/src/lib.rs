@@ -26,14 +26,14 @@ pub mod user;
 
 pub use cgroups::devices_bpf;
 pub use cgroups::warm::{warm as warm_cgroup_attach, Warmer as CgroupWarmer};
-pub use cgroups::{CgroupMode, Stats};
+pub use cgroups::{swap_limit_supported, CgroupMode, Stats};
 pub use error::{Error, Result};
 pub use nix::unistd::Pid;
 pub use process::Stdio;
 /// Paths inside a root directory resolved by the kernel without escaping it (for a
 /// builder writing into an image's root, as the runtime does into a container's).
 pub use rootfs::paths::Root;
-pub use runtime::{CreateOptions, ExecProcess, Runtime};
+pub use runtime::{send_console, CreateOptions, ExecProcess, Runtime};
 pub use state::{State, Status};
 
 /// Compile a seccomp profile the way `create` does, to check it without starting a

@@ -22,6 +22,9 @@ use crate::state::{self, Persisted, State, Status, FIFO_FILE, SPEC_FILE};
 #[derive(Debug, Clone)]
 pub struct Runtime {
     state_root: PathBuf,
+    /// The entry program (see [`Runtime::with_entry`]), and its sealed view once made.
+    entry: Option<PathBuf>,
+    sealed_entry: std::sync::OnceLock<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Options of [`Runtime::create`].
@@ -92,7 +95,54 @@ impl Runtime {
     pub fn new(state_root: impl Into<PathBuf>) -> Runtime {
         Runtime {
             state_root: state_root.into(),
+            entry: None,
+            sealed_entry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes every container process's final `execve` go through the static program
+    /// `entry` (vessel-entry: `entry PATH ARGV...` execs `PATH` with `ARGV`), run from a
+    /// sealed view of it ([`crate::sealed::seal`]). The kernel resolves a container's
+    /// `/proc/self/exe` (its command, a `#!` interpreter, a link) at that `execve`, so it
+    /// names that sealed file, never the caller's binary: this process need not run
+    /// sealed itself (CVE-2019-5736).
+    pub fn with_entry(mut self, entry: impl Into<PathBuf>) -> Runtime {
+        self.entry = Some(entry.into());
+        self
+    }
+
+    /// Makes the sealed view of the entry program now (else the first container process
+    /// does): for a caller with time to spare before it starts one.
+    pub fn seal_entry(&self) -> Result<()> {
+        self.entry_fd().map(|_| ())
+    }
+
+    fn entry_fd(&self) -> Result<Option<std::os::fd::RawFd>> {
+        use std::os::fd::AsRawFd;
+        let Some(path) = &self.entry else {
+            return Ok(None);
+        };
+        if let Some(fd) = self.sealed_entry.get() {
+            return Ok(Some(fd.as_raw_fd()));
+        }
+        if !path.is_file() {
+            return Err(Error::InitFailed(format!(
+                "{} is missing: the entry program of container processes (./x setup builds it)",
+                path.display()
+            )));
+        }
+        let mut fd = crate::sealed::seal(path)?;
+        if fd.as_raw_fd() < 3 {
+            // Clear of the standard descriptors, which the process's stdio replaces.
+            fd = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+                .map(|n| {
+                    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that we own.
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) }
+                })
+                .map_err(|e| Error::syscall("dup the entry program's descriptor", e))?;
+        }
+        let fd = self.sealed_entry.get_or_init(|| std::sync::Arc::new(fd));
+        Ok(Some(fd.as_raw_fd()))
     }
 
     /// Where the state of container `id` lives.
@@ -152,6 +202,7 @@ impl Runtime {
             ));
         }
         let cgroup = Cgroup::resolve(&cfg.cgroups_path)?;
+        cfg.process.entry = self.entry_fd()?;
 
         // Side effects start here.
         fs::DirBuilder::new()
@@ -274,8 +325,10 @@ impl Runtime {
         }
         let status = p.status(&dir);
         match (status, p.pid) {
-            (Status::Created | Status::Running, Some(pid)) => kill(Pid::from_raw(pid), sig)
-                .map_err(|e| Error::syscall(format!("kill({pid}, {sig})"), e)),
+            (Status::Created | Status::Running | Status::Paused, Some(pid)) => {
+                kill(Pid::from_raw(pid), sig)
+                    .map_err(|e| Error::syscall(format!("kill({pid}, {sig})"), e))
+            }
             _ => Err(Error::InvalidStatus {
                 id: id.to_string(),
                 status: status.to_string(),
@@ -306,7 +359,7 @@ impl Runtime {
             }
         };
         let status = p.status(&dir);
-        if status == Status::Running && !force {
+        if matches!(status, Status::Running | Status::Paused) && !force {
             return Err(Error::InvalidStatus {
                 id: id.to_string(),
                 status: status.to_string(),
@@ -319,6 +372,12 @@ impl Runtime {
             }
         }
         p.cgroup.signal_all(Signal::SIGKILL)?;
+        if status == Status::Paused {
+            // Frozen tasks die of SIGKILL only once thawed.
+            if let Err(e) = p.cgroup.set_frozen(false) {
+                tracing::warn!(error = %e, "cannot thaw the paused container being deleted");
+            }
+        }
         if !p.cgroup.wait_empty(Duration::from_secs(10)) {
             tracing::warn!("processes still in the cgroup after SIGKILL");
         }
@@ -368,6 +427,7 @@ impl Runtime {
             process.set_capabilities(init_caps);
         }
         let mut pc = config::process_config(&process, seccomp.as_ref())?;
+        pc.entry = self.entry_fd()?;
         match (&stdio, pc.terminal) {
             (Stdio::Pty, _) => pc.terminal = true,
             (Stdio::Fds { .. }, true) => {
@@ -383,6 +443,68 @@ impl Runtime {
             pid: spawned.pid,
             pty_master: spawned.pty_master,
         })
+    }
+
+    /// Like `runc pause`: freeze every process of the running container `id`.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let _span = tracing::info_span!("pause", container = id).entered();
+        let (dir, p) = self.load(id)?;
+        let status = p.status(&dir);
+        if status != Status::Running {
+            return Err(Error::InvalidStatus {
+                id: id.to_string(),
+                status: status.to_string(),
+                op: "pause",
+            });
+        }
+        p.cgroup.set_frozen(true)
+    }
+
+    /// Like `runc resume`: thaw the paused container `id`.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let _span = tracing::info_span!("resume", container = id).entered();
+        let (dir, p) = self.load(id)?;
+        let status = p.status(&dir);
+        if status != Status::Paused {
+            return Err(Error::InvalidStatus {
+                id: id.to_string(),
+                status: status.to_string(),
+                op: "resume",
+            });
+        }
+        p.cgroup.set_frozen(false)
+    }
+
+    /// Like `runc update`: apply `resources` (memory, CPU, pids, block I/O... limits) to
+    /// the created, running or paused container `id`. Device rules are not changed.
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let _span = tracing::info_span!("update", container = id).entered();
+        let (dir, p) = self.load(id)?;
+        let status = p.status(&dir);
+        if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+            return Err(Error::InvalidStatus {
+                id: id.to_string(),
+                status: status.to_string(),
+                op: "update",
+            });
+        }
+        p.cgroup.update(resources)
+    }
+
+    /// The spec container `id` was created from (as `create` saved it).
+    pub fn spec(&self, id: &str) -> Result<Spec> {
+        let (dir, _) = self.load(id)?;
+        let path = dir.join(SPEC_FILE);
+        Spec::load(&path).map_err(|e| Error::LoadSpec {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Pids (in the caller's pid namespace) of every process of container `id`.
+    pub fn pids(&self, id: &str) -> Result<Vec<Pid>> {
+        let (_, p) = self.load(id)?;
+        Ok(p.cgroup.pids())
     }
 
     /// Resource usage of container `id` (readable after it stopped, until deleted).
@@ -420,7 +542,7 @@ impl Runtime {
 
 /// Hand the pty master to whoever listens on `path`, the way runc does: one message whose
 /// payload is the pty's name and whose SCM_RIGHTS carries the descriptor.
-fn send_console(path: &Path, master: &OwnedFd) -> Result<()> {
+pub fn send_console(path: &Path, master: &OwnedFd) -> Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let err = |reason: String| Error::ConsoleSocket {
         path: path.to_path_buf(),

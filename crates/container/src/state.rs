@@ -21,6 +21,8 @@ pub enum Status {
     Created,
     /// The user program is running.
     Running,
+    /// The container's processes are frozen ([`crate::Runtime::pause`]).
+    Paused,
     /// The init process has exited.
     Stopped,
 }
@@ -31,6 +33,7 @@ impl std::fmt::Display for Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -125,6 +128,8 @@ impl Persisted {
         }
         if dir.join(FIFO_FILE).exists() {
             Status::Created
+        } else if self.cgroup.frozen() {
+            Status::Paused
         } else {
             Status::Running
         }
@@ -138,7 +143,7 @@ impl Persisted {
             status,
             pid: self
                 .pid
-                .filter(|_| matches!(status, Status::Created | Status::Running)),
+                .filter(|_| matches!(status, Status::Created | Status::Running | Status::Paused)),
             bundle: self.bundle.clone(),
             annotations: self.annotations.clone(),
             created: self.created,

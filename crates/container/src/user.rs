@@ -122,9 +122,29 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<User> {
     })
 }
 
+/// The home directory of `uid` in the text of an /etc/passwd (`None` when it has no
+/// entry or an empty home).
+pub(crate) fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    let uid = uid.to_string();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2] == uid)
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_by_uid() {
+        assert_eq!(home_of(PASSWD, 33).as_deref(), Some("/var/www"));
+        assert_eq!(home_of(PASSWD, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(PASSWD, 1000), None);
+        assert_eq!(home_of("x:x:5:5:::sh", 5), None);
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\n";
     const GROUP: &str = "root:x:0:\nwww:x:33:\nextra:x:99:www,other\n";

@@ -111,6 +111,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A registry refused the credentials given to `login`.
+    #[error("registry {0}: unauthorized: incorrect username or password")]
+    Unauthorized(String),
+    /// Stored registry credentials that cannot be read or written (`config.json`, a
+    /// credential helper).
+    #[error("credentials: {0}")]
+    Credentials(String),
     /// A bad argument from the user (unknown `--change` instruction, unsupported source).
     #[error("{0}")]
     InvalidInput(String),

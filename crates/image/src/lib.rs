@@ -9,6 +9,8 @@
 //! - [`reference`], [`digest`]: the names and hashes everything is keyed by.
 
 pub mod archive;
+#[cfg(feature = "registry")]
+pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod import;

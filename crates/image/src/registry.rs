@@ -62,6 +62,9 @@ pub struct RegistryOptions {
     /// Use plain HTTP instead of HTTPS. Loopback registries (`localhost`, `127.0.0.0/8`,
     /// `::1`) always use plain HTTP, as Docker treats them as insecure.
     pub insecure: bool,
+    /// Without `auth`, use the credentials `vessel login` (or `docker login`) stored for
+    /// the registry ([`crate::credentials`]), if any.
+    pub stored_credentials: bool,
 }
 
 /// Whether `host` (`name[:port]`, `[v6]:port`) is a loopback registry, which Docker (and
@@ -126,9 +129,14 @@ impl Session {
             .enable_all()
             .build()
             .map_err(Error::io("start registry client runtime", "(tokio)"))?;
-        let auth = match &opts.auth {
-            Some((user, pass)) => RegistryAuth::Basic(user.clone(), pass.clone()),
-            None => RegistryAuth::Anonymous,
+        let stored = match &opts.auth {
+            None if opts.stored_credentials => crate::credentials::lookup(&host)?,
+            _ => None,
+        };
+        let auth = match (&opts.auth, stored) {
+            (Some((user, pass)), _) => RegistryAuth::Basic(user.clone(), pass.clone()),
+            (None, Some(c)) => RegistryAuth::Basic(c.username, c.secret),
+            (None, None) => RegistryAuth::Anonymous,
         };
         Ok(Session {
             rt,
@@ -874,5 +882,151 @@ mod tests {
             select_platform(&index, "x"),
             Err(Error::NoMatchingPlatform(_))
         ));
+    }
+}
+
+/// `vessel login`: whether `creds` open registry `host` (`docker.io` for Docker Hub), as
+/// `docker login` checks them: `GET /v2/`, and on a 401 the challenge it names, basic
+/// (the same request with the credentials) or bearer (the token service's realm asked
+/// for a token with them). A registry that needs no credentials accepts any.
+pub fn check_login(
+    host: &str,
+    creds: &crate::credentials::Credentials,
+    insecure: bool,
+) -> Result<()> {
+    let api_host = if crate::credentials::server_key(host) == crate::credentials::DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        host
+    };
+    let plain = insecure || is_loopback_registry(api_host);
+    let base = format!("{}://{api_host}/v2/", if plain { "http" } else { "https" });
+    let fail = |reason: String| Error::Registry {
+        registry: host.to_string(),
+        reason,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("start registry client runtime", "(tokio)"))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
+        .user_agent(concat!("vessel/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    rt.block_on(async {
+        let send = |req: reqwest::RequestBuilder, url: String| async move {
+            req.send().await.map_err(|e| {
+                let mut reason = format!("GET {url}: {e}");
+                if !plain && (e.is_connect() || e.is_request()) {
+                    reason.push_str(" (for a plain-HTTP registry, use --insecure)");
+                }
+                reason
+            })
+        };
+        let r = send(http.get(&base), base.clone()).await.map_err(fail)?;
+        if r.status().is_success() {
+            return Ok(());
+        }
+        if r.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Err(fail(format!("GET {base}: HTTP {}", r.status())));
+        }
+        let challenge = r
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let (scheme, params) = parse_challenge(&challenge);
+        let answer = if scheme.eq_ignore_ascii_case("bearer") {
+            let realm = params
+                .iter()
+                .find(|(k, _)| k == "realm")
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| fail(format!("a bearer challenge without a realm: {challenge}")))?;
+            let mut query = vec![("account", creds.username.as_str())];
+            if let Some((_, service)) = params.iter().find(|(k, _)| k == "service") {
+                query.push(("service", service.as_str()));
+            }
+            let url = reqwest::Url::parse_with_params(realm, &query)
+                .map_err(|e| fail(format!("token realm {realm:?}: {e}")))?;
+            let req = http
+                .get(url.clone())
+                .basic_auth(&creds.username, Some(&creds.secret));
+            send(req, url.to_string()).await.map_err(fail)?
+        } else {
+            let req = http
+                .get(&base)
+                .basic_auth(&creds.username, Some(&creds.secret));
+            send(req, base.clone()).await.map_err(fail)?
+        };
+        match answer.status() {
+            s if s.is_success() => Ok(()),
+            reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+                Err(Error::Unauthorized(host.to_string()))
+            }
+            s => Err(fail(format!("login: HTTP {s}"))),
+        }
+    })
+}
+
+/// An RFC 7235 challenge: its scheme and its `key=value` parameters (values quoted or
+/// not; a quoted one may hold commas).
+fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ',').collect();
+        }
+        params.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    (scheme.to_string(), params)
+}
+
+#[cfg(test)]
+mod challenge_tests {
+    use super::parse_challenge;
+
+    #[test]
+    fn challenges_parse() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "Bearer");
+        assert_eq!(
+            p,
+            [
+                (
+                    "realm".to_string(),
+                    "https://auth.example/token".to_string()
+                ),
+                ("service".to_string(), "reg.example".to_string()),
+                ("scope".to_string(), "repository:a/b:pull,push".to_string()),
+            ]
+        );
+        let (s, p) = parse_challenge(r#"Basic realm="vessel-test""#);
+        assert_eq!((s.as_str(), p.len()), ("Basic", 1));
+        assert_eq!(parse_challenge("").1, []);
     }
 }

@@ -192,14 +192,14 @@ fn basic_auth_is_required_and_used() {
     let dest = reg.reference("private/app:1");
     let creds = RegistryOptions {
         auth: Some(("alice".into(), "s3cret".into())),
-        insecure: false,
+        ..Default::default()
     };
 
     let err = push(&store, &img, &dest, &anon(), &NoProgress).unwrap_err();
     assert!(err.to_string().contains("authentication required"), "{err}");
     let wrong = RegistryOptions {
         auth: Some(("alice".into(), "nope".into())),
-        insecure: false,
+        ..Default::default()
     };
     let err = push(&store, &img, &dest, &wrong, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("authentication failed"), "{err}");

@@ -6,6 +6,7 @@
 //! signals and waits. When the container exits, the shim executes `vessel` again to
 //! record the exit and clean up. So the process that stays around for the container's
 //! whole life, like conmon, holds almost no memory. [`logs`] is the log format both
-//! halves write and `vessel logs` reads.
+//! halves write and `vessel logs` reads; [`attach`] is the attach socket both serve.
 
+pub mod attach;
 pub mod logs;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! vessel-shim --pid PID (--log FILE [--max-size BYTES] [--max-file N] | --no-log)
-//!             (--stdout FD --stderr FD | --pty FD) [--hold FD] -- FINISH...
+//!             (--stdout FD --stderr FD | --pty FD) [--hold FD]
+//!             [--attach-listen FD] [--attach-client FD]... -- FINISH...
 //! ```
 //!
 //! PID must be a child of this process (the monitor started it before exec'ing the shim).
@@ -12,6 +13,8 @@
 //! drains what output is left, and then executes `FINISH... --code N` (`vessel
 //! __monitor-finish`), which records the exit and removes what the container held. `--hold`
 //! keeps a descriptor open until then (the stdin of a detached `-i` container).
+//! `--attach-listen` is the instance's attach socket (`vessel_shim::attach`), which the
+//! shim serves from then on; `--attach-client` a client attached already.
 //! It is an internal interface: the arguments are written by `vessel`, not by people.
 
 use std::ffi::{CString, OsString};
@@ -21,6 +24,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use vessel_shim::attach::{Action, Hub, StdinTarget};
 use vessel_shim::logs::{Rotation, Stream, Writer};
 
 /// Signals passed on to the container.
@@ -45,6 +51,12 @@ struct Args {
     rotation: Rotation,
     sources: Vec<(RawFd, Stream)>,
     hold: Option<RawFd>,
+    /// The source is a terminal (`--pty`).
+    pty: bool,
+    /// The terminal takes attached clients' input (`--pty-input`: an `-i` container).
+    pty_input: bool,
+    attach_listen: Option<RawFd>,
+    attach_clients: Vec<(RawFd, Option<u8>)>,
     finish: Vec<OsString>,
 }
 
@@ -55,6 +67,9 @@ fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
     let mut rotation = Rotation::UNLIMITED;
     let mut sources = Vec::new();
     let mut hold = None;
+    let mut attach_listen = None;
+    let mut attach_clients = Vec::new();
+    let (mut pty, mut pty_input) = (false, false);
     let fd = |v: Option<OsString>, flag: &str| -> Result<RawFd, String> {
         v.and_then(|s| s.to_str().and_then(|s| s.parse().ok()))
             .ok_or_else(|| format!("{flag} needs a file descriptor number"))
@@ -87,8 +102,18 @@ fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
             }
             Some("--stdout") => sources.push((fd(it.next(), "--stdout")?, Stream::Stdout)),
             Some("--stderr") => sources.push((fd(it.next(), "--stderr")?, Stream::Stderr)),
-            Some("--pty") => sources.push((fd(it.next(), "--pty")?, Stream::Stdout)),
+            Some("--pty") => {
+                pty = true;
+                sources.push((fd(it.next(), "--pty")?, Stream::Stdout))
+            }
+            Some("--pty-input") => pty_input = true,
             Some("--hold") => hold = Some(fd(it.next(), "--hold")?),
+            Some("--attach-listen") => attach_listen = Some(fd(it.next(), "--attach-listen")?),
+            Some("--attach-client") => attach_clients.push(
+                it.next()
+                    .and_then(|s| s.to_str().and_then(Hub::parse_client_arg))
+                    .ok_or("--attach-client needs FD or FD:FLAGS")?,
+            ),
             Some("--") => break,
             _ => return Err(format!("unexpected argument {a:?}")),
         }
@@ -105,6 +130,10 @@ fn parse(mut it: impl Iterator<Item = OsString>) -> Result<Args, String> {
         rotation,
         sources,
         hold,
+        pty,
+        pty_input,
+        attach_listen,
+        attach_clients,
         finish,
     })
 }
@@ -177,7 +206,7 @@ fn set_cloexec(fd: RawFd) {
 
 /// Copies one chunk from `fd` into the log; false at end of file or on an error (a
 /// terminal master reads EIO once the container's side is closed).
-fn copy(fd: RawFd, stream: Stream, log: &mut Writer) -> bool {
+fn copy(fd: RawFd, stream: Stream, log: &mut Writer, hub: &mut Hub) -> bool {
     let mut buf = [0u8; 32 * 1024];
     loop {
         // SAFETY: read into a local buffer of the given length.
@@ -189,6 +218,7 @@ fn copy(fd: RawFd, stream: Stream, log: &mut Writer) -> bool {
             return false;
         }
         let _ = log.write(stream, &buf[..n as usize]);
+        hub.send(stream, &buf[..n as usize]);
         return true;
     }
 }
@@ -212,8 +242,35 @@ fn poll_in(fds: &[RawFd], timeout_ms: i32) -> Option<Vec<bool>> {
     Some(p.iter().map(|p| p.revents != 0).collect())
 }
 
+/// The attach socket's hub over the descriptors the monitor handed over, with the
+/// container's stdin (the held pipe, or the terminal) as its input's target.
+fn hub(args: &Args) -> Hub {
+    // SAFETY: descriptors handed to us by the monitor for exactly this purpose.
+    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let tty = args.pty;
+    let mut hub = Hub::from_parts(
+        args.attach_listen.map(own),
+        args.attach_clients
+            .iter()
+            .map(|&(fd, m)| (own(fd), m))
+            .collect(),
+        tty,
+    );
+    let target = match (args.hold, args.pty && args.pty_input) {
+        (Some(fd), _) => Some(StdinTarget { fd, pty: false }),
+        (None, true) => args
+            .sources
+            .first()
+            .map(|&(fd, _)| StdinTarget { fd, pty: true }),
+        (None, false) => None,
+    };
+    hub.set_stdin(target);
+    hub
+}
+
 fn supervise(args: &mut Args, log: &mut Writer) -> Result<i32, String> {
     let sig = signal_pipe().map_err(|e| format!("signal pipe: {e}"))?;
+    let mut hub = hub(args);
     let mut open: Vec<bool> = vec![true; args.sources.len()];
     let code = loop {
         // Checked before each wait: the container may have ended before the handler was
@@ -221,13 +278,22 @@ fn supervise(args: &mut Args, log: &mut Writer) -> Result<i32, String> {
         if let Some(code) = reap(args.pid) {
             break code;
         }
-        let mut fds = vec![sig];
         let live: Vec<usize> = (0..args.sources.len()).filter(|&i| open[i]).collect();
-        fds.extend(live.iter().map(|&i| args.sources[i].0));
-        let Some(ready) = poll_in(&fds, -1) else {
+        let mut p: Vec<libc::pollfd> = std::iter::once(sig)
+            .chain(live.iter().map(|&i| args.sources[i].0))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let first_hub = p.len();
+        p.extend(hub.pollfds());
+        // SAFETY: poll over a vector of pollfds of the given length.
+        if unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) } < 0 {
             continue;
-        };
-        if ready[0] {
+        }
+        if p[0].revents != 0 {
             let mut buf = [0u8; 64];
             // SAFETY: read from our nonblocking self-pipe into a local buffer.
             let n = unsafe { libc::read(sig, buf.as_mut_ptr().cast(), buf.len()) };
@@ -238,8 +304,15 @@ fn supervise(args: &mut Args, log: &mut Writer) -> Result<i32, String> {
                 }
             }
         }
+        // Attach clients first: one that just connected gets the output read below.
+        if hub.handle(&p[first_hub..]) == Action::CloseStdin {
+            if let Some(fd) = args.hold.take() {
+                // SAFETY: closing the stdin pipe we were handed and nobody else uses.
+                unsafe { libc::close(fd) };
+            }
+        }
         for (k, &i) in live.iter().enumerate() {
-            if ready[k + 1] && !copy(args.sources[i].0, args.sources[i].1, log) {
+            if p[k + 1].revents != 0 && !copy(args.sources[i].0, args.sources[i].1, log, &mut hub) {
                 open[i] = false;
             }
         }
@@ -260,12 +333,14 @@ fn supervise(args: &mut Args, log: &mut Writer) -> Result<i32, String> {
             break;
         }
         for (k, &i) in live.iter().enumerate() {
-            if ready[k] && !copy(args.sources[i].0, args.sources[i].1, log) {
+            if ready[k] && !copy(args.sources[i].0, args.sources[i].1, log, &mut hub) {
                 open[i] = false;
             }
         }
     }
     let _ = log.flush();
+    // The attached clients get the rest of the output and then their end of file.
+    hub.finish(DRAIN);
     Ok(code)
 }
 
@@ -281,8 +356,13 @@ fn main() {
     for &(fd, _) in &args.sources {
         set_cloexec(fd);
     }
-    if let Some(fd) = args.hold {
-        set_cloexec(fd);
+    for fd in args
+        .hold
+        .iter()
+        .chain(&args.attach_listen)
+        .chain(args.attach_clients.iter().map(|(fd, _)| fd))
+    {
+        set_cloexec(*fd);
     }
     let opened = match &args.log {
         Some(path) => Writer::open(path, args.rotation).map_err(|e| (path, e)),
@@ -423,6 +503,10 @@ mod tests {
             rotation: Rotation::DEFAULT,
             sources: vec![(r.into_raw_fd(), Stream::Stdout)],
             hold: None,
+            pty: false,
+            pty_input: false,
+            attach_listen: None,
+            attach_clients: Vec::new(),
             finish: Vec::new(),
         };
         let path = dir.path().join("log");

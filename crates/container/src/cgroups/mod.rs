@@ -81,6 +81,39 @@ impl SelfJoin {
     }
 }
 
+/// Whether this host's memory cgroup limits swap (`memory.memsw.*` in v1, which needs
+/// `swapaccount=1` on older kernels; `memory.swap.max` in v2): without it a swap limit
+/// could not be honoured.
+pub fn swap_limit_supported() -> bool {
+    let (Ok(mountinfo), Ok(own)) = (read("/proc/self/mountinfo"), read("/proc/self/cgroup")) else {
+        return false;
+    };
+    let Some(layout) = detect::parse_mountinfo(&mountinfo) else {
+        return false;
+    };
+    if let Some(h) = layout
+        .v1
+        .iter()
+        .find(|h| h.controllers.iter().any(|c| c == "memory"))
+    {
+        return h.mountpoint.join("memory.memsw.limit_in_bytes").exists();
+    }
+    let Some(v2) = &layout.v2 else {
+        return false;
+    };
+    // The root cgroup has no memory.swap.max: look at ours, else at any child of the root.
+    let own = detect::parse_proc_cgroup(&own);
+    let ours = detect::host_dir(v2, detect::own_cgroup(v2, &own));
+    if ours.join("memory.swap.max").exists() {
+        return true;
+    }
+    fs::read_dir(&v2.mountpoint).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().join("memory.swap.max").exists())
+    })
+}
+
 /// A container's cgroup across all hierarchies. Serialised into the state file so a
 /// different process can delete it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +203,10 @@ impl Cgroup {
 
     /// Apply resource limits. A limit whose controller is not available is an error.
     pub fn apply(&self, res: &LinuxResources) -> Result<()> {
+        self.apply_limits(res, true)
+    }
+
+    fn apply_limits(&self, res: &LinuxResources, devices: bool) -> Result<()> {
         let v1 = resources::plan_v1(res);
         let v2 = resources::plan_v2(res);
         let v2_dir = self.dirs.iter().find(|d| d.v2);
@@ -201,31 +238,54 @@ impl Cgroup {
                 }
             }
         }
-        let device_rules =
-            devices_bpf::effective_rules(res.devices().as_deref().unwrap_or_default())?;
-        let v1_devices = self.v1_dir("devices");
-        if let Some(d) = v1_devices {
-            for wr in resources::plan_devices_v1(&device_rules) {
-                writes.push((d.path.join(&wr.file), wr));
-            }
-        }
-        // cgroup2 has no devices controller: an eBPF program decides. On a hybrid host it
-        // also guards what the v1 controller does, and only there may it fail.
-        if let Some(d) = v2_dir {
-            match devices_bpf::attach(&d.path, &device_rules) {
-                Ok(()) => {}
-                Err(e) if v1_devices.is_some() => {
-                    tracing::warn!(error = %e, "device eBPF program not attached; the v1 devices controller still enforces the rules");
+        if devices {
+            let device_rules =
+                devices_bpf::effective_rules(res.devices().as_deref().unwrap_or_default())?;
+            let v1_devices = self.v1_dir("devices");
+            if let Some(d) = v1_devices {
+                for wr in resources::plan_devices_v1(&device_rules) {
+                    writes.push((d.path.join(&wr.file), wr));
                 }
-                Err(e) => return Err(e),
+            }
+            // cgroup2 has no devices controller: an eBPF program decides. On a hybrid host it
+            // also guards what the v1 controller does, and only there may it fail.
+            if let Some(d) = v2_dir {
+                match devices_bpf::attach(&d.path, &device_rules) {
+                    Ok(()) => {}
+                    Err(e) if v1_devices.is_some() => {
+                        tracing::warn!(error = %e, "device eBPF program not attached; the v1 devices controller still enforces the rules");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
-        for (path, wr) in writes {
+        let mut i = 0;
+        while i < writes.len() {
+            let (path, wr) = &writes[i];
             if wr.optional && !path.exists() {
                 tracing::debug!(file = %path.display(), "optional cgroup file missing, skipped");
+                i += 1;
                 continue;
             }
-            write_file(&path, &wr.value)?;
+            // v1 wants memory <= memory+swap at every moment: raising both (an update of
+            // a running container) must raise memsw first, lowering both memory first.
+            if wr.file == "memory.limit_in_bytes" {
+                if let Some((sw_path, sw)) = writes
+                    .get(i + 1)
+                    .filter(|(p, w)| w.file == "memory.memsw.limit_in_bytes" && p.exists())
+                {
+                    if write_file(path, &wr.value).is_err() {
+                        write_file(sw_path, &sw.value)?;
+                        write_file(path, &wr.value)?;
+                    } else {
+                        write_file(sw_path, &sw.value)?;
+                    }
+                    i += 2;
+                    continue;
+                }
+            }
+            write_file(path, &wr.value)?;
+            i += 1;
         }
         Ok(())
     }
@@ -349,6 +409,74 @@ impl Cgroup {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Freeze (`true`) or thaw (`false`) every process of the container: the v1
+    /// `freezer` controller where it has a hierarchy, else cgroup2's `cgroup.freeze`.
+    /// Returns once the kernel reports the new state (a freeze waits for every task to
+    /// stop), or an error naming the file after 5 s.
+    pub fn set_frozen(&self, frozen: bool) -> Result<()> {
+        let (file, value, done): (PathBuf, &str, Box<dyn Fn() -> bool>) =
+            if let Some(d) = self.v1_dir("freezer") {
+                let state = d.path.join("freezer.state");
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                let st = state.clone();
+                (
+                    state,
+                    want,
+                    Box::new(move || fs::read_to_string(&st).is_ok_and(|t| t.trim() == want)),
+                )
+            } else if let Some(d) = self.dirs.iter().find(|d| d.v2) {
+                let events = d.path.join("cgroup.events");
+                let want = if frozen { 1 } else { 0 };
+                (
+                    d.path.join("cgroup.freeze"),
+                    if frozen { "1" } else { "0" },
+                    Box::new(move || {
+                        fs::read_to_string(&events)
+                            .ok()
+                            .and_then(|t| stats::flat_keyed(&t, "frozen"))
+                            == Some(want)
+                    }),
+                )
+            } else {
+                return Err(Error::Cgroup(
+                    "no freezer: this host has neither a v1 freezer hierarchy nor cgroup2".into(),
+                ));
+            };
+        let start = Instant::now();
+        loop {
+            // v1: a freeze can stop half-way (FREEZING) when a task is busy; writing
+            // again resumes it.
+            write_file(&file, value)?;
+            if done() {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                return Err(Error::Cgroup(format!(
+                    "{} did not reach {value:?} within 5 s",
+                    file.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the container's processes are frozen (by [`Cgroup::set_frozen`]).
+    pub fn frozen(&self) -> bool {
+        if let Some(d) = self.v1_dir("freezer") {
+            return fs::read_to_string(d.path.join("freezer.state"))
+                .is_ok_and(|t| t.trim() == "FROZEN");
+        }
+        self.dirs.iter().find(|d| d.v2).is_some_and(|d| {
+            fs::read_to_string(d.path.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
+        })
+    }
+
+    /// Apply changed limits to a running container (`runc update`): like
+    /// [`Cgroup::apply`], but the device rules are left as they are.
+    pub fn update(&self, res: &LinuxResources) -> Result<()> {
+        self.apply_limits(res, false)
+    }
+
     /// Whether the OOM killer has killed a process of the cgroup: the one figure of
     /// [`Cgroup::stats`] that an exit needs, read alone.
     pub fn oom_killed(&self) -> bool {
@@ -423,6 +551,15 @@ impl Cgroup {
             s.cpu_throttled_periods = rd(d, "cpu.stat")
                 .and_then(|t| stats::flat_keyed(&t, "nr_throttled"))
                 .unwrap_or(0);
+        }
+        if let Some(d) = self.v1_dir("blkio") {
+            let t = rd(d, "blkio.throttle.io_service_bytes_recursive")
+                .or_else(|| rd(d, "blkio.throttle.io_service_bytes"))
+                .unwrap_or_default();
+            (s.io_read_bytes, s.io_write_bytes) = stats::blkio_service_bytes(&t);
+        } else if let Some(d) = self.dirs.iter().find(|d| d.v2) {
+            (s.io_read_bytes, s.io_write_bytes) =
+                stats::io_stat(&rd(d, "io.stat").unwrap_or_default());
         }
         Ok(s)
     }

@@ -23,6 +23,43 @@ pub struct Stats {
     pub cpu_usage_ns: u64,
     /// Number of CFS periods in which the container was throttled.
     pub cpu_throttled_periods: u64,
+    /// Bytes read from block devices.
+    #[serde(default)]
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices.
+    #[serde(default)]
+    pub io_write_bytes: u64,
+}
+
+/// Sums v2 `io.stat` (`MAJ:MIN rbytes=N wbytes=N ...` per device): (read, written).
+pub fn io_stat(text: &str) -> (u64, u64) {
+    let mut out = (0u64, 0u64);
+    for field in text.split_whitespace() {
+        if let Some(v) = field.strip_prefix("rbytes=") {
+            out.0 += v.parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = field.strip_prefix("wbytes=") {
+            out.1 += v.parse::<u64>().unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// Sums v1 `blkio.throttle.io_service_bytes(_recursive)` (`MAJ:MIN Read N` lines):
+/// (read, written).
+pub fn blkio_service_bytes(text: &str) -> (u64, u64) {
+    let mut out = (0u64, 0u64);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [_, op, n] = f.as_slice() {
+            let n = n.parse::<u64>().unwrap_or(0);
+            match *op {
+                "Read" => out.0 += n,
+                "Write" => out.1 += n,
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Parse a `key value` per line file (`memory.events`, `cpu.stat`, `memory.oom_control`).

@@ -71,6 +71,7 @@ pub(super) fn intermediate(
     }
     let mut keep = vec![chan.raw(), fifo.as_raw_fd()];
     keep.extend(join.map(SelfJoin::raw_fds).unwrap_or_default());
+    keep.extend(cfg.process.entry);
     setup::close_fds_except(&keep);
     match intermediate_steps(cfg, &chan, join) {
         Ok(0) => init_main(cfg, cgroup, chan, fifo),
@@ -243,7 +244,9 @@ fn init_steps(
     }
     let userns = cfg.new_ns(CloneFlags::CLONE_NEWUSER);
     let exe = prepare_process(p, !userns || setgroups_allowed(), chan)?;
-    setup::close_fds_except(&[chan.raw(), fifo_fd.as_raw_fd()]);
+    let mut keep = vec![chan.raw(), fifo_fd.as_raw_fd()];
+    keep.extend(p.entry);
+    setup::close_fds_except(&keep);
     Ok(exe)
 }
 
@@ -253,10 +256,11 @@ fn setgroups_allowed() -> bool {
         .unwrap_or(true)
 }
 
-/// The process-level steps shared by init and exec: limits, seccomp (early when it must
+/// The process-level steps shared by init and exec: a session keyring of its own, limits, seccomp (early when it must
 /// be loaded while we still have CAP_SYS_ADMIN), user and capabilities, cwd, program
 /// lookup, no_new_privs.
 fn prepare_process(p: &ProcessConfig, setgroups_ok: bool, chan: &Channel) -> Result<CString> {
+    setup::join_session_keyring()?;
     for w in setup::set_process_limits(p)? {
         chan.send(&Msg::Warning(w))?;
     }
@@ -288,6 +292,7 @@ pub(super) fn exec_intermediate(
     }
     let mut keep: Vec<RawFd> = namespaces.iter().map(|(f, _)| f.as_raw_fd()).collect();
     keep.push(chan.raw());
+    keep.extend(p.entry);
     setup::close_fds_except(&keep);
     let r = (|| -> Result<libc::pid_t> {
         wait_go(&chan)?;
@@ -308,7 +313,9 @@ pub(super) fn exec_intermediate(
 
 fn exec_child(p: &ProcessConfig, chan: Channel, userns: bool) -> ! {
     let r = (|| -> Result<CString> {
-        setup::close_fds_except(&[chan.raw()]);
+        let mut keep = vec![chan.raw()];
+        keep.extend(p.entry);
+        setup::close_fds_except(&keep);
         nix::unistd::setsid().map_err(|e| Error::syscall("setsid", e))?;
         if p.terminal {
             let master = setup::open_pty(p.console_size)?;

@@ -277,6 +277,28 @@ pub(crate) fn set_user_and_caps(p: &ProcessConfig, setgroups_allowed: bool) -> R
     Ok(())
 }
 
+/// Join a new anonymous session keyring, so that the process does not possess the keys
+/// of the session it was started from (the runtime's caller's, or, when that has none,
+/// the user session keyring every process of the uid falls back to). runc does the same.
+/// A kernel without key support has nothing to share.
+pub(crate) fn join_session_keyring() -> Result<()> {
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) reads no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 && Errno::last() != Errno::ENOSYS {
+        return Err(Error::syscall(
+            "join a new session keyring (keyctl)",
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
 /// Set no_new_privs when asked.
 pub(crate) fn set_no_new_privs(p: &ProcessConfig) -> Result<()> {
     if p.no_new_privs {
@@ -353,13 +375,60 @@ pub(crate) fn exec(p: &ProcessConfig, path: &CStr) -> Error {
             }
         }
     }
-    match nix::unistd::execve(path, &p.args, &p.env) {
+    // Like runc: a process without HOME gets its user's home from the container's
+    // /etc/passwd, else "/".
+    let with_home;
+    let env = if p.env.iter().any(|e| e.to_bytes().starts_with(b"HOME=")) {
+        &p.env
+    } else {
+        let home = crate::user::read_db("/etc/passwd")
+            .ok()
+            .and_then(|t| crate::user::home_of(&t, p.uid))
+            .unwrap_or_else(|| "/".into());
+        with_home = p
+            .env
+            .iter()
+            .cloned()
+            .chain(CString::new(format!("HOME={home}")).ok())
+            .collect::<Vec<_>>();
+        &with_home
+    };
+    let r = match p.entry {
+        Some(entry) => exec_through(entry, path, &p.args, env),
+        None => nix::unistd::execve(path, &p.args, env).map(|never| match never {}),
+    };
+    match r {
         Ok(never) => match never {},
         Err(Errno::ENOENT) => Error::ExecutableNotFound(path.to_string_lossy().into_owned()),
         Err(e) => Error::NotExecutable {
             path: path.to_string_lossy().into_owned(),
             reason: e.desc().to_string(),
         },
+    }
+}
+
+/// `execve` of the sealed entry program `entry` (vessel-entry), which execs `path` with
+/// the process's arguments: the container's process is never exec'd from our own binary.
+/// `execveat` on the descriptor; where a seccomp profile refuses `execveat` (but must
+/// allow `execve`, which the container's process needs), the descriptor's `/proc` path.
+fn exec_through(
+    entry: RawFd,
+    path: &CStr,
+    args: &[CString],
+    env: &[CString],
+) -> std::result::Result<std::convert::Infallible, Errno> {
+    let mut argv: Vec<&CStr> = Vec::with_capacity(args.len() + 1);
+    argv.push(path);
+    argv.extend(args.iter().map(|a| a.as_c_str()));
+    // SAFETY: `entry` is the runtime's open descriptor of the sealed program, kept
+    // open in this process for exactly this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(entry) };
+    match nix::unistd::execveat(fd, c"", &argv, env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {
+        Err(Errno::EPERM | Errno::ENOSYS | Errno::EACCES) => {
+            let proc_path = CString::new(format!("/proc/self/fd/{entry}")).unwrap_or_default();
+            nix::unistd::execve(&proc_path, &argv, env)
+        }
+        r => r,
     }
 }
 
