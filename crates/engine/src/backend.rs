@@ -64,6 +64,52 @@ pub struct ExecRequest {
     pub tty: bool,
 }
 
+/// What an instance uses, read now (`stats`). `None`: not known for this isolation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// CPU time used since it started, nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use, bytes.
+    pub memory: u64,
+    /// Its memory limit, bytes (`None`: none).
+    pub memory_limit: Option<u64>,
+    /// Processes (tasks).
+    pub pids: Option<u64>,
+    /// Bytes received and sent on its network interfaces.
+    pub net: Option<(u64, u64)>,
+    /// Bytes read from and written to block devices.
+    pub block: Option<(u64, u64)>,
+}
+
+/// New limits for a running instance (`update`); `None` leaves one as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Memory limit, bytes.
+    pub memory: Option<u64>,
+    /// CPUs (quota).
+    pub cpus: Option<f64>,
+    /// Process limit (`-1`: none).
+    pub pids_limit: Option<i64>,
+    /// CPU weight.
+    pub cpu_shares: Option<u64>,
+    /// CPUs allowed.
+    pub cpuset_cpus: Option<String>,
+}
+
+/// The error of an operation `isolation` does not have.
+pub fn unsupported(inst: &Instance, what: &str) -> super::EngineError {
+    super::EngineError::Conflict(format!(
+        "{what} is not supported for {} instances yet ({} is a {})",
+        inst.request.isolation.as_str(),
+        inst.name,
+        if inst.request.isolation == super::request::Isolation::Vm {
+            "microVM"
+        } else {
+            "container"
+        }
+    ))
+}
+
 /// One isolation technology. Every method may run in a different process from the one
 /// that created the instance: all state is on disk under `dir` or in the backend's own
 /// runtime directory.
@@ -89,4 +135,28 @@ pub trait Backend: Sync {
     /// Removes everything the instance holds on the host (processes, cgroups, devices),
     /// except its directory. Idempotent; works after any crash.
     fn cleanup(&self, inst: &Instance, dir: &Path) -> Result<()>;
+    /// Freezes every process of the running instance (`pause`).
+    fn pause(&self, inst: &Instance) -> Result<()> {
+        Err(unsupported(inst, "pause"))
+    }
+    /// Thaws what [`Backend::pause`] froze.
+    fn resume(&self, inst: &Instance) -> Result<()> {
+        Err(unsupported(inst, "unpause"))
+    }
+    /// Whether the instance is paused.
+    fn paused(&self, _inst: &Instance) -> bool {
+        false
+    }
+    /// The host pids of the instance's processes (`top`).
+    fn processes(&self, inst: &Instance) -> Result<Vec<i32>> {
+        Err(unsupported(inst, "top"))
+    }
+    /// What it uses now (`stats`).
+    fn usage(&self, inst: &Instance) -> Result<Usage> {
+        Err(unsupported(inst, "stats"))
+    }
+    /// Changes its limits while it runs (`update`).
+    fn update(&self, inst: &Instance, _limits: &Limits) -> Result<()> {
+        Err(unsupported(inst, "update"))
+    }
 }

@@ -48,7 +48,7 @@ impl Status {
 }
 
 /// One instance (container or VM) as recorded.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Instance {
     /// 64 hex digits.
     pub id: String,
@@ -83,7 +83,8 @@ pub struct Instance {
 /// Handle on the catalogue database.
 pub struct Catalogue {
     path: PathBuf,
-    db: Mutex<vessel_db::Db>,
+    /// Opened by [`Catalogue::open`], or on first use after [`Catalogue::deferred`].
+    db: std::sync::OnceLock<Mutex<vessel_db::Db>>,
 }
 
 const SCHEMA: &str = "
@@ -113,24 +114,41 @@ const COLUMNS: &str =
 impl Catalogue {
     /// Opens (creating) `<root>/instances.db`.
     pub fn open(root: &Path) -> Result<Catalogue> {
-        vessel_db::private_dir(root, 0o711).map_err(|e| EngineError::io("create", root, e))?;
-        let path = root.join("instances.db");
-        let err = |e| EngineError::Db(path.clone(), e);
-        let db = vessel_db::open(&path, SCHEMA).map_err(err)?;
-        Ok(Catalogue {
-            path,
-            db: Mutex::new(db),
-        })
+        let c = Catalogue::deferred(root);
+        drop(c.db()?);
+        Ok(c)
+    }
+
+    /// The catalogue under `root`, whose database is opened on first use: for a monitor
+    /// that has its instance already and so can start it before opening anything.
+    pub fn deferred(root: &Path) -> Catalogue {
+        Catalogue {
+            path: root.join("instances.db"),
+            db: std::sync::OnceLock::new(),
+        }
     }
 
     /// Loads the database's schema into this connection, which the first statement would
     /// otherwise do: for a process that has time to spare before its first real one.
     pub fn warm(&self) {
-        let _ = self.db().execute_batch("SELECT 1 FROM instances LIMIT 0");
+        if let Ok(db) = self.db() {
+            let _ = db.execute_batch("SELECT 1 FROM instances LIMIT 0");
+        }
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, vessel_db::Db> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    fn db(&self) -> Result<std::sync::MutexGuard<'_, vessel_db::Db>> {
+        let db = match self.db.get() {
+            Some(db) => db,
+            None => {
+                let root = self.path.parent().unwrap_or(Path::new("/"));
+                vessel_db::private_dir(root, 0o711)
+                    .map_err(|e| EngineError::io("create", root, e))?;
+                let db = vessel_db::open(&self.path, SCHEMA)
+                    .map_err(|e| EngineError::Db(self.path.clone(), e))?;
+                self.db.get_or_init(|| Mutex::new(db))
+            }
+        };
+        Ok(db.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> EngineError + '_ {
@@ -141,7 +159,7 @@ impl Catalogue {
     pub fn insert(&self, inst: &Instance) -> Result<()> {
         let request = serde_json::to_string(&inst.request)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let r = self.db().execute(
+        let r = self.db()?.execute(
             "INSERT INTO instances (id, name, image, image_id, status, created, request) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![inst.id, inst.name, inst.image, inst.image_id, inst.status.as_str(), inst.created, request],
         );
@@ -155,11 +173,27 @@ impl Catalogue {
         }
     }
 
+    /// Renames an instance; fails with [`EngineError::NameInUse`] if `name` is taken.
+    pub fn rename(&self, id: &str, name: &str) -> Result<()> {
+        let r = self.db()?.execute(
+            "UPDATE instances SET name = ?2 WHERE id = ?1",
+            params![id, name],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(EngineError::NameInUse(name.to_string()))
+            }
+            r => r.map(|_| ()).map_err(self.err()),
+        }
+    }
+
     /// Replaces an instance's recorded request (once create has decided its network).
     pub fn set_request(&self, id: &str, request: &RunRequest) -> Result<()> {
         let request =
             serde_json::to_string(request).map_err(|e| EngineError::Internal(e.to_string()))?;
-        self.db()
+        self.db()?
             .execute(
                 "UPDATE instances SET request = ?2 WHERE id = ?1",
                 params![id, request],
@@ -168,24 +202,21 @@ impl Catalogue {
         Ok(())
     }
 
-    /// Records that the monitor `pid` (started at `start`) watches the instance.
-    pub fn set_monitor(&self, id: &str, pid: i32, start: u64) -> Result<()> {
-        self.db()
-            .execute(
-                "UPDATE instances SET monitor_pid = ?2, monitor_start = ?3 WHERE id = ?1",
-                params![id, pid, start as i64],
-            )
-            .map_err(self.err())?;
-        Ok(())
-    }
-
-    /// Records a successful start.
-    pub fn set_running(&self, id: &str, pid: i32, started_at: &str) -> Result<()> {
-        self.db()
+    /// Records a successful start, and the monitor (pid and start time) that watches it.
+    pub fn set_running(
+        &self,
+        id: &str,
+        pid: i32,
+        started_at: &str,
+        monitor: Option<(i32, u64)>,
+    ) -> Result<()> {
+        let (mpid, mstart) = monitor.map_or((None, None), |(p, s)| (Some(p), Some(s as i64)));
+        self.db()?
             .execute(
                 "UPDATE instances SET status = 'running', pid = ?2, started_at = ?3, error = NULL, exit_code = NULL, \
-                 finished_at = NULL, oom_killed = 0 WHERE id = ?1",
-                params![id, pid, started_at],
+                 finished_at = NULL, oom_killed = 0, monitor_pid = COALESCE(?4, monitor_pid), \
+                 monitor_start = COALESCE(?5, monitor_start) WHERE id = ?1",
+                params![id, pid, started_at, mpid, mstart],
             )
             .map_err(self.err())?;
         Ok(())
@@ -200,7 +231,7 @@ impl Catalogue {
         finished_at: &str,
         error: Option<&str>,
     ) -> Result<()> {
-        self.db()
+        self.db()?
             .execute(
                 "UPDATE instances SET status = 'exited', exit_code = ?2, oom_killed = ?3, finished_at = ?4, error = ?5, \
                  monitor_pid = NULL WHERE id = ?1",
@@ -212,7 +243,7 @@ impl Catalogue {
 
     /// Marks an instance whose monitor vanished.
     pub fn set_dead(&self, id: &str, why: &str) -> Result<()> {
-        self.db()
+        self.db()?
             .execute(
                 "UPDATE instances SET status = 'dead', error = ?2 WHERE id = ?1",
                 params![id, why],
@@ -223,7 +254,7 @@ impl Catalogue {
 
     /// Forgets an instance.
     pub fn delete(&self, id: &str) -> Result<()> {
-        self.db()
+        self.db()?
             .execute("DELETE FROM instances WHERE id = ?1", params![id])
             .map_err(self.err())?;
         Ok(())
@@ -231,7 +262,7 @@ impl Catalogue {
 
     /// Every instance, newest first.
     pub fn list(&self) -> Result<Vec<Instance>> {
-        let db = self.db();
+        let db = self.db()?;
         let mut stmt = db
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM instances ORDER BY created DESC"
@@ -244,7 +275,7 @@ impl Catalogue {
 
     /// Finds an instance by exact name, full id, or unique id prefix.
     pub fn find(&self, key: &str) -> Result<Instance> {
-        let db = self.db();
+        let db = self.db()?;
         let by_name = db
             .query_row(
                 &format!("SELECT {COLUMNS} FROM instances WHERE name = ?1 OR id = ?1"),

@@ -23,6 +23,8 @@ pub const ENV_KERNEL_DIR: &str = "VESSEL_KERNEL_DIR";
 pub const ENV_INIT: &str = "VESSEL_INIT";
 /// The variable that carries [`EngineConfig::shim`].
 pub const ENV_SHIM: &str = "VESSEL_SHIM";
+/// The variable that carries [`EngineConfig::entry`].
+pub const ENV_ENTRY: &str = "VESSEL_ENTRY";
 
 /// Diagnostics the jailed VMM reads, and nothing else of the environment reaches it:
 /// `VESSEL_VMM_SECCOMP` (`log` or `off`, see `vessel_vmm::seccomp`), the log filter and
@@ -45,8 +47,11 @@ pub struct EngineConfig {
     /// `vessel-shim`, the small process that outlives a detached container's monitor;
     /// without it the monitor stays for the container's whole life.
     pub shim: Option<PathBuf>,
+    /// `vessel-entry`, the static program every container process is exec'd through
+    /// from a sealed view (see `vessel_container::Runtime::with_entry`).
+    pub entry: PathBuf,
     /// The binary the engine re-executes for its hidden commands (`__monitor`,
-    /// `__monitor-early`, `__monitor-finish`, `__vmm`): the host's `vessel`, never a
+    /// `__monitor-finish`, `__vmm`): the host's `vessel`, never a
     /// path inside a container (see `vessel_container::sealed::host_exe`).
     pub exe: PathBuf,
     /// The diagnostics of [`VMM_ENV`] that are set, passed on to the jailed VMM.
@@ -55,15 +60,15 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// The defaults over data root `root`, with helpers beside `exe`: `/run/vessel`,
-    /// the network crate's directory, `<root>/kernel`, `vessel-init` and (if it is
-    /// there) `vessel-shim` beside `exe`, no VMM diagnostics.
+    /// the network crate's directory, `<root>/kernel`, `vessel-init`, `vessel-entry` and
+    /// (if it is there) `vessel-shim` beside `exe`, no VMM diagnostics.
     pub fn new(root: &Path, exe: &Path) -> EngineConfig {
         EngineConfig::from_vars(root, exe, |_| None)
     }
 
     /// The defaults of [`EngineConfig::new`], each overridden by its variable
     /// (`VESSEL_RUN_DIR`, `VESSEL_NETWORK_DIR`, `VESSEL_KERNEL_DIR`, `VESSEL_INIT`,
-    /// `VESSEL_SHIM`, and those of [`VMM_ENV`]) as `var` gives it: the front end passes
+    /// `VESSEL_SHIM`, `VESSEL_ENTRY`, and those of [`VMM_ENV`]) as `var` gives it: the front end passes
     /// its own environment (`|k| std::env::var_os(k)`), a test a map.
     pub fn from_vars(
         root: &Path,
@@ -80,6 +85,7 @@ impl EngineConfig {
             kernel_dir: path(ENV_KERNEL_DIR).unwrap_or_else(|| root.join("kernel")),
             init: path(ENV_INIT).unwrap_or_else(|| beside("vessel-init")),
             shim: path(ENV_SHIM).or_else(|| Some(beside("vessel-shim")).filter(|p| p.is_file())),
+            entry: path(ENV_ENTRY).unwrap_or_else(|| beside("vessel-entry")),
             exe: exe.to_path_buf(),
             vmm_env: VMM_ENV
                 .iter()
@@ -105,6 +111,7 @@ impl EngineConfig {
             ),
             (ENV_INIT, Some(self.init.clone().into_os_string())),
             (ENV_SHIM, self.shim.clone().map(PathBuf::into_os_string)),
+            (ENV_ENTRY, Some(self.entry.clone().into_os_string())),
         ];
         for k in VMM_ENV {
             let v = self

@@ -25,15 +25,25 @@ pub struct ContainerBackend {
 }
 
 impl ContainerBackend {
+    /// Makes the sealed view of the entry program now, off the path of the next start.
+    pub fn prepare_starts(&self) {
+        if let Err(e) = self.runtime.seal_entry() {
+            // The start itself reports it.
+            tracing::debug!("seal the entry program: {e}");
+        }
+    }
+
     /// A backend whose runtime state lives under `state_root`, wiring containers to the
-    /// bridge networks of `networks`, with `init` as the PID 1 of `--init`.
+    /// bridge networks of `networks`, with `init` as the PID 1 of `--init`, and every
+    /// container process exec'd through `entry` (vessel-entry).
     pub fn new(
         state_root: impl Into<PathBuf>,
         networks: vessel_network::Networks,
         init: PathBuf,
+        entry: PathBuf,
     ) -> ContainerBackend {
         ContainerBackend {
-            runtime: Runtime::new(state_root),
+            runtime: Runtime::new(state_root).with_entry(entry),
             networks,
             init,
         }
@@ -95,7 +105,7 @@ fn mount_ns_of(pid: i32) -> Option<std::os::fd::OwnedFd> {
         .map(Into::into)
 }
 
-fn rt_err(e: vessel_container::Error) -> EngineError {
+pub(crate) fn rt_err(e: vessel_container::Error) -> EngineError {
     match e.exit_code() {
         Some(127) => EngineError::CommandNotFound(e.to_string()),
         Some(126) => EngineError::NotExecutable(e.to_string()),
@@ -109,7 +119,7 @@ fn write(path: &Path, data: &str) -> Result<()> {
 
 /// The host's resolv.conf minus loopback nameservers (unreachable from a private netns),
 /// as Docker does; Google's public resolvers if nothing is left. `--dns` replaces the
-/// nameservers (the host's search and options lines stay).
+/// nameservers, `--dns-search` the search line (the host's options lines stay).
 pub(super) fn resolv_conf(req: &super::request::RunRequest) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out: Vec<String> = host
@@ -117,19 +127,46 @@ pub(super) fn resolv_conf(req: &super::request::RunRequest) -> String {
         .filter(|l| {
             let mut w = l.split_whitespace();
             let server = w.next() == Some("nameserver");
+            let search = l.split_whitespace().next() == Some("search");
             !(server
                 && (!req.dns.is_empty()
                     || w.next()
                         .is_some_and(|a| a.starts_with("127.") || a == "::1")))
+                && (!search || req.dns_search.is_empty())
         })
         .map(str::to_string)
         .collect();
     out.extend(req.dns.iter().map(|d| format!("nameserver {d}")));
+    if !req.dns_search.is_empty() {
+        out.push(format!("search {}", req.dns_search.join(" ")));
+    }
     if !out.iter().any(|l| l.starts_with("nameserver")) {
         out.push("nameserver 8.8.8.8".into());
         out.push("nameserver 8.8.4.4".into());
     }
     out.join("\n") + "\n"
+}
+
+/// Bytes received and sent over every interface of a `/proc/PID/net/dev` but loopback.
+fn net_dev_totals(text: &str) -> (u64, u64) {
+    let mut out = (0u64, 0u64);
+    for line in text.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = counters
+            .split_whitespace()
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        if f.len() >= 9 {
+            out.0 += f[0];
+            out.1 += f[8];
+        }
+    }
+    out
 }
 
 fn runtime_stdio(stdio: Stdio) -> vessel_container::Stdio {
@@ -245,6 +282,7 @@ impl Backend for ContainerBackend {
         for t in &req.tmpfs {
             spec::add_tmpfs(&mut spec, &t.path, &t.options);
         }
+        crate::access::apply(&req.access, &mut spec, &top_first)?;
         let json =
             serde_json::to_vec_pretty(&spec).map_err(|e| EngineError::Internal(e.to_string()))?;
         let p = dir.join("config.json");
@@ -366,6 +404,78 @@ impl Backend for ContainerBackend {
             pid: p.pid.as_raw(),
             pty_master: p.pty_master,
         })
+    }
+
+    fn pause(&self, inst: &Instance) -> Result<()> {
+        self.runtime.pause(&inst.id).map_err(rt_err)
+    }
+
+    fn resume(&self, inst: &Instance) -> Result<()> {
+        self.runtime.resume(&inst.id).map_err(rt_err)
+    }
+
+    fn paused(&self, inst: &Instance) -> bool {
+        matches!(
+            self.runtime.state(&inst.id).map(|s| s.status),
+            Ok(vessel_container::Status::Paused)
+        )
+    }
+
+    fn processes(&self, inst: &Instance) -> Result<Vec<i32>> {
+        let pids = self.runtime.pids(&inst.id).map_err(rt_err)?;
+        Ok(pids.into_iter().map(|p| p.as_raw()).collect())
+    }
+
+    fn usage(&self, inst: &Instance) -> Result<super::backend::Usage> {
+        let s = self.runtime.stats(&inst.id).map_err(rt_err)?;
+        // Its network namespace's interfaces but loopback, as its init sees them; none
+        // of its own with --network host (the host's are not its traffic).
+        let net = match (inst.pid, &inst.request.network) {
+            (_, vessel_network::Mode::Host) => None,
+            (Some(pid), _) => std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+                .ok()
+                .map(|t| net_dev_totals(&t)),
+            (None, _) => None,
+        };
+        Ok(super::backend::Usage {
+            cpu_ns: s.cpu_usage_ns,
+            memory: s.memory_usage,
+            memory_limit: s.memory_limit,
+            pids: Some(s.pids_current),
+            net,
+            block: Some((s.io_read_bytes, s.io_write_bytes)),
+        })
+    }
+
+    fn update(&self, inst: &Instance, limits: &super::backend::Limits) -> Result<()> {
+        use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
+        let mut res = LinuxResources::default();
+        if let Some(m) = limits.memory {
+            let mut mem = LinuxMemory::default();
+            mem.set_limit(Some(m as i64));
+            // No swap unless --memory-swap asked for it (then it is left as it is).
+            if inst.request.access.memory_swap.is_none() {
+                mem.set_swap(Some(m as i64));
+            }
+            res.set_memory(Some(mem));
+        }
+        if limits.cpus.is_some() || limits.cpu_shares.is_some() || limits.cpuset_cpus.is_some() {
+            let mut cpu = LinuxCpu::default();
+            if let Some(c) = limits.cpus {
+                let (quota, period) = spec::cpus_to_quota(c);
+                cpu.set_quota(Some(quota));
+                cpu.set_period(Some(period));
+            }
+            cpu.set_shares(limits.cpu_shares);
+            cpu.set_cpus(limits.cpuset_cpus.clone());
+            res.set_cpu(Some(cpu));
+        }
+        if let Some(p) = limits.pids_limit {
+            let mut pids = LinuxPids::default();
+            pids.set_limit(p);
+            res.set_pids(Some(pids));
+        }
+        self.runtime.update(&inst.id, &res).map_err(rt_err)
     }
 
     fn cleanup(&self, inst: &Instance, _dir: &Path) -> Result<()> {

@@ -69,6 +69,8 @@ pub struct ContainerJson {
     pub image_name: String,
     /// Run state.
     pub state: ContainerState,
+    /// Restarts made by its restart policy.
+    pub restart_count: u32,
     /// Resources and host-side settings.
     pub host_config: HostConfig,
     /// The process's configuration.
@@ -85,10 +87,14 @@ pub struct ContainerJson {
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerState {
-    /// `created`, `running`, `exited` or `dead`.
+    /// `created`, `running`, `paused`, `exited` or `dead`.
     pub status: String,
-    /// Whether it runs.
+    /// Whether it runs (also while paused, as Docker says).
     pub running: bool,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Whether its restart policy is about to start it again.
+    pub restarting: bool,
     /// Whether it is dead (its monitor vanished).
     pub dead: bool,
     /// Host pid of its main process while it runs, else 0.
@@ -116,6 +122,8 @@ pub struct ContainerState {
 pub struct HostConfig {
     /// `container` or `vm`.
     pub isolation: String,
+    /// `--restart`.
+    pub restart_policy: RestartPolicyJson,
     /// Memory limit, bytes (0: none).
     pub memory: u64,
     /// CPU quota in billionths of a CPU (0: none).
@@ -150,6 +158,52 @@ pub struct HostConfig {
     pub extra_hosts: Vec<String>,
     /// Name servers.
     pub dns: Vec<IpAddr>,
+    /// Search domains.
+    pub dns_search: Vec<String>,
+    /// `--privileged`.
+    pub privileged: bool,
+    /// `--device` mappings.
+    pub devices: Vec<DeviceJson>,
+    /// `--security-opt` as given.
+    pub security_opt: Vec<String>,
+    /// `--sysctl`.
+    pub sysctls: BTreeMap<String, String>,
+    /// `host`, or empty for a PID namespace of its own.
+    pub pid_mode: String,
+    /// `private`, `host` or `none`.
+    pub ipc_mode: String,
+    /// Size of /dev/shm in bytes.
+    pub shm_size: u64,
+    /// `--group-add`.
+    pub group_add: Vec<String>,
+    /// `--cpu-shares` (0: the default weight).
+    pub cpu_shares: u64,
+    /// `--cpuset-cpus`.
+    pub cpuset_cpus: String,
+    /// `--memory-swap` (0: unset).
+    pub memory_swap: i64,
+}
+
+/// Docker's `RestartPolicy`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RestartPolicyJson {
+    /// `no`, `always`, `unless-stopped` or `on-failure`.
+    pub name: String,
+    /// For `on-failure`: at most this many restarts (0: no limit).
+    pub maximum_retry_count: u32,
+}
+
+/// Docker's `DeviceMapping`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeviceJson {
+    /// The host's node.
+    pub path_on_host: String,
+    /// Where it is inside.
+    pub path_in_container: String,
+    /// `rwm` or a part of it.
+    pub cgroup_permissions: String,
 }
 
 /// One host side of a published port.
@@ -217,9 +271,15 @@ pub struct ContainerConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct MountPoint {
-    /// `overlay` or `bind`.
+    /// `overlay`, `bind` or `volume`.
     #[serde(rename = "Type")]
     pub kind: String,
+    /// A named volume's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A named volume's driver (`local`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// Host path of a bind mount.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -328,7 +388,9 @@ impl Engine {
             .volumes
             .iter()
             .map(|v| MountPoint {
-                kind: "bind".into(),
+                kind: if v.name.is_some() { "volume" } else { "bind" }.into(),
+                name: v.name.clone(),
+                driver: v.name.as_ref().map(|_| "local".to_string()),
                 source: Some(v.source.clone()),
                 destination: v.target.clone(),
                 upper: None,
@@ -340,6 +402,8 @@ impl Engine {
                 0,
                 MountPoint {
                     kind: "overlay".into(),
+                    name: None,
+                    driver: None,
                     source: None,
                     destination: "/".into(),
                     upper: Some(dir.join("upper")),
@@ -348,6 +412,9 @@ impl Engine {
             );
         }
         let running = i.status == Status::Running;
+        let paused = self.paused(i);
+        let restart = crate::restart::RestartState::load(&dir);
+        let restarting = restart.restarting && i.status != Status::Running;
         ContainerJson {
             id: i.id.clone(),
             name: i.name.clone(),
@@ -357,8 +424,16 @@ impl Engine {
             image: i.image_id.clone(),
             image_name: i.image.clone(),
             state: ContainerState {
-                status: i.status.as_str().to_string(),
+                status: if paused {
+                    "paused".to_string()
+                } else if restarting {
+                    "restarting".to_string()
+                } else {
+                    i.status.as_str().to_string()
+                },
                 running,
+                paused,
+                restarting,
                 dead: i.status == Status::Dead,
                 pid: if running { i.pid.unwrap_or(0) } else { 0 },
                 exit_code: i.exit_code.unwrap_or(0),
@@ -369,7 +444,12 @@ impl Engine {
                 monitor_pid: i.monitor.map(|m| m.0),
                 vmm_pid: crate::vm_jail::vmm_pid(&dir),
             },
+            restart_count: restart.count,
             host_config: HostConfig {
+                restart_policy: RestartPolicyJson {
+                    name: r.restart.docker().0.into(),
+                    maximum_retry_count: r.restart.docker().1,
+                },
                 isolation: r.isolation.as_str().to_string(),
                 memory: r.memory.unwrap_or(0),
                 nano_cpus: r.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
@@ -380,7 +460,8 @@ impl Engine {
                     .iter()
                     .map(|v| {
                         let ro = if v.read_only { ":ro" } else { "" };
-                        format!("{}:{}{ro}", v.source, v.target)
+                        let source = v.name.as_ref().unwrap_or(&v.source);
+                        format!("{source}:{}{ro}", v.target)
                     })
                     .collect(),
                 auto_remove: r.auto_remove,
@@ -416,6 +497,35 @@ impl Engine {
                     .map(|h| format!("{}:{}", h.name, h.ip))
                     .collect(),
                 dns: r.dns.clone(),
+                dns_search: r.dns_search.clone(),
+                privileged: r.access.privileged,
+                devices: r
+                    .access
+                    .devices
+                    .iter()
+                    .map(|d| DeviceJson {
+                        path_on_host: d.host.display().to_string(),
+                        path_in_container: d.container.display().to_string(),
+                        cgroup_permissions: d.perms.clone(),
+                    })
+                    .collect(),
+                security_opt: r.access.security_opts.clone(),
+                sysctls: r.access.sysctls.clone(),
+                pid_mode: if r.access.pid_host { "host" } else { "" }.into(),
+                ipc_mode: match r.access.ipc {
+                    crate::access::Ipc::Private => "private",
+                    crate::access::Ipc::Host => "host",
+                    crate::access::Ipc::None => "none",
+                }
+                .into(),
+                shm_size: match r.access.ipc {
+                    crate::access::Ipc::Private => r.access.shm_size.unwrap_or(64 << 20),
+                    _ => 0,
+                },
+                group_add: r.access.group_add.clone(),
+                cpu_shares: r.access.cpu_shares.unwrap_or(0),
+                cpuset_cpus: r.access.cpuset_cpus.clone().unwrap_or_default(),
+                memory_swap: r.access.memory_swap.unwrap_or(0),
             },
             config: ContainerConfig {
                 hostname: r.hostname.clone(),
@@ -469,6 +579,8 @@ mod tests {
     #[test]
     fn mounts_and_network_settings_keep_docker_keys() {
         let overlay = MountPoint {
+            name: None,
+            driver: None,
             kind: "overlay".into(),
             source: None,
             destination: "/".into(),

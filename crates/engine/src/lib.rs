@@ -2,21 +2,30 @@
 //! backend from the request's isolation and never asks which one ran an instance except
 //! to dispatch to it.
 
+pub mod access;
 pub mod backend;
+pub mod bundle;
 pub mod catalogue;
 pub mod config;
 pub mod container;
+pub mod copy;
+pub mod events;
+pub mod exec;
 pub mod init;
 pub mod inspect;
+pub mod lifecycle;
 pub use vessel_shim::logs;
 pub mod monitor;
 pub mod names;
+pub mod networks;
 pub mod options;
 pub mod request;
+pub mod restart;
 pub mod userdb;
 pub mod vm;
 mod vm_exec;
 pub mod vm_jail;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,6 +59,9 @@ pub enum EngineError {
     /// No instance by that name or id.
     #[error("no such instance: {0}")]
     NoSuchInstance(String),
+    /// No volume by that name.
+    #[error("no such volume: {0}")]
+    NoSuchVolume(String),
     /// An id prefix matching several instances.
     #[error("id prefix {0} matches several instances: give more digits")]
     Ambiguous(String),
@@ -149,7 +161,17 @@ pub struct CreateSpec {
 impl Engine {
     /// Opens the engine with the settings of `config` (on its data root).
     pub fn open(config: &EngineConfig) -> Result<Engine> {
-        Engine::open_with(config, None)
+        Ok(Engine::open_with(
+            config,
+            None,
+            Catalogue::open(&config.root)?,
+        ))
+    }
+
+    /// [`Engine::open`] without opening any database yet: each is opened on first use.
+    /// For a monitor handed its instance, which starts it before it records anything.
+    pub fn open_deferred(config: &EngineConfig) -> Engine {
+        Engine::open_with(config, None, Catalogue::deferred(&config.root))
     }
 
     /// [`Engine::open`], opening the image store first: for `vessel run`, whose monitor
@@ -160,19 +182,23 @@ impl Engine {
     pub fn open_store_first(config: &EngineConfig) -> Result<Engine> {
         let store = Store::open(&config.root)?;
         store.warm();
-        Engine::open_with(config, Some(store))
+        Ok(Engine::open_with(
+            config,
+            Some(store),
+            Catalogue::open(&config.root)?,
+        ))
     }
 
-    fn open_with(config: &EngineConfig, store: Option<Store>) -> Result<Engine> {
-        let catalogue = Catalogue::open(&config.root)?;
+    fn open_with(config: &EngineConfig, store: Option<Store>, catalogue: Catalogue) -> Engine {
         let store = store.map(std::sync::OnceLock::from).unwrap_or_default();
         let networks = || vessel_network::Networks::new(config.network_dir.clone());
         let container = ContainerBackend::new(
             config.run_dir.join("runtime"),
             networks(),
             config.init.clone(),
+            config.entry.clone(),
         );
-        Ok(Engine {
+        Engine {
             config: config.clone(),
             store,
             catalogue,
@@ -181,7 +207,13 @@ impl Engine {
             networks: networks(),
             trashed: std::sync::Mutex::new(Vec::new()),
             trash_here: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
+    }
+
+    /// Readies what starting a container needs (the sealed entry program) ahead of the
+    /// start: for a monitor waiting for its instance.
+    pub fn prepare_starts(&self) {
+        self.container.prepare_starts();
     }
 
     /// Deletes what [`Engine::purge`] moved into the trash in this process, when the
@@ -328,6 +360,7 @@ impl Engine {
             }
         }
         tracing::debug!("create: recorded");
+        self.instance_event(&inst, "create", &[]);
         let dir = self.instance_dir(&id);
         // The directory first: a network lease names it, and is reclaimed without it.
         let prepared = self
@@ -471,6 +504,134 @@ impl Engine {
             .collect())
     }
 
+    /// Removes every instance that is not running (`container prune`). Returns the ids
+    /// removed and the bytes their directories held.
+    pub fn container_prune(&self) -> Result<(Vec<String>, u64)> {
+        let mut removed = Vec::new();
+        let mut bytes = 0;
+        for inst in self.list()? {
+            if inst.status == Status::Running {
+                continue;
+            }
+            let size = vessel_image::store::dir_size(&self.instance_dir(&inst.id));
+            // Gone already (a concurrent rm) is no failure of the prune.
+            match self.remove(&inst.id, false) {
+                Ok(()) => {
+                    bytes += size;
+                    removed.push(inst.id);
+                }
+                Err(EngineError::NoSuchInstance(_)) | Err(EngineError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((removed, bytes))
+    }
+
+    /// Removes the images no instance uses (`image prune`): untagged ones, or with `all`
+    /// every one. Returns what was untagged and deleted, and the bytes reclaimed.
+    pub fn image_prune(&self, all: bool) -> Result<(Vec<vessel_image::store::Removed>, u64)> {
+        let store = self.store()?;
+        let images_dir = self.config.root.join("images");
+        let before = vessel_image::store::dir_size(&images_dir);
+        let used: std::collections::HashSet<String> = self
+            .catalogue
+            .list()?
+            .into_iter()
+            .map(|i| i.image_id)
+            .collect();
+        let mut out = Vec::new();
+        for image in store.list()? {
+            if (!all && !image.tags.is_empty()) || used.contains(&image.id.to_string()) {
+                continue;
+            }
+            // By tag, so that an image with several goes whole; the last one deletes it.
+            let keys: Vec<String> = if image.tags.is_empty() {
+                vec![image.id.to_string()]
+            } else {
+                image.tags.clone()
+            };
+            for k in keys {
+                match store.remove(&k, false) {
+                    Ok(r) => out.extend(r),
+                    // Used meanwhile, or gone: kept, or nothing to do.
+                    Err(vessel_image::Error::InUse(..))
+                    | Err(vessel_image::Error::ImageNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let after = vessel_image::store::dir_size(&images_dir);
+        Ok((out, before.saturating_sub(after)))
+    }
+
+    /// The named volumes.
+    pub fn volumes(&self) -> volumes::Volumes {
+        volumes::Volumes::new(&self.config.root)
+    }
+
+    /// The ids of the instances (in any state) that use volume `name`.
+    pub fn volume_users(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .catalogue
+            .list()?
+            .into_iter()
+            .filter(|i| {
+                i.request
+                    .volumes
+                    .iter()
+                    .any(|v| v.name.as_deref() == Some(name))
+            })
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Removes volume `name`, refused while an instance (even a stopped one) uses it.
+    pub fn volume_remove(&self, name: &str) -> Result<()> {
+        let users = self.volume_users(name)?;
+        if !users.is_empty() {
+            let short: Vec<&str> = users.iter().map(|u| &u[..12.min(u.len())]).collect();
+            return Err(EngineError::Conflict(format!(
+                "remove {name}: volume is in use - [{}]",
+                short.join(", ")
+            )));
+        }
+        self.volumes().remove(name)?;
+        self.record_event("volume", "destroy", name, "", Default::default());
+        Ok(())
+    }
+
+    /// Creates volume `name` (see [`volumes::Volumes::create`]) and records the event.
+    pub fn volume_create(
+        &self,
+        name: Option<&str>,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<volumes::VolumeInfo> {
+        let v = self.volumes().create(name, labels)?;
+        self.record_event("volume", "create", &v.name, "", Default::default());
+        Ok(v)
+    }
+
+    /// Removes the volumes no instance uses: only anonymous ones unless `all`. Returns
+    /// the names removed and the bytes reclaimed.
+    pub fn volume_prune(&self, all: bool) -> Result<(Vec<String>, u64)> {
+        let mut removed = Vec::new();
+        let mut bytes = 0;
+        for v in self.volumes().list()? {
+            if !all && !v.labels.contains_key(volumes::ANONYMOUS_LABEL) {
+                continue;
+            }
+            if !self.volume_users(&v.name)?.is_empty() {
+                continue;
+            }
+            let size = volumes::Volumes::size(&v);
+            self.volumes().remove(&v.name)?;
+            self.record_event("volume", "destroy", &v.name, "", Default::default());
+            bytes += size;
+            removed.push(v.name);
+        }
+        Ok((removed, bytes))
+    }
+
     /// The catalogue (for the monitor).
     pub fn catalogue(&self) -> &Catalogue {
         &self.catalogue
@@ -517,7 +678,15 @@ impl Engine {
                 inst.name
             )));
         }
-        self.backend(inst.request.isolation)?.kill(inst, signal)
+        if signal == libc::SIGKILL || signal == inst.request.stop_signal {
+            self.mark_stopped_by_user(&inst.id);
+        }
+        self.backend(inst.request.isolation)?.kill(inst, signal)?;
+        self.instance_event(inst, "kill", &[("signal", signal.to_string())]);
+        if signal == libc::SIGKILL {
+            self.thaw_for_signal(inst);
+        }
+        Ok(())
     }
 
     /// Waits until the instance is no longer running (or `timeout` passes); returns it.
@@ -540,24 +709,43 @@ impl Engine {
     /// `stop`: the stop signal, then SIGKILL after `timeout` seconds.
     pub fn stop(&self, key: &str, timeout: Option<u32>) -> Result<Instance> {
         let inst = self.get(key)?;
+        // Stopped by the user: its restart policy (also one waiting out its backoff now)
+        // does not start it again. Looked at again after the mark: a restart made just
+        // before it has started a run by now, which is stopped here.
+        self.mark_stopped_by_user(&inst.id);
+        let inst = self.get(&inst.id)?;
         if inst.status != Status::Running {
             return Ok(inst);
         }
         let secs = timeout.unwrap_or(inst.request.stop_timeout);
         let backend = self.backend(inst.request.isolation)?;
         let _ = backend.kill(&inst, inst.request.stop_signal);
-        let after = self.wait(&inst.id, Some(Duration::from_secs(secs as u64)))?;
-        if after.status != Status::Running {
-            return Ok(after);
+        self.instance_event(
+            &inst,
+            "kill",
+            &[("signal", inst.request.stop_signal.to_string())],
+        );
+        // A paused instance cannot act on the signal until it is thawed (Docker's way).
+        self.thaw_for_signal(&inst);
+        let mut after = self.wait(&inst.id, Some(Duration::from_secs(secs as u64)))?;
+        if after.status == Status::Running {
+            let _ = backend.kill(&inst, libc::SIGKILL);
+            self.instance_event(&inst, "kill", &[("signal", libc::SIGKILL.to_string())]);
+            after = self.wait(&inst.id, Some(Duration::from_secs(30)))?;
         }
-        let _ = backend.kill(&inst, libc::SIGKILL);
-        self.wait(&inst.id, Some(Duration::from_secs(30)))
+        self.instance_event(&inst, "stop", &[]);
+        Ok(after)
     }
 
     /// `rm`: refuses a running instance unless `force`, which kills it first. Removes
     /// every trace: processes, cgroups, the directory, the catalogue row, the image hold.
     pub fn remove(&self, key: &str, force: bool) -> Result<()> {
-        let inst = self.get(key)?;
+        let mut inst = self.get(key)?;
+        if force {
+            // As in `stop`: after the mark, no restart comes; one made before it runs.
+            self.mark_stopped_by_user(&inst.id);
+            inst = self.get(&inst.id)?;
+        }
         match inst.status {
             Status::Running if !force => {
                 return Err(EngineError::Conflict(format!(
@@ -569,6 +757,7 @@ impl Engine {
                 let _ = self
                     .backend(inst.request.isolation)?
                     .kill(&inst, libc::SIGKILL);
+                self.thaw_for_signal(&inst);
                 // Give the monitor a moment to record the exit and clean up itself.
                 self.wait(&inst.id, Some(Duration::from_secs(10)))?;
                 if let Some((pid, start)) = inst.monitor {
@@ -622,10 +811,20 @@ impl Engine {
             self.networks.disconnect(&inst.id, att)?;
         }
         self.forget(inst);
+        // `--rm` takes the instance's anonymous volumes with it, as Docker's does.
+        if inst.request.auto_remove {
+            for v in inst.request.volumes.iter().filter(|v| v.anonymous) {
+                if let Some(name) = &v.name {
+                    let _ = self.volumes().remove(name);
+                }
+            }
+        }
         // Only a bridge network hands out leases (one may be left by a crashed attach).
         if matches!(inst.request.network, vessel_network::Mode::Bridge(_)) {
             self.networks.release(&inst.id)?;
         }
-        self.catalogue.delete(&inst.id)
+        self.catalogue.delete(&inst.id)?;
+        self.instance_event(inst, "destroy", &[]);
+        Ok(())
     }
 }

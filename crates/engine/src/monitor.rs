@@ -1,7 +1,8 @@
 //! The per-instance monitor (like conmon): the parent of the instance's main process.
 //!
-//! It is `vessel` itself: forked by `run` as its first act ([`fork_early`]: it opens the
-//! engine while `run` records the instance, then learns the instance's id), re-executed
+//! It is `vessel` itself: forked by `run` as its first act ([`fork_early`]: it runs itself
+//! again from the sealed binary while `run` records the instance, then receives the
+//! instance whole and starts it before opening any database), re-executed
 //! with a hidden subcommand by `start` ([`spawn`]). So `vessel` needs no daemon: the
 //! monitor outlives the command that started it, copies the instance's output into its
 //! log (and to the attached terminal, if any), forwards signals, waits for the exit,
@@ -21,11 +22,10 @@ use super::catalogue::{self, Instance};
 use super::logs::{self, Stream};
 use super::request::LogDriver;
 use super::{Engine, EngineConfig, EngineError};
+use vessel_shim::attach::{Action, Hub, StdinTarget};
 
 /// The fd on which the monitor reports to its parent.
 pub const SYNC_FD: RawFd = 3;
-/// Where `__monitor-early` reads its instance id from.
-const GO_FD: RawFd = 4;
 
 /// What the monitor tells its parent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,8 +128,25 @@ fn now() -> String {
 }
 
 /// Runs the monitor for instance `id` (`vessel __monitor`), reporting on fd 3 if our
-/// parent gave us one; returns the process exit status.
-pub fn run(engine: &Engine, id: &str, attached: bool) -> u8 {
+/// parent gave us one; returns the process exit status. `attach_fds` are clients of the
+/// attach socket that our parent connected before the start ([`spawn_with_clients`]).
+pub fn run(engine: &Engine, id: &str, attached: bool, attach_fds: &[RawFd]) -> u8 {
+    let clients: Vec<OwnedFd> = attach_fds
+        .iter()
+        .filter(|&&fd| fd > 2 && fd != SYNC_FD)
+        .filter_map(|&fd| {
+            // SAFETY: a descriptor our parent placed for us (see spawn_with_clients);
+            // F_GETFD tells whether it is open before we take it.
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            nix::fcntl::fcntl(
+                b,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .ok()?;
+            // SAFETY: as above; we own it from here on.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect();
     // SAFETY: fd 3 is handed to us by our parent for exactly this purpose (or is absent).
     let sync_file = if nix::fcntl::fcntl(
         unsafe { BorrowedFd::borrow_raw(SYNC_FD) },
@@ -147,30 +164,42 @@ pub fn run(engine: &Engine, id: &str, attached: bool) -> u8 {
     } else {
         None
     };
-    run_with(engine, id, attached, sync_file)
+    run_with(engine, id, attached, sync_file, clients)
 }
 
 /// Runs the monitor for instance `id`, reporting on `sync_file`.
-fn run_with(engine: &Engine, id: &str, attached: bool, sync_file: Option<std::fs::File>) -> u8 {
+fn run_with(
+    engine: &Engine,
+    id: &str,
+    attached: bool,
+    sync_file: Option<std::fs::File>,
+    clients: Vec<OwnedFd>,
+) -> u8 {
     let mut sync = Sync(sync_file);
-    let inst = match engine.catalogue().find(id) {
-        Ok(i) => i,
+    match engine.catalogue().find(id) {
+        Ok(inst) => run_instance(engine, &inst, attached, sync, clients),
         Err(e) => {
             sync.send(&Report::Error {
                 code: 125,
                 message: e.to_string(),
             });
-            return 125;
+            125
         }
-    };
-    let me = std::process::id() as i32;
-    if let Some(start) = catalogue::process_start_time(me) {
-        let _ = engine.catalogue().set_monitor(&inst.id, me, start);
     }
+}
+
+/// Runs the monitor for `inst`, as recorded, reporting on `sync`.
+fn run_instance(
+    engine: &Engine,
+    inst: &Instance,
+    attached: bool,
+    mut sync: Sync,
+    clients: Vec<OwnedFd>,
+) -> u8 {
     // Whatever is left after the last report (the trash, a WAL checkpoint) is done by
     // this process, which nobody waits for: without the exec of a background `rm`.
     engine.delete_trash_here();
-    let code = match supervise(engine, &inst, attached, &mut sync) {
+    let code = match supervise(engine, inst, attached, &mut sync, clients) {
         Ok(code) => code,
         Err(e) => {
             let code = e.exit_code();
@@ -181,20 +210,22 @@ fn run_with(engine: &Engine, id: &str, attached: bool, sync_file: Option<std::fs
                 &now(),
                 Some(&e.to_string()),
             );
+            engine.instance_event(inst, "die", &[("exitCode", code.to_string())]);
             let _ = engine
                 .backend(inst.request.isolation)
-                .map(|b| b.cleanup(&inst, &engine.instance_dir(&inst.id)));
+                .map(|b| b.cleanup(inst, &engine.instance_dir(&inst.id)));
             sync.send(&Report::Error {
                 code,
                 message: e.to_string(),
             });
             if inst.request.auto_remove {
-                let _ = engine.purge(&inst);
+                let _ = engine.purge(inst);
             }
             code
         }
     };
     release_stdio();
+    engine.restart_if_due(&inst.id);
     code
 }
 
@@ -224,6 +255,7 @@ fn supervise(
     inst: &Instance,
     attached: bool,
     sync: &mut Sync,
+    clients: Vec<OwnedFd>,
 ) -> Result<u8, EngineError> {
     let dir = engine.instance_dir(&inst.id);
     let backend = engine.backend(inst.request.isolation)?;
@@ -256,19 +288,31 @@ fn supervise(
             Some((out_r, err_r, in_w)),
         )
     };
+    let hub = attach_hub(&dir, tty, clients);
     tracing::debug!("monitor: starting");
     let started = backend.start(inst, &dir, stdio)?;
     tracing::debug!("monitor: started");
+    // Recorded once the instance runs: a monitor from `fork_early` opens the catalogue
+    // only now, while the instance's process gets going.
+    let me = std::process::id() as i32;
+    let monitor = catalogue::process_start_time(me).map(|start| (me, start));
     engine
         .catalogue()
-        .set_running(&inst.id, started.pid, &now())?;
+        .set_running(&inst.id, started.pid, &now(), monitor)?;
+    engine.instance_event(inst, "start", &[]);
     sync.send(&Report::Started { pid: started.pid });
+    if inst.request.auto_remove {
+        // The removal at the end needs the image store: opened while the instance runs.
+        if let Ok(store) = engine.store() {
+            store.warm();
+        }
+    }
 
     // A detached container needs no more of `vessel` until it exits: become the shim.
     if !attached && inst.request.isolation == super::request::Isolation::Container {
         if let Some(shim) = engine.config().shim.clone() {
             drop(log);
-            let e = exec_shim(engine, inst, &shim, &started, ours.as_ref());
+            let e = exec_shim(engine, inst, &shim, &started, ours.as_ref(), &hub);
             // Still here: the shim could not run; stay the monitor ourselves.
             tracing::warn!("monitor: cannot run {}: {e}", shim.display());
             log = open_log(engine, inst)?;
@@ -283,7 +327,15 @@ fn supervise(
             drop(done_w);
             r
         });
-        let mut io = Io::new(&started, ours, forward_stdin, attached, tty);
+        let mut io = Io::new(
+            &started,
+            ours,
+            forward_stdin,
+            attached,
+            tty,
+            inst.request.interactive,
+            hub,
+        );
         io.pump(&mut log, &sig_r, &done_r, |sig| {
             let _ = backend.kill(inst, sig);
         });
@@ -291,6 +343,8 @@ fn supervise(
             .join()
             .map_err(|_| EngineError::Internal("the wait thread panicked".into()))??;
         io.drain(&mut log, Duration::from_secs(2));
+        // The attached clients get the rest of the output and then their end of file.
+        io.hub.finish(Duration::from_secs(2));
         Ok(exit)
     })?;
     let _ = log.flush();
@@ -298,6 +352,21 @@ fn supervise(
     // The last report is out: only now do the instance's mounts go (Started::teardown).
     drop(started.teardown);
     code
+}
+
+/// The instance's attach socket in `dir`, with the clients connected before the start.
+/// An instance whose socket cannot be bound still runs (and is logged), unattachable.
+fn attach_hub(dir: &std::path::Path, tty: bool, clients: Vec<OwnedFd>) -> Hub {
+    match Hub::bind(dir, tty) {
+        Ok(mut hub) => {
+            hub.adopt(clients);
+            hub
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "monitor: cannot bind the attach socket");
+            Hub::from_fds(None, clients, tty)
+        }
+    }
 }
 
 /// The instance's log as its `--log-driver` and `--log-opt`s say.
@@ -322,6 +391,10 @@ fn conclude(
     engine
         .catalogue()
         .set_exited(&inst.id, exit.code, exit.oom_killed, &now(), None)?;
+    if exit.oom_killed {
+        engine.instance_event(inst, "oom", &[]);
+    }
+    engine.instance_event(inst, "die", &[("exitCode", exit.code.to_string())]);
     tracing::debug!("monitor: recorded the exit");
     backend.cleanup(inst, &engine.instance_dir(&inst.id))?;
     tracing::debug!("monitor: cleaned up");
@@ -342,6 +415,7 @@ fn exec_shim(
     shim: &std::path::Path,
     started: &Started,
     pipes: Option<&(OwnedFd, OwnedFd, Option<OwnedFd>)>,
+    hub: &Hub,
 ) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let exe = &engine.config().exe;
@@ -377,8 +451,20 @@ fn exec_shim(
         (None, Some(m)) => {
             cmd.arg("--pty").arg(m.as_raw_fd().to_string());
             keep.push(m.as_raw_fd());
+            if inst.request.interactive {
+                cmd.arg("--pty-input");
+            }
         }
         (None, None) => {}
+    }
+    let (listener, clients) = hub.raw_fds();
+    if let Some(l) = listener {
+        cmd.arg("--attach-listen").arg(l.to_string());
+        keep.push(l);
+    }
+    for (c, mode) in clients {
+        cmd.arg("--attach-client").arg(Hub::client_arg(c, mode));
+        keep.push(c);
     }
     cmd.arg("--").arg(exe).arg("--root").arg(engine.root());
     cmd.arg("__monitor-finish").arg(&inst.id);
@@ -402,13 +488,15 @@ pub fn finish(engine: &Engine, id: &str, code: i32) -> u8 {
         .unwrap_or(false);
     let exit = Exit { code, oom_killed };
     engine.delete_trash_here();
-    match conclude(engine, &inst, exit, &mut Sync(None)) {
+    let code = match conclude(engine, &inst, exit, &mut Sync(None)) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("monitor: finishing {}: {e}", inst.id);
             code.clamp(0, 255) as u8
         }
-    }
+    };
+    engine.restart_if_due(&inst.id);
+    code
 }
 
 /// The monitor's copying between the instance's streams, the log and the attached
@@ -422,6 +510,8 @@ struct Io<'a> {
     tty: bool,
     out_open: bool,
     err_open: bool,
+    /// The attach socket and its clients.
+    hub: Hub,
 }
 
 impl<'a> Io<'a> {
@@ -431,10 +521,24 @@ impl<'a> Io<'a> {
         forward_stdin: bool,
         attached: bool,
         tty: bool,
+        interactive: bool,
+        mut hub: Hub,
     ) -> Self {
         if tty && attached {
             resize(started);
         }
+        let target = match (&pipes, &started.pty_master) {
+            (Some((_, _, Some(w))), _) => Some(StdinTarget {
+                fd: w.as_raw_fd(),
+                pty: false,
+            }),
+            (None, Some(m)) if interactive => Some(StdinTarget {
+                fd: m.as_raw_fd(),
+                pty: true,
+            }),
+            _ => None,
+        };
+        hub.set_stdin(target);
         Io {
             started,
             pipes,
@@ -443,6 +547,7 @@ impl<'a> Io<'a> {
             tty,
             out_open: true,
             err_open: true,
+            hub,
         }
     }
 
@@ -483,6 +588,7 @@ impl<'a> Io<'a> {
             Ok(n) => n,
         };
         let _ = log.write(stream, &buf[..n]);
+        self.hub.send(stream, &buf[..n]);
         if self.attached {
             let r = match stream {
                 Stream::Stdout => std::io::stdout()
@@ -527,6 +633,14 @@ impl<'a> Io<'a> {
             if stdin.is_some() {
                 fds.push(PollFd::new(b(0), PollFlags::POLLIN));
             }
+            let first_hub = fds.len();
+            let mut hub_fds = self.hub.pollfds();
+            for p in &hub_fds {
+                fds.push(PollFd::new(
+                    b(p.fd),
+                    PollFlags::from_bits_truncate(p.events),
+                ));
+            }
             match poll(&mut fds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
@@ -537,7 +651,16 @@ impl<'a> Io<'a> {
             let sig_ready = ready(1);
             let src_ready: Vec<bool> = (0..sources.len()).map(|i| ready(2 + i)).collect();
             let stdin_ready = stdin.is_some() && ready(2 + sources.len());
+            for (k, p) in hub_fds.iter_mut().enumerate() {
+                p.revents = fds[first_hub + k].revents().map_or(0, |r| r.bits());
+            }
             drop(fds);
+            // Attach clients first: one that just connected gets the output read below.
+            if self.hub.handle(&hub_fds) == Action::CloseStdin {
+                if let Some((_, _, w)) = &mut self.pipes {
+                    *w = None;
+                }
+            }
             if sig_ready {
                 let mut buf = [0u8; 64];
                 // SAFETY: sig is our own nonblocking pipe, open for the whole loop.
@@ -684,11 +807,16 @@ impl Spawned {
         !self.reports.buffer().is_empty()
     }
 
-    /// Tells a monitor from [`fork_early`] which instance to monitor (the id is recorded
-    /// in the catalogue by now).
-    pub fn begin(&mut self, id: &str) -> Result<(), EngineError> {
+    /// Tells a monitor from [`fork_early`] which instance to monitor: `inst` as recorded
+    /// in the catalogue by now, handed over whole so that the monitor can start it before
+    /// it opens the catalogue.
+    pub fn begin(&mut self, inst: &Instance) -> Result<(), EngineError> {
         if let Some(mut go) = self.go.take() {
-            go.write_all(format!("{id}\n").as_bytes())
+            // One line: JSON escapes every newline inside strings.
+            let mut line = serde_json::to_vec(inst)
+                .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
+            line.push(b'\n');
+            go.write_all(&line)
                 .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
         }
         Ok(())
@@ -743,14 +871,12 @@ impl Spawned {
 /// waits for [`Spawned::begin`] (or exits at once, with status 0, after
 /// [`Spawned::abandon`] or our exit). Call it while this process has only one thread
 /// and has not opened any database: the child continues this program, without exec.
-/// `attached`, `stdin` and `tty` are as for [`spawn`]; with `remove` (`--rm`), the monitor
-/// also readies the image store, which the removal needs, while it waits.
+/// `attached`, `stdin` and `tty` are as for [`spawn`].
 pub fn fork_early(
     config: &EngineConfig,
     attached: bool,
     stdin: bool,
     tty: bool,
-    remove: bool,
 ) -> Result<Spawned, EngineError> {
     let (r, w) = pipe()?;
     let (go_r, go_w) = pipe()?;
@@ -772,117 +898,35 @@ pub fn fork_early(
         }
         Ok(nix::unistd::ForkResult::Child) => {
             drop((r, go_w));
-            // The monitor forks the container's processes: it runs from the sealed binary
-            // (vessel_container::sealed), as `__monitor-early` with the report pipe on
-            // fd 3 and the id pipe on fd 4.
-            let e = exec_early(config, (attached, stdin, tty, remove), w, go_r);
-            let mut sync = Sync(Some(std::fs::File::from(e.1)));
-            sync.send(&Report::Error {
-                code: 125,
-                message: format!("start the monitor: {}", e.0),
-            });
+            // No exec: the container's processes are exec'd through the sealed entry
+            // program (vessel_container::Runtime::with_entry), so the monitor need not
+            // run from a sealed binary itself.
+            let code = match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                Ok(null) => early_child(config, (attached, stdin, tty), w, go_r, null),
+                Err(e) => {
+                    Sync(Some(std::fs::File::from(w))).send(&Report::Error {
+                        code: 125,
+                        message: format!("start the monitor: open /dev/null: {e}"),
+                    });
+                    125
+                }
+            };
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
             // SAFETY: ends the child without running the parent's exit handlers twice.
-            unsafe { libc::_exit(125) }
+            unsafe { libc::_exit(i32::from(code)) }
         }
     }
-}
-
-/// Puts `sync` on fd 3 and `go` on fd 4 and execs the sealed binary as `__monitor-early`.
-/// Returns only on failure, with the report pipe to say so on.
-fn exec_early(
-    config: &EngineConfig,
-    (attached, stdin, tty, remove): (bool, bool, bool, bool),
-    sync: OwnedFd,
-    go: OwnedFd,
-) -> (String, OwnedFd) {
-    // Moved out of the way of 3 and 4 first (either may be one of them), then placed.
-    let high = |fd: &OwnedFd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10));
-    let (s, g) = match (high(&sync), high(&go)) {
-        (Ok(s), Ok(g)) => (s, g),
-        (Err(e), _) | (_, Err(e)) => return (format!("dup: {e}"), sync),
-    };
-    drop(go);
-    // SAFETY: dup2 onto fds 3 and 4 of this single-threaded child; the copies at `s` and
-    // `g` are close-on-exec, the dup2'ed ones are not and so survive the exec.
-    let placed = unsafe { libc::dup2(s, SYNC_FD) >= 0 && libc::dup2(g, GO_FD) >= 0 };
-    // SAFETY: closing the high copies we made above.
-    unsafe {
-        libc::close(g);
-    }
-    // SAFETY: `s` is our own descriptor from F_DUPFD_CLOEXEC.
-    let sync_back = unsafe { OwnedFd::from_raw_fd(s) };
-    if !placed {
-        return (
-            format!("dup2: {}", std::io::Error::last_os_error()),
-            sync_back,
-        );
-    }
-    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), config.root.clone().into()];
-    if let Some(level) = tracing::level_filters::LevelFilter::current().into_level() {
-        if level >= tracing::Level::DEBUG {
-            args.push("--debug".into());
-        }
-    }
-    args.push("__monitor-early".into());
-    for (on, flag) in [
-        (attached, "--attached"),
-        (stdin, "--stdin"),
-        (tty, "--tty"),
-        (remove, "--remove"),
-    ] {
-        if on {
-            args.push(flag.into());
-        }
-    }
-    // The settings go explicitly, whatever our own environment holds. This child of a
-    // single-threaded process is single-threaded: changing its environment is sound.
-    for (k, v) in config.child_env() {
-        match v {
-            Some(v) => std::env::set_var(k, v),
-            None => std::env::remove_var(k),
-        }
-    }
-    match vessel_container::sealed::exec_sealed(&args) {
-        Err(e) => (e.to_string(), sync_back),
-        Ok(never) => match never {},
-    }
-}
-
-/// `vessel __monitor-early`: the monitor [`fork_early`] started, now running sealed, with
-/// the report pipe on fd 3 and the pipe that brings the instance id on fd 4.
-/// `config` is the one the front end rebuilt from what [`fork_early`] passed on.
-pub fn early(config: &EngineConfig, flags: (bool, bool, bool, bool)) -> u8 {
-    // SAFETY: fds 3 and 4 were placed for us by `exec_early` and are ours from here on.
-    let (sync, go) = unsafe { (OwnedFd::from_raw_fd(SYNC_FD), OwnedFd::from_raw_fd(GO_FD)) };
-    for fd in [&sync, &go] {
-        let _ = nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-    }
-    let null = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        Ok(n) => n,
-        Err(e) => {
-            Sync(Some(std::fs::File::from(sync))).send(&Report::Error {
-                code: 125,
-                message: format!("open /dev/null: {e}"),
-            });
-            return 125;
-        }
-    };
-    let code = early_child(config, flags, sync, go, null);
-    let _ = std::io::stdout().flush();
-    code
 }
 
 /// The body of a monitor from [`fork_early`]; returns its exit status.
 fn early_child(
     config: &EngineConfig,
-    (attached, stdin, tty, remove): (bool, bool, bool, bool),
+    (attached, stdin, tty): (bool, bool, bool),
     sync: OwnedFd,
     go: OwnedFd,
     null: std::fs::File,
@@ -902,29 +946,24 @@ fn early_child(
     }
     settle_child(!(attached && tty));
     drop(null);
-    // Opened, and its schemas loaded, while our parent creates the instance.
-    let engine = Engine::open(config);
-    if let Ok(e) = &engine {
-        e.catalogue().warm();
-        if remove {
-            if let Ok(store) = e.store() {
-                store.warm();
-            }
-        }
-    }
+    // Nothing is opened before the instance runs: it comes whole over `go`, and the
+    // catalogue (and for `--rm` the image store) are opened once it is started. The
+    // sealed view of the entry program is made while our parent creates the instance.
+    let engine = Engine::open_deferred(config);
+    engine.prepare_starts();
     let mut line = String::new();
-    let id = match std::io::BufReader::new(std::fs::File::from(go)).read_line(&mut line) {
-        Ok(n) if n > 0 && !line.trim().is_empty() => line.trim(),
+    let inst = match std::io::BufReader::new(std::fs::File::from(go)).read_line(&mut line) {
         // No instance: our parent failed to create it, or died first.
-        _ => return 0,
+        Ok(0) | Err(_) => return 0,
+        Ok(_) => serde_json::from_str::<Instance>(&line),
     };
-    let sync = std::fs::File::from(sync);
-    match engine {
-        Ok(engine) => run_with(&engine, id, attached, Some(sync)),
+    let mut sync = Sync(Some(std::fs::File::from(sync)));
+    match inst {
+        Ok(inst) => run_instance(&engine, &inst, attached, sync, Vec::new()),
         Err(e) => {
-            Sync(Some(sync)).send(&Report::Error {
+            sync.send(&Report::Error {
                 code: 125,
-                message: e.to_string(),
+                message: format!("the monitor's instance: {e}"),
             });
             125
         }
@@ -956,7 +995,47 @@ pub fn spawn(
     stdin: bool,
     tty: bool,
 ) -> Result<Spawned, EngineError> {
+    spawn_inner(config, id, attached, stdin, tty, Vec::new(), false)
+}
+
+/// Starts the detached monitor of instance `id` for its restart policy (which, unlike a
+/// start by hand, leaves a stop by the user in force).
+pub(crate) fn spawn_restart(config: &EngineConfig, id: &str) -> Result<Spawned, EngineError> {
+    spawn_inner(config, id, false, false, false, Vec::new(), true)
+}
+
+/// Starts the detached monitor of instance `id` (as [`spawn`] does without `attached`),
+/// handing it `clients`: connections to its attach socket made before the socket exists
+/// (a front end that attached to a created instance), each already carrying its flags
+/// byte (see `vessel_shim::attach`). They see the instance's output from its first byte.
+pub fn spawn_with_clients(
+    config: &EngineConfig,
+    id: &str,
+    clients: Vec<OwnedFd>,
+) -> Result<Spawned, EngineError> {
+    spawn_inner(config, id, false, false, false, clients, false)
+}
+
+/// The first descriptor of the pre-start attach clients in a spawned monitor.
+const ATTACH_FD: RawFd = 4;
+
+fn spawn_inner(
+    config: &EngineConfig,
+    id: &str,
+    attached: bool,
+    stdin: bool,
+    tty: bool,
+    clients: Vec<OwnedFd>,
+    by_policy: bool,
+) -> Result<Spawned, EngineError> {
     use std::os::unix::process::CommandExt;
+    if !by_policy {
+        // Started by hand: a stop by the user no longer holds its restart policy back.
+        let dir = config.root.join("instances").join(id);
+        if crate::restart::RestartState::load(&dir).manual_stop {
+            crate::restart::RestartState::update(&dir, |s| s.manual_stop = false);
+        }
+    }
     use std::process::{Command, Stdio as P};
     let (r, w) = pipe()?;
     let w_raw = w.as_raw_fd();
@@ -966,6 +1045,23 @@ pub fn spawn(
     if attached {
         cmd.arg("--attached");
     }
+    // Moved above every descriptor they are placed on, so that no dup2 below overwrites
+    // one not yet placed.
+    let mut high: Vec<RawFd> = Vec::new();
+    for c in &clients {
+        let fd = nix::fcntl::fcntl(c, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))
+            .map_err(|e| EngineError::Internal(format!("start the monitor: dup: {e}")))?;
+        high.push(fd);
+    }
+    // SAFETY: the copies are ours; OwnedFd closes them after the spawn.
+    let high_owned: Vec<OwnedFd> = high
+        .iter()
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    for k in 0..high.len() {
+        cmd.arg("--attach-fd")
+            .arg((ATTACH_FD + k as RawFd).to_string());
+    }
     cmd.stdin(if attached && stdin {
         P::inherit()
     } else {
@@ -974,11 +1070,17 @@ pub fn spawn(
     cmd.stdout(if attached { P::inherit() } else { P::null() });
     cmd.stderr(if attached { P::inherit() } else { P::null() });
     let own_session = !(attached && tty);
+    let placed = high.clone();
     // SAFETY: only async-signal-safe calls (dup2, then settle_child) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(w_raw, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for (k, &fd) in placed.iter().enumerate() {
+                if libc::dup2(fd, ATTACH_FD + k as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             settle_child(own_session);
             Ok(())
@@ -988,6 +1090,8 @@ pub fn spawn(
         .spawn()
         .map_err(|e| EngineError::Internal(format!("start the monitor: {e}")))?;
     drop(w);
+    drop(high_owned);
+    drop(clients);
     Ok(Spawned {
         pid: nix::unistd::Pid::from_raw(child.id() as i32),
         reports: std::io::BufReader::new(std::fs::File::from(r)),

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::request::{
-    parse_signal, parse_size, ExtraHost, Isolation, LogConfig, RunRequest, Tmpfs, Ulimit, Volume,
+    parse_signal, parse_size, ExtraHost, Isolation, LogConfig, Mount, RunRequest, Tmpfs, Ulimit,
+    Volume,
 };
 use crate::{EngineError, Result};
 
@@ -33,6 +34,8 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     /// `-v SRC:DST[:ro]`.
     pub volumes: Vec<String>,
+    /// `--mount type=bind|volume|tmpfs,...`.
+    pub mounts: Vec<String>,
     /// `--read-only`.
     pub read_only: bool,
     /// `-m`: memory limit (`512m`, ...).
@@ -77,6 +80,14 @@ pub struct RunOptions {
     pub ulimits: Vec<String>,
     /// `--tmpfs PATH[:OPTIONS]`.
     pub tmpfs: Vec<String>,
+    /// `--restart`: `no`, `always`, `unless-stopped`, `on-failure[:N]`.
+    pub restart: Option<String>,
+    /// `--label-file`: files of `KEY=VALUE` lines, read before `-l`.
+    pub label_files: Vec<PathBuf>,
+    /// `--dns-search DOMAIN`.
+    pub dns_search: Vec<String>,
+    /// `--privileged`, `--device`, `--security-opt`, `--sysctl`, `--pid`, `--ipc`, ...
+    pub access: crate::access::AccessOptions,
     /// The command (replaces the image's Cmd).
     pub command: Vec<String>,
 }
@@ -142,11 +153,28 @@ pub fn build_request(
         env.retain(|x| x.split('=').next() != Some(key.as_str()));
         env.push(kv);
     }
-    let volumes = a
+    let mut volumes = a
         .volumes
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut mount_tmpfs = Vec::new();
+    for m in &a.mounts {
+        match Mount::parse(m)? {
+            Mount::Volume(v) => volumes.push(v),
+            Mount::Tmpfs(t) => mount_tmpfs.push(t),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let targets = volumes.iter().map(|v| v.target.as_str());
+    if let Some(dup) = targets
+        .chain(mount_tmpfs.iter().map(|t| t.path.as_str()))
+        .find(|t| !seen.insert(t.trim_end_matches('/')))
+    {
+        return Err(EngineError::InvalidFlag(format!(
+            "duplicate mount point: {dup}"
+        )));
+    }
     let memory = a
         .memory
         .as_deref()
@@ -221,6 +249,11 @@ pub fn build_request(
         }
         // Not built for VMs yet: refused rather than accepted and ignored (a user would
         // believe their data mounted or their limit in force).
+        if !a.mounts.is_empty() {
+            return Err(EngineError::InvalidFlag(
+                "--mount is not supported with --isolation vm yet (host directories and volumes are not shared into microVMs): copy the data into the image, or use a container".into(),
+            ));
+        }
         if !a.volumes.is_empty() {
             return Err(EngineError::InvalidFlag(
                 "-v/--volume is not supported with --isolation vm yet (host directories are not shared into microVMs): copy the data into the image, or use a container".into(),
@@ -241,7 +274,12 @@ pub fn build_request(
         .map_err(EngineError::InvalidFlag)?;
     let mut labels: std::collections::BTreeMap<String, String> =
         c.labels().clone().unwrap_or_default().into_iter().collect();
-    for l in &a.labels {
+    let mut given_labels = Vec::new();
+    for f in &a.label_files {
+        given_labels.extend(read_kv_file("--label-file", f)?);
+    }
+    given_labels.extend(a.labels.iter().cloned());
+    for l in &given_labels {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         if k.is_empty() {
             return Err(EngineError::InvalidFlag(format!("invalid label {l:?}")));
@@ -256,7 +294,34 @@ pub fn build_request(
                 .map_err(|_| EngineError::InvalidFlag(format!("--dns {d:?}: not an IP address")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for d in &a.dns_search {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !ok {
+            return Err(EngineError::InvalidFlag(format!(
+                "--dns-search {d:?}: not a domain name"
+            )));
+        }
+    }
+    let access = crate::access::parse(
+        &a.access,
+        a.isolation,
+        memory,
+        a.userns,
+        network == vessel_network::Mode::Host,
+    )?;
+    let restart = crate::restart::RestartPolicy::parse(a.restart.as_deref().unwrap_or("no"))?;
+    if a.rm && restart != crate::restart::RestartPolicy::No {
+        return Err(EngineError::InvalidFlag(
+            "conflicting options: --restart and --rm (an instance removed at exit cannot be restarted)".into(),
+        ));
+    }
     Ok(RunRequest {
+        restart,
+        dns_search: a.dns_search.clone(),
+        access,
         labels,
         extra_hosts: a
             .add_hosts
@@ -275,6 +340,7 @@ pub fn build_request(
             .tmpfs
             .iter()
             .map(|t| Tmpfs::parse(t))
+            .chain(mount_tmpfs.into_iter().map(Ok))
             .collect::<Result<_, _>>()?,
         isolation: a.isolation,
         args,
@@ -323,8 +389,14 @@ pub fn build_request(
 /// `--env-file`: `KEY=VALUE` lines, or `KEY` to take the caller's value; blank lines and
 /// `#` comments skipped. At most 1 MiB.
 pub fn read_env_file(path: &Path) -> Result<Vec<String>> {
+    read_kv_file("--env-file", path)
+}
+
+/// A file of `KEY=VALUE` (or `KEY`) lines for `flag` (`--env-file`, `--label-file`);
+/// blank lines and `#` comments skipped. At most 1 MiB.
+fn read_kv_file(flag: &str, path: &Path) -> Result<Vec<String>> {
     use std::io::Read;
-    let bad = |e: String| EngineError::InvalidFlag(format!("--env-file {}: {e}", path.display()));
+    let bad = |e: String| EngineError::InvalidFlag(format!("{flag} {}: {e}", path.display()));
     let mut text = String::new();
     std::fs::File::open(path)
         .map_err(|e| bad(e.to_string()))?
@@ -368,8 +440,28 @@ impl crate::Engine {
                 image: image.to_string(),
                 name,
             },
-            |_, config, id| build_request(opts, config, id, caller_env),
+            |_, config, id| {
+                let mut r = build_request(opts, config, id, caller_env)?;
+                self.resolve_volumes(&mut r)?;
+                Ok(r)
+            },
         )
+    }
+
+    /// Points each named volume of `r` at its directory, making the volumes that do not
+    /// exist yet (as `docker run -v NAME:/path` does).
+    pub fn resolve_volumes(&self, r: &mut RunRequest) -> Result<(), EngineError> {
+        for v in &mut r.volumes {
+            if let Some(name) = &v.name {
+                let mut labels = std::collections::BTreeMap::new();
+                if v.anonymous {
+                    labels.insert(crate::volumes::ANONYMOUS_LABEL.to_string(), String::new());
+                }
+                let info = self.volumes().create(Some(name), labels)?;
+                v.source = info.mountpoint.to_string_lossy().into_owned();
+            }
+        }
+        Ok(())
     }
 }
 

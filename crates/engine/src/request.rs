@@ -26,15 +26,23 @@ impl Isolation {
     }
 }
 
-/// A host path mounted into the instance (`-v /host:/ctr[:ro]`).
+/// A host path (`-v /host:/ctr[:ro]`, `--mount type=bind`) or a named volume (`-v
+/// NAME:/ctr`, `--mount type=volume`) mounted into the instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
-    /// Absolute host path.
+    /// Absolute host path (for a named volume, its directory once resolved).
     pub source: String,
     /// Absolute path inside.
     pub target: String,
     /// Mounted read-only.
     pub read_only: bool,
+    /// The named volume, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Made for this instance without a name (`--mount type=volume` without `source`):
+    /// labelled so that `volume prune` takes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
 }
 
 impl Volume {
@@ -49,28 +57,143 @@ impl Volume {
             [src, dst, mode] => (*src, *dst, *mode),
             _ => return Err(bad("expected /host/path:/container/path[:ro]")),
         };
-        if !source.starts_with('/') {
-            return Err(bad(
-                "the host path must be absolute (named volumes are not supported)",
-            ));
-        }
-        if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
-            return Err(bad("the container path must be absolute, without '..'"));
-        }
         let read_only = match mode {
-            "ro" => true,
+            "ro" | "readonly" => true,
             "rw" => false,
             _ => return Err(bad("mode must be ro or rw")),
         };
+        if source.starts_with('/') {
+            Volume::bind(source, target, read_only).map_err(|why| bad(&why))
+        } else {
+            Volume::named(source, target, read_only).map_err(|why| bad(&why))
+        }
+    }
+
+    /// A bind mount of host path `source`, which must exist.
+    pub fn bind(source: &str, target: &str, read_only: bool) -> Result<Volume, String> {
+        check_target(target)?;
+        if !source.starts_with('/') {
+            return Err("the host path must be absolute".into());
+        }
         if !std::path::Path::new(source).exists() {
-            return Err(bad("the host path does not exist"));
+            return Err(format!("the host path {source} does not exist"));
         }
         Ok(Volume {
             source: source.to_string(),
             target: target.to_string(),
             read_only,
+            name: None,
+            anonymous: false,
         })
     }
+
+    /// Named volume `name` (made if missing when the instance is created).
+    pub fn named(name: &str, target: &str, read_only: bool) -> Result<Volume, String> {
+        check_target(target)?;
+        if !crate::volumes::valid_name(name) {
+            return Err(format!(
+                "{name:?} is neither an absolute host path nor a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
+            ));
+        }
+        Ok(Volume {
+            source: String::new(),
+            target: target.to_string(),
+            read_only,
+            name: Some(name.to_string()),
+            anonymous: false,
+        })
+    }
+}
+
+/// What one `--mount` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mount {
+    /// `type=bind` or `type=volume`.
+    Volume(Volume),
+    /// `type=tmpfs`.
+    Tmpfs(Tmpfs),
+}
+
+impl Mount {
+    /// Parses Docker's `--mount type=bind|volume|tmpfs,source=...,target=...[,readonly]`
+    /// (also `src`, `destination`/`dst`, `ro`, `tmpfs-size`, `tmpfs-mode`). Options vessel
+    /// does not implement (propagation, volume drivers and their options, ...) are refused
+    /// by name.
+    pub fn parse(s: &str) -> Result<Mount> {
+        let bad = |why: String| EngineError::InvalidFlag(format!("invalid --mount {s:?}: {why}"));
+        let (mut kind, mut source, mut target, mut read_only) = (None, None, None, false);
+        let mut tmpfs_opts = Vec::new();
+        for field in s.split(',').filter(|f| !f.is_empty()) {
+            let (k, v) = match field.split_once('=') {
+                Some((k, v)) => (k.trim(), Some(v.trim())),
+                None => (field.trim(), None),
+            };
+            match (k, v) {
+                ("type", Some(t)) => kind = Some(t.to_string()),
+                ("source" | "src", Some(v)) => source = Some(v.to_string()),
+                ("target" | "destination" | "dst", Some(v)) => target = Some(v.to_string()),
+                ("readonly" | "ro", None) => read_only = true,
+                ("readonly" | "ro", Some(v)) => {
+                    read_only = match v {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(bad(format!("{k}={v}: expected true or false"))),
+                    }
+                }
+                ("tmpfs-size", Some(v)) => tmpfs_opts.push(format!("size={v}")),
+                ("tmpfs-mode", Some(v)) => tmpfs_opts.push(format!("mode={v}")),
+                ("bind-propagation", Some("rprivate")) => {}
+                _ => {
+                    return Err(bad(format!(
+                        "{field:?} is not supported (vessel takes type, source, target, readonly, tmpfs-size, tmpfs-mode)"
+                    )))
+                }
+            }
+        }
+        let target = target.ok_or_else(|| bad("target is required".into()))?;
+        match kind.as_deref().unwrap_or("volume") {
+            "bind" => {
+                let source =
+                    source.ok_or_else(|| bad("source is required for type=bind".into()))?;
+                Volume::bind(&source, &target, read_only)
+                    .map(Mount::Volume)
+                    .map_err(bad)
+            }
+            "volume" => match source {
+                Some(name) => Volume::named(&name, &target, read_only)
+                    .map(Mount::Volume)
+                    .map_err(bad),
+                None => Volume::named(&crate::names::new_id(), &target, read_only)
+                    .map(|v| {
+                        Mount::Volume(Volume {
+                            anonymous: true,
+                            ..v
+                        })
+                    })
+                    .map_err(bad),
+            },
+            "tmpfs" => {
+                if source.is_some() {
+                    return Err(bad("type=tmpfs takes no source".into()));
+                }
+                if read_only {
+                    tmpfs_opts.push("ro".into());
+                }
+                let spec = format!("{target}:{}", tmpfs_opts.join(","));
+                Tmpfs::parse(&spec).map(Mount::Tmpfs)
+            }
+            other => Err(bad(format!(
+                "type={other} is not supported (bind, volume or tmpfs)"
+            ))),
+        }
+    }
+}
+
+fn check_target(target: &str) -> Result<(), String> {
+    if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+        return Err("the container path must be absolute, without '..'".into());
+    }
+    Ok(())
 }
 
 /// Everything needed to run an instance, resolved from flags and the image config.
@@ -153,6 +276,15 @@ pub struct RunRequest {
     /// `--tmpfs` (container only).
     #[serde(default)]
     pub tmpfs: Vec<Tmpfs>,
+    /// `--dns-search`: the search domains of /etc/resolv.conf (empty: the host's).
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// `--privileged`, `--device`, `--security-opt`, ... (container only).
+    #[serde(default)]
+    pub access: crate::access::Access,
+    /// `--restart`.
+    #[serde(default)]
+    pub restart: crate::restart::RestartPolicy,
 }
 
 /// `--add-host NAME:IP`: a line of /etc/hosts. `host-gateway` is the instance's gateway
@@ -604,7 +736,17 @@ mod tests {
             (v.source.as_str(), v.target.as_str(), v.read_only),
             ("/tmp", "/data", true)
         );
-        assert!(Volume::parse("rel:/data").is_err());
+        // A word that is no absolute path is a named volume; anything else with a
+        // slash, or a name Docker would refuse, is an error.
+        let named = Volume::parse("rel:/data").unwrap();
+        assert_eq!(named.name.as_deref(), Some("rel"));
+        assert!(
+            named.source.is_empty(),
+            "resolved only when the instance is created"
+        );
+        assert!(Volume::parse("./rel:/data").is_err());
+        assert!(Volume::parse("../../etc:/data").is_err());
+        assert!(Volume::parse("a:/data").is_err());
         assert!(Volume::parse("/tmp:/../x").is_err());
         assert!(Volume::parse("/tmp:/x:zz").is_err());
         assert!(Volume::parse("/does/not/exist:/x").is_err());

@@ -45,6 +45,29 @@ pub fn resolve(spec: &str, layers_top_first: &[PathBuf]) -> Result<User> {
         .map_err(|e| EngineError::InvalidFlag(e.to_string()))
 }
 
+/// The ids of groups `names` (names or numbers; `--group-add`) in the image's /etc/group.
+pub fn group_ids(names: &[String], layers_top_first: &[PathBuf]) -> Result<Vec<u32>> {
+    let group = find_in_layers(layers_top_first, "etc/group")?.unwrap_or_default();
+    names
+        .iter()
+        .map(|n| {
+            if let Ok(id) = n.parse::<u32>() {
+                return Ok(id);
+            }
+            group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == n)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| {
+                    EngineError::InvalidFlag(format!(
+                        "--group-add {n}: unable to find group {n}: no matching entries in the image's /etc/group"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// The `HOME` a process gets: from passwd, unless the environment sets it.
 pub fn home_env(env: &[String], user: &User) -> Option<String> {
     (!env.iter().any(|e| e.starts_with("HOME="))).then(|| format!("HOME={}", user.home))

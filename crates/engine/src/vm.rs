@@ -861,6 +861,53 @@ impl Backend for VmBackend {
         }
     }
 
+    fn usage(&self, inst: &Instance) -> Result<super::backend::Usage> {
+        // The VMM process holds the VM: its CPU time is the vCPUs' and its own, its
+        // resident memory what the guest has touched, its storage I/O the virtio disk's.
+        // The guest's own processes and its NIC's counters are not read from here.
+        let dir = self.config.root.join("instances").join(&inst.id);
+        let pid = super::vm_jail::vmm_pid(&dir).ok_or_else(|| {
+            EngineError::Conflict(format!("the VMM of {} is not running", inst.name))
+        })?;
+        let read =
+            |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let stat = read("stat");
+        let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // utime and stime, in USER_HZ (100) ticks.
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        let kib = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        };
+        let status = read("status");
+        let io = read("io");
+        let bytes = |key: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let memory_mib = inst
+            .request
+            .memory
+            .map(|m| m >> 20)
+            .unwrap_or(DEFAULT_MEMORY_MIB as u64);
+        Ok(super::backend::Usage {
+            cpu_ns: ticks * 10_000_000,
+            memory: kib(&status, "VmRSS:").unwrap_or(0) * 1024,
+            memory_limit: Some(memory_mib << 20),
+            pids: None,
+            net: None,
+            block: Some((bytes("read_bytes:"), bytes("write_bytes:"))),
+        })
+    }
+
     fn cleanup(&self, inst: &Instance, dir: &Path) -> Result<()> {
         let _ = std::fs::remove_file(dir.join("exec.sock"));
         // A VMM outlives its monitor by moments at most (it is killed with it); if one is

@@ -205,8 +205,14 @@ pub(super) fn start(dir: &Path, name: &str, config: &GuestConfig) -> Result<Unix
                 _ => EngineError::Backend(message),
             })
         }
-        Ok(_) | Err(_) => Err(EngineError::Backend(format!(
+        Ok(None) => Err(EngineError::Backend(format!(
             "the monitor of microVM {name} closed the exec session before it started"
+        ))),
+        Ok(Some((kind, _))) => Err(EngineError::Backend(format!(
+            "the monitor of microVM {name} sent {kind:?} before the exec session started"
+        ))),
+        Err(e) => Err(EngineError::Backend(format!(
+            "the exec session with microVM {name} broke before it started: {e}"
         ))),
     }
 }

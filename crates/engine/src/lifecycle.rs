@@ -1,0 +1,306 @@
+//! Operations on a running instance beyond start/stop/kill: `pause`/`unpause`,
+//! `rename`, `top`, `stats` and `update`, with Docker's errors for the wrong state.
+
+use crate::backend::{Limits, Usage};
+use crate::catalogue::{Instance, Status};
+use crate::{EngineError, Result};
+
+/// One process of an instance, as `top` lists it (`ps -ef`'s columns).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Process {
+    /// User name (the host's name for the uid, else the number).
+    pub uid: String,
+    /// Host pid.
+    pub pid: i32,
+    /// Parent's host pid.
+    pub ppid: i32,
+    /// CPU use over its life, percent (integer, as ps shows).
+    pub c: u64,
+    /// Start time (`HH:MM` today, else `MonDD`).
+    pub stime: String,
+    /// Controlling terminal (`?` for none).
+    pub tty: String,
+    /// CPU time, `HH:MM:SS`.
+    pub time: String,
+    /// Command line.
+    pub cmd: String,
+}
+
+/// `top`'s column titles, as Docker's API names them.
+pub const TOP_TITLES: [&str; 8] = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"];
+
+impl Process {
+    /// The row as strings, in [`TOP_TITLES`] order.
+    pub fn row(&self) -> Vec<String> {
+        vec![
+            self.uid.clone(),
+            self.pid.to_string(),
+            self.ppid.to_string(),
+            self.c.to_string(),
+            self.stime.clone(),
+            self.tty.clone(),
+            self.time.clone(),
+            self.cmd.clone(),
+        ]
+    }
+}
+
+impl crate::Engine {
+    /// The instance `key`, which must be running (Docker's 409 otherwise).
+    fn running(&self, key: &str) -> Result<Instance> {
+        let inst = self.get(key)?;
+        if inst.status != Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not running",
+                inst.name
+            )));
+        }
+        Ok(inst)
+    }
+
+    /// Whether a running instance is paused.
+    pub fn paused(&self, inst: &Instance) -> bool {
+        inst.status == Status::Running
+            && self
+                .backend(inst.request.isolation)
+                .is_ok_and(|b| b.paused(inst))
+    }
+
+    /// `pause`: freezes every process of the instance.
+    pub fn pause(&self, key: &str) -> Result<Instance> {
+        let inst = self.running(key)?;
+        if self.paused(&inst) {
+            return Err(EngineError::Conflict(format!(
+                "container {} is already paused",
+                inst.name
+            )));
+        }
+        self.backend(inst.request.isolation)?.pause(&inst)?;
+        Ok(inst)
+    }
+
+    /// `unpause`: thaws a paused instance.
+    pub fn unpause(&self, key: &str) -> Result<Instance> {
+        let inst = self.running(key)?;
+        if !self.paused(&inst) {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not paused",
+                inst.name
+            )));
+        }
+        self.backend(inst.request.isolation)?.resume(&inst)?;
+        Ok(inst)
+    }
+
+    /// Thaws `inst` if it is paused, so that a signal sent to it is acted on (what stop,
+    /// kill and rm -f do, as Docker does).
+    pub(crate) fn thaw_for_signal(&self, inst: &Instance) {
+        if self.paused(inst) {
+            if let Ok(b) = self.backend(inst.request.isolation) {
+                let _ = b.resume(inst);
+            }
+        }
+    }
+
+    /// `rename`: gives the instance a new name.
+    pub fn rename(&self, key: &str, new_name: &str) -> Result<Instance> {
+        let name = new_name.strip_prefix('/').unwrap_or(new_name);
+        crate::names::validate(name)?;
+        let inst = self.get(key)?;
+        if inst.name == name {
+            return Err(EngineError::Conflict(format!(
+                "renaming a container with the same name as its current name: {name}"
+            )));
+        }
+        self.catalogue().rename(&inst.id, name)?;
+        self.get(&inst.id)
+    }
+
+    /// `top`: the instance's processes.
+    pub fn top(&self, key: &str) -> Result<Vec<Process>> {
+        let inst = self.running(key)?;
+        let pids = self.backend(inst.request.isolation)?.processes(&inst)?;
+        let mut out: Vec<Process> = pids.iter().filter_map(|&p| read_process(p)).collect();
+        out.sort_by_key(|p| p.pid);
+        Ok(out)
+    }
+
+    /// `stats`: what the instance uses now.
+    pub fn usage(&self, key: &str) -> Result<(Instance, Usage)> {
+        let inst = self.running(key)?;
+        let u = self.backend(inst.request.isolation)?.usage(&inst)?;
+        Ok((inst, u))
+    }
+
+    /// `update`: new limits for a running (or created) instance, also recorded with it.
+    pub fn update(&self, key: &str, limits: &Limits) -> Result<Instance> {
+        let inst = self.get(key)?;
+        if let Some(m) = limits.memory {
+            if m < 6 << 20 {
+                return Err(EngineError::InvalidFlag(
+                    "--memory: the minimum allowed is 6m".into(),
+                ));
+            }
+            if inst
+                .request
+                .access
+                .memory_swap
+                .is_some_and(|s| s >= 0 && (s as u64) < m)
+            {
+                return Err(EngineError::InvalidFlag(
+                    "--memory: more than the container's --memory-swap (memory plus swap)".into(),
+                ));
+            }
+        }
+        if inst.request.isolation == crate::request::Isolation::Vm {
+            return Err(crate::backend::unsupported(&inst, "update"));
+        }
+        if inst.status == Status::Running {
+            self.backend(inst.request.isolation)?
+                .update(&inst, limits)?;
+        } else if inst.status != Status::Created {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not running: start it, or create a new one with these limits",
+                inst.name
+            )));
+        }
+        let mut r = inst.request.clone();
+        if let Some(m) = limits.memory {
+            r.memory = Some(m);
+        }
+        if let Some(c) = limits.cpus {
+            r.cpus = Some(c);
+        }
+        if let Some(p) = limits.pids_limit {
+            r.pids_limit = (p > 0).then_some(p);
+        }
+        if let Some(s) = limits.cpu_shares {
+            r.access.cpu_shares = Some(s);
+        }
+        if let Some(c) = &limits.cpuset_cpus {
+            r.access.cpuset_cpus = Some(c.clone());
+        }
+        self.catalogue().set_request(&inst.id, &r)?;
+        if inst.status == Status::Created {
+            // Not started yet: its bundle is written again with the new limits.
+            let fresh = self.get(&inst.id)?;
+            let layers = self
+                .store()?
+                .layer_dirs(&self.store()?.resolve(&fresh.image_id)?)?;
+            self.backend(fresh.request.isolation)?.prepare(
+                &fresh,
+                &self.instance_dir(&fresh.id),
+                &layers,
+            )?;
+        }
+        self.get(&inst.id)
+    }
+}
+
+/// One process from /proc (`None` if it is gone).
+fn read_process(pid: i32) -> Option<Process> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ppid = num(1) as i32;
+    let tty_nr = num(4);
+    let (utime, stime, start) = (num(11), num(12), num(19));
+    let hz = 100u64; // USER_HZ, fixed by the kernel ABI for /proc
+    let cpu_s = (utime + stime) / hz;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let age_s = (uptime - start as f64 / hz as f64).max(0.001);
+    let c = ((utime + stime) as f64 / hz as f64 / age_s * 100.0) as u64;
+    let started = chrono::Local::now() - chrono::Duration::milliseconds((age_s * 1000.0) as i64);
+    let stime_s = if chrono::Local::now().date_naive() == started.date_naive() {
+        started.format("%H:%M").to_string()
+    } else {
+        started.format("%b%d").to_string()
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmd = if cmdline.is_empty() {
+        format!("[{}]", &stat[stat.find('(')? + 1..stat.rfind(')')?])
+    } else {
+        String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ")
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Some(Process {
+        uid: host_user_name(uid),
+        pid,
+        ppid,
+        c,
+        stime: stime_s,
+        tty: tty_name(tty_nr),
+        time: format!(
+            "{:02}:{:02}:{:02}",
+            cpu_s / 3600,
+            cpu_s / 60 % 60,
+            cpu_s % 60
+        ),
+        cmd,
+    })
+}
+
+/// The host's name for `uid` (what `ps` on the host shows), else the number.
+fn host_user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// `ps`'s TTY column from `tty_nr` (`pts/N` for pseudo-terminals, `?` for none).
+fn tty_name(tty_nr: u64) -> String {
+    if tty_nr == 0 {
+        return "?".into();
+    }
+    let major = (tty_nr >> 8) & 0xfff;
+    let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+    match major {
+        136..=143 => format!("pts/{}", minor + (major - 136) * 256),
+        4 if minor < 64 => format!("tty{minor}"),
+        _ => format!("{major}:{minor}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_reads_as_ps_would() {
+        let me = read_process(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert_eq!(me.ppid as u32, std::os::unix::process::parent_id());
+        assert!(
+            me.time.len() == 8 && me.time.as_bytes()[2] == b':',
+            "{}",
+            me.time
+        );
+        assert!(!me.cmd.is_empty());
+        assert_eq!(me.row().len(), TOP_TITLES.len());
+    }
+
+    #[test]
+    fn tty_names() {
+        assert_eq!(tty_name(0), "?");
+        assert_eq!(tty_name((136 << 8) | 3), "pts/3");
+        assert_eq!(tty_name((4 << 8) | 1), "tty1");
+    }
+}
