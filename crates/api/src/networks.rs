@@ -1,0 +1,309 @@
+//! Networks: list, inspect, create, remove, prune over the engine's bridge networks.
+//! Connecting a container to a network after its creation is refused (501):
+//! vessel attaches one network, at create.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use vessel_engine::networks::NetworkCreate;
+
+use crate::containers::{filters, Fields};
+use crate::http::{self, Body};
+use crate::{ApiError, State};
+
+/// Docker's predefined networks beside the bridge, which vessel also has (`--network
+/// host|none`): listed and inspectable, never created or removed.
+const PREDEFINED: &[(&str, &str)] = &[("host", "host"), ("none", "null")];
+
+fn predefined_id(name: &str) -> String {
+    // Stable ids: the name's bytes, hex, padded.
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex:0<64}")
+}
+
+fn predefined(name: &str, driver: &str) -> Value {
+    json!({
+        "Name": name, "Id": predefined_id(name), "Created": "0001-01-01T00:00:00Z",
+        "Scope": "local", "Driver": driver, "EnableIPv6": false,
+        "IPAM": {"Driver": "default", "Options": null, "Config": []},
+        "Internal": false, "Attachable": false, "Ingress": false,
+        "ConfigFrom": {"Network": ""}, "ConfigOnly": false,
+        "Containers": {}, "Options": {}, "Labels": {},
+    })
+}
+
+fn doc(
+    net: &vessel_network::Network,
+    peers: &[vessel_network::Peer],
+    labels: &BTreeMap<String, String>,
+) -> Value {
+    let mut containers = serde_json::Map::new();
+    for p in peers {
+        containers.insert(
+            p.instance.clone(),
+            json!({
+                "Name": p.name, "EndpointID": p.instance,
+                "MacAddress": vessel_network::mac_for(p.ip).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                "IPv4Address": format!("{}/{}", p.ip, net.subnet.prefix), "IPv6Address": "",
+            }),
+        );
+    }
+    json!({
+        "Name": net.name, "Id": net.id, "Created": net.created,
+        "Scope": "local", "Driver": "bridge", "EnableIPv6": false,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": [
+            {"Subnet": net.subnet.to_string(), "Gateway": net.gateway().to_string()}
+        ]},
+        "Internal": false, "Attachable": false, "Ingress": false,
+        "ConfigFrom": {"Network": ""}, "ConfigOnly": false,
+        "Containers": containers,
+        "Options": {
+            "com.docker.network.bridge.name": net.bridge,
+            "com.docker.network.driver.mtu": net.mtu.to_string(),
+        },
+        "Labels": labels,
+    })
+}
+
+/// Whether a network document passes list filters (`name`, `id`, `driver`, `label`,
+/// `type`).
+fn passes(d: &Value, f: &[(String, Vec<String>)]) -> bool {
+    let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    f.iter().all(|(k, vals)| {
+        vals.iter().any(|v| match k.as_str() {
+            "name" => s("Name").contains(v.as_str()),
+            "id" => s("Id").starts_with(v.as_str()),
+            "driver" => s("Driver") == *v,
+            "type" => match v.as_str() {
+                "builtin" => matches!(s("Name").as_str(), "bridge" | "host" | "none"),
+                "custom" => !matches!(s("Name").as_str(), "bridge" | "host" | "none"),
+                _ => false,
+            },
+            "label" => {
+                let labels = &d["Labels"];
+                match v.split_once('=') {
+                    Some((lk, lv)) => labels[lk].as_str() == Some(lv),
+                    None => labels.get(v.as_str()).is_some(),
+                }
+            }
+            _ => false,
+        })
+    })
+}
+
+/// `GET /networks?filters=`.
+pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = http::query(req);
+    let f = filters(q.get("filters"), &["name", "id", "driver", "label", "type"])?;
+    let mut docs = state
+        .engine(|e| {
+            let mut out = Vec::new();
+            for n in e.networks().list()? {
+                let (net, peers) = e.networks().inspect(&n.name)?;
+                out.push(doc(&net, &peers, &e.network_labels(&net)));
+            }
+            Ok(out)
+        })
+        .await?;
+    docs.extend(PREDEFINED.iter().map(|(n, d)| predefined(n, d)));
+    docs.retain(|d| passes(d, &f));
+    Ok(http::json(StatusCode::OK, &docs))
+}
+
+/// `GET /networks/{id}`.
+pub async fn inspect(state: &Arc<State>, key: &str) -> Result<Response<Body>, ApiError> {
+    if let Some((n, d)) = PREDEFINED
+        .iter()
+        .find(|(n, _)| *n == key || predefined_id(n) == key)
+    {
+        return Ok(http::json(StatusCode::OK, &predefined(n, d)));
+    }
+    let key = key.to_string();
+    let d = state
+        .engine(move |e| {
+            let (net, peers) = e.network_find(&key).map_err(not_found(&key))?;
+            Ok(doc(&net, &peers, &e.network_labels(&net)))
+        })
+        .await?;
+    Ok(http::json(StatusCode::OK, &d))
+}
+
+fn not_found(key: &str) -> impl FnOnce(vessel_engine::EngineError) -> ApiError + '_ {
+    move |e| match e {
+        vessel_engine::EngineError::Network(vessel_network::Error::NoSuchNetwork(_)) => {
+            ApiError::NotFound(format!("network {key} not found"))
+        }
+        e => e.into(),
+    }
+}
+
+/// `POST /networks/create`.
+pub async fn create(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body = http::body(req).await?;
+    let v: Value = http::parse_json(&body)?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "invalid JSON body: expected an object".into(),
+        ));
+    }
+    let mut f = Fields::new("", Some(v))?;
+    let name = f
+        .nonempty("Name")?
+        .ok_or_else(|| ApiError::BadRequest("Name: a network needs a name".into()))?;
+    if PREDEFINED.iter().any(|(n, _)| *n == name) || name == "bridge" {
+        return Err(ApiError::Forbidden(format!(
+            "{name} is a pre-defined network and cannot be created"
+        )));
+    }
+    f.only_default("Driver", &[json!("bridge")])?;
+    // Docker checks duplicates always since API 1.44; so does vessel.
+    f.boolean("CheckDuplicate")?;
+    f.only_default("Scope", &[json!("local")])?;
+    for k in [
+        "Internal",
+        "Attachable",
+        "Ingress",
+        "EnableIPv6",
+        "ConfigOnly",
+        "ConfigFrom",
+    ] {
+        f.only_default(k, &[])?;
+    }
+    let mut labels = BTreeMap::new();
+    for (k, v) in f.object("Labels")? {
+        match v {
+            Value::String(s) => {
+                labels.insert(k, s);
+            }
+            v => {
+                return Err(ApiError::BadRequest(format!(
+                    "Labels.{k}: expected a string, got {v}"
+                )))
+            }
+        }
+    }
+    let mut mtu = None;
+    for (k, v) in f.object("Options")? {
+        match (k.as_str(), &v) {
+            ("com.docker.network.driver.mtu" | "mtu", Value::String(s)) => {
+                mtu = Some(s.parse::<u32>().map_err(|_| {
+                    ApiError::BadRequest(format!("Options.{k}: invalid MTU {s:?}"))
+                })?);
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                "Options.{k} = {v} is not supported by vessel (only com.docker.network.driver.mtu)"
+            )))
+            }
+        }
+    }
+    let mut subnet = None;
+    if let Some(ipam) = f.take("IPAM") {
+        let mut i = Fields::new("IPAM", Some(ipam))?;
+        i.only_default("Driver", &[json!("default")])?;
+        i.only_default("Options", &[])?;
+        if let Some(Value::Array(configs)) = i.take("Config") {
+            if configs.len() > 1 {
+                return Err(ApiError::BadRequest(
+                    "IPAM.Config: vessel takes one subnet per network".into(),
+                ));
+            }
+            for c in configs {
+                let mut c = Fields::new("IPAM.Config[]", Some(c))?;
+                subnet = c.nonempty("Subnet")?;
+                if let Some(gw) = c.nonempty("Gateway")? {
+                    // vessel's gateway is the subnet's first address; another is refused.
+                    let want = subnet
+                        .as_deref()
+                        .and_then(|s| s.parse::<vessel_network::Subnet>().ok())
+                        .map(|s| s.gateway().to_string());
+                    if want.as_deref() != Some(gw.as_str()) {
+                        return Err(ApiError::BadRequest(format!(
+                            "IPAM.Config[].Gateway = {gw} is not supported: vessel's gateway is the subnet's first address"
+                        )));
+                    }
+                }
+                c.finish()?;
+            }
+        }
+        i.finish()?;
+    }
+    f.finish()?;
+    let req = NetworkCreate {
+        name,
+        subnet,
+        mtu,
+        labels,
+    };
+    let net = state
+        .engine(move |e| match e.network_create(&req) {
+            Err(vessel_engine::EngineError::Network(vessel_network::Error::NetworkExists(n))) => {
+                Err(ApiError::Conflict(format!(
+                    "network with name {n} already exists"
+                )))
+            }
+            Err(vessel_engine::EngineError::Network(
+                e @ (vessel_network::Error::SubnetOverlap(..)
+                | vessel_network::Error::HostOverlap(..)),
+            )) => Err(ApiError::Forbidden(e.to_string())),
+            r => Ok(r?),
+        })
+        .await?;
+    Ok(http::json(
+        StatusCode::CREATED,
+        &json!({ "Id": net.id, "Warning": "" }),
+    ))
+}
+
+/// `DELETE /networks/{id}`.
+pub async fn remove(state: &Arc<State>, key: &str) -> Result<Response<Body>, ApiError> {
+    if key == "bridge" || PREDEFINED.iter().any(|(n, _)| *n == key) {
+        return Err(ApiError::Forbidden(format!(
+            "{key} is a pre-defined network and cannot be removed"
+        )));
+    }
+    let key = key.to_string();
+    state
+        .engine(move |e| match e.network_remove(&key) {
+            Err(vessel_engine::EngineError::Network(
+                e @ vessel_network::Error::NetworkInUse(..),
+            )) => Err(ApiError::Forbidden(format!(
+                "error while removing network: {e}"
+            ))),
+            r => r.map(drop).map_err(not_found(&key)),
+        })
+        .await?;
+    Ok(http::empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /networks/prune`.
+pub async fn prune(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let f = filters(http::query(req).get("filters"), &[])?;
+    if !f.is_empty() {
+        return Err(ApiError::BadRequest(
+            "filters are not supported on network prune".into(),
+        ));
+    }
+    let names = state.engine(|e| Ok(e.network_prune()?)).await?;
+    Ok(http::json(
+        StatusCode::OK,
+        &json!({ "NetworksDeleted": names }),
+    ))
+}
+
+/// `POST /networks/{id}/connect` and `/disconnect`: vessel attaches one network at
+/// create.
+pub fn connect(op: &str) -> Result<Response<Body>, ApiError> {
+    Err(ApiError::NotImplemented(format!(
+        "POST /networks/{{id}}/{op} (vessel attaches a container to one network when it is created: docker run --network NAME)"
+    )))
+}

@@ -1,0 +1,159 @@
+//! The socket, `/_ping`, `/version`, `/info`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use hyper::{Method, Response, StatusCode};
+use serde_json::json;
+
+use crate::http::{self, Body};
+use crate::{ApiError, ServeOptions, State, API_VERSION, MIN_API_VERSION};
+
+/// Binds the API socket: root's, mode 0660 with `opts.group` as its group, else 0600.
+/// A stale socket (nobody listening) is replaced; a live one is an error.
+pub fn bind(opts: &ServeOptions) -> Result<tokio::net::UnixListener, ApiError> {
+    let path = &opts.socket;
+    let setup = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |source| ApiError::Setup { what, source }
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApiError::Setup {
+                what: format!("listen on {}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another server is listening there",
+                ),
+            });
+        }
+        std::fs::remove_file(path).map_err(setup("remove the stale socket"))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(setup("create the directory of"))?;
+    }
+    // Nobody but root may connect between bind and chmod.
+    // SAFETY: umask(2) only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring it.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(setup("listen on"))?;
+    if let Some(gid) = opts.group {
+        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(setup("chown"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(setup("chmod"))?;
+    }
+    l.set_nonblocking(true).map_err(setup("listen on"))?;
+    tokio::net::UnixListener::from_std(l).map_err(setup("listen on"))
+}
+
+/// `/_ping`: `OK`, with the API version in the headers (HEAD: headers only).
+pub fn ping(method: &Method) -> Response<Body> {
+    let mut r = if method == Method::HEAD {
+        http::empty(StatusCode::OK)
+    } else {
+        http::whole(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+    };
+    let h = r.headers_mut();
+    h.insert(
+        "Cache-Control",
+        hyper::header::HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert(
+        "Pragma",
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    h.insert(
+        "Builder-Version",
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+fn kernel() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `/version`.
+pub fn version() -> Response<Body> {
+    let v = env!("CARGO_PKG_VERSION");
+    http::json(
+        StatusCode::OK,
+        &json!({
+            "Platform": {"Name": "vessel"},
+            "Components": [{"Name": "Engine", "Version": v, "Details": {
+                "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+                "Os": "linux", "Arch": "amd64", "KernelVersion": kernel(),
+            }}],
+            "Version": v,
+            "ApiVersion": API_VERSION,
+            "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "",
+            "GoVersion": "",
+            "Os": "linux",
+            "Arch": "amd64",
+            "KernelVersion": kernel(),
+            "BuildTime": "",
+        }),
+    )
+}
+
+/// `/info`: counts, the runtimes (`runc`/`vessel` run containers, `vessel-vm` microVMs).
+pub async fn info(state: &Arc<State>) -> Result<Response<Body>, ApiError> {
+    let (running, stopped, paused_total, images) = state
+        .engine(|e| {
+            let all = e.list()?;
+            let running = all
+                .iter()
+                .filter(|i| i.status == vessel_engine::catalogue::Status::Running)
+                .count();
+            let images = e.store()?.list()?.len();
+            Ok((running, all.len() - running, all.len(), images))
+        })
+        .await?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = nix::sys::sysinfo::sysinfo()
+        .map(|s| s.ram_total())
+        .unwrap_or(0);
+    let root = state.config.root.display().to_string();
+    Ok(http::json(
+        StatusCode::OK,
+        &json!({
+            "ID": "vessel",
+            "Containers": paused_total,
+            "ContainersRunning": running,
+            "ContainersPaused": 0,
+            "ContainersStopped": stopped,
+            "Images": images,
+            "Driver": "overlay2",
+            "DockerRootDir": root,
+            "Name": host,
+            "OperatingSystem": "vessel",
+            "OSType": "linux",
+            "Architecture": "x86_64",
+            "KernelVersion": kernel(),
+            "NCPU": cpus,
+            "MemTotal": mem,
+            "ServerVersion": env!("CARGO_PKG_VERSION"),
+            "DefaultRuntime": "runc",
+            "Runtimes": {
+                "runc": {"path": "vessel", "status": {"isolation": "container"}},
+                "vessel": {"path": "vessel", "status": {"isolation": "container"}},
+                "vessel-vm": {"path": "vessel", "status": {"isolation": "microvm"}},
+            },
+            "CgroupDriver": "cgroupfs",
+            "LoggingDriver": "json-file",
+            "Plugins": {"Volume": [], "Network": ["bridge", "host", "none"], "Log": ["json-file", "none"]},
+            "SecurityOptions": [],
+            "Warnings": [],
+            "Swarm": {"LocalNodeState": "inactive"},
+            "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": []},
+        }),
+    ))
+}
