@@ -39,14 +39,7 @@ pub struct Global {
     pub log_level: Option<String>,
 }
 
-/// Output format of listing and inspect commands.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Aligned columns.
-    Table,
-    /// JSON.
-    Json,
-}
+pub use crate::template::Format;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -69,6 +62,61 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
+    /// Copy files between a running container and the host: `cp CONTAINER:SRC DEST`,
+    /// `cp SRC CONTAINER:DEST`; `-` for a tar stream on stdout or stdin
+    Cp {
+        /// CONTAINER:PATH, a host path, or - (a tar stream on stdin)
+        src: String,
+        /// CONTAINER:PATH, a host path, or - (a tar stream on stdout)
+        dest: String,
+    },
+    /// List an instance's published ports (PRIVATE/PROTO -> HOSTIP:HOSTPORT)
+    Port {
+        /// Instance
+        instance: String,
+        /// Only this port (PORT or PORT/PROTO)
+        port: Option<String>,
+    },
+    /// List the files a container changed: A added, C changed, D deleted
+    Diff {
+        /// Instance
+        instance: String,
+    },
+    /// Write a running container's filesystem to a tar archive
+    Export {
+        /// Write to FILE instead of stdout
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Instance
+        instance: String,
+    },
+    /// Show how an image was made, newest step first
+    History {
+        /// Show the full commands and ids
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image ids
+        #[arg(short, long)]
+        quiet: bool,
+        /// Image
+        image: String,
+    },
+    /// (internal) the container side of `cp`, in the container's mount namespace
+    #[command(name = "__cp", hide = true)]
+    CpServe {
+        /// The container's init
+        #[arg(long)]
+        pid: i32,
+        /// Write a tar of this path to stdout
+        #[arg(long, conflicts_with = "dest", required_unless_present = "dest")]
+        out: Option<String>,
+        /// Place the tar read from stdin here
+        #[arg(long = "in")]
+        dest: Option<String>,
+        /// The tar holds a directory's contents
+        #[arg(long)]
+        contents: bool,
+    },
     /// Stop running instances (stop signal, then SIGKILL after a timeout)
     Stop {
         /// Seconds to wait before killing
@@ -87,6 +135,46 @@ pub enum Command {
         #[arg(required = true)]
         instances: Vec<String>,
     },
+    /// Restart instances: stop (as `stop` does), then start them in the background
+    Restart {
+        /// Seconds to wait for each to stop before SIGKILL (default: its --stop-timeout)
+        #[arg(short = 't', long = "time")]
+        time: Option<u32>,
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Freeze every process of running instances
+    Pause {
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Thaw paused instances
+    Unpause {
+        /// Instances
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Rename an instance
+    Rename {
+        /// The instance
+        instance: String,
+        /// Its new name
+        new_name: String,
+    },
+    /// Show the processes of a running instance (ps -ef's columns)
+    Top {
+        /// The instance
+        instance: String,
+        /// ps options (none are supported: vessel reads /proc itself)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Show what running instances use: CPU, memory, network and block I/O, processes
+    Stats(StatsArgs),
+    /// Change the limits of instances while they run (or before they start)
+    Update(UpdateArgs),
     /// Wait for instances to stop and print their exit codes
     Wait {
         /// Instances
@@ -110,9 +198,17 @@ pub enum Command {
     },
     /// Measure container vs microVM on this host, side by side, for one image
     Compare(CompareArgs),
-    /// runc-compatible low-level runtime commands on OCI bundles
-    #[command(subcommand)]
-    Oci(OciCommand),
+    /// Serve the Docker Engine API on a Unix socket (for docker, docker-py, Compose)
+    Serve {
+        /// Where to listen: unix:///PATH (TCP is refused)
+        #[arg(short = 'H', long = "host", default_value = "unix:///run/vessel.sock")]
+        host: String,
+        /// Group allowed to use the socket (mode 0660); root only without one
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// runc-compatible low-level runtime commands on OCI bundles (as `vessel-runc`)
+    Oci(OciArgs),
     /// (internal) the per-instance monitor process
     #[command(name = "__monitor", hide = true)]
     Monitor {
@@ -121,23 +217,17 @@ pub enum Command {
         /// Copy output to our stdout/stderr as well as the log
         #[arg(long)]
         attached: bool,
+        /// Attach-socket clients connected before the start, on these descriptors
+        #[arg(long = "attach-fd")]
+        attach_fds: Vec<i32>,
     },
-    /// (internal) the monitor forked by `run` before the instance exists: reports on fd 3,
-    /// reads the instance id from fd 4
-    #[command(name = "__monitor-early", hide = true)]
-    MonitorEarly {
-        /// Copy output to our stdout/stderr as well as the log
-        #[arg(long)]
-        attached: bool,
-        /// Forward our stdin
-        #[arg(long)]
-        stdin: bool,
-        /// The instance has a terminal
-        #[arg(long)]
-        tty: bool,
-        /// The instance is removed when it exits (`--rm`)
-        #[arg(long)]
-        remove: bool,
+    /// (internal) an exec for `vessel serve`: runs SPEC (JSON) in instance ID (fd 3: control)
+    #[command(name = "__exec", hide = true)]
+    ExecHelper {
+        /// Instance id
+        id: String,
+        /// The exec's spec, as JSON
+        spec: String,
     },
     /// (internal) the end of a detached container's monitor, run by vessel-shim
     #[command(name = "__monitor-finish", hide = true)]
@@ -151,9 +241,33 @@ pub enum Command {
     /// (internal) a microVM's jailed VMM process, started by its monitor (fds 3-5 and up)
     #[command(name = "__vmm", hide = true)]
     Vmm,
+    /// Lifecycle events of instances, images, volumes and networks (as `docker events`)
+    Events {
+        /// Show events from this time on: Unix seconds, RFC 3339, or a duration ago (10m)
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop at this time (without it, follow until interrupted)
+        #[arg(long)]
+        until: Option<String>,
+        /// KEY=VALUE: type, event, container, image, volume, network, label
+        #[arg(short = 'f', long = "filter")]
+        filters: Vec<String>,
+        /// Output format (json: one Docker-shaped event per line; or a template)
+        #[arg(long, default_value = "table", value_name = "table|json|TEMPLATE")]
+        format: Format,
+    },
     /// Manage networks
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage named volumes
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Manage instances as a whole
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Disk use and clean-up across images, instances, volumes and networks
+    #[command(subcommand)]
+    System(SystemCommand),
     /// List images
     Images(ImagesArgs),
     /// Manage images
@@ -176,10 +290,99 @@ pub enum Command {
     Pull(PullArgs),
     /// Upload an image to a registry
     Push(PushArgs),
+    /// Log in to a registry (credentials kept in Docker's config.json or its helper)
+    Login(LoginArgs),
+    /// Log out from a registry
+    Logout {
+        /// The registry (Docker Hub if none)
+        server: Option<String>,
+    },
     /// Load images from a docker-archive or oci-archive tar
     Load(LoadArgs),
     /// Save images to a docker-archive or oci-archive tar
     Save(SaveArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Remove every instance that is not running
+    Prune {
+        /// Do not ask (vessel never asks)
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Disk used by images, instances, volumes and the build cache
+    Df,
+    /// Remove stopped instances, unused networks, dangling images (all unused ones with
+    /// --all) and, with --volumes, unused volumes
+    Prune {
+        /// Remove every image no instance uses, not only untagged ones
+        #[arg(short, long)]
+        all: bool,
+        /// Remove unused volumes too
+        #[arg(long)]
+        volumes: bool,
+        /// Do not ask (vessel never asks)
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume (a random name if none is given); an existing one is kept as is
+    Create {
+        /// Driver: only `local`
+        #[arg(short, long, default_value = "local")]
+        driver: String,
+        /// Label KEY=VALUE
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Driver options (the local driver of vessel takes none)
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        opts: Vec<String>,
+        /// Volume name
+        name: Option<String>,
+    },
+    /// List volumes
+    #[command(alias = "list")]
+    Ls {
+        /// Only show names
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter: dangling=true|false, name=TEXT, label=KEY[=VALUE]
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filters: Vec<String>,
+    },
+    /// Show volumes as JSON
+    Inspect {
+        /// Volume names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove volumes (refused while an instance, even a stopped one, uses them)
+    #[command(alias = "remove")]
+    Rm {
+        /// Accepted for Docker's sake: a missing volume is then not an error
+        #[arg(short, long)]
+        force: bool,
+        /// Volume names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove the volumes no instance uses (only anonymous ones without --all)
+    Prune {
+        /// Remove named volumes too
+        #[arg(short, long)]
+        all: bool,
+        /// Do not ask (vessel never asks)
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,7 +411,7 @@ pub enum NetworkCommand {
         #[arg(short, long)]
         quiet: bool,
         /// Output format
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, default_value = "table", value_name = "table|json|TEMPLATE")]
         format: Format,
     },
     /// Show networks and the instances on them as JSON
@@ -251,6 +454,15 @@ pub enum ImageCommand {
     Load(LoadArgs),
     /// Save images to a tar archive
     Save(SaveArgs),
+    /// Remove the images no instance uses: untagged ones, or every one with --all
+    Prune {
+        /// Remove every unused image, not only untagged ones
+        #[arg(short, long)]
+        all: bool,
+        /// Do not ask (vessel never asks)
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -259,7 +471,7 @@ pub struct ImagesArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, default_value = "table", value_name = "table|json|TEMPLATE")]
     pub format: Format,
     /// Show full image ids
     #[arg(long)]
@@ -332,10 +544,42 @@ pub struct RegistryArgs {
     pub quiet: bool,
 }
 
+/// `run --pull`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// When the image is not in the store (Docker's default)
+    Missing,
+    /// Always, before creating the instance
+    Always,
+    /// Never: an image not in the store is an error
+    Never,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The registry (Docker Hub if none)
+    pub server: Option<String>,
+    /// User name
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password (visible to every user in the process list: prefer --password-stdin)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Use plain HTTP (always on for localhost and 127.0.0.0/8)
+    #[arg(long)]
+    pub insecure: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct PullArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// The image's platform: linux/amd64 (the only one vessel runs)
+    #[arg(long)]
+    pub platform: Option<String>,
     /// [registry/]repository[:tag|@digest]
     pub reference: String,
 }
@@ -425,9 +669,14 @@ pub struct RunArgs {
     /// Hostname
     #[arg(short = 'h', long)]
     pub hostname: Option<String>,
-    /// Bind mount a host path: /host:/inside[:ro]
+    /// Bind mount a host path (/host:/inside[:ro]) or a named volume (NAME:/inside[:ro],
+    /// made if missing)
     #[arg(short, long = "volume")]
     pub volumes: Vec<String>,
+    /// Attach a mount: type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    /// [,tmpfs-size=...][,tmpfs-mode=...]
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mounts: Vec<String>,
     /// Mount the root filesystem read-only
     #[arg(long)]
     pub read_only: bool,
@@ -506,6 +755,68 @@ pub struct RunArgs {
     /// Write the instance id to FILE (which must not exist)
     #[arg(long = "cidfile", value_name = "FILE")]
     pub cidfile: Option<PathBuf>,
+    /// Restart policy: no, always, unless-stopped, on-failure[:MAX-RETRIES] (Docker's
+    /// backoff; always and unless-stopped instances start again with `vessel serve`)
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Read labels from a file (KEY=VALUE lines; # comments); -l flags win over it
+    #[arg(long = "label-file", value_name = "FILE")]
+    pub label_files: Vec<PathBuf>,
+    /// Search domain for /etc/resolv.conf (replaces the host's)
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// Give the container every capability, every host device, no seccomp filter and
+    /// writable /sys (no isolation from the host's kernel; containers only)
+    #[arg(long)]
+    pub privileged: bool,
+    /// Give a host device: HOST[:CONTAINER[:PERMISSIONS]], permissions of r, w, m
+    /// (containers only)
+    #[arg(long = "device", value_name = "HOST[:CONTAINER[:PERMS]]")]
+    pub devices: Vec<String>,
+    /// no-new-privileges[=true|false], seccomp=unconfined|PROFILE.json,
+    /// systempaths=unconfined, apparmor=unconfined, label=disable (containers only)
+    #[arg(long = "security-opt", value_name = "OPTION")]
+    pub security_opts: Vec<String>,
+    /// Set a namespaced kernel parameter: KEY=VALUE (net.*, kernel.shm*, kernel.msg*,
+    /// kernel.sem, fs.mqueue.*; containers only)
+    #[arg(long = "sysctl", value_name = "KEY=VALUE")]
+    pub sysctls: Vec<String>,
+    /// PID namespace: host (see and signal the host's processes) or private (containers
+    /// only)
+    #[arg(long, value_name = "MODE")]
+    pub pid: Option<String>,
+    /// IPC namespace and /dev/shm: private, shareable, host or none (containers only)
+    #[arg(long, value_name = "MODE")]
+    pub ipc: Option<String>,
+    /// Size of /dev/shm (e.g. 128m; default 64m; containers only)
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Add a supplementary group (a name in the image's /etc/group, or an id; containers
+    /// only)
+    #[arg(long = "group-add", value_name = "GROUP")]
+    pub group_add: Vec<String>,
+    /// CPU weight relative to other containers (2 to 262144, default 1024; containers
+    /// only)
+    #[arg(
+        long = "cpu-shares",
+        short = 'c',
+        value_name = "WEIGHT",
+        allow_negative_numbers = true
+    )]
+    pub cpu_shares: Option<i64>,
+    /// CPUs the container may run on, e.g. 0-2,4 (containers only)
+    #[arg(long = "cpuset-cpus", value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory plus swap limit (needs --memory; -1: unlimited swap; default: no swap;
+    /// containers only)
+    #[arg(long = "memory-swap", value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Pull the image first: missing (when it is not in the store), always, never
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    /// The image's platform: linux/amd64 (the only one vessel runs)
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Image name or id
     pub image: String,
     /// Command and arguments (default: the image's)
@@ -562,11 +873,61 @@ pub struct PsArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(long, default_value = "table", value_name = "table|json|TEMPLATE")]
     pub format: Format,
     /// Show full ids and commands
     #[arg(long)]
     pub no_trunc: bool,
+    /// Only instances matching KEY=VALUE: id, name, label (KEY or KEY=VALUE), status
+    /// (created, running, paused, restarting, exited, dead), ancestor (an image),
+    /// exited (an exit code), isolation; the same key again widens, another narrows
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
+}
+
+/// `stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Print one sample (over one second) and exit
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Show every instance, not only running ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Output format
+    #[arg(long, default_value = "table", value_name = "table|json|TEMPLATE")]
+    pub format: Format,
+    /// Show full ids
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Instances (default: every running one)
+    pub instances: Vec<String>,
+}
+
+/// `update`.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Memory limit (e.g. 512m)
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// CPU quota (e.g. 1.5)
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Process limit (-1: unlimited)
+    #[arg(long, allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// CPU weight (2 to 262144)
+    #[arg(long = "cpu-shares", short = 'c')]
+    pub cpu_shares: Option<i64>,
+    /// CPUs allowed, e.g. 0-2,4
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// New restart policy: no, always, unless-stopped, on-failure[:MAX-RETRIES]
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Instances
+    #[arg(required = true)]
+    pub instances: Vec<String>,
 }
 
 /// `logs`.
@@ -613,65 +974,11 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// `vessel oci`: the runc command-line interface, so engines can use vessel as a runtime.
-#[derive(Subcommand, Debug)]
-pub enum OciCommand {
-    /// Create a container from a bundle (the process waits for `start`)
-    Create {
-        /// Bundle directory (holding config.json)
-        #[arg(short, long, default_value = ".")]
-        bundle: PathBuf,
-        /// Unix socket that receives the pty master (with process.terminal)
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        /// Write the init pid here
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Runtime state directory
-        #[arg(long, default_value = "/run/vessel/oci")]
-        state_root: PathBuf,
-        /// Container id
-        id: String,
-    },
-    /// Start a created container
-    Start {
-        /// Runtime state directory
-        #[arg(long, default_value = "/run/vessel/oci")]
-        state_root: PathBuf,
-        /// Container id
-        id: String,
-    },
-    /// Print a container's OCI state as JSON
-    State {
-        /// Runtime state directory
-        #[arg(long, default_value = "/run/vessel/oci")]
-        state_root: PathBuf,
-        /// Container id
-        id: String,
-    },
-    /// Send a signal to a container
-    Kill {
-        /// Signal every process of the container
-        #[arg(short, long)]
-        all: bool,
-        /// Runtime state directory
-        #[arg(long, default_value = "/run/vessel/oci")]
-        state_root: PathBuf,
-        /// Container id
-        id: String,
-        /// Signal name or number
-        #[arg(default_value = "TERM")]
-        signal: String,
-    },
-    /// Delete a container (its cgroup and state)
-    Delete {
-        /// Kill it first if it runs
-        #[arg(short, long)]
-        force: bool,
-        /// Runtime state directory
-        #[arg(long, default_value = "/run/vessel/oci")]
-        state_root: PathBuf,
-        /// Container id
-        id: String,
-    },
+/// `vessel oci`: runc's command line (the `vessel-oci` crate parses it).
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct OciArgs {
+    /// runc's global flags, command and arguments (`vessel oci --help` lists them)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }

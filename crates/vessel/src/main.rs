@@ -1,13 +1,15 @@
 //! The `vessel` command line: parses flags, calls the engine, prints results.
 
+mod argv;
 mod cli;
 mod commands;
 mod compare;
 mod progress;
+mod template;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 use crate::cli::Cli;
 
@@ -48,7 +50,17 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = match Cli::try_parse() {
+    // `vessel oci ...` is runc's command line, whose global flags (--root, --log...)
+    // are not vessel's: hand it over whole, before vessel's parser sees it.
+    if let Some(oci_args) = oci_command_line(std::env::args_os().skip(1).collect()) {
+        return ExitCode::from(vessel_oci::main(oci_args));
+    }
+    let mut command = argv::command();
+    let args = argv::protect_command(&command, std::env::args_os().collect());
+    let parsed = command
+        .try_get_matches_from_mut(args)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
@@ -68,6 +80,20 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The arguments after `oci` when that is the command (after vessel's global flags).
+fn oci_command_line(args: Vec<std::ffi::OsString>) -> Option<Vec<std::ffi::OsString>> {
+    let mut i = 0;
+    while let Some(a) = args.get(i) {
+        match a.to_str() {
+            Some("--root" | "--log-level") => i += 2,
+            Some(f) if f.starts_with('-') => i += 1,
+            Some("oci") => return Some(args[i + 1..].to_vec()),
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn init_tracing(debug: bool, level: Option<&str>) {

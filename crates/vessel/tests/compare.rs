@@ -45,7 +45,12 @@ fn text(cell: &Value) -> &str {
 /// Runs `vessel compare` with a guest kernel directory that holds nothing, so the VM side
 /// cannot run on any host, whatever its KVM. Also returns the pid of the `vessel compare`
 /// process, which names its probe image.
+///
+/// One comparison at a time: two at once would time each other's fsyncs and CPU (the
+/// figures are ratios of runs under one load, not of two comparisons racing).
 fn compare(args: &[&str]) -> (std::process::Output, tempfile::TempDir, u32) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let child = cmd(&[&["compare"], args].concat())
         .env("VESSEL_KERNEL_DIR", dir.path().join("no-kernel"))

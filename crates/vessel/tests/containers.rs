@@ -134,7 +134,7 @@ fn stdout_and_stderr_stay_separate() {
 
 #[test]
 fn docker_exit_codes_for_failures() {
-    let o = vessel(&["run", "--rm", "no-such-image:1", "true"]);
+    let o = vessel(&["run", "--rm", "--pull", "never", "no-such-image:1", "true"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("image not found"), "{}", stderr(&o));
     let o = vessel(&["run", "--rm", "busybox", "no-such-command"]);
@@ -747,7 +747,7 @@ fn oci_runtime_commands_drive_a_bundle() {
     let id = name("oci");
     let b = bundle.path().to_str().unwrap();
     // The container inherits create's stdio (as with runc): don't capture it.
-    let st = cmd(&["oci", "create", "--bundle", b, "--state-root", sr, &id])
+    let st = cmd(&["oci", "--root", sr, "create", "--bundle", b, &id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -755,13 +755,13 @@ fn oci_runtime_commands_drive_a_bundle() {
         .unwrap();
     assert!(st.success());
     let st: serde_json::Value =
-        serde_json::from_str(&ok(&["oci", "state", "--state-root", sr, &id])).unwrap();
+        serde_json::from_str(&ok(&["oci", "--root", sr, "state", &id])).unwrap();
     assert_eq!(st["status"], "created");
-    ok(&["oci", "start", "--state-root", sr, &id]);
+    ok(&["oci", "--root", sr, "start", &id]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st: serde_json::Value =
-            serde_json::from_str(&ok(&["oci", "state", "--state-root", sr, &id])).unwrap();
+            serde_json::from_str(&ok(&["oci", "--root", sr, "state", &id])).unwrap();
         if st["status"] == "stopped" {
             break;
         }
@@ -772,7 +772,7 @@ fn oci_runtime_commands_drive_a_bundle() {
         std::fs::read_to_string(bundle.path().join("file")).unwrap(),
         "from-oci\n"
     );
-    ok(&["oci", "delete", "--state-root", sr, &id]);
+    ok(&["oci", "--root", sr, "delete", &id]);
     assert!(!state_root.join(&id).exists());
 }
 

@@ -219,3 +219,38 @@ fn container_only_flags_are_refused_for_vms() {
         refused(&f, "containers only");
     }
 }
+
+/// As with Docker, everything after the image (or `exec`'s instance) is the command's,
+/// even words that are vessel's own flags (`-e`, `-v`, `--help`, `--`).
+#[test]
+fn words_after_the_image_are_the_commands_even_when_they_look_like_flags() {
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "echo",
+        "busybox",
+        "-e",
+        "a\\tb",
+    ]);
+    assert_eq!(out, "a\tb\n");
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "echo",
+        "--help",
+        "-v",
+        "--",
+    ]);
+    assert_eq!(out, "--help -v --\n");
+    let n = name("argv");
+    ok(&["run", "-d", "--name", &n, "busybox", "sleep", "100"]);
+    let out = ok(&["exec", &n, "echo", "-u", "0", "--version"]);
+    assert_eq!(out, "-u 0 --version\n");
+    ok(&["rm", "-f", &n]);
+}

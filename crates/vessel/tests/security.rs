@@ -21,7 +21,7 @@ fn own_vessel() -> &'static Path {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let built = Path::new(vessel_bin());
-        for name in ["vessel", "vessel-shim", "vessel-init"] {
+        for name in ["vessel", "vessel-shim", "vessel-init", "vessel-entry"] {
             let src = built.with_file_name(name);
             if src.exists() {
                 std::fs::copy(&src, dir.join(name)).unwrap();
@@ -70,38 +70,34 @@ fn glibc_image() -> &'static str {
     })
 }
 
-/// CVE-2019-5736: a container's process that is the host's vessel binary (its exec'd
-/// command is `/proc/self/exe`) lets every other
-/// process of the container open that binary through `/proc/<pid>/exe` and, once the
-/// process is gone, write to it. Every process vessel forks into a container must run
-/// from a sealed view of the binary, which refuses writes.
+/// CVE-2019-5736: a container's process that is a host binary (its command is
+/// `/proc/self/exe`, which the kernel resolves at the `execve` in the context of the
+/// process that vessel forked) lets every other process of the container open that
+/// binary through `/proc/<pid>/exe` and, once the process is gone, write to it. vessel
+/// makes every container process's last `execve` from vessel-entry, opened from a sealed
+/// view that refuses writes. The victim here chains through `/proc/self/exe` 20,000
+/// times (each time with one argument fewer) before it becomes `sleep`, which keeps a
+/// process whose exe is that program in view long enough for the attacker.
 #[test]
 fn host_binary_cannot_be_overwritten_through_proc_exe() {
     let image = glibc_image();
+    let entry = own_vessel().with_file_name("vessel-entry");
     let before = std::fs::read(own_vessel()).unwrap();
+    let entry_before = std::fs::read(&entry).unwrap();
     let n = name("exe");
-    // The exec'd command is /proc/self/exe: the process that forked it becomes the
-    // container's process; `load` makes it wait on its stdin.
     own_ok(&["run", "-d", "--name", &n, image, "sleep", "1000"]);
-    let mut victim = own(&["exec", "-i", &n, "/proc/self/exe", "load"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The attacker, a detached process of the container: find the process that runs a
-    // vessel binary, keep a read-only descriptor of its exe, kill it, then write through
-    // the descriptor once no host process runs the file any more (until then the kernel
+    // The attacker, a detached process of the container: find a process that runs
+    // anything but busybox, keep a read-only descriptor of its exe, kill it, then write
+    // through the descriptor once nothing runs the file any more (until then the kernel
     // says ETXTBSY: a patient attacker waits).
     let attack = r#"
-        for i in $(seq 100); do
+        for i in $(seq 400); do
           for p in /proc/[0-9]*; do
             t=$(readlink $p/exe 2>/dev/null)
             case "$t" in */busybox|"") ;; *) pid=${p#/proc/}; break 2;; esac
           done
-          sleep 0.05
         done
-        [ -n "$pid" ] || { echo "no vessel process found" > /r; exit 2; }
+        [ -n "$pid" ] || { echo "no process of another binary found" > /r; exit 2; }
         exec 3< /proc/$pid/exe || { echo "cannot open /proc/$pid/exe" > /r; exit 3; }
         kill -9 $pid
         for i in $(seq 60); do
@@ -111,11 +107,16 @@ fn host_binary_cannot_be_overwritten_through_proc_exe() {
         echo "still busy" > /r
     "#;
     own_ok(&["exec", "-d", &n, "sh", "-c", attack]);
-    std::thread::sleep(Duration::from_secs(2));
-    let _ = victim.stdin.take();
-    let _ = output_within(victim, "the exec'd /proc/self/exe");
+    let mut victim: Vec<&str> = vec!["exec", &n];
+    victim.extend(std::iter::repeat_n("/proc/self/exe", 20_000));
+    victim.extend(["/bin/sleep", "sleep", "30"]);
+    let victim = own(&victim)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = String::new();
-    for _ in 0..40 {
+    for _ in 0..80 {
         std::thread::sleep(Duration::from_millis(250));
         out = own(&["exec", &n, "cat", "/r"])
             .output()
@@ -126,15 +127,67 @@ fn host_binary_cannot_be_overwritten_through_proc_exe() {
         }
     }
     own_ok(&["rm", "-f", &n]);
+    let _ = output_within(victim, "the exec'd /proc/self/exe chain");
     assert_eq!(
         std::fs::read(own_vessel()).unwrap(),
         before,
         "the host's vessel binary was modified from inside a container: {out}"
     );
+    assert_eq!(
+        std::fs::read(&entry).unwrap(),
+        entry_before,
+        "the host's vessel-entry was modified from inside a container: {out}"
+    );
     assert!(
         out.contains("write refused") && out.contains("Read-only"),
         "the attack did not run as planned: {out}"
     );
+}
+
+/// What a container runs as `/proc/self/exe` — as its command, through `exec`, as the
+/// interpreter of a `#!/proc/self/exe` script, or through a link to it — is never the
+/// host's vessel: only vessel-entry, which does nothing but exec its arguments.
+#[test]
+fn container_cannot_execute_the_host_vessel_binary() {
+    let image = image_with("selfexe", |rootfs| {
+        use std::os::unix::fs::PermissionsExt;
+        let script = rootfs.join("selfexe.sh");
+        std::fs::write(&script, "#!/proc/self/exe --version\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("/proc/self/exe", rootfs.join("selflink")).unwrap();
+    });
+    let n = name("selfexe");
+    own_ok(&["run", "-d", "--name", &n, &image, "sleep", "1000"]);
+    let tries: [&[&str]; 5] = [
+        &["run", "--rm", &image, "/proc/self/exe", "--version"],
+        &[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/selflink",
+            &image,
+            "version",
+        ],
+        &["run", "--rm", &image, "/selfexe.sh"],
+        &["exec", &n, "/proc/self/exe", "--version"],
+        &["exec", &n, "/selflink", "--version"],
+    ];
+    for args in tries {
+        let o = own(args).output().unwrap();
+        let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            !all.contains("vessel 0.") && !all.to_lowercase().contains("usage: vessel"),
+            "`vessel {}` ran vessel's binary in the container: {all}",
+            args.join(" ")
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(127),
+            "`vessel {}`: {all}",
+            args.join(" ")
+        );
+    }
+    own_ok(&["rm", "-f", &n]);
 }
 
 /// Imports a busybox rootfs changed by `edit` as image `name`.

@@ -34,6 +34,16 @@ const PROXIED: &[Signal] = &[
     Signal::SIGUSR2,
 ];
 
+/// The signals an attached `run`/`start` forwards, and SIGCHLD.
+fn proxied_and_chld() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in PROXIED {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
 /// The flags of `run`/`create` as the engine's options.
 fn run_options(a: &RunArgs) -> RunOptions {
     RunOptions {
@@ -47,6 +57,7 @@ fn run_options(a: &RunArgs) -> RunOptions {
         user: a.user.clone(),
         hostname: a.hostname.clone(),
         volumes: a.volumes.clone(),
+        mounts: a.mounts.clone(),
         read_only: a.read_only,
         memory: a.memory.clone(),
         cpus: a.cpus.clone(),
@@ -69,11 +80,78 @@ fn run_options(a: &RunArgs) -> RunOptions {
         cap_drop: a.cap_drop.clone(),
         ulimits: a.ulimits.clone(),
         tmpfs: a.tmpfs.clone(),
+        restart: a.restart.clone(),
+        label_files: a.label_files.clone(),
+        dns_search: a.dns_search.clone(),
+        access: vessel_engine::access::AccessOptions {
+            privileged: a.privileged,
+            devices: a.devices.clone(),
+            security_opts: a.security_opts.clone(),
+            sysctls: a.sysctls.clone(),
+            pid: a.pid.clone(),
+            ipc: a.ipc.clone(),
+            shm_size: a.shm_size.clone(),
+            group_add: a.group_add.clone(),
+            cpu_shares: a.cpu_shares,
+            cpuset_cpus: a.cpuset_cpus.clone(),
+            memory_swap: a.memory_swap.clone(),
+        },
         command: a.command.clone(),
     }
 }
 
+/// `--platform`: vessel runs linux/amd64 images (Docker's spellings of it taken).
+pub fn check_platform(p: &str) -> Result<(), Failure> {
+    match p.to_ascii_lowercase().as_str() {
+        "linux/amd64" | "amd64" | "linux/x86_64" | "x86_64" | "linux/amd64/v1" => Ok(()),
+        _ => Err(Failure::new(
+            EXIT_ENGINE,
+            format!("--platform {p}: vessel runs linux/amd64 images only"),
+        )),
+    }
+}
+
+/// `--pull` (and `--platform`), before the image is looked up, by Docker's rules: a
+/// missing image is pulled (saying so, as Docker does, on stderr), `always` pulls first,
+/// `never` leaves the lookup to fail. The pull uses the credentials of `vessel login`.
+fn ensure_image(engine: &Engine, a: &RunArgs) -> Result<(), Failure> {
+    use crate::cli::PullPolicy;
+    if let Some(p) = &a.platform {
+        check_platform(p)?;
+    }
+    let store = engine.store().map_err(fail)?;
+    let present = match store.resolve(&a.image) {
+        Ok(_) => true,
+        Err(vessel_image::Error::ImageNotFound(_)) => false,
+        Err(e) => return Err(Failure::new(EXIT_ENGINE, e)),
+    };
+    let fetch = match a.pull {
+        PullPolicy::Always => true,
+        PullPolicy::Missing => !present,
+        PullPolicy::Never => false,
+    };
+    if !fetch {
+        return Ok(());
+    }
+    let reference: vessel_image::Reference = a
+        .image
+        .parse()
+        .map_err(|e: vessel_image::Error| Failure::new(EXIT_ENGINE, e.to_string()))?;
+    if !present {
+        eprintln!("Unable to find image '{}' locally", a.image);
+    }
+    let opts = vessel_image::registry::RegistryOptions {
+        stored_credentials: true,
+        ..Default::default()
+    };
+    let bars = crate::progress::Bars::new(false);
+    vessel_image::registry::pull(store, &reference, &opts, &bars)
+        .map_err(|e| Failure::new(EXIT_ENGINE, e))?;
+    Ok(())
+}
+
 fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
+    ensure_image(engine, a)?;
     if let Some(f) = &a.cidfile {
         if f.exists() {
             return Err(Failure::new(
@@ -130,8 +208,18 @@ pub fn run(
         }
     };
     tracing::debug!("run: created");
-    early.begin(&inst.id).map_err(fail)?;
-    start_one(engine, &inst, !a.detach, warm, Some(early))
+    if !a.detach {
+        // Before the monitor starts the process, which may write at once: a signal sent
+        // to us once its first output is seen must be waiting for `start_one` to forward
+        // it, not kill us with its default action first.
+        let _ = proxied_and_chld().thread_block();
+    }
+    early.begin(&inst).map_err(fail)?;
+    let code = start_one(engine, &inst, !a.detach, warm, Some(early))?;
+    if a.detach {
+        println!("{}", inst.id);
+    }
+    Ok(code)
 }
 
 /// `vessel create`.
@@ -211,10 +299,8 @@ fn start_one(
     }
     if attached {
         // Taken synchronously below and forwarded to the instance; SIGCHLD too, to learn
-        // of the monitor's exit without polling.
-        let mut with_chld = blocked;
-        with_chld.add(Signal::SIGCHLD);
-        let _ = with_chld.thread_block();
+        // of the monitor's exit without polling. (`run` blocked them already.)
+        let _ = proxied_and_chld().thread_block();
     }
     let raw = RawMode::enable(attached && req.tty && req.interactive);
     let mut m = match early {
@@ -251,7 +337,6 @@ fn start_one(
         }
     };
     if !attached {
-        println!("{}", inst.id);
         return Ok(0);
     }
     let target = nix::unistd::Pid::from_raw(pid);
@@ -307,7 +392,7 @@ fn start_one(
     Ok(code)
 }
 
-fn short(id: &str, full: bool) -> &str {
+pub(super) fn short(id: &str, full: bool) -> &str {
     if full {
         id
     } else {
@@ -315,7 +400,7 @@ fn short(id: &str, full: bool) -> &str {
     }
 }
 
-fn status_text(i: &Instance) -> String {
+fn status_text(i: &Instance, paused: bool, restarting: bool) -> String {
     let age = |t: &Option<String>| {
         t.as_deref()
             .map(human_age)
@@ -324,6 +409,12 @@ fn status_text(i: &Instance) -> String {
     };
     match i.status {
         Status::Created => "Created".into(),
+        Status::Exited if restarting => format!(
+            "Restarting ({}) {} ago",
+            i.exit_code.unwrap_or(-1),
+            age(&i.finished_at)
+        ),
+        Status::Running if paused => format!("Up {} (Paused)", age(&i.started_at)),
         Status::Running => format!("Up {}", age(&i.started_at)),
         Status::Exited => format!(
             "Exited ({}) {} ago",
@@ -347,9 +438,26 @@ fn command_text(i: &Instance, full: bool) -> String {
 /// `vessel ps`.
 pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     let all = engine.list().map_err(|e| Failure::new(1, e))?;
+    let filters = PsFilter::parse(&a.filter)?;
+    let restarting = |i: &Instance| {
+        vessel_engine::restart::RestartState::load(&engine.instance_dir(&i.id)).restarting
+            && i.status != Status::Running
+    };
+    let state = |i: &Instance| -> &'static str {
+        if engine.paused(i) {
+            "paused"
+        } else if restarting(i) {
+            "restarting"
+        } else {
+            i.status.as_str()
+        }
+    };
+    // A status filter shows what it names, running or not (Docker's rule).
+    let any_status = filters.has("status") || filters.has("exited");
     let shown: Vec<&Instance> = all
         .iter()
-        .filter(|i| a.all || i.status == Status::Running)
+        .filter(|i| a.all || any_status || i.status == Status::Running)
+        .filter(|i| filters.matches(engine, i, state(i)))
         .collect();
     let mut out = std::io::stdout().lock();
     if a.quiet {
@@ -368,6 +476,43 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
         );
         return Ok(0);
     }
+    let template_rows = || {
+        shown
+            .iter()
+            .map(|i| {
+                let ports: Vec<String> = i.request.ports.iter().map(|p| p.to_string()).collect();
+                let fields = serde_json::json!({
+                    "ID": short(&i.id, a.no_trunc),
+                    "Image": i.image,
+                    "Command": command_text(i, a.no_trunc),
+                    "CreatedAt": i.created,
+                    "RunningFor": human_age(&i.created).replace(" ago", ""),
+                    "Ports": ports.join(", "),
+                    "State": state(i),
+                    "Status": status_text(i, engine.paused(i), restarting(i)),
+                    "Names": i.name,
+                    "Labels": i.request.labels,
+                    "Networks": i.request.network.as_str(),
+                    "Isolation": i.request.isolation.as_str(),
+                });
+                match fields {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                }
+            })
+            .collect()
+    };
+    if crate::template::print_if_template(
+        &a.format,
+        template_rows,
+        &[
+            ("ID", "CONTAINER ID"),
+            ("CreatedAt", "CREATED AT"),
+            ("RunningFor", "CREATED"),
+        ],
+    )? {
+        return Ok(0);
+    }
     let rows: Vec<[String; 7]> = shown
         .iter()
         .map(|i| {
@@ -376,7 +521,12 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
                 i.image.clone(),
                 command_text(i, a.no_trunc),
                 human_age(&i.created),
-                status_text(i),
+                status_text(
+                    i,
+                    engine.paused(i),
+                    vessel_engine::restart::RestartState::load(&engine.instance_dir(&i.id))
+                        .restarting,
+                ),
                 i.request.isolation.as_str().to_string(),
                 i.name.clone(),
             ]
@@ -396,6 +546,104 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
         &rows,
     );
     Ok(0)
+}
+
+/// `ps --filter`: KEY=VALUE pairs; a key given twice matches either value, keys differ
+/// and all must match.
+struct PsFilter(Vec<(String, String)>);
+
+impl PsFilter {
+    fn parse(given: &[String]) -> Result<PsFilter, Failure> {
+        let mut out = Vec::new();
+        for f in given {
+            let (k, v) = f.split_once('=').ok_or_else(|| {
+                Failure::new(
+                    1,
+                    format!("bad format of filter {f:?} (expected name=value)"),
+                )
+            })?;
+            const KEYS: [&str; 7] = [
+                "id",
+                "name",
+                "label",
+                "status",
+                "ancestor",
+                "exited",
+                "isolation",
+            ];
+            if !KEYS.contains(&k) {
+                return Err(Failure::new(
+                    1,
+                    format!(
+                        "invalid filter {k:?}: vessel filters on {}",
+                        KEYS.join(", ")
+                    ),
+                ));
+            }
+            if k == "status"
+                && ![
+                    "created",
+                    "running",
+                    "paused",
+                    "restarting",
+                    "exited",
+                    "dead",
+                    "removing",
+                ]
+                .contains(&v)
+            {
+                return Err(Failure::new(1, format!("invalid filter 'status={v}'")));
+            }
+            if k == "exited" && v.parse::<i32>().is_err() {
+                return Err(Failure::new(
+                    1,
+                    format!("invalid filter 'exited={v}': not an exit code"),
+                ));
+            }
+            out.push((k.to_string(), v.to_string()));
+        }
+        Ok(PsFilter(out))
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    fn matches(&self, engine: &Engine, i: &Instance, state: &str) -> bool {
+        let keys: std::collections::BTreeSet<&str> =
+            self.0.iter().map(|(k, _)| k.as_str()).collect();
+        keys.into_iter().all(|key| {
+            self.0
+                .iter()
+                .filter(|(k, _)| k == key)
+                .any(|(_, v)| match key {
+                    "id" => i.id.starts_with(v.as_str()),
+                    "name" => i.name.contains(v.as_str()),
+                    "label" => match v.split_once('=') {
+                        Some((lk, lv)) => i.request.labels.get(lk).is_some_and(|x| x == lv),
+                        None => i.request.labels.contains_key(v.as_str()),
+                    },
+                    "status" => state == v,
+                    "ancestor" => {
+                        i.image == *v
+                            || i.image_id
+                                .trim_start_matches("sha256:")
+                                .starts_with(v.trim_start_matches("sha256:"))
+                            || engine
+                                .store()
+                                .ok()
+                                .and_then(|s| s.resolve(v).ok())
+                                .is_some_and(|img| img.id.to_string() == i.image_id)
+                    }
+                    "exited" => {
+                        i.status == Status::Exited
+                            && i.exit_code.map(|c| c.to_string()).as_deref() == Some(v.as_str())
+                    }
+                    "isolation" => i.request.isolation.as_str() == v,
+                    _ => false,
+                })
+        })
+    }
 }
 
 /// `docs` as a JSON value, whose objects print with their keys sorted: `inspect` and
@@ -778,6 +1026,30 @@ pub fn kill(engine: &Engine, signal: &str, names: &[String]) -> CmdResult {
     each(names, |n| engine.get(n).and_then(|i| engine.kill(&i, sig)))
 }
 
+/// `vessel restart`: each instance stopped (if it runs) then started in the background,
+/// in turn; its name printed, as Docker does.
+pub fn restart(engine: &Engine, time: Option<u32>, names: &[String]) -> CmdResult {
+    let mut status = 0;
+    for n in names {
+        let r = engine.stop(n, time).and_then(|_| engine.get(n));
+        let started = match r {
+            Ok(inst) => {
+                let warm = Engine::warm_up(inst.request.isolation, inst.request.userns);
+                start_one(engine, &inst, false, warm, None)
+            }
+            Err(e) => Err(Failure::new(1, e)),
+        };
+        match started {
+            Ok(_) => println!("{n}"),
+            Err(f) => {
+                eprintln!("vessel: {}", f.message);
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
 /// `vessel rm`.
 pub fn rm(engine: &Engine, force: bool, names: &[String]) -> CmdResult {
     each(names, |n| engine.remove(n, force))
@@ -799,7 +1071,7 @@ pub fn wait(engine: &Engine, names: &[String]) -> CmdResult {
 }
 
 /// Runs `f` on each name, printing it on success (as Docker does) and errors as they come.
-fn each(names: &[String], f: impl Fn(&str) -> Result<(), EngineError>) -> CmdResult {
+pub(super) fn each(names: &[String], f: impl Fn(&str) -> Result<(), EngineError>) -> CmdResult {
     let mut status = 0;
     for n in names {
         match f(n) {

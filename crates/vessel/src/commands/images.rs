@@ -50,6 +50,34 @@ pub fn list(store: &Store, args: &ImagesArgs) -> CmdResult {
             names.into_iter().map(move |(r, t)| (r, t, img))
         })
         .collect();
+    let to_row = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    if crate::template::print_if_template(
+        &args.format,
+        || {
+            rows.iter()
+                .map(|(repo, tag, img)| {
+                    to_row(json!({
+                        "Repository": repo,
+                        "Tag": tag,
+                        "ID": if args.no_trunc { img.id.to_string() } else { img.id.short().to_string() },
+                        "CreatedAt": img.created.clone().unwrap_or_default(),
+                        "CreatedSince": img.created.as_deref().map(human_age).unwrap_or_else(|| "N/A".into()),
+                        "Size": human_size(img.size),
+                    }))
+                })
+                .collect()
+        },
+        &[
+            ("ID", "IMAGE ID"),
+            ("CreatedSince", "CREATED"),
+            ("CreatedAt", "CREATED AT"),
+        ],
+    )? {
+        return Ok(0);
+    }
     if args.format == Format::Json {
         let v: Vec<_> = rows
             .iter()

@@ -3,10 +3,15 @@
 mod build;
 mod compare;
 mod containers;
+mod cp;
 mod images;
+mod inspectors;
+mod login;
 mod network;
-mod oci;
+mod running;
+mod system;
 mod transfer;
+mod volume;
 
 use vessel_image::Store;
 
@@ -17,14 +22,10 @@ use crate::{CmdResult, Failure};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> CmdResult {
-    // The processes that fork a container's processes run from a sealed view of this
-    // binary, so that nothing in the container can write the host's vessel through
-    // /proc/<pid>/exe (see vessel_container::sealed). `run`'s monitor seals itself as it
-    // starts (monitor::fork_early), off the path of the command.
-    if forks_container_processes(&cli.command) {
-        vessel_container::sealed::ensure_sealed()
-            .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
-    }
+    // No command here runs sealed: the engine's runtime execs every container process
+    // through the sealed vessel-entry (Runtime::with_entry), so `run`, `exec`, `build`
+    // and the monitors need no exec of their own; `vessel oci` (vessel_oci::main) seals
+    // itself where it forks container processes.
     let root = cli.global.root;
     let store = || Store::open(&root).map_err(|e| Failure::new(crate::EXIT_ENGINE, e));
     let config = || engine_config(&root);
@@ -36,7 +37,7 @@ pub fn run(cli: Cli) -> CmdResult {
             // instance's monitor, forked, opens the engine while we create the instance.
             let config = config()?;
             let early =
-                vessel_engine::monitor::fork_early(&config, !a.detach, a.interactive, a.tty, a.rm)
+                vessel_engine::monitor::fork_early(&config, !a.detach, a.interactive, a.tty)
                     .map_err(|e| Failure::new(crate::EXIT_ENGINE, e))?;
             // Our caller waits for our exit; the monitor writes after us and checkpoints
             // once the run has returned.
@@ -61,28 +62,87 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Ps(a) => containers::ps(&engine()?, &a),
         Command::Logs(a) => containers::logs(&engine()?, &a),
         Command::Exec(a) => containers::exec(&engine()?, &a),
+        Command::Cp { src, dest } => cp::cp(&engine()?, &src, &dest),
+        Command::Port { instance, port } => {
+            inspectors::port(&engine()?, &instance, port.as_deref())
+        }
+        Command::Diff { instance } => inspectors::diff(&engine()?, &instance),
+        Command::Export { output, instance } => {
+            inspectors::export(&engine()?, &instance, output.as_deref())
+        }
+        Command::History {
+            no_trunc,
+            quiet,
+            image,
+        } => inspectors::history(&store()?, &image, no_trunc, quiet),
+        Command::CpServe {
+            pid,
+            out,
+            dest,
+            contents,
+        } => Ok(vessel_engine::copy::serve(
+            pid,
+            match (out, dest) {
+                (Some(path), _) => vessel_engine::copy::Direction::Out { path },
+                (None, dest) => vessel_engine::copy::Direction::In {
+                    dest: dest.unwrap_or_default(),
+                    contents,
+                },
+            },
+        )),
         Command::Stop { time, instances } => containers::stop(&engine()?, time, &instances),
         Command::Kill { signal, instances } => containers::kill(&engine()?, &signal, &instances),
         Command::Wait { instances } => containers::wait(&engine()?, &instances),
+        Command::Restart { time, instances } => containers::restart(&engine()?, time, &instances),
+        Command::Pause { instances } => running::pause(&engine()?, &instances),
+        Command::Unpause { instances } => running::unpause(&engine()?, &instances),
+        Command::Rename { instance, new_name } => running::rename(&engine()?, &instance, &new_name),
+        Command::Top { instance, ps_args } => running::top(&engine()?, &instance, &ps_args),
+        Command::Stats(a) => running::stats(&engine()?, &a),
+        Command::Update(a) => running::update(&engine()?, &a),
         Command::Rm { force, instances } => containers::rm(&engine()?, force, &instances),
         Command::Inspect { names } => containers::inspect(&engine()?, &names),
         Command::Compare(a) => compare::compare(&config()?, &a),
-        Command::Oci(c) => oci::run(c),
+        Command::Serve { host, group } => serve(config()?, &host, group.as_deref()),
+        // Reached only after vessel's own global flags (main hands `vessel oci ...` over
+        // before parsing): they do not apply to runc's command line.
+        Command::Oci(a) => Ok(vessel_oci::main(a.args)),
         Command::Network(c) => network::run(&engine()?, &c),
-        Command::Monitor { id, attached } => {
-            Ok(vessel_engine::monitor::run(&engine()?, &id, attached))
+        Command::Events {
+            since,
+            until,
+            filters,
+            format,
+        } => system::events(
+            &engine()?,
+            since.as_deref(),
+            until.as_deref(),
+            &filters,
+            format,
+        ),
+        Command::Volume(c) => volume::run(&engine()?, &c),
+        Command::Container(crate::cli::ContainerCommand::Prune { force: _ }) => {
+            system::container_prune(&engine()?)
         }
-        Command::MonitorEarly {
+        Command::Image(ImageCommand::Prune { all, force: _ }) => {
+            system::image_prune(&engine()?, all)
+        }
+        Command::System(c) => system::run(&engine()?, &c),
+        Command::Monitor {
+            id,
             attached,
-            stdin,
-            tty,
-            remove,
-        } => Ok(vessel_engine::monitor::early(
-            &config()?,
-            (attached, stdin, tty, remove),
+            attach_fds,
+        } => Ok(vessel_engine::monitor::run(
+            &engine()?,
+            &id,
+            attached,
+            &attach_fds,
         )),
         // The VMM opens nothing, the engine least of all: its monitor handed it the VM.
         Command::Vmm => Ok(vessel_engine::vm_jail::run()),
+        Command::ExecHelper { id, spec } => {
+            Ok(vessel_engine::exec::helper_main(&engine()?, &id, &spec))
+        }
         Command::MonitorFinish { id, code } => {
             Ok(vessel_engine::monitor::finish(&engine()?, &id, code))
         }
@@ -98,6 +158,8 @@ pub fn run(cli: Cli) -> CmdResult {
         }
         Command::Pull(a) | Command::Image(ImageCommand::Pull(a)) => transfer::pull(&store()?, &a),
         Command::Push(a) | Command::Image(ImageCommand::Push(a)) => transfer::push(&store()?, &a),
+        Command::Login(a) => login::login(&a),
+        Command::Logout { server } => login::logout(server.as_deref()),
         Command::Load(a) | Command::Image(ImageCommand::Load(a)) => transfer::load(&store()?, &a),
         Command::Save(a) | Command::Image(ImageCommand::Save(a)) => transfer::save(&store()?, &a),
     }
@@ -114,15 +176,29 @@ fn engine_config(root: &std::path::Path) -> Result<EngineConfig, Failure> {
     Ok(EngineConfig::from_vars(root, &exe, |k| std::env::var_os(k)))
 }
 
-/// Whether `cmd` forks processes that enter a container (and so must run sealed).
-fn forks_container_processes(cmd: &Command) -> bool {
-    use crate::cli::OciCommand;
-    matches!(
-        cmd,
-        Command::Exec(_)
-            | Command::Build(_)
-            | Command::Monitor { .. }
-            | Command::MonitorEarly { .. }
-            | Command::Oci(OciCommand::Create { .. })
-    )
+/// `vessel serve`: the Docker Engine API on `host` (`unix:///PATH`), the socket's group
+/// `group` if given.
+fn serve(config: EngineConfig, host: &str, group: Option<&str>) -> CmdResult {
+    let fail = |e: vessel_api::ApiError| Failure::new(crate::EXIT_ENGINE, e);
+    let socket = vessel_api::parse_host(host).map_err(fail)?;
+    let group = match group {
+        None => None,
+        Some(g) => match nix::unistd::Group::from_name(g) {
+            Ok(Some(gr)) => Some(gr.gid.as_raw()),
+            Ok(None) => {
+                return Err(Failure::new(
+                    crate::EXIT_ENGINE,
+                    format!("--group {g}: no such group"),
+                ))
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    crate::EXIT_ENGINE,
+                    format!("--group {g}: {e}"),
+                ))
+            }
+        },
+    };
+    vessel_api::serve(config, &vessel_api::ServeOptions { socket, group }).map_err(fail)?;
+    Ok(0)
 }

@@ -77,14 +77,14 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
             name,
         } => {
             let mtu = create_mtu(*mtu, opts)?;
-            let net = match subnet {
-                Some(s) => {
-                    let subnet: vessel_network::Subnet = s.parse().map_err(fail)?;
-                    nets.create(name, subnet, mtu)
-                }
-                None => nets.create_any(name, mtu),
-            }
-            .map_err(fail)?;
+            let net = engine
+                .network_create(&vessel_engine::networks::NetworkCreate {
+                    name: name.clone(),
+                    subnet: subnet.clone(),
+                    mtu,
+                    labels: Default::default(),
+                })
+                .map_err(fail)?;
             println!("{}", net.id);
             Ok(0)
         }
@@ -94,6 +94,26 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
                 for n in &list {
                     println!("{}", n.name);
                 }
+            } else if crate::template::print_if_template(
+                format,
+                || {
+                    list.iter()
+                        .map(|n| {
+                            match serde_json::json!({
+                                "ID": n.id[..12].to_string(),
+                                "Name": n.name,
+                                "Driver": "bridge",
+                                "Subnet": n.subnet.to_string(),
+                                "Bridge": n.bridge,
+                            }) {
+                                serde_json::Value::Object(m) => m,
+                                _ => serde_json::Map::new(),
+                            }
+                        })
+                        .collect()
+                },
+                &[("ID", "NETWORK ID")],
+            )? {
             } else if *format == Format::Json {
                 let docs: Vec<_> = list.iter().map(|n| network_json(n, &[])).collect();
                 println!(
@@ -136,18 +156,18 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
         NetworkCommand::Rm { names } => {
             let mut failed = None;
             for n in names {
-                match nets.remove(n) {
+                match engine.network_remove(n) {
                     Ok(_) => println!("{n}"),
                     Err(e) => {
                         eprintln!("vessel: {e}");
-                        failed = Some(EngineError::from(e).exit_code());
+                        failed = Some(e.exit_code());
                     }
                 }
             }
             Ok(failed.unwrap_or(0))
         }
         NetworkCommand::Prune => {
-            for n in nets.prune().map_err(fail)? {
+            for n in engine.network_prune().map_err(fail)? {
                 println!("{n}");
             }
             Ok(0)

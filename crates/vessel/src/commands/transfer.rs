@@ -26,6 +26,7 @@ fn options(a: &RegistryArgs) -> Result<RegistryOptions, Failure> {
     Ok(RegistryOptions {
         auth,
         insecure: a.insecure,
+        stored_credentials: true,
     })
 }
 
@@ -36,6 +37,9 @@ fn parse_ref(s: &str) -> Result<Reference, Failure> {
 
 /// `vessel pull`.
 pub fn pull(store: &Store, args: &PullArgs) -> CmdResult {
+    if let Some(p) = &args.platform {
+        super::containers::check_platform(p)?;
+    }
     let reference = parse_ref(&args.reference)?;
     let bars = Bars::new(args.registry.quiet);
     let img = registry::pull(store, &reference, &options(&args.registry)?, &bars)?;

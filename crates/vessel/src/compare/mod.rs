@@ -82,6 +82,10 @@ struct Side {
     /// change meanwhile: only what both readings hold is compared).
     host_facts: Result<(Facts, Facts), String>,
     perf: Result<Perf, String>,
+    /// The same loops on the host, run just before and just after `perf` (their samples
+    /// together): the ratio compares runs under the same load, not the host at the
+    /// start against an instance minutes later.
+    host_perf: Result<Perf, String>,
     /// Successful instance runs.
     ran: u32,
     /// Instance runs that failed.
@@ -142,20 +146,16 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
         .prefix("compare-host.")
         .tempdir_in(&opts.root)
         .map_err(|e| CompareError::Setup(format!("temp dir in {}: {e}", opts.root.display())))?;
-    let host_perf = host_probe(
-        &probe,
-        &[
-            "perf",
-            &opts.runs.to_string(),
-            &host_dir.path().display().to_string(),
-        ],
-    )
-    .and_then(|o| measure::parse::<Perf>("perf", &o));
-
     let sides: Vec<Side> = opts
         .isolations
         .iter()
-        .map(|&iso| measure_side(&vessel, opts, &probe_image.tag, &probe, iso, obs))
+        .map(|&iso| {
+            let host = HostRun {
+                probe: &probe,
+                dir: host_dir.path(),
+            };
+            measure_side(&vessel, opts, &probe_image.tag, &host, iso, obs)
+        })
         .collect();
     probe_image.remove(&store, &opts.root);
 
@@ -186,7 +186,6 @@ pub fn run(opts: &Options, obs: &dyn Observer) -> Result<Report, CompareError> {
         opts,
         &host,
         emulator.is_some(),
-        host_perf.as_ref(),
         side(Isolation::Container),
         side(Isolation::Vm),
         &not_asked,
@@ -284,11 +283,54 @@ fn host_probe(probe: &Path, args: &[&str]) -> Result<String, String> {
     measure::timed(c).map(|t| t.stdout)
 }
 
+/// Where the probe runs on the host.
+struct HostRun<'a> {
+    probe: &'a Path,
+    /// The directory in the vessel root that the host's file loop writes in.
+    dir: &'a Path,
+}
+
+impl HostRun<'_> {
+    /// The probe's performance loops, `runs` of each, on the host.
+    fn perf(&self, runs: u32) -> Result<Perf, String> {
+        host_probe(
+            self.probe,
+            &["perf", &runs.to_string(), &self.dir.display().to_string()],
+        )
+        .and_then(|o| measure::parse::<Perf>("perf", &o))
+    }
+}
+
+/// Two runs of the same loops as one: their samples together.
+fn merge_perf(a: Result<Perf, String>, b: Result<Perf, String>) -> Result<Perf, String> {
+    let (mut a, b) = (a?, b?);
+    if a.file_fs != b.file_fs {
+        return Err(format!(
+            "the host's file loop changed file system meanwhile ({:?}, then {:?})",
+            a.file_fs, b.file_fs
+        ));
+    }
+    for (x, y) in [
+        (&mut a.cpu, b.cpu),
+        (&mut a.syscall, b.syscall),
+        (&mut a.file, b.file),
+    ] {
+        if x.work != y.work {
+            return Err(format!(
+                "the host's loops did {} then {} units of work",
+                x.work, y.work
+            ));
+        }
+        x.ns.extend(y.ns);
+    }
+    Ok(a)
+}
+
 fn measure_side(
     vessel: &Vessel,
     opts: &Options,
     probe_tag: &str,
-    probe: &Path,
+    host: &HostRun,
     iso: Isolation,
     obs: &dyn Observer,
 ) -> Side {
@@ -311,6 +353,7 @@ fn measure_side(
         facts: Err(String::new()),
         host_facts: Err(String::new()),
         perf: Err(String::new()),
+        host_perf: Err(String::new()),
         ran: 0,
         failed: 0,
     };
@@ -362,7 +405,7 @@ fn measure_side(
     // The host read just before and just after the instance's own reading: kernel-wide
     // lists (modules, symbols) are compared on what the host held throughout.
     let host_facts =
-        || host_probe(probe, &["facts"]).and_then(|o| measure::parse::<Facts>("facts", &o));
+        || host_probe(host.probe, &["facts"]).and_then(|o| measure::parse::<Facts>("facts", &o));
     let before = host_facts();
     side.facts = run(&["--rm"], probe_tag, &[PROBE_PATH, "probe", "facts"])
         .and_then(|t| measure::parse("facts", &t.stdout));
@@ -372,6 +415,7 @@ fn measure_side(
     // nothing, and the file loop would skip the durability it claims to time. This
     // instance writes like any kept one; it is removed afterwards.
     let perf_name = format!("vessel-compare-perf-{}-{name}", std::process::id());
+    let host_before = host.perf(opts.runs);
     side.perf = run(
         &["--name", &perf_name],
         probe_tag,
@@ -384,6 +428,7 @@ fn measure_side(
         ],
     )
     .and_then(|t| measure::parse("perf", &t.stdout));
+    side.host_perf = merge_perf(host_before, host.perf(opts.runs));
     if let Err(e) = vessel.timed(&["rm", "-f", &perf_name]) {
         if side.perf.is_ok() {
             side.perf = Err(format!("remove the perf instance {perf_name}: {e}"));
@@ -623,7 +668,6 @@ fn build_rows(
     opts: &Options,
     host: &Host,
     emulated: bool,
-    host_perf: Result<&Perf, &String>,
     container: Option<&Side>,
     vm: Option<&Side>,
     not_asked: &dyn Fn(Isolation) -> Cell,
@@ -666,6 +710,7 @@ fn build_rows(
         }
     };
     let runs = opts.runs;
+    let host_runs = 2 * runs;
     let mut rows = Vec::new();
 
     rows.push(Row {
@@ -1002,7 +1047,7 @@ fn build_rows(
         ],
     });
 
-    let perf_cell = |s: &Side, pick: fn(&Perf) -> &measure::Timings| match (&s.perf, host_perf) {
+    let perf_cell = |s: &Side, pick: fn(&Perf) -> &measure::Timings| match (&s.perf, &s.host_perf) {
         (Ok(p), Ok(h)) => {
             let (inside, on_host) = (
                 measure::median_ns_ms(&pick(p).ns),
@@ -1028,25 +1073,26 @@ fn build_rows(
         title: "Performance".into(),
         metrics: vec![
             // Wrong if the host and the instance ran under different load: the same static
-            // binary, medians, run one after the other; the figure is a ratio, so under an
-            // emulator it holds where absolute times do not.
+            // binary, medians, the host's runs just before and just after the instance's
+            // (so both see the load of the same minute); the figure is a ratio, so under
+            // an emulator it holds where absolute times do not.
             metric(
                 "cpu",
                 "CPU-bound loop",
-                &format!("xorshift rounds by the probe: median of {runs} inside / median of {runs} on the host, same static binary"),
+                &format!("xorshift rounds by the probe: median of {runs} inside / median of {host_runs} on the host (half just before the instance, half just after), same static binary"),
                 &|s| perf_cell(s, |p| &p.cpu),
             ),
             metric(
                 "syscall",
                 "syscall loop (getpid)",
-                &format!("raw getpid(2) calls by the probe: median of {runs} inside / on the host"),
+                &format!("raw getpid(2) calls by the probe: median of {runs} inside / median of {host_runs} on the host, just before and after"),
                 &|s| perf_cell(s, |p| &p.syscall),
             ),
             metric(
                 "file",
                 "file write+fsync+read",
-                &format!("8 MiB written in 64 KiB blocks, fsync, read back: in a kept (not --rm) instance's writable root, whose overlay is not volatile, so fsync syncs (container: overlay upper dir on the host's file system; VM: ext4 on its virtio disk, each flush an fdatasync of the disk file on the host); host: in the vessel root; median of {runs} inside / on the host"),
-                &|s| match (&s.perf, host_perf) {
+                &format!("8 MiB written in 64 KiB blocks, fsync, read back: in a kept (not --rm) instance's writable root, whose overlay is not volatile, so fsync syncs (container: overlay upper dir on the host's file system; VM: ext4 on its virtio disk, each flush an fdatasync of the disk file on the host); host: in the vessel root; median of {runs} inside / median of {host_runs} on the host, just before and after"),
+                &|s| match (&s.perf, &s.host_perf) {
                     (Ok(p), Ok(h)) => verdict::file_cell(
                         p,
                         h,

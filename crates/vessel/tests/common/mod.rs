@@ -426,3 +426,21 @@ pub fn http_get(port: u16, patience: std::time::Duration) -> String {
         }
     }
 }
+
+/// A detached `busybox sleep 1000` without a network, named after `prefix`: for tests
+/// that work on a running container.
+pub fn running(prefix: &str) -> String {
+    let n = name(prefix);
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    n
+}

@@ -1,0 +1,1062 @@
+//! `vessel serve` driven by the real docker CLI (`DOCKER_CLI`, else `docker` on PATH)
+//! and by raw requests: each test starts its own server on a temporary socket over the
+//! shared test data root, and stops it after.
+
+mod common;
+#[path = "../../image/tests/common/mod.rs"]
+mod registry;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `vessel serve` on a socket of its own, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra environment variables.
+    fn start_with(env: &[(&str, &Path)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("d.sock");
+        let mut c = cmd(&["serve", "-H", &format!("unix://{}", sock.display())]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vessel serve");
+        let s = Server { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(s.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "vessel serve did not listen on {}",
+                s.socket().display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("d.sock")
+    }
+
+    /// The docker CLI against this server.
+    fn docker(&self, args: &[&str]) -> Output {
+        self.docker_in(args, None)
+    }
+
+    /// The docker CLI against this server, fed `input` on its stdin (else /dev/null).
+    fn docker_in(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut c = self.docker_cmd();
+        c.args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run docker");
+        if let Some(data) = input {
+            let mut w = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&data);
+            });
+        }
+        output_within_limit(child, &format!("docker {args:?}"), Duration::from_secs(120))
+    }
+
+    /// A docker CLI command against this server (see [`docker_cli`]).
+    fn docker_cmd(&self) -> Command {
+        let mut c = Command::new(docker_cli());
+        c.env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT");
+        c
+    }
+
+    /// One raw HTTP/1.1 request; returns (status, body).
+    fn raw(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        self.raw_with(method, path, &[], body)
+    }
+
+    /// [`Server::raw`] with extra headers.
+    fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut s = UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // A body the server refuses early may not be read whole: that is its right.
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The docker CLI: `DOCKER_CLI`, else `docker` on PATH; without one these tests fail
+/// (`./x deps` installs Debian's docker.io client).
+fn docker_cli() -> PathBuf {
+    if let Some(p) = std::env::var_os("DOCKER_CLI") {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "DOCKER_CLI={} does not exist", p.display());
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("the docker CLI is needed for these tests: no docker on PATH (set DOCKER_CLI, or install Debian's docker.io client: ./x deps)")
+        })
+}
+
+/// The JSON `{"message": ...}` of an error body.
+fn message(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body.trim())
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body:?}"));
+    v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
+        .to_string()
+}
+
+#[test]
+fn docker_version_and_info_see_vessel_and_both_runtimes() {
+    let s = Server::start();
+    let o = s.docker(&[
+        "version",
+        "--format",
+        "{{.Server.APIVersion}} {{.Server.MinAPIVersion}}",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "1.47 1.12");
+    let o = s.docker(&["info", "--format", "{{json .Runtimes}}"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for r in ["runc", "vessel", "vessel-vm"] {
+        assert!(
+            stdout(&o).contains(&format!("\"{r}\"")),
+            "{r} missing: {}",
+            stdout(&o)
+        );
+    }
+    // Version negotiation: a HEAD /_ping answers with the version in its headers.
+    let mut c = UnixStream::connect(s.socket()).unwrap();
+    c.write_all(b"HEAD /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("api-version: 1.47"),
+        "{out}"
+    );
+}
+
+#[test]
+fn docker_run_rm_prints_the_output_and_returns_the_exit_status() {
+    let s = Server::start();
+    let n = name("api-run");
+    let o = s.docker(&["run", "--rm", "--name", &n, "busybox", "echo", "hi"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hi\n");
+    // The streams stay apart (multiplexed frames without a terminal).
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).contains("err"), "{}", stderr(&o));
+    let o = s.docker(&["run", "busybox", "sh", "-c", "exit 3"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    // --rm removed it.
+    let o = s.docker(&["ps", "-a", "-q", "--filter", &format!("name={n}")]);
+    assert_eq!(stdout(&o).trim(), "", "{n} is left behind");
+}
+
+#[test]
+fn docker_run_detached_ps_logs_inspect_stop_rm() {
+    let s = Server::start();
+    let n = name("api-d");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; exec sleep 1000",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let o = s.docker(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with(&format!("{n} Up"))),
+        "{}",
+        stdout(&o)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = s.docker(&["logs", &n]);
+        if stdout(&o) == "started\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs: {:?} {:?}",
+            stdout(&o),
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = s.docker(&["inspect", "--format", "{{.State.Running}} {{.Id}}", &n]);
+    assert_eq!(stdout(&o).trim(), format!("true {id}"));
+    let o = s.docker(&["stop", "-t", "1", &n]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "status=exited",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(stdout(&o).lines().any(|l| l == n), "{}", stdout(&o));
+    let o = s.docker(&["rm", "-f", &n]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["inspect", &n]);
+    assert_ne!(code(&o), 0);
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn docker_errors_are_dockers_messages_and_codes() {
+    let s = Server::start();
+    let o = s.docker(&["run", "--rm", "vessel-no-such-image:v1", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Unable to find image 'vessel-no-such-image:v1' locally"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("Error response from daemon"),
+        "{}",
+        stderr(&o)
+    );
+    let n = name("api-dup");
+    assert_eq!(
+        code(&s.docker(&["create", "--name", &n, "busybox", "true"])),
+        0
+    );
+    let o = s.docker(&["run", "--name", &n, "busybox", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("is already in use"), "{}", stderr(&o));
+    // An option vessel does not honour is refused by name, not ignored.
+    let o = s.docker(&["run", "--rm", "--oom-kill-disable", "busybox", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("HostConfig.OomKillDisable"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["run", "--rm", "--runtime", "kata", "busybox", "true"]);
+    assert!(
+        stderr(&o).contains("unknown runtime \"kata\""),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_server_lives_on() {
+    let s = Server::start();
+    // Malformed JSON and wrong types: 400, naming what is wrong.
+    let (st, body) = s.raw(
+        "POST",
+        "/v1.47/containers/create",
+        b"{\"Image\": \"busybox\",",
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("invalid JSON"), "{body}");
+    let (st, body) = s.raw(
+        "POST",
+        "/v1.47/containers/create",
+        br#"{"Image":"busybox","HostConfig":{"Memory":"lots"}}"#,
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).starts_with("HostConfig.Memory"), "{body}");
+    let (st, body) = s.raw(
+        "POST",
+        "/v1.47/containers/create",
+        br#"{"Image":"busybox","Cmd":[1]}"#,
+    );
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = s.raw("POST", "/containers/create", b"[1,2]");
+    assert_eq!(st, 400, "{body}");
+    // A body over the cap is refused, not buffered.
+    let huge = vec![b' '; 8 << 20];
+    let (st, body) = s.raw("POST", "/v1.47/containers/create", &huge);
+    assert_eq!(st, 413, "{body}");
+    message(&body);
+    // Unknown and unimplemented endpoints; a version too new.
+    let (st, body) = s.raw("GET", "/v1.47/no/such/thing", b"");
+    assert_eq!(st, 404, "{body}");
+    message(&body);
+    let (st, body) = s.raw("GET", "/v1.47/swarm", b"");
+    assert_eq!(st, 501, "{body}");
+    assert!(message(&body).contains("not implemented"), "{body}");
+    let (st, body) = s.raw("GET", "/v9.99/info", b"");
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("too new"), "{body}");
+    let (st, body) = s.raw("GET", "/v1.47/containers/no-such-container/json", b"");
+    assert_eq!(st, 404, "{body}");
+    assert!(message(&body).contains("No such container"), "{body}");
+    let (st, body) = s.raw("GET", "/containers/json?filters=%7Bbad", b"");
+    assert_eq!(st, 400, "{body}");
+    // Still serving.
+    let (st, body) = s.raw("GET", "/_ping", b"");
+    assert_eq!((st, body.as_str()), (200, "OK"));
+}
+
+#[test]
+fn serve_refuses_tcp() {
+    let o = vessel(&["serve", "-H", "tcp://0.0.0.0:2375"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("tcp://0.0.0.0:2375") && stderr(&o).contains("Unix socket"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_client_leaving_mid_attach_leaves_the_instance_running() {
+    let s = Server::start();
+    let n = name("api-att");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.1; done",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    // Attach, read a little of the stream, and vanish.
+    for _ in 0..3 {
+        let mut c = UnixStream::connect(s.socket()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(
+            format!("POST /v1.47/containers/{id}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("tick") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "the attach stream ended: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        drop(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let o = s.docker(&["inspect", "--format", "{{.State.Running}}", &n]);
+    assert_eq!(stdout(&o).trim(), "true", "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+    assert_no_leftovers(&id);
+}
+
+/// `docker volume` through the API, and a named volume in `docker run -v`: the data
+/// outlives the container, a volume in use is kept (409), unsupported drivers are
+/// refused.
+#[test]
+fn docker_volumes_create_ls_use_rm() {
+    let s = Server::start();
+    let vol = name("api-vol");
+    let o = s.docker(&["volume", "create", "--label", "k=v", &vol]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), vol);
+    let o = s.docker(&["volume", "ls", "-q"]);
+    assert!(stdout(&o).lines().any(|l| l == vol), "{}", stdout(&o));
+    let o = s.docker(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{.Driver}} {{.Labels.k}}",
+        &vol,
+    ]);
+    assert_eq!(stdout(&o).trim(), "local v", "{}", stderr(&o));
+    let mount = format!("{vol}:/data");
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["run", "--rm", "-v", &mount, "busybox", "cat", "/data/f"]);
+    assert_eq!(stdout(&o), "kept\n", "{}", stderr(&o));
+    let user = name("api-voluser");
+    let o = s.docker(&["create", "--name", &user, "-v", &mount, "busybox", "true"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["volume", "rm", &vol]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", &user])), 0);
+    let o = s.docker(&["volume", "rm", &vol]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["volume", "inspect", &vol]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).to_lowercase().contains("no such volume"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["volume", "create", "-d", "nfs", "x1"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
+}
+
+/// A detached busybox that stays up, by name.
+fn sleeper(s: &Server, prefix: &str) -> String {
+    let n = name(prefix);
+    let o = s.docker(&["run", "-d", "--name", &n, "busybox", "sleep", "300"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    n
+}
+
+#[test]
+fn docker_exec_runs_in_the_container_with_its_streams_and_exit_code() {
+    let s = Server::start();
+    let n = sleeper(&s, "api-exec");
+    // Output on both streams, kept apart (the multiplexed framing), and the exit code.
+    let o = s.docker(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; hostname; exit 7",
+    ]);
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let host = s.docker(&["inspect", "--format", "{{.Config.Hostname}}", &n]);
+    assert_eq!(stdout(&o), format!("out\n{}", stdout(&host)));
+    assert_eq!(stderr(&o), "err\n");
+    // -i: the input reaches the process, and its end is the process's end of input.
+    let o = s.docker_in(
+        &["exec", "-i", &n, "sh", "-c", "tr a-z A-Z; echo done"],
+        Some(b"hello\nworld\n"),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "HELLO\nWORLD\ndone\n");
+    // -e, -w, -u.
+    let o = s.docker(&[
+        "exec",
+        "-e",
+        "V=1",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        &n,
+        "sh",
+        "-c",
+        "echo $V $(pwd) $(id -un)",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1 /tmp nobody\n");
+    // -t: a terminal, its size set by the client.
+    let o = s.docker(&[
+        "exec",
+        "-t",
+        &n,
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo tty; exit 3",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "tty");
+    // A missing program: Docker's 127 and a message.
+    let o = s.docker(&["exec", &n, "/no/such/program"]);
+    assert_eq!(code(&o), 127, "{} {}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("/no/such/program"), "{}", stderr(&o));
+    // -d: detached; the process runs on.
+    let o = s.docker(&["exec", "-d", &n, "sh", "-c", "echo bg > /tmp/bg"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = s.docker(&["exec", &n, "cat", "/tmp/bg"]);
+        if stdout(&o) == "bg\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "detached exec did not run: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+    // Not running: Docker's 409 message.
+    let c = name("api-exec-created");
+    assert_eq!(
+        code(&s.docker(&["create", "--name", &c, "busybox", "true"])),
+        0
+    );
+    let o = s.docker(&["exec", &c, "true"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", "-f", &c])), 0);
+}
+
+#[test]
+fn docker_exec_it_under_a_terminal() {
+    let s = Server::start();
+    let n = sleeper(&s, "api-exec-it");
+    // `script` gives the docker CLI a terminal of its own, as a user's shell would.
+    let line = format!(
+        "{} exec -it {n} sh -c 'stty size; read x; echo got=$x'",
+        docker_cli().display()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"])
+        .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
+        .env("DOCKER_CONFIG", s.dir.path().join("docker-config"))
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("script is needed (bsdutils)");
+    let mut w = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = w.write_all(b"abc\r");
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let o = output_within_limit(child, "script docker exec -it", Duration::from_secs(60));
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out} {}", stderr(&o));
+    assert!(out.contains("got=abc"), "{out}");
+    // The client's terminal size reached the exec's terminal (script's default is
+    // not 0 0).
+    assert!(!out.contains("0 0"), "{out}");
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+}
+
+#[test]
+fn exec_endpoints_inspect_resize_and_refuse_bad_input() {
+    let s = Server::start();
+    let n = sleeper(&s, "api-exec-raw");
+    let (st, body) = s.raw(
+        "POST",
+        &format!("/v1.41/containers/{n}/exec"),
+        br#"{"Cmd":["sh","-c","exit 5"],"AttachStdout":true}"#,
+    );
+    assert_eq!(st, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, body) = s.raw("GET", &format!("/v1.41/exec/{id}/json"), b"");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["Running"], false);
+    assert_eq!(v["ExitCode"], serde_json::Value::Null);
+    assert_eq!(v["ProcessConfig"]["entrypoint"], "sh");
+    assert_eq!(v["ContainerID"].as_str().unwrap().len(), 64);
+    // Without an upgrade, the output is the body; the exit code is known once it ends.
+    let (st, _) = s.raw(
+        "POST",
+        &format!("/v1.41/exec/{id}/start"),
+        br#"{"Detach":false}"#,
+    );
+    assert_eq!(st, 200);
+    let (_, body) = s.raw("GET", &format!("/v1.41/exec/{id}/json"), b"");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["ExitCode"], 5, "{body}");
+    assert!(v["Pid"].as_i64().unwrap() > 0, "{body}");
+    // Started twice: 409.
+    let (st, body) = s.raw("POST", &format!("/v1.41/exec/{id}/start"), b"{}");
+    assert_eq!(st, 409, "{body}");
+    assert!(message(&body).contains("already"), "{body}");
+    // A resize of an exec without a terminal, bad sizes, unknown ids, bad bodies.
+    let (st, body) = s.raw("POST", &format!("/v1.41/exec/{id}/resize?h=10&w=20"), b"");
+    assert_eq!(st, 409, "{body}");
+    let (st, body) = s.raw("POST", &format!("/v1.41/exec/{id}/resize?h=x&w=20"), b"");
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("\"x\""), "{body}");
+    let (st, body) = s.raw("GET", "/v1.41/exec/nope/json", b"");
+    assert_eq!(st, 404, "{body}");
+    assert!(message(&body).contains("nope"), "{body}");
+    for (bad, field) in [
+        (&br#"{"Cmd":[]}"#[..], "No exec command"),
+        (br#"{"Cmd":["true"],"Privileged":true}"#, "Privileged"),
+        (br#"{"Cmd":["true"],"DetachKeys":"ctrl-x"}"#, "DetachKeys"),
+        (br#"{"Cmd":"true","Tty":"yes"}"#, "Tty"),
+        (br#"{"Cmd":["true"],"Bogus":1}"#, "Bogus"),
+        (br#"[1"#, "invalid JSON"),
+    ] {
+        let (st, body) = s.raw("POST", &format!("/v1.41/containers/{n}/exec"), bad);
+        assert_eq!(st, 400, "{}: {body}", String::from_utf8_lossy(bad));
+        assert!(message(&body).contains(field), "{body}");
+    }
+    let (st, body) = s.raw(
+        "POST",
+        "/v1.41/containers/vessel-nope/exec",
+        br#"{"Cmd":["true"]}"#,
+    );
+    assert_eq!(st, 404, "{body}");
+    // A terminal exec, started detached, is resized while it runs.
+    let (_, body) = s.raw(
+        "POST",
+        &format!("/v1.41/containers/{n}/exec"),
+        br#"{"Cmd":["sh","-c","sleep 2; stty size > /tmp/size"],"Tty":true}"#,
+    );
+    let id = serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, body) = s.raw(
+        "POST",
+        &format!("/v1.41/exec/{id}/start"),
+        br#"{"Detach":true,"Tty":true}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = s.raw("POST", &format!("/v1.41/exec/{id}/resize?h=33&w=111"), b"");
+    assert_eq!(st, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = s.raw("GET", &format!("/v1.41/exec/{id}/json"), b"");
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+        if v["Running"] == false {
+            assert_eq!(v["ExitCode"], 0, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = s.docker(&["exec", &n, "cat", "/tmp/size"]);
+    assert_eq!(stdout(&o), "33 111\n");
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+}
+
+#[test]
+fn docker_networks_create_inspect_run_by_name_rm_prune() {
+    // A network database of its own: the prune below must not touch other tests' networks.
+    let netdir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&[("VESSEL_NETWORK_DIR", netdir.path())]);
+    let net = name("apinet");
+    let label = format!("k={net}");
+    let o = s.docker(&["network", "create", "--label", &label, &net]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // vessel's network ids are 32 hex digits (Docker's 64).
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    let o = s.docker(&["network", "create", &net]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    // Listed (with Docker's predefined ones), filtered by label, inspected by name or id.
+    let o = s.docker(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    for want in [
+        format!("{net} bridge"),
+        "bridge bridge".into(),
+        "host host".into(),
+        "none null".into(),
+    ] {
+        assert!(
+            stdout(&o).lines().any(|l| l == want),
+            "{want}: {}",
+            stdout(&o)
+        );
+    }
+    let o = s.docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ]);
+    assert_eq!(stdout(&o).trim(), id, "{}", stderr(&o));
+    let o = s.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{.Id}} {{.Labels.k}} {{(index .IPAM.Config 0).Subnet}}",
+        &id[..12],
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with(&format!("{id} {net} ")),
+        "{}",
+        stdout(&o)
+    );
+    // Two containers on it: one reaches the other by name.
+    let a = name("apinet-a");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        &net,
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        "busybox",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        &a,
+    ]);
+    assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    let o = s.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .Containers}}{{.Name}}{{end}}",
+        &net,
+    ]);
+    assert_eq!(stdout(&o).trim(), a);
+    // In use: Docker's 403, and the network stays.
+    let o = s.docker(&["network", "rm", &net]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
+    // connect/disconnect are refused clearly.
+    let o = s.docker(&["network", "connect", "bridge", &a]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("not implemented"), "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", "-f", &a])), 0);
+    let o = s.docker(&["network", "rm", &net]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["network", "inspect", &net]);
+    assert_ne!(code(&o), 0);
+    // Predefined networks cannot be removed; unknown ones are 404; bad bodies 400.
+    let o = s.docker(&["network", "rm", "host"]);
+    assert!(stderr(&o).contains("pre-defined"), "{}", stderr(&o));
+    let (st, body) = s.raw("GET", "/v1.41/networks/vessel-no-such-net", b"");
+    assert_eq!(st, 404, "{body}");
+    for (bad, field) in [
+        (&br#"{"Name":"x1","Driver":"overlay"}"#[..], "Driver"),
+        (br#"{"Name":"x1","Internal":true}"#, "Internal"),
+        (br#"{"Name":"x1","Options":{"foo":"1"}}"#, "foo"),
+        (
+            br#"{"Name":"x1","IPAM":{"Config":[{"Subnet":"10.77.0.0/24","Gateway":"10.77.0.9"}]}}"#,
+            "Gateway",
+        ),
+        (br#"{"Name":"bad name"}"#, "bad name"),
+        (br#"{}"#, "Name"),
+    ] {
+        let (st, body) = s.raw("POST", "/v1.41/networks/create", bad);
+        assert_eq!(st, 400, "{}: {body}", String::from_utf8_lossy(bad));
+        assert!(message(&body).contains(field), "{body}");
+    }
+    // Prune removes unused user networks only.
+    let spare = name("apinet-spare");
+    assert_eq!(code(&s.docker(&["network", "create", &spare])), 0);
+    let o = s.docker(&["network", "prune", "-f"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains(&spare), "{}", stdout(&o));
+    assert_ne!(code(&s.docker(&["network", "inspect", &spare])), 0);
+}
+
+#[test]
+fn docker_attach_to_a_running_container_gets_its_output_and_exit_code() {
+    let s = Server::start();
+    let n = name("api-attach");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 2; echo late; exit 4",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["attach", &n]);
+    assert_eq!(stdout(&o), "late\n", "{}", stderr(&o));
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+}
+
+#[test]
+fn docker_events_show_cli_and_api_lifecycles_past_and_live() {
+    let s = Server::start();
+    let t0 = chrono::Utc::now().timestamp() - 1;
+    // An instance made by the CLI, one through the API.
+    let cli = name("ev-cli");
+    let o = vessel(&[
+        "run", "--rm", "--name", &cli, "busybox", "sh", "-c", "exit 2",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let api = name("ev-api");
+    let o = s.docker(&["run", "--name", &api, "busybox", "true"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", &api])), 0);
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
+    let since = t0.to_string();
+    let fmt =
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{index .Actor.Attributes \"exitCode\"}}";
+    let o = s.docker(&[
+        "events", "--since", &since, "--until", &until, "--format", fmt,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        format!("container create {cli} "),
+        format!("container start {cli} "),
+        format!("container die {cli} 2"),
+        format!("container destroy {cli} "),
+        format!("container create {api} "),
+        format!("container die {api} 0"),
+        format!("container destroy {api} "),
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim_end() == want.trim_end()),
+            "{want:?} missing:\n{out}"
+        );
+    }
+    // Filters, and the CLI's own `vessel events` over the same log.
+    let o = s.docker(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={api}"),
+        "--filter",
+        "event=die",
+        "--format",
+        fmt,
+    ]);
+    assert_eq!(stdout(&o).trim(), format!("container die {api} 0"));
+    let o = vessel(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={cli}"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let actions: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["Action"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "start", "die", "destroy"],
+        "{}",
+        stdout(&o)
+    );
+    // Live: a follower sees a volume made after it started, and nothing from before.
+    let mut follow = s.docker_cmd();
+    follow
+        .args([
+            "events",
+            "--filter",
+            "type=volume",
+            "--format",
+            "{{.Action}} {{.Actor.ID}}",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = follow.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let vol = name("ev-vol");
+    assert_eq!(code(&vessel(&["volume", "create", &vol])), 0);
+    assert_eq!(code(&s.docker(&["volume", "rm", &vol])), 0);
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut got = String::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // The whole line: a read may end inside it.
+            if got.contains("destroy") && got.ends_with('\n') {
+                break;
+            }
+        }
+        let _ = tx.send(got);
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, format!("create {vol}\ndestroy {vol}\n"));
+    // Bad times and filters: 400 naming them.
+    let (st, body) = s.raw("GET", "/v1.41/events?since=yesterday", b"");
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("yesterday"), "{body}");
+    let (st, body) = s.raw(
+        "GET",
+        "/v1.41/events?until=1&filters=%7B%22bogus%22%3A%5B%22x%22%5D%7D",
+        b"",
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("bogus"), "{body}");
+}
+
+#[test]
+fn docker_login_checks_credentials_and_pulls_send_them() {
+    let s = Server::start();
+    let reg = registry::Registry::start(Some(("carol", "pa55")));
+    let target = format!("{}/api-login/busybox:v1", reg.host);
+    ok(&["tag", "busybox", &target]);
+    ok(&[
+        "push",
+        "-q",
+        "--username",
+        "carol",
+        "--password",
+        "pa55",
+        &target,
+    ]);
+    ok(&["rmi", &target]);
+    // docker login asks the server (POST /auth): a wrong password is refused.
+    let o = s.docker_in(
+        &["login", &reg.host, "-u", "carol", "--password-stdin"],
+        Some(b"nope\n"),
+    );
+    assert_ne!(code(&o), 0, "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("incorrect username or password"),
+        "{}",
+        stderr(&o)
+    );
+    // Anonymous: the registry refuses the pull.
+    assert_ne!(code(&s.docker(&["pull", &target])), 0);
+    let o = s.docker_in(
+        &["login", &reg.host, "-u", "carol", "--password-stdin"],
+        Some(b"pa55\n"),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("Login Succeeded"), "{}", stdout(&o));
+    // The CLI sends its login with the pull (X-Registry-Auth).
+    let o = s.docker(&["pull", &target]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    ok(&["rmi", &target]);
+    // A header that is not base64 JSON: 400.
+    let (st, body) = s.raw_with(
+        "POST",
+        &format!(
+            "/v1.41/images/create?fromImage={}/api-login/busybox&tag=v1",
+            reg.host
+        ),
+        &[("X-Registry-Auth", "%%%")],
+        b"",
+    );
+    assert_eq!(st, 400, "{body}");
+    // A platform vessel does not run: 400, not ignored.
+    let (st, body) = s.raw(
+        "POST",
+        &format!(
+            "/v1.41/images/create?fromImage={}/api-login/busybox&tag=v1&platform=linux/arm64",
+            reg.host
+        ),
+        b"",
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("linux/amd64"), "{body}");
+}

@@ -1,0 +1,93 @@
+//! End-to-end tests of `port`, `diff`, `export` and `history`.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn port_lists_what_is_published() {
+    let n = name("port");
+    let p = free_port();
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-p",
+        &format!("{p}:80"),
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(ok(&["port", &n]), format!("80/tcp -> 0.0.0.0:{p}\n"));
+    assert_eq!(ok(&["port", &n, "80/tcp"]), format!("0.0.0.0:{p}\n"));
+    let o = vessel(&["port", &n, "81"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("no public port '81'"), "{}", stderr(&o));
+    ok(&["rm", "-f", &n]);
+}
+
+#[test]
+fn diff_shows_added_changed_and_deleted_paths() {
+    let n = running("diff");
+    ok(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        "touch /newfile && mkdir -p /newdir/sub && rm /bin/true",
+    ]);
+    let out = ok(&["diff", &n]);
+    for line in [
+        "A /newfile",
+        "A /newdir",
+        "A /newdir/sub",
+        "C /bin",
+        "D /bin/true",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+    }
+    ok(&["rm", "-f", &n]);
+}
+
+#[test]
+fn export_writes_the_running_filesystem() {
+    let n = running("export");
+    ok(&["exec", &n, "sh", "-c", "echo made > /made-here"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fs.tar");
+    ok(&["export", "-o", file.to_str().unwrap(), &n]);
+    let mut names = Vec::new();
+    for e in tar::Archive::new(std::fs::File::open(&file).unwrap())
+        .entries()
+        .unwrap()
+    {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    for want in ["bin/busybox", "made-here"] {
+        assert!(
+            names.iter().any(|p| p.trim_start_matches("./") == want),
+            "{want} missing: {names:?}"
+        );
+    }
+    let stopped = name("exported");
+    ok(&["create", "--name", &stopped, "busybox", "true"]);
+    let o = vessel(&["export", &stopped]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    ok(&["rm", "-f", &n, &stopped]);
+}
+
+#[test]
+fn history_lists_the_images_steps() {
+    let out = ok(&["history", "busybox"]);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("IMAGE"), "{out}");
+    assert!(lines.next().is_some(), "no step: {out}");
+    let ids = ok(&["history", "-q", "busybox"]);
+    let id = ok(&["image", "inspect", "busybox"]);
+    let first = ids.lines().next().unwrap();
+    assert!(id.contains(first), "{first} is not busybox's id");
+    let o = vessel(&["history", "no-such-image"]);
+    assert_eq!(code(&o), 1);
+}

@@ -1,0 +1,310 @@
+//! End-to-end tests of named volumes (`vessel volume ...`, `-v NAME:/path`) and
+//! `--mount`: data outlives instances, `readonly` holds, a volume in use is kept, names
+//! cannot reach outside the volumes directory, and unknown mount options are refused.
+
+mod common;
+
+use common::*;
+
+fn volume_dir(name: &str) -> std::path::PathBuf {
+    root().join("volumes").join(name).join("_data")
+}
+
+#[test]
+fn a_named_volume_outlives_its_instances_and_is_kept_while_used() {
+    let vol = name("data");
+    assert_eq!(
+        ok(&["volume", "create", "--label", "k=v", &vol]).trim(),
+        vol
+    );
+    // Created again: the same volume, not an error (Docker's behaviour).
+    ok(&["volume", "create", &vol]);
+    let ls = ok(&["volume", "ls", "-q", "--filter", "label=k=v"]);
+    assert!(ls.lines().any(|l| l == vol), "{ls}");
+    let doc: serde_json::Value = serde_json::from_str(&ok(&["volume", "inspect", &vol])).unwrap();
+    assert_eq!(doc[0]["Name"], vol.as_str());
+    assert_eq!(doc[0]["Driver"], "local");
+    assert_eq!(doc[0]["Labels"]["k"], "v");
+    assert_eq!(doc[0]["Mountpoint"], volume_dir(&vol).to_str().unwrap());
+
+    let mount = format!("{vol}:/data");
+    let writer = name("writer");
+    ok(&[
+        "run",
+        "--name",
+        &writer,
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(volume_dir(&vol).join("f")).unwrap(),
+        "kept\n"
+    );
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        "busybox",
+        "cat",
+        "/data/f",
+    ]);
+    assert_eq!(out, "kept\n");
+    let insp = inspect(&writer);
+    let m = insp["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Destination"] == "/data")
+        .unwrap()
+        .clone();
+    assert_eq!(m["Type"], "volume");
+    assert_eq!(m["Name"], vol.as_str());
+
+    // Read-only through --mount: the write fails inside, the data is untouched.
+    let ro = format!("type=volume,source={vol},target=/data,readonly");
+    let o = vessel(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /data/f",
+    ]);
+    assert_ne!(code(&o), 0, "a readonly volume took a write");
+    assert!(stderr(&o).contains("Read-only"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(volume_dir(&vol).join("f")).unwrap(),
+        "kept\n"
+    );
+
+    // In use by the stopped `writer`: kept, with Docker's message and status.
+    let o = vessel(&["volume", "rm", &vol]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("volume is in use"), "{}", stderr(&o));
+    assert!(volume_dir(&vol).join("f").exists());
+    ok(&["rm", &writer]);
+    assert_eq!(ok(&["volume", "rm", &vol]).trim(), vol);
+    assert!(!root().join("volumes").join(&vol).exists());
+    let o = vessel(&["volume", "inspect", &vol]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("no such volume"), "{}", stderr(&o));
+    // -f: a missing volume is not an error.
+    ok(&["volume", "rm", "-f", &vol]);
+}
+
+#[test]
+fn run_makes_a_missing_volume_and_prune_takes_only_unused_ones() {
+    let vol = name("auto");
+    let mount = format!("{vol}:/v");
+    ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        "busybox",
+        "touch",
+        "/v/x",
+    ]);
+    assert!(
+        volume_dir(&vol).join("x").exists(),
+        "run -v NAME did not make the volume"
+    );
+    let kept = name("kept");
+    let used = name("used");
+    ok(&["volume", "create", &kept]);
+    let used_mount = format!("{kept}:/k");
+    ok(&[
+        "create",
+        "--name",
+        &used,
+        "-v",
+        &used_mount,
+        "busybox",
+        "true",
+    ]);
+    // Without --all only anonymous volumes go; with it every unused one.
+    ok(&["volume", "prune", "-f"]);
+    assert!(
+        volume_dir(&vol).exists(),
+        "prune without --all removed a named volume"
+    );
+    let out = ok(&["volume", "prune", "-a", "-f"]);
+    assert!(out.contains(&vol), "{out}");
+    assert!(!volume_dir(&vol).exists());
+    assert!(
+        volume_dir(&kept).exists(),
+        "prune removed a volume an instance uses"
+    );
+    ok(&["rm", &used]);
+    ok(&["volume", "rm", &kept]);
+}
+
+#[test]
+fn an_anonymous_volume_goes_with_its_rm_instance() {
+    // The instance names its own volume: the bind's root in its mountinfo is
+    // `.../volumes/NAME/_data`. Other tests create and prune volumes meanwhile, so the
+    // check is on this one volume, not on the whole list.
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        "type=volume,target=/anon",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi > /anon/f && cat /anon/f && grep ' /anon ' /proc/self/mountinfo | cut -d' ' -f4",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("hi"), "{out}");
+    let root = lines.next().unwrap_or_default();
+    let vol = root
+        .strip_suffix("/_data")
+        .and_then(|r| r.rsplit('/').next())
+        .unwrap_or_else(|| panic!("no volume in the mount's root: {out}"));
+    assert_eq!(
+        vol.len(),
+        64,
+        "an anonymous volume is named by 64 hex digits: {vol}"
+    );
+    assert!(
+        !ok(&["volume", "ls", "-q"]).lines().any(|l| l == vol),
+        "--rm left its anonymous volume {vol}"
+    );
+    assert!(!volume_dir(vol).exists(), "{vol}'s data is left");
+}
+
+#[test]
+fn mount_binds_and_tmpfs_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("page"), "from the host\n").unwrap();
+    let bind = format!(
+        "type=bind,source={},target=/srv,readonly",
+        dir.path().display()
+    );
+    let out = ok(&[
+        "run", "--rm", "--network", "none", "--mount", &bind,
+        "--mount", "type=tmpfs,destination=/scratch,tmpfs-size=1m",
+        "busybox", "sh", "-c",
+        "cat /srv/page; grep ' /scratch ' /proc/mounts | cut -d' ' -f3; touch /srv/x 2>/dev/null || echo ro",
+    ]);
+    assert_eq!(out, "from the host\ntmpfs\nro\n");
+}
+
+#[test]
+fn bad_volume_names_and_mount_options_are_refused() {
+    let refused = |args: &[&str], needle: &str, status: i32| {
+        let o = vessel(args);
+        let err = stderr(&o);
+        assert_eq!(code(&o), status, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+    };
+    // A name that would walk out of the volumes directory is no name.
+    refused(&["volume", "create", "../../etc"], "invalid volume name", 1);
+    refused(&["volume", "inspect", "../instances"], "no such volume", 1);
+    refused(
+        &["run", "--rm", "-v", "../../etc:/x", "busybox", "true"],
+        "neither an absolute host path nor a volume name",
+        125,
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--mount",
+            "type=bind,source=/tmp,target=/x,bind-propagation=shared",
+            "busybox",
+            "true",
+        ],
+        "bind-propagation=shared",
+        125,
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--mount",
+            "type=volume,source=v1,target=/x,volume-driver=nfs",
+            "busybox",
+            "true",
+        ],
+        "volume-driver=nfs",
+        125,
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--mount",
+            "type=npipe,target=/x",
+            "busybox",
+            "true",
+        ],
+        "type=npipe",
+        125,
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--mount",
+            "type=bind,source=/nonexistent-dir,target=/x",
+            "busybox",
+            "true",
+        ],
+        "does not exist",
+        125,
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "/tmp:/x",
+            "--mount",
+            "type=tmpfs,target=/x",
+            "busybox",
+            "true",
+        ],
+        "duplicate mount point",
+        125,
+    );
+    refused(&["volume", "create", "-d", "nfs", "v2"], "not supported", 1);
+    refused(
+        &["volume", "create", "-o", "type=nfs", "v2"],
+        "not supported",
+        1,
+    );
+    refused(
+        &[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--mount",
+            "type=tmpfs,target=/x",
+            "busybox",
+            "true",
+        ],
+        "--mount is not supported with --isolation vm",
+        125,
+    );
+    assert!(!root().join("etc").exists());
+}
