@@ -124,7 +124,7 @@ impl Drop for Containerd {
                         procs
                             .unwrap_or_default()
                             .lines()
-                            .filter_map(|l| l.parse().ok()),
+                            .filter_map(|l| l.parse::<i32>().ok()),
                     );
                 }
             }
