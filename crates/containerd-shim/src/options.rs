@@ -197,6 +197,26 @@ mod tests {
     }
 
     #[test]
+    fn annotations_size_the_microvm() {
+        let o = TaskOptions::parse(
+            &ann(&[
+                (VM_CPUS, "2"),
+                (VM_MEMORY, "200"),
+                (VM_KERNEL, "/k/vmlinux"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.isolation, Isolation::Vm);
+        assert_eq!(o.vm.cpus, Some(2));
+        assert_eq!(o.vm.memory_mib, Some(200));
+        assert_eq!(
+            o.vm.kernel.as_deref(),
+            Some(std::path::Path::new("/k/vmlinux"))
+        );
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let e = TaskOptions::parse(&ann(&[(ISOLATION, "gvisor")]), None).unwrap_err();
         assert!(e.to_string().contains("\"gvisor\""), "{e}");

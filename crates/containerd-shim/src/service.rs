@@ -381,7 +381,23 @@ impl Inner {
                     req.id
                 )));
             }
-            let master = c.bundles.start(&req.id)?;
+            let master = match c.bundles.start(&req.id) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Its process did not start (a program the image lacks, a microVM
+                    // that crashed while booting): the task is over, as runc's would be.
+                    // Left CREATED with a pid, containerd could never delete it, and its
+                    // shim would stay for good.
+                    let exited = Exited {
+                        code: u32::from(e.exit_code()),
+                        at: SystemTime::now(),
+                    };
+                    c.init.exit = Some(exited);
+                    self.publish_exit(&req.id, "", c.init.pid, exited);
+                    self.exited.notify_all();
+                    return Err(e.into());
+                }
+            };
             c.started = true;
             let pid = c.init.pid;
             if master.is_some() {

@@ -469,9 +469,39 @@ fn run_of_a_missing_program_leaves_no_shim(c: &Containerd, extra: &[&str], id: &
         o.status,
         c.log()
     );
-    eventually("the shim of a task that never started to exit", || {
-        processes_mentioning(&format!("-id {id} ")).is_empty()
-    });
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if processes_mentioning(&format!("-id {id} ")).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Where each of its threads waits, for the report.
+    let mut threads = String::new();
+    for p in processes_mentioning(&format!("-id {id} ")) {
+        let pid = p.split(':').next().unwrap_or_default();
+        threads.push_str(&format!("{p}\n"));
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            threads.push_str(&format!(
+                "  {} wchan={}\n{}",
+                read("comm").trim(),
+                read("wchan"),
+                read("stack")
+            ));
+        }
+    }
+    panic!(
+        "the shim of a task that never started is still running after 15 s:\n{threads}\n\
+         ctr task ls: {}\nctr containers ls: {}\n{}",
+        out(&c.ctr(&["task", "ls"])),
+        out(&c.ctr(&["containers", "ls"])),
+        c.log()
+    );
 }
 
 #[test]
@@ -868,11 +898,18 @@ fn containerd_vm_runs_tasks_as_microvms() {
     c.limit = Duration::from_secs(300);
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
 
-    // run --rm: the guest's kernel, output and exit code.
+    // run --rm: the guest's kernel, its size from the annotations, output and exit code.
+    // (Sized by memory, not vCPUs: a 2-vCPU guest of the nested testbed hangs now and
+    // then (issue 18); `vessel run --cpus 2` checks vCPUs end to end in tests/vm.rs, and
+    // the annotation's parsing is a unit test of options.rs.)
     let o = c.run(
-        &["--rm", "--annotation", "io.vessel.vm.cpus=2"],
+        &["--rm", "--annotation", "io.vessel.vm.memory-mib=200"],
         "vcs-vm-once",
-        &["sh", "-c", "cat /proc/sys/kernel/osrelease; nproc; exit 6"],
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/osrelease; grep MemTotal /proc/meminfo; exit 6",
+        ],
     );
     assert_eq!(
         o.status.code(),
@@ -885,7 +922,15 @@ fn containerd_vm_runs_tasks_as_microvms() {
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 2, "output: {text:?}");
     assert_ne!(lines[0], host_kernel.trim(), "ran on the host's kernel");
-    assert_eq!(lines[1], "2", "vCPUs of the VM");
+    let kib: u64 = lines[1]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (140_000..=204_800).contains(&kib),
+        "MemTotal {kib} kB for a 200 MiB guest"
+    );
 
     run_of_a_missing_program_leaves_no_shim(&c, &[], "vcs-vm-missing");
 
@@ -924,7 +969,18 @@ fn containerd_vm_runs_tasks_as_microvms() {
     assert!(o.status.success(), "ctr run -d: {}\n{}", err(&o), c.log());
     let shim = shim_pid("vcs-vm", "vcs-vm-crash");
     let vmm: Vec<_> = processes_mentioning("__vmm");
-    assert_eq!(vmm.len(), 1, "one VMM: {vmm:?}");
+    if vmm.len() != 1 {
+        let console = c
+            .dir
+            .join("state/io.containerd.runtime.v2.task/vcs-vm/vcs-vm-crash/vessel/vcs-vm-crash/console.log");
+        panic!(
+            "not one VMM: {vmm:?}\nctr task ls: {}\nconsole: {}\n{}",
+            out(&c.ctr(&["task", "ls"])),
+            std::fs::read_to_string(&console)
+                .unwrap_or_else(|e| format!("{}: {e}", console.display())),
+            c.log()
+        );
+    }
     let vmm_pid: u32 = vmm[0].split(':').next().unwrap().parse().unwrap();
     eprintln!(
         "microVM task: shim RSS {} KiB (VM threads run in it), VMM process RSS {} KiB",
