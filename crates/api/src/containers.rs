@@ -396,7 +396,7 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
                 for k in ["NetworkID", "EndpointID", "DriverOpts"] {
                     e.take(k);
                 }
-                e.take("Aliases");
+                o.network_aliases = e.strings("Aliases")?;
                 e.finish()?;
             }
             let norm = |n: &str| {
@@ -587,17 +587,12 @@ pub(crate) fn filters(
 }
 
 fn matches(i: &Instance, filters: &[(String, Vec<String>)]) -> bool {
-    filters.iter().all(|(k, vals)| {
-        vals.iter().any(|v| match k.as_str() {
-            "name" => i.name.contains(v.trim_start_matches('/')),
-            "id" => i.id.starts_with(v.as_str()),
-            "status" => i.status.as_str() == v,
-            "label" => match v.split_once('=') {
-                Some((k, val)) => i.request.labels.get(k).is_some_and(|x| x == val),
-                None => i.request.labels.contains_key(v.as_str()),
-            },
-            _ => false,
-        })
+    vessel_engine::filters::passes(filters, |k, v| match k {
+        "name" => i.name.contains(v.trim_start_matches('/')),
+        "id" => i.id.starts_with(v),
+        "status" => i.status.as_str() == v,
+        "label" => vessel_engine::filters::label(&i.request.labels, v),
+        _ => false,
     })
 }
 

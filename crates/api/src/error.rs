@@ -78,7 +78,9 @@ impl From<EngineError> for ApiError {
                 vessel_network::Error::InvalidName(_)
                 | vessel_network::Error::InvalidSubnet(_)
                 | vessel_network::Error::InvalidMtu(_)
-                | vessel_network::Error::ReservedName(_),
+                | vessel_network::Error::ReservedName(_)
+                | vessel_network::Error::InvalidAlias(_)
+                | vessel_network::Error::InvalidPort(_),
             ) => ApiError::BadRequest(msg),
             EngineError::InvalidFlag(_) | EngineError::Ambiguous(_) => ApiError::BadRequest(msg),
             EngineError::CommandNotFound(_) | EngineError::NotExecutable(_) => {

@@ -35,62 +35,21 @@ fn predefined(name: &str, driver: &str) -> Value {
     })
 }
 
-fn doc(
-    net: &vessel_network::Network,
-    peers: &[vessel_network::Peer],
-    labels: &BTreeMap<String, String>,
-) -> Value {
-    let mut containers = serde_json::Map::new();
-    for p in peers {
-        containers.insert(
-            p.instance.clone(),
-            json!({
-                "Name": p.name, "EndpointID": p.instance,
-                "MacAddress": vessel_network::mac_for(p.ip).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
-                "IPv4Address": format!("{}/{}", p.ip, net.subnet.prefix), "IPv6Address": "",
-            }),
-        );
-    }
-    json!({
-        "Name": net.name, "Id": net.id, "Created": net.created,
-        "Scope": "local", "Driver": "bridge", "EnableIPv6": false,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [
-            {"Subnet": net.subnet.to_string(), "Gateway": net.gateway().to_string()}
-        ]},
-        "Internal": false, "Attachable": false, "Ingress": false,
-        "ConfigFrom": {"Network": ""}, "ConfigOnly": false,
-        "Containers": containers,
-        "Options": {
-            "com.docker.network.bridge.name": net.bridge,
-            "com.docker.network.driver.mtu": net.mtu.to_string(),
-        },
-        "Labels": labels,
-    })
-}
-
 /// Whether a network document passes list filters (`name`, `id`, `driver`, `label`,
 /// `type`).
 fn passes(d: &Value, f: &[(String, Vec<String>)]) -> bool {
     let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
-    f.iter().all(|(k, vals)| {
-        vals.iter().any(|v| match k.as_str() {
-            "name" => s("Name").contains(v.as_str()),
-            "id" => s("Id").starts_with(v.as_str()),
-            "driver" => s("Driver") == *v,
-            "type" => match v.as_str() {
-                "builtin" => matches!(s("Name").as_str(), "bridge" | "host" | "none"),
-                "custom" => !matches!(s("Name").as_str(), "bridge" | "host" | "none"),
-                _ => false,
-            },
-            "label" => {
-                let labels = &d["Labels"];
-                match v.split_once('=') {
-                    Some((lk, lv)) => labels[lk].as_str() == Some(lv),
-                    None => labels.get(v.as_str()).is_some(),
-                }
-            }
+    vessel_engine::filters::passes(f, |k, v| match k {
+        "name" => s("Name").contains(v),
+        "id" => s("Id").starts_with(v),
+        "driver" => s("Driver") == v,
+        "type" => match v {
+            "builtin" => matches!(s("Name").as_str(), "bridge" | "host" | "none"),
+            "custom" => !matches!(s("Name").as_str(), "bridge" | "host" | "none"),
             _ => false,
-        })
+        },
+        "label" => vessel_engine::filters::label_with(|lk| d["Labels"][lk].as_str(), v),
+        _ => false,
     })
 }
 
@@ -103,7 +62,7 @@ pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Respons
             let mut out = Vec::new();
             for n in e.networks().list()? {
                 let (net, peers) = e.networks().inspect(&n.name)?;
-                out.push(doc(&net, &peers, &e.network_labels(&net)));
+                out.push(e.network_document(&net, &peers));
             }
             Ok(out)
         })
@@ -125,7 +84,7 @@ pub async fn inspect(state: &Arc<State>, key: &str) -> Result<Response<Body>, Ap
     let d = state
         .engine(move |e| {
             let (net, peers) = e.network_find(&key).map_err(not_found(&key))?;
-            Ok(doc(&net, &peers, &e.network_labels(&net)))
+            Ok(e.network_document(&net, &peers))
         })
         .await?;
     Ok(http::json(StatusCode::OK, &d))
@@ -165,9 +124,10 @@ pub async fn create(
     // Docker checks duplicates always since API 1.44; so does vessel.
     f.boolean("CheckDuplicate")?;
     f.only_default("Scope", &[json!("local")])?;
+    // Any container may join a local bridge network: Attachable is recorded and shown.
+    let attachable = f.boolean("Attachable")?;
     for k in [
         "Internal",
-        "Attachable",
         "Ingress",
         "EnableIPv6",
         "ConfigOnly",
@@ -188,18 +148,16 @@ pub async fn create(
             }
         }
     }
-    let mut mtu = None;
+    let mut options = BTreeMap::new();
     for (k, v) in f.object("Options")? {
-        match (k.as_str(), &v) {
-            ("com.docker.network.driver.mtu" | "mtu", Value::String(s)) => {
-                mtu = Some(s.parse::<u32>().map_err(|_| {
-                    ApiError::BadRequest(format!("Options.{k}: invalid MTU {s:?}"))
-                })?);
+        match v {
+            Value::String(s) => {
+                options.insert(k, s);
             }
-            _ => {
+            v => {
                 return Err(ApiError::BadRequest(format!(
-                "Options.{k} = {v} is not supported by vessel (only com.docker.network.driver.mtu)"
-            )))
+                    "Options.{k}: expected a string, got {v}"
+                )))
             }
         }
     }
@@ -238,8 +196,10 @@ pub async fn create(
     let req = NetworkCreate {
         name,
         subnet,
-        mtu,
+        mtu: None,
+        options,
         labels,
+        attachable,
     };
     let net = state
         .engine(move |e| match e.network_create(&req) {

@@ -83,6 +83,7 @@ pub fn run<T>(
                 network: network.clone(),
                 ports: Vec::new(),
                 attachment: None,
+                network_aliases: Vec::new(),
                 log: LogConfig::default(),
                 labels: Default::default(),
                 extra_hosts: Vec::new(),

@@ -148,6 +148,7 @@ fn vm_request(id: &str, spec: &Spec, vm: &VmSpec) -> Result<RunRequest> {
         network: vessel_network::Mode::None,
         ports: Vec::new(),
         attachment: None,
+        network_aliases: Vec::new(),
         log: LogConfig::default(),
         labels: Default::default(),
         extra_hosts: Vec::new(),

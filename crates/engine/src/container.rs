@@ -52,6 +52,17 @@ impl ContainerBackend {
 
 /// An instance's /etc/hosts (container or VM): localhost, itself, and on a user network
 /// the instances already on it.
+/// The `/etc/hosts` line (without its newline) that names an instance to its peers: its
+/// name, then its network aliases.
+pub(super) fn hosts_line(ip: std::net::Ipv4Addr, name: &str, aliases: &[String]) -> String {
+    let mut line = format!("{ip}\t{name}");
+    for a in aliases {
+        line.push(' ');
+        line.push_str(a);
+    }
+    line
+}
+
 pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Result<String> {
     let req = &inst.request;
     let mut out = String::from(
@@ -65,11 +76,15 @@ pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Res
             if inst.name != req.hostname {
                 out.push_str(&format!(" {}", inst.name));
             }
+            for a in req.network_aliases.iter().filter(|a| **a != req.hostname) {
+                out.push_str(&format!(" {a}"));
+            }
             out.push('\n');
             if att.network != vessel_network::DEFAULT_NETWORK {
                 for p in networks.peers(att)? {
                     if p.instance != inst.id {
-                        out.push_str(&format!("{}\t{}\n", p.ip, p.name));
+                        out.push_str(&hosts_line(p.ip, &p.name, &p.aliases));
+                        out.push('\n');
                     }
                 }
             }

@@ -188,26 +188,21 @@ impl Follower {
 }
 
 /// Whether `ev` passes Docker's event `filters` (`type`, `event`/`action`, `container`,
-/// `image`, `volume`, `network`, `label`); every key must match one of its values.
+/// `image`, `volume`, `network`, `label`), as [`crate::filters::passes`] combines them.
 pub fn matches(ev: &Event, filters: &[(String, Vec<String>)]) -> bool {
     let attr = |k: &str| ev.actor.attributes.get(k).map(String::as_str);
-    filters.iter().all(|(k, vals)| {
-        vals.iter().any(|v| match k.as_str() {
-            "type" => ev.kind == *v,
-            "event" | "action" => ev.action == *v || ev.action.starts_with(&format!("{v}:")),
-            "container" | "volume" | "network" | "image" | "id" => {
-                (k == "id" || ev.kind == *k || (k == "image" && attr("image") == Some(v)))
-                    && (ev.actor.id == *v
-                        || (v.len() >= 12 && ev.actor.id.starts_with(v.as_str()))
-                        || attr("name") == Some(v))
-                    || (k == "image" && attr("image") == Some(v))
-            }
-            "label" => match v.split_once('=') {
-                Some((lk, lv)) => attr(lk) == Some(lv),
-                None => attr(v).is_some(),
-            },
-            _ => false,
-        })
+    crate::filters::passes(filters, |k, v| match k {
+        "type" => ev.kind == v,
+        "event" | "action" => ev.action == v || ev.action.starts_with(&format!("{v}:")),
+        "container" | "volume" | "network" | "image" | "id" => {
+            (k == "id" || ev.kind == k || (k == "image" && attr("image") == Some(v)))
+                && (ev.actor.id == v
+                    || (v.len() >= 12 && ev.actor.id.starts_with(v))
+                    || attr("name") == Some(v))
+                || (k == "image" && attr("image") == Some(v))
+        }
+        "label" => crate::filters::label_with(attr, v),
+        _ => false,
     })
 }
 

@@ -330,15 +330,32 @@ pub struct EndpointSettings {
     /// The host bridge.
     #[serde(rename = "Bridge")]
     pub bridge: String,
+    /// `--network-alias` (null when none, as Docker shows it).
+    #[serde(rename = "Aliases")]
+    pub aliases: Option<Vec<String>>,
 }
 
-/// Docker's shape: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`.
+/// Docker's shape: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`, as asked
+/// (`HostConfig.PortBindings`).
 pub fn port_bindings(ports: &[vessel_network::PortMap]) -> OrderedMap<Vec<PortBinding>> {
+    bindings(ports, "")
+}
+
+/// The bindings as they are (`NetworkSettings.Ports`): every address is `0.0.0.0`, as
+/// Docker shows it (Compose's `ps` prints it).
+fn bound_ports(ports: &[vessel_network::PortMap]) -> OrderedMap<Vec<PortBinding>> {
+    bindings(ports, "0.0.0.0")
+}
+
+fn bindings(ports: &[vessel_network::PortMap], any: &str) -> OrderedMap<Vec<PortBinding>> {
     let mut m: OrderedMap<Vec<PortBinding>> = OrderedMap::default();
     for p in ports {
         let key = format!("{}/{}", p.container_port, p.proto.as_str());
         let entry = PortBinding {
-            host_ip: p.host_ip.map(|a| a.to_string()).unwrap_or_default(),
+            host_ip: p
+                .host_ip
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| any.to_string()),
             host_port: p.host_port.to_string(),
         };
         match m.get_mut(&key) {
@@ -368,13 +385,14 @@ fn network_settings(r: &RunRequest) -> NetworkSettings {
             ip_prefix_len: att.prefix,
             gateway: att.gateway.to_string(),
             bridge: att.bridge.clone(),
+            aliases: (!r.network_aliases.is_empty()).then(|| r.network_aliases.clone()),
         },
     );
     NetworkSettings {
         ip_address: att.ip.to_string(),
         ip_prefix_len: Some(att.prefix),
         gateway: Some(att.gateway.to_string()),
-        ports: port_bindings(&att.ports),
+        ports: bound_ports(&att.ports),
         networks,
     }
 }
@@ -574,6 +592,9 @@ mod tests {
                 "53/udp": [{"HostIp": "", "HostPort": "53"}],
             })
         );
+        let v = serde_json::to_value(bound_ports(&ports)).unwrap();
+        assert_eq!(v["80/tcp"][0]["HostIp"], "0.0.0.0");
+        assert_eq!(v["80/tcp"][1]["HostIp"], "127.0.0.1");
     }
 
     #[test]

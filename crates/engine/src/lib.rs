@@ -11,6 +11,7 @@ pub mod container;
 pub mod copy;
 pub mod events;
 pub mod exec;
+pub mod filters;
 pub mod init;
 pub mod inspect;
 pub mod lifecycle;
@@ -385,10 +386,19 @@ impl Engine {
 
     /// Gives a new instance its address and host ports, and records them.
     fn attach(&self, inst: &mut Instance) -> Result<()> {
+        // On a user-defined network an instance is also known by its short id, as in
+        // Docker (whose inspect lists it among the aliases; Compose looks for it there).
+        let user_network = matches!(&inst.request.network,
+            vessel_network::Mode::Bridge(n) if n != vessel_network::DEFAULT_NETWORK);
+        let short = inst.id.get(..12).unwrap_or(&inst.id).to_string();
+        if user_network && !inst.request.network_aliases.contains(&short) {
+            inst.request.network_aliases.push(short);
+        }
         let req = &inst.request;
         let att = self.networks.attach(
             &inst.id,
             &inst.name,
+            &req.network_aliases,
             &req.network,
             &req.ports,
             &self.instance_dir(&inst.id),
@@ -414,7 +424,7 @@ impl Engine {
         let Ok(peers) = self.networks.peers(att) else {
             return;
         };
-        let gone = format!("{}\t{}", att.ip, inst.name);
+        let gone = container::hosts_line(att.ip, &inst.name, &inst.request.network_aliases);
         for p in peers.iter().filter(|p| p.instance != inst.id) {
             let hosts = self.instance_dir(&p.instance).join("hosts");
             let Ok(text) = std::fs::read_to_string(&hosts) else {
@@ -470,7 +480,10 @@ impl Engine {
         let Ok(peers) = self.networks.peers(att) else {
             return;
         };
-        let line = format!("{}\t{}\n", att.ip, inst.name);
+        let line = format!(
+            "{}\n",
+            container::hosts_line(att.ip, &inst.name, &inst.request.network_aliases)
+        );
         for p in peers.iter().filter(|p| p.instance != inst.id) {
             let hosts = self.instance_dir(&p.instance).join("hosts");
             if !hosts.exists() {

@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub userns: bool,
     /// `--network` (default `bridge`).
     pub network: Option<String>,
+    /// `--network-alias`: more names on a user-defined network.
+    pub network_aliases: Vec<String>,
     /// `-p`: published ports.
     pub publish: Vec<String>,
     /// `--entrypoint` (empty: none; replaces the image's and discards its Cmd).
@@ -365,6 +367,7 @@ pub fn build_request(
         network,
         ports,
         attachment: None,
+        network_aliases: a.network_aliases.clone(),
         stop_signal,
         stop_timeout: a.stop_timeout.unwrap_or(10),
         kernel: match &a.kernel {

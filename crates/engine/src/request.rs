@@ -251,6 +251,9 @@ pub struct RunRequest {
     /// The instance's address and ports on its network, decided at create.
     #[serde(default)]
     pub attachment: Option<vessel_network::Attachment>,
+    /// `--network-alias`: more names of the instance on its (user-defined) network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
     /// `--log-driver`, `--log-opt`: where output goes and how much of it is kept
     /// (records from before logs were bounded get the default bound).
     #[serde(default)]

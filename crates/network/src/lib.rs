@@ -63,6 +63,9 @@ pub enum Error {
     /// A name only vessel may use.
     #[error("the network name {0:?} is reserved")]
     ReservedName(String),
+    /// A bad `--network-alias`, or one where aliases mean nothing.
+    #[error("{0}")]
+    InvalidAlias(String),
     /// A bad `-p`.
     #[error("invalid port specification {0}")]
     InvalidPort(String),
@@ -351,21 +354,35 @@ impl Networks {
     /// Gives an instance its place on the network `mode` names: an address lease and its
     /// host ports, all or nothing. `None` for `none` and `host`. `dir` is the instance's
     /// directory, which must exist: a lease whose directory is gone is reclaimed.
+    ///
+    /// `aliases` (`--network-alias`) are more names of the instance on its network, as
+    /// Docker has them: only on a user-defined network.
     pub fn attach(
         &self,
         instance: &str,
         name: &str,
+        aliases: &[String],
         mode: &Mode,
         ports: &[PortMap],
         dir: &Path,
     ) -> Result<Option<Attachment>> {
+        for a in aliases {
+            check_alias(a)?;
+        }
+        let user_network = matches!(mode, Mode::Bridge(net) if net != DEFAULT_NETWORK);
+        if !aliases.is_empty() && !user_network {
+            return Err(Error::InvalidAlias(
+                "network-scoped aliases are supported only for containers in user-defined networks"
+                    .into(),
+            ));
+        }
         let Mode::Bridge(net) = mode else {
             return Ok(None);
         };
         let default =
             (net == DEFAULT_NETWORK).then_some((DEFAULT_BRIDGE, DEFAULT_SUBNET, DEFAULT_MTU));
         self.store()?
-            .allocate(instance, name, net, ports, default, Some(dir))
+            .allocate(instance, name, aliases, net, ports, default, Some(dir))
             .map(Some)
     }
 
@@ -461,5 +478,22 @@ impl Networks {
     /// The other instances on the attachment's network.
     pub fn peers(&self, att: &Attachment) -> Result<Vec<Peer>> {
         self.store()?.peers(&att.network)
+    }
+}
+
+/// An alias is a host name: letters, digits, '-', '_' and '.', starting with a letter or
+/// digit, at most 253 (so that it is one word of an /etc/hosts line).
+pub fn check_alias(a: &str) -> Result<()> {
+    let ok = !a.is_empty()
+        && a.len() <= 253
+        && a.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidAlias(format!(
+            "invalid network alias {a:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+        )))
     }
 }

@@ -72,6 +72,8 @@ pub struct Peer {
     pub name: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its other names on the network (`--network-alias`).
+    pub aliases: Vec<String>,
 }
 
 /// Handle on the database.
@@ -162,11 +164,12 @@ impl Store {
         let path = dir.join("network.db");
         let err = |e| Error::Db(path.clone(), e);
         let db = vessel_db::open(&path, SCHEMA).map_err(err)?;
-        // Databases from before leases recorded their instance's directory, and before
-        // networks had an MTU.
+        // Databases from before leases recorded their instance's directory and aliases,
+        // and before networks had an MTU.
         for column in [
             "ALTER TABLE leases ADD COLUMN dir TEXT",
             "ALTER TABLE networks ADD COLUMN mtu INTEGER",
+            "ALTER TABLE leases ADD COLUMN aliases TEXT",
         ] {
             match db.execute(column, []) {
                 Err(rusqlite::Error::SqliteFailure(_, Some(m)))
@@ -241,10 +244,12 @@ impl Store {
     /// Gives instance `instance` (named `name`) an address on `network` and reserves its
     /// host ports, all or nothing. `default` describes the default network (bridge,
     /// subnet, MTU), recorded on first use.
+    #[allow(clippy::too_many_arguments)]
     pub fn allocate(
         &mut self,
         instance: &str,
         name: &str,
+        aliases: &[String],
         network: &str,
         ports: &[PortMap],
         default: Option<(&str, Subnet, u32)>,
@@ -276,13 +281,16 @@ impl Store {
                 .find(|ip| !used.contains(ip))
                 .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?;
             tx.execute(
-                "INSERT INTO leases (instance, network, ip, name, dir) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO leases (instance, network, ip, name, dir, aliases) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     instance,
                     network,
                     ip.to_string(),
                     name,
-                    dir.map(|d| d.to_string_lossy().into_owned())
+                    dir.map(|d| d.to_string_lossy().into_owned()),
+                    // Host names: no spaces in any (crate::check_alias).
+                    aliases.join(" ")
                 ],
             )
             .map_err(err)?;
@@ -368,7 +376,9 @@ impl Store {
     pub fn peers(&self, network: &str) -> Result<Vec<Peer>> {
         let mut stmt = self
             .db
-            .prepare("SELECT instance, name, ip FROM leases WHERE network = ?1 ORDER BY ip")
+            .prepare(
+                "SELECT instance, name, ip, aliases FROM leases WHERE network = ?1 ORDER BY ip",
+            )
             .map_err(self.err())?;
         let rows = stmt
             .query_map(params![network], |r| {
@@ -376,14 +386,25 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
                 ))
             })
             .map_err(self.err())?;
         let mut out = Vec::new();
         for r in rows {
-            let (instance, name, ip) = r.map_err(self.err())?;
+            let (instance, name, ip, aliases) = r.map_err(self.err())?;
             if let Ok(ip) = ip.parse() {
-                out.push(Peer { instance, name, ip });
+                let aliases = aliases
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                out.push(Peer {
+                    instance,
+                    name,
+                    ip,
+                    aliases,
+                });
             }
         }
         Ok(out)
@@ -515,7 +536,7 @@ mod tests {
         s.create_network("new", None, "10.205.0.0/24".parse().unwrap(), 9000)
             .unwrap();
         assert_eq!(s.network("new").unwrap().mtu, 9000);
-        let att = s.allocate("i", "n", "new", &[], None, None).unwrap();
+        let att = s.allocate("i", "n", &[], "new", &[], None, None).unwrap();
         assert_eq!(att.mtu, 9000);
         // An attachment recorded before attachments had an MTU.
         let mut json = serde_json::to_value(&att).unwrap();
@@ -532,15 +553,23 @@ mod tests {
         let mut ips = Vec::new();
         for i in 0..5 {
             ips.push(
-                s.allocate(&format!("i{i}"), &format!("n{i}"), "t", &[], None, None)
-                    .unwrap()
-                    .ip,
+                s.allocate(
+                    &format!("i{i}"),
+                    &format!("n{i}"),
+                    &[],
+                    "t",
+                    &[],
+                    None,
+                    None,
+                )
+                .unwrap()
+                .ip,
             );
         }
         ips.dedup();
         assert_eq!(ips.len(), 5);
         assert!(matches!(
-            s.allocate("i9", "n9", "t", &[], None, None),
+            s.allocate("i9", "n9", &[], "t", &[], None, None),
             Err(Error::PoolExhausted(..))
         ));
         // Nothing half-done: the failed allocation left no lease.
@@ -548,7 +577,9 @@ mod tests {
         s.release("i2").unwrap();
         s.release("i2").unwrap();
         assert_eq!(
-            s.allocate("i9", "n9", "t", &[], None, None).unwrap().ip,
+            s.allocate("i9", "n9", &[], "t", &[], None, None)
+                .unwrap()
+                .ip,
             ips[2]
         );
         assert!(matches!(
@@ -556,7 +587,7 @@ mod tests {
             Err(Error::NetworkInUse(..))
         ));
         assert!(matches!(
-            s.allocate("x", "x", "nope", &[], None, None),
+            s.allocate("x", "x", &[], "nope", &[], None, None),
             Err(Error::NoSuchNetwork(_))
         ));
     }
@@ -573,8 +604,10 @@ mod tests {
             .unwrap()
             .port();
         let p = PortMap::parse(&format!("127.0.0.1:{port}:80")).unwrap();
-        s.allocate("a", "web", "t", &[p], None, None).unwrap();
-        let e = s.allocate("b", "web2", "t", &[p], None, None).unwrap_err();
+        s.allocate("a", "web", &[], "t", &[p], None, None).unwrap();
+        let e = s
+            .allocate("b", "web2", &[], "t", &[p], None, None)
+            .unwrap_err();
         assert!(e.to_string().contains("web"), "{e}");
         assert_eq!(
             s.peers("t").unwrap().len(),
@@ -588,7 +621,7 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(
-            s.allocate("c", "c", "t", &[q], None, None),
+            s.allocate("c", "c", &[], "t", &[q], None, None),
             Err(Error::PortInUse(..))
         ));
     }

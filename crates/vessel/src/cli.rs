@@ -401,6 +401,13 @@ pub enum NetworkCommand {
         /// and Docker spell --mtu)
         #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
         opts: Vec<String>,
+        /// Set metadata on the network
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Record the network as attachable (any container may join a local bridge
+        /// network: as in Docker, this changes only what inspect shows)
+        #[arg(long)]
+        attachable: bool,
         /// Network name
         name: String,
     },
@@ -702,6 +709,9 @@ pub struct RunArgs {
     /// only) or "host" (share the host's)
     #[arg(long)]
     pub network: Option<String>,
+    /// Add a network-scoped alias for the container (a user-defined network only)
+    #[arg(long = "network-alias", alias = "net-alias", value_name = "NAME")]
+    pub network_aliases: Vec<String>,
     /// Publish a port on the host: [ip:]hostPort:containerPort[/tcp|udp]
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,

@@ -1060,3 +1060,110 @@ fn docker_login_checks_credentials_and_pulls_send_them() {
     assert_eq!(st, 400, "{body}");
     assert!(message(&body).contains("linux/amd64"), "{body}");
 }
+
+/// Debian's docker-compose (1.29, on docker-py); without it this test fails and says why.
+fn compose_cli() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("docker-compose"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("docker-compose is needed for the Compose test: apt-get install docker-compose (./x setup installs it)")
+        })
+}
+
+/// Compose brings up a two-service project through the API: a web server with a
+/// published port and a bind-mounted page, and a client that fetches the page by the
+/// service's name (a network alias); `ps` and `logs` show them; `down` leaves nothing.
+#[test]
+fn compose_up_ps_logs_down_a_two_service_project() {
+    let s = Server::start();
+    let project = name("cmp").replace('-', "");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "hello from compose\n").unwrap();
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        format!(
+            r#"version: "3.8"
+services:
+  web:
+    image: busybox
+    command: httpd -f -p 8080 -h /www
+    volumes:
+      - ./site:/www:ro
+    ports:
+      - "{port}:8080"
+  client:
+    image: busybox
+    command: sh -c 'for i in $$(seq 1 30); do wget -qO- http://web:8080/ && exit 0; sleep 1; done; exit 1'
+    depends_on:
+      - web
+"#
+        ),
+    )
+    .unwrap();
+    let compose = |args: &[&str]| -> Output {
+        let mut c = Command::new(compose_cli());
+        c.current_dir(dir.path())
+            .args(["-p", &project])
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
+            .env("DOCKER_CONFIG", s.dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c.spawn().expect("run docker-compose");
+        output_within_limit(
+            child,
+            &format!("docker-compose {args:?}"),
+            Duration::from_secs(180),
+        )
+    };
+    let o = compose(&["up", "-d"]);
+    assert_eq!(code(&o), 0, "up: {}", stderr(&o));
+    let (web, client) = (format!("{project}_web_1"), format!("{project}_client_1"));
+    // The client found the web server by its service name.
+    let o = s.docker(&["wait", &client]);
+    assert_eq!(stdout(&o).trim(), "0", "the client's exit: {}", stderr(&o));
+    let o = compose(&["logs", "--no-color", "client"]);
+    assert!(
+        stdout(&o).contains("hello from compose"),
+        "logs: {}",
+        stdout(&o)
+    );
+    // The published port and the bind-mounted page.
+    let page = http_get(port, Duration::from_secs(20));
+    assert!(page.contains("hello from compose"), "{page}");
+    // ps: each service once, the server up.
+    let o = compose(&["ps"]);
+    let text = stdout(&o);
+    assert_eq!(text.matches(&web).count(), 1, "ps: {text}");
+    assert_eq!(text.matches(&client).count(), 1, "ps: {text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&web) && l.contains(" Up ")),
+        "ps: {text}"
+    );
+    let ids: Vec<String> = [&web, &client]
+        .iter()
+        .map(|n| {
+            stdout(&s.docker(&["inspect", "--format", "{{.Id}}", n]))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let o = compose(&["down"]);
+    assert_eq!(code(&o), 0, "down: {}", stderr(&o));
+    let label = format!("label=com.docker.compose.project={project}");
+    let o = s.docker(&["ps", "-aq", "--filter", &label]);
+    assert_eq!(stdout(&o).trim(), "", "containers left");
+    let o = s.docker(&["network", "ls", "-q", "--filter", &label]);
+    assert_eq!(stdout(&o).trim(), "", "networks left");
+    for id in &ids {
+        assert_no_leftovers(id);
+    }
+}

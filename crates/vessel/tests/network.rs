@@ -23,6 +23,23 @@ fn network_json(name: &str) -> serde_json::Value {
     v[0].clone()
 }
 
+/// A network's bridge device and MTU, as `network ls` shows them (inspect shows a user
+/// network's options as given, as Docker does).
+fn bridge_of(name: &str) -> (String, String) {
+    let ls = ok(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Bridge}} {{.MTU}}",
+    ]);
+    let line = ls
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("network {name} not in {ls}"));
+    let mut f = line.split(' ').skip(1).map(str::to_string);
+    (f.next().unwrap(), f.next().unwrap())
+}
+
 /// Asserts a failure with exit status 125 whose message contains `what`, and that no
 /// instance was left behind (`run`/`create` get a name to look for afterwards).
 fn refused(args: &[&str], what: &str) {
@@ -134,12 +151,14 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
         &net,
     ]);
     let info = network_json(&net);
-    let bridge = info["Options"]["com.docker.network.bridge.name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (bridge, mtu) = bridge_of(&net);
     assert!(Path::new(&format!("/sys/class/net/{bridge}")).exists());
-    assert_eq!(info["Options"]["com.docker.network.driver.mtu"], "9000");
+    assert_eq!(mtu, "9000");
+    // Inspect shows the options as given, as Docker does (Compose compares them).
+    assert_eq!(
+        info["Options"],
+        serde_json::json!({"com.docker.network.driver.mtu": "9000"})
+    );
     assert_eq!(sysfs(&format!("/sys/class/net/{bridge}/mtu")), "9000");
     assert!(ok(&["network", "ls"]).contains(&net));
 
@@ -198,24 +217,59 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
     };
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "by name\n");
-    // The server learns the names of instances joining after it, and forgets them.
+    // The server learns the names (and network aliases, and short id) of instances
+    // joining after it, and forgets them.
     let other = name("other");
+    let alias = name("alias");
     ok(&[
         "create",
         "--name",
         &other,
         "--network",
         &net,
+        "--network-alias",
+        &alias,
         "busybox",
         "true",
     ]);
+    let other_id = id_of(&other);
     let hosts = ok(&["exec", &web, "cat", "/etc/hosts"]);
-    assert!(hosts.contains(&other), "{hosts}");
+    let line = hosts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(other.as_str()))
+        .unwrap_or_else(|| panic!("no line for {other}: {hosts}"));
+    let names: Vec<&str> = line.split_whitespace().skip(1).collect();
+    assert_eq!(
+        names,
+        [other.as_str(), alias.as_str(), &other_id[..12]],
+        "{hosts}"
+    );
+    assert_eq!(
+        inspect(&other)["NetworkSettings"]["Networks"][&net]["Aliases"],
+        serde_json::json!([alias, &other_id[..12]])
+    );
     ok(&["rm", &other]);
     let hosts = ok(&["exec", &web, "cat", "/etc/hosts"]);
     assert!(
-        !hosts.contains(&other),
+        !hosts.contains(&other) && !hosts.contains(&alias),
         "a removed peer stays in /etc/hosts: {hosts}"
+    );
+    // Aliases are for user-defined networks only, and are host names.
+    refused(
+        &["create", "--network-alias", "db", "busybox", "true"],
+        "user-defined networks",
+    );
+    refused(
+        &[
+            "create",
+            "--network",
+            &net,
+            "--network-alias",
+            "no spaces",
+            "busybox",
+            "true",
+        ],
+        "invalid network alias",
     );
 
     // A network in use cannot go; once empty it can, with its bridge.
@@ -400,10 +454,8 @@ fn bad_network_input_is_a_clear_125_with_nothing_left() {
     assert!(!ok(&["network", "ls", "-q"]).contains(&b));
     // Without one, a network gets loopback's.
     ok(&["network", "create", &b]);
-    assert_eq!(
-        network_json(&b)["Options"]["com.docker.network.driver.mtu"],
-        "65521"
-    );
+    assert_eq!(bridge_of(&b).1, "65521");
+    assert_eq!(network_json(&b)["Options"], serde_json::json!({}));
     ok(&["network", "rm", &b]);
 
     // An exhausted pool: a /30 has a single address for instances.
@@ -452,14 +504,10 @@ fn network_prune_removes_unused_networks_only() {
     let unused = name("pr");
     run(&["network", "create", &used]);
     run(&["network", "create", &unused]);
-    let unused_bridge = {
-        let v: serde_json::Value =
-            serde_json::from_str(&run(&["network", "inspect", &unused])).unwrap();
-        v[0]["Options"]["com.docker.network.bridge.name"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let unused_bridge = run(&["network", "ls", "--format", "{{.Name}} {{.Bridge}}"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{unused} ")).map(str::to_string))
+        .expect("the unused network in network ls");
     let c = name("holder");
     run(&[
         "create",

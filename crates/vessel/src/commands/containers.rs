@@ -65,6 +65,7 @@ fn run_options(a: &RunArgs) -> RunOptions {
         init: a.init,
         userns: a.userns,
         network: a.network.clone(),
+        network_aliases: a.network_aliases.clone(),
         publish: a.publish.clone(),
         entrypoint: a.entrypoint.clone(),
         stop_signal: a.stop_signal.clone(),
@@ -612,36 +613,35 @@ impl PsFilter {
     fn matches(&self, engine: &Engine, i: &Instance, state: &str) -> bool {
         let keys: std::collections::BTreeSet<&str> =
             self.0.iter().map(|(k, _)| k.as_str()).collect();
-        keys.into_iter().all(|key| {
-            self.0
-                .iter()
-                .filter(|(k, _)| k == key)
-                .any(|(_, v)| match key {
-                    "id" => i.id.starts_with(v.as_str()),
-                    "name" => i.name.contains(v.as_str()),
-                    "label" => match v.split_once('=') {
-                        Some((lk, lv)) => i.request.labels.get(lk).is_some_and(|x| x == lv),
-                        None => i.request.labels.contains_key(v.as_str()),
-                    },
-                    "status" => state == v,
-                    "ancestor" => {
-                        i.image == *v
-                            || i.image_id
-                                .trim_start_matches("sha256:")
-                                .starts_with(v.trim_start_matches("sha256:"))
-                            || engine
-                                .store()
-                                .ok()
-                                .and_then(|s| s.resolve(v).ok())
-                                .is_some_and(|img| img.id.to_string() == i.image_id)
-                    }
-                    "exited" => {
-                        i.status == Status::Exited
-                            && i.exit_code.map(|c| c.to_string()).as_deref() == Some(v.as_str())
-                    }
-                    "isolation" => i.request.isolation.as_str() == v,
-                    _ => false,
-                })
+        let grouped: Vec<(String, Vec<String>)> = keys
+            .into_iter()
+            .map(|key| {
+                let vals = self.0.iter().filter(|(k, _)| k == key);
+                (key.to_string(), vals.map(|(_, v)| v.clone()).collect())
+            })
+            .collect();
+        vessel_engine::filters::passes(&grouped, |key, v| match key {
+            "id" => i.id.starts_with(v),
+            "name" => i.name.contains(v),
+            "label" => vessel_engine::filters::label(&i.request.labels, v),
+            "status" => state == v,
+            "ancestor" => {
+                i.image == *v
+                    || i.image_id
+                        .trim_start_matches("sha256:")
+                        .starts_with(v.trim_start_matches("sha256:"))
+                    || engine
+                        .store()
+                        .ok()
+                        .and_then(|s| s.resolve(v).ok())
+                        .is_some_and(|img| img.id.to_string() == i.image_id)
+            }
+            "exited" => {
+                i.status == Status::Exited
+                    && i.exit_code.map(|c| c.to_string()).as_deref() == Some(v)
+            }
+            "isolation" => i.request.isolation.as_str() == v,
+            _ => false,
         })
     }
 }

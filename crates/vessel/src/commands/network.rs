@@ -1,7 +1,5 @@
 //! `network create`, `ls`, `inspect`, `rm`, `prune`.
 
-use serde_json::json;
-
 use crate::cli::{Format, NetworkCommand};
 use crate::{CmdResult, Failure};
 use vessel_engine::{Engine, EngineError};
@@ -13,57 +11,16 @@ fn fail(e: impl Into<EngineError>) -> Failure {
     Failure::new(e.exit_code(), e)
 }
 
-fn network_json(
-    net: &vessel_network::Network,
-    peers: &[vessel_network::Peer],
-) -> serde_json::Value {
-    let mut containers = serde_json::Map::new();
-    for p in peers {
-        containers.insert(
-            p.instance.clone(),
-            json!({"Name": p.name, "IPv4Address": format!("{}/{}", p.ip, net.subnet.prefix)}),
-        );
-    }
-    json!({
-        "Name": net.name,
-        "Id": net.id,
-        "Created": net.created,
-        "Driver": "bridge",
-        "IPAM": {"Config": [{"Subnet": net.subnet.to_string(), "Gateway": net.gateway().to_string()}]},
-        "Options": {
-            "com.docker.network.bridge.name": net.bridge,
-            "com.docker.network.driver.mtu": net.mtu.to_string(),
-        },
-        "Containers": containers,
-    })
-}
-
-/// The MTU `network create` asks for: `--mtu`, or the `-o` option Podman (`mtu`) or
-/// Docker (`com.docker.network.driver.mtu`) would take; any other option is refused
-/// rather than ignored.
-fn create_mtu(flag: Option<u32>, opts: &[String]) -> Result<Option<u32>, Failure> {
-    let mut mtu = flag;
+/// `-o KEY=VALUE` driver options as a map (the engine checks which it knows).
+fn driver_options(opts: &[String]) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    let mut out = std::collections::BTreeMap::new();
     for o in opts {
-        let bad = |why: &str| Failure::new(125, format!("invalid --opt {o:?}: {why}"));
-        let (key, value) = o.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
-        match key {
-            "mtu" | "com.docker.network.driver.mtu" => {
-                let v = value
-                    .parse()
-                    .map_err(|_| fail(vessel_network::Error::InvalidMtu(value.to_string())))?;
-                if mtu.is_some_and(|m| m != v) {
-                    return Err(bad("the MTU is given twice, differently"));
-                }
-                mtu = Some(v);
-            }
-            _ => {
-                return Err(bad(
-                    "unknown option (known: mtu, com.docker.network.driver.mtu)",
-                ))
-            }
-        }
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| Failure::new(125, format!("invalid --opt {o:?}: expected KEY=VALUE")))?;
+        out.insert(key.to_string(), value.to_string());
     }
-    Ok(mtu)
+    Ok(out)
 }
 
 /// Runs a `vessel network` subcommand.
@@ -74,15 +31,18 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
             subnet,
             mtu,
             opts,
+            labels,
+            attachable,
             name,
         } => {
-            let mtu = create_mtu(*mtu, opts)?;
             let net = engine
                 .network_create(&vessel_engine::networks::NetworkCreate {
                     name: name.clone(),
                     subnet: subnet.clone(),
-                    mtu,
-                    labels: Default::default(),
+                    mtu: *mtu,
+                    options: driver_options(opts)?,
+                    labels: super::volume::labels(labels)?,
+                    attachable: *attachable,
                 })
                 .map_err(fail)?;
             println!("{}", net.id);
@@ -105,6 +65,7 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
                                 "Driver": "bridge",
                                 "Subnet": n.subnet.to_string(),
                                 "Bridge": n.bridge,
+                                "MTU": n.mtu,
                             }) {
                                 serde_json::Value::Object(m) => m,
                                 _ => serde_json::Map::new(),
@@ -115,7 +76,10 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
                 &[("ID", "NETWORK ID")],
             )? {
             } else if *format == Format::Json {
-                let docs: Vec<_> = list.iter().map(|n| network_json(n, &[])).collect();
+                let docs: Vec<_> = list
+                    .iter()
+                    .map(|n| engine.network_document(n, &[]))
+                    .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&docs).unwrap_or_default()
@@ -144,8 +108,8 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
         NetworkCommand::Inspect { names } => {
             let mut docs = Vec::new();
             for n in names {
-                let (net, peers) = nets.inspect(n).map_err(fail)?;
-                docs.push(network_json(&net, &peers));
+                let (net, peers) = engine.network_find(n).map_err(fail)?;
+                docs.push(engine.network_document(&net, &peers));
             }
             println!(
                 "{}",

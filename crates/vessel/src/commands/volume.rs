@@ -14,7 +14,8 @@ fn fail(e: EngineError) -> Failure {
     Failure::new(1, e)
 }
 
-fn labels(given: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+/// `--label KEY[=VALUE]` flags as a map (Docker's parsing: no `=` means an empty value).
+pub(crate) fn labels(given: &[String]) -> Result<BTreeMap<String, String>, Failure> {
     let mut out = BTreeMap::new();
     for l in given {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
