@@ -39,20 +39,38 @@ pub const DEFAULT_SOCKET: &str = "/run/vessel.sock";
 /// How `vessel serve` listens.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// The Unix socket's path.
-    pub socket: PathBuf,
+    /// Where to listen.
+    pub listen: Listen,
     /// The group given access to the socket (mode 0660); without one, root alone.
     pub group: Option<u32>,
 }
 
-/// Parses `-H`: `unix://PATH` (or a bare absolute path). TCP is refused: the API gives
-/// root on the host to whoever reaches it.
-pub fn parse_host(h: &str) -> Result<PathBuf, ApiError> {
+/// Where `vessel serve` listens (`-H`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `unix:///PATH`: a socket the server binds (and removes when it stops).
+    Path(PathBuf),
+    /// `fd://`: the one listening Unix socket systemd passes (socket activation:
+    /// `LISTEN_PID`, `LISTEN_FDS`, descriptor 3), as `dockerd -H fd://` takes it. Its
+    /// unit decides its path, owner and mode.
+    Systemd,
+}
+
+/// Parses `-H`: `unix://PATH` (or a bare absolute path), or `fd://` (systemd's socket).
+/// TCP is refused: the API gives root on the host to whoever reaches it.
+pub fn parse_host(h: &str) -> Result<Listen, ApiError> {
+    if h == "fd://" {
+        return Ok(Listen::Systemd);
+    }
     let path = if let Some(p) = h.strip_prefix("unix://") {
         p
     } else if h.starts_with('/') {
         h
-    } else if h.starts_with("tcp://") || h.starts_with("fd://") || h.contains("://") {
+    } else if h.starts_with("fd://") {
+        return Err(ApiError::BadRequest(format!(
+            "-H {h}: vessel serve takes systemd's socket as plain fd:// (one socket, no name)"
+        )));
+    } else if h.starts_with("tcp://") || h.contains("://") {
         return Err(ApiError::BadRequest(format!(
             "-H {h}: vessel serve listens on a Unix socket only (unix:///PATH); the Engine API gives root on this host to whoever reaches it, so it is not offered over the network"
         )));
@@ -66,7 +84,7 @@ pub fn parse_host(h: &str) -> Result<PathBuf, ApiError> {
             "-H {h}: the socket path must be absolute"
         )));
     }
-    Ok(PathBuf::from(path))
+    Ok(Listen::Path(PathBuf::from(path)))
 }
 
 /// What every request handler shares.
@@ -133,7 +151,14 @@ pub fn serve(config: EngineConfig, opts: &ServeOptions) -> Result<(), ApiError> 
         .map_err(setup("start the runtime".into()))?;
     rt.block_on(async move {
         let listener = system::bind(opts)?;
-        tracing::info!(socket = %opts.socket.display(), "serving the Docker Engine API");
+        match &opts.listen {
+            Listen::Path(p) => {
+                tracing::info!(socket = %p.display(), "serving the Docker Engine API")
+            }
+            Listen::Systemd => {
+                tracing::info!("serving the Docker Engine API on the socket systemd passed")
+            }
+        }
         let state = Arc::new(State {
             config,
             pool: Mutex::new(Vec::new()),
@@ -176,7 +201,10 @@ pub fn serve(config: EngineConfig, opts: &ServeOptions) -> Result<(), ApiError> 
                     .await;
             });
         }
-        let _ = std::fs::remove_file(&opts.socket);
+        // systemd's socket stays: its unit owns it.
+        if let Listen::Path(p) = &opts.listen {
+            let _ = std::fs::remove_file(p);
+        }
         Ok(())
     })
 }
@@ -363,8 +391,10 @@ mod tests {
     fn tcp_is_refused_and_unix_paths_taken() {
         assert_eq!(
             parse_host("unix:///tmp/x.sock").unwrap(),
-            PathBuf::from("/tmp/x.sock")
+            Listen::Path(PathBuf::from("/tmp/x.sock"))
         );
+        assert_eq!(parse_host("fd://").unwrap(), Listen::Systemd);
+        assert!(parse_host("fd://vessel.socket").is_err());
         let e = parse_host("tcp://0.0.0.0:2375").unwrap_err().to_string();
         assert!(
             e.contains("tcp://0.0.0.0:2375") && e.contains("Unix socket"),

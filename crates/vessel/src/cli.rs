@@ -200,7 +200,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Serve the Docker Engine API on a Unix socket (for docker, docker-py, Compose)
     Serve {
-        /// Where to listen: unix:///PATH (TCP is refused)
+        /// Where to listen: unix:///PATH, or fd:// for the socket systemd passes (socket
+        /// activation, deploy/vessel.socket); TCP is refused
         #[arg(short = 'H', long = "host", default_value = "unix:///run/vessel.sock")]
         host: String,
         /// Group allowed to use the socket (mode 0660); root only without one

@@ -1167,3 +1167,102 @@ services:
         assert_no_leftovers(id);
     }
 }
+
+/// `deploy/vessel.service`'s command under socket activation as systemd runs it (the
+/// listening socket as descriptor 3, `LISTEN_PID`, `LISTEN_FDS`): the docker CLI is
+/// served on that socket, which stays when the server stops (its unit owns it). Without
+/// a socket passed, `-H fd://` is refused, and so is a second socket.
+#[test]
+fn serve_takes_the_socket_systemd_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let unit = std::fs::read_to_string(deploy.join("vessel.service")).unwrap();
+    let exec: Vec<&str> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart= in deploy/vessel.service")
+        .split_whitespace()
+        .collect();
+    assert_eq!(exec[1..], ["serve", "-H", "fd://"], "{unit}");
+    let socket_unit = std::fs::read_to_string(deploy.join("vessel.socket")).unwrap();
+    assert!(
+        socket_unit.contains("\nListenStream=/run/vessel.sock\n"),
+        "{socket_unit}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // `vessel --root R serve -H fd://` with descriptor 3 the listener, LISTEN_PID its own
+    // pid (the shell's, which execs it), as systemd starts a socket-activated service.
+    let spawn = |fds: &str| {
+        let fd = listener.as_raw_fd();
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("LISTEN_PID=$$ LISTEN_FDS={fds} exec \"$@\""))
+            .arg("sh")
+            .arg(vessel_bin())
+            .arg("--root")
+            .arg(root())
+            .args(&exec[1..])
+            .env(
+                "VESSEL_INIT",
+                Path::new(vessel_bin()).with_file_name("vessel-init"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: dup2 and fcntl are async-signal-safe; the child only moves the listener
+        // to descriptor 3, without close-on-exec, before it execs.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.spawn().expect("start vessel serve -H fd://")
+    };
+    let mut server = spawn("1");
+    let docker = |args: &[&str]| -> Output {
+        let child = Command::new(docker_cli())
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", path.display()))
+            .env("DOCKER_CONFIG", dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        output_within_limit(child, &format!("docker {args:?}"), Duration::from_secs(60))
+    };
+    let o = docker(&["run", "--rm", "busybox", "echo", "activated"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "activated\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = server.wait().unwrap();
+    assert!(st.success(), "vessel serve -H fd:// on SIGTERM: {st:?}");
+    assert!(path.exists(), "the unit's socket was removed by the server");
+
+    // A second socket, or none at all (LISTEN_PID not this process's), is refused.
+    let o = output_within_limit(
+        spawn("2"),
+        "serve with two sockets",
+        Duration::from_secs(20),
+    );
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("exactly one socket"), "{}", stderr(&o));
+    let o = vessel(&["serve", "-H", "fd://"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no socket"), "{}", stderr(&o));
+    let o = vessel(&["serve", "-H", "fd://", "--group", "root"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("SocketGroup"), "{}", stderr(&o));
+}

@@ -180,7 +180,13 @@ fn engine_config(root: &std::path::Path) -> Result<EngineConfig, Failure> {
 /// `group` if given.
 fn serve(config: EngineConfig, host: &str, group: Option<&str>) -> CmdResult {
     let fail = |e: vessel_api::ApiError| Failure::new(crate::EXIT_ENGINE, e);
-    let socket = vessel_api::parse_host(host).map_err(fail)?;
+    let listen = vessel_api::parse_host(host).map_err(fail)?;
+    if group.is_some() && listen == vessel_api::Listen::Systemd {
+        return Err(Failure::new(
+            crate::EXIT_ENGINE,
+            "--group with -H fd://: the socket unit's SocketGroup= decides who may connect",
+        ));
+    }
     let group = match group {
         None => None,
         Some(g) => match nix::unistd::Group::from_name(g) {
@@ -199,6 +205,6 @@ fn serve(config: EngineConfig, host: &str, group: Option<&str>) -> CmdResult {
             }
         },
     };
-    vessel_api::serve(config, &vessel_api::ServeOptions { socket, group }).map_err(fail)?;
+    vessel_api::serve(config, &vessel_api::ServeOptions { listen, group }).map_err(fail)?;
     Ok(0)
 }
