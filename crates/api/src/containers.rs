@@ -892,6 +892,22 @@ pub async fn top(
     ))
 }
 
+/// `POST /containers/prune`: removes every instance that is not running (as `vessel
+/// container prune`). Filters (`until`, `label`) are refused by name, not ignored.
+pub async fn prune(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    filters(http::query(req).get("filters"), &[])?;
+    let v = state
+        .engine_once(|e| {
+            let (ids, bytes) = e.container_prune()?;
+            Ok(json!({ "ContainersDeleted": ids, "SpaceReclaimed": bytes }))
+        })
+        .await?;
+    Ok(http::json(StatusCode::OK, &v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,18 @@ pub fn query(req: &Request<Incoming>) -> Query {
     Query(m)
 }
 
+/// Every value of a repeated query parameter (`names=a&names=b`), in order.
+pub fn query_all(req: &Request<Incoming>, key: &str) -> Vec<String> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| decode(k) == key)
+        .map(|(_, v)| decode(v))
+        .collect()
+}
+
 /// Percent-decoding (and `+` as a space), lossy on invalid UTF-8.
 pub fn decode(s: &str) -> String {
     let b = s.as_bytes();

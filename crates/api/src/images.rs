@@ -306,3 +306,255 @@ pub async fn pull(state: &Arc<State>, req: &Request<Incoming>) -> Result<Respons
         Err(_) => Err(ApiError::Internal("the pull stopped".into())),
     }
 }
+
+/// `GET /images/{name}/history`: newest step first, as Docker lists it.
+pub async fn history(state: &Arc<State>, name: &str) -> Result<Response<Body>, ApiError> {
+    let name = name.to_string();
+    let v = state
+        .engine(move |e| {
+            let s = e.store()?;
+            let image = s.resolve(&name)?;
+            let steps = s.history(&image)?;
+            Ok(steps
+                .into_iter()
+                .map(|h| {
+                    json!({
+                        "Id": h.image.as_ref().map_or_else(|| "<missing>".to_string(), |d| d.to_string()),
+                        "Created": unix_time(&h.created),
+                        "CreatedBy": h.created_by,
+                        "Tags": if h.image.is_some() { json!(image.tags) } else { Value::Null },
+                        "Size": h.size,
+                        "Comment": h.comment,
+                    })
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(http::json(StatusCode::OK, &v))
+}
+
+/// A `Write` into a response stream: each write is one chunk; a client that went away
+/// is a write error (the save stops).
+struct ChunkWriter(tokio::sync::mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `GET /images/get?names=A&names=B` and `GET /images/{name}/get`: `docker save`, a
+/// docker-archive streamed as it is written. Unknown names are a 404 before any byte.
+pub async fn save(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+    name: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let names: Vec<String> = match name {
+        Some(n) => vec![n.to_string()],
+        None => http::query_all(req, "names"),
+    };
+    if names.is_empty() {
+        return Err(ApiError::BadRequest("names: no image to save".into()));
+    }
+    let check = names.clone();
+    state
+        .engine(move |e| {
+            let s = e.store()?;
+            for n in &check {
+                s.resolve(n)?;
+            }
+            Ok(())
+        })
+        .await?;
+    let root = state.config.root.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::task::spawn_blocking(move || {
+        let saved = vessel_image::Store::open(&root).and_then(|s| {
+            let w = std::io::BufWriter::with_capacity(256 * 1024, ChunkWriter(tx));
+            vessel_image::archive::save(&s, &names, w, vessel_image::archive::ArchiveFormat::Docker)
+        });
+        // The client sees a cut-off archive (the tar reader says so); the log says why.
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "save");
+        }
+    });
+    Ok(http::streamed(StatusCode::OK, "application/x-tar", rx))
+}
+
+/// A `Read` over a request body's chunks, fed by an async task.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => self.cur = b,
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+/// `POST /images/load` (`docker load`): the body is a docker-archive or oci-archive,
+/// read as it arrives (the store's limits bound what it may hold). The answer is Docker's
+/// JSON stream (`{"stream": "Loaded image: ...\n"}`), or a 400 naming what is wrong.
+pub async fn load(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    use http_body_util::BodyExt;
+    let quiet = http::query(&req).flag("quiet");
+    let (chunks, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(16);
+    let mut body = req.into_body();
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let sent = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(data) => chunks.send(Ok(data)),
+                    Err(_) => continue, // trailers
+                },
+                Err(e) => chunks.send(Err(format!("reading the request body: {e}"))),
+            };
+            if sent.is_err() {
+                break; // the load stopped
+            }
+        }
+    });
+    let root = state.config.root.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let store = vessel_image::Store::open(&root)?;
+        let reader = ChunkReader {
+            rx,
+            cur: Bytes::new(),
+        };
+        vessel_image::archive::load(&store, reader, &vessel_image::progress::NoProgress)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("load: {e}")))?;
+    let images = loaded.map_err(|e| match e {
+        e @ (vessel_image::Error::InvalidInput(_) | vessel_image::Error::Malformed { .. }) => {
+            ApiError::BadRequest(e.to_string())
+        }
+        e => ApiError::from(e),
+    })?;
+    let mut out = Vec::new();
+    for img in &images {
+        let line = if img.tags.is_empty() {
+            format!("Loaded image ID: {}\n", img.id)
+        } else {
+            img.tags
+                .iter()
+                .map(|t| format!("Loaded image: {t}\n"))
+                .collect()
+        };
+        let _ = quiet; // the same lines either way: Docker's quiet drops only progress
+        out.extend_from_slice(json!({ "stream": line }).to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(http::whole(StatusCode::OK, "application/json", out))
+}
+
+/// `POST /images/{name}/push?tag=`: pushes with the client's `X-Registry-Auth`, as the
+/// pull does; the progress is Docker's JSON stream, an error after the first line an
+/// `{"error": ...}` line.
+pub async fn push(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let q = http::query(req);
+    let dest = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) => format!("{name}:{t}"),
+        None => name.to_string(),
+    };
+    let reference: Reference = dest
+        .parse()
+        .map_err(|e: vessel_image::Error| ApiError::BadRequest(e.to_string()))?;
+    let auth = registry_auth(req)?;
+    let local = dest.clone();
+    let image = state
+        .engine(move |e| Ok(e.store()?.resolve(&local)?))
+        .await?;
+    let config = state.config.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    tokio::task::spawn_blocking(move || {
+        let lines = Lines(tx);
+        lines.send(
+            json!({ "status": format!("The push refers to repository [{}]", reference.name()) }),
+        );
+        let opts = vessel_image::registry::RegistryOptions {
+            auth,
+            ..Default::default()
+        };
+        let pushed = vessel_image::Store::open(&config.root).and_then(|store| {
+            vessel_image::registry::push(&store, &image, &reference, &opts, &lines)
+        });
+        match pushed {
+            Ok(digest) => {
+                vessel_engine::events::record(
+                    &config.root,
+                    "image",
+                    "push",
+                    &reference.to_string(),
+                    &reference.to_string(),
+                    Default::default(),
+                );
+                let tag = reference.tag().unwrap_or("latest").to_string();
+                lines.send(json!({ "status": format!("{tag}: digest: {digest}") }));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                lines.send(json!({ "error": msg, "errorDetail": { "message": msg } }));
+            }
+        }
+    });
+    Ok(http::streamed(StatusCode::OK, "application/json", rx))
+}
+
+/// `POST /images/prune?filters={"dangling":["false"]}`: untagged images, or with
+/// `dangling=false` every image no instance uses.
+pub async fn prune(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let f = crate::containers::filters(http::query(req).get("filters"), &["dangling"])?;
+    let mut all = false;
+    for (_, vals) in &f {
+        for v in vals {
+            match v.as_str() {
+                "true" | "1" => {}
+                "false" | "0" => all = true,
+                v => {
+                    return Err(ApiError::BadRequest(format!(
+                        "invalid filter 'dangling={v}'"
+                    )))
+                }
+            }
+        }
+    }
+    let v = state
+        .engine_once(move |e| {
+            let (removed, bytes) = e.image_prune(all)?;
+            let deleted: Vec<Value> = removed
+                .iter()
+                .map(|r| match r {
+                    vessel_image::store::Removed::Untagged(t) => json!({ "Untagged": t }),
+                    vessel_image::store::Removed::Deleted(d) => json!({ "Deleted": d.to_string() }),
+                })
+                .collect();
+            Ok(json!({ "ImagesDeleted": deleted, "SpaceReclaimed": bytes }))
+        })
+        .await?;
+    Ok(http::json(StatusCode::OK, &v))
+}

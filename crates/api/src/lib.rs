@@ -298,6 +298,23 @@ async fn dispatch(
         (&Method::POST, ["exec", id, "resize"]) => exec::resize(&state, &req, id).await,
         (&Method::GET, ["exec", id, "json"]) => exec::inspect(&state, id).await,
         (&Method::GET, ["images", "json"]) => images::list(&state).await,
+        (&Method::GET, ["images", "get"]) => images::save(&state, &req, None).await,
+        (&Method::POST, ["images", "load"]) => images::load(&state, req).await,
+        (&Method::POST, ["images", "prune"]) => images::prune(&state, &req).await,
+        (&Method::POST, ["containers", "prune"]) => containers::prune(&state, &req).await,
+        (&Method::GET, [_images, name @ .., "history"])
+            if parts[0] == "images" && !name.is_empty() =>
+        {
+            images::history(&state, &name.join("/")).await
+        }
+        (&Method::GET, [_images, name @ .., "get"]) if parts[0] == "images" && !name.is_empty() => {
+            images::save(&state, &req, Some(&name.join("/"))).await
+        }
+        (&Method::POST, [_images, name @ .., "push"])
+            if parts[0] == "images" && !name.is_empty() =>
+        {
+            images::push(&state, &req, &name.join("/")).await
+        }
         (&Method::POST, ["images", "create"]) => images::pull(&state, &req).await,
         (&Method::POST, ["auth"]) => images::auth(req).await,
         (&Method::GET, [_images, name @ .., "json"])
@@ -353,15 +370,11 @@ fn known_unimplemented(parts: &[&str]) -> bool {
         "commit",
         "grpc",
     ];
-    const CONTAINER: &[&str] = &[
-        "export", "changes", "archive", "top", "stats", "resize", "update", "pause", "unpause",
-        "rename", "attach", "prune",
-    ];
+    const CONTAINER: &[&str] = &["export", "changes", "archive", "stats", "resize", "update"];
     match parts {
         [top, ..] if TOP.contains(top) => true,
-        ["containers", "prune"] | ["images", "load" | "get" | "search" | "prune"] => true,
+        ["images", "search"] => true,
         ["containers", _, op, ..] if CONTAINER.contains(op) => true,
-        ["images", .., "push" | "history" | "get"] => true,
         _ => false,
     }
 }

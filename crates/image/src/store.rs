@@ -40,6 +40,22 @@ pub struct LayerRecord {
     pub size: u64,
 }
 
+/// One step of an image's history ([`Store::history`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryStep {
+    /// The image this step made: the newest step's is the image itself; older steps have
+    /// none of their own.
+    pub image: Option<Digest>,
+    /// When (RFC 3339), if recorded.
+    pub created: Option<String>,
+    /// The command that made it.
+    pub created_by: String,
+    /// The size of the layer it made (0: none).
+    pub size: u64,
+    /// Its comment.
+    pub comment: String,
+}
+
 /// An image in the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ImageRecord {
@@ -653,6 +669,33 @@ impl Store {
         let data = self.read_blob(&image.id, limits::MAX_CONFIG)?;
         ImageConfiguration::from_reader(&data[..])
             .map_err(|e| Error::malformed(format!("image config {}", image.id), e))
+    }
+
+    /// How the image was made (its config's history), newest step first, each with the
+    /// size of the layer it made (0 for a step that made none). The newest step is the
+    /// image's own; older ones have no image of their own (Docker's `<missing>`).
+    pub fn history(&self, image: &ImageRecord) -> Result<Vec<HistoryStep>> {
+        let config = self.config(image)?;
+        let history = config.history().clone().unwrap_or_default();
+        let mut layer = image.layers.len();
+        let mut out = Vec::with_capacity(history.len());
+        for (i, h) in history.iter().enumerate().rev() {
+            let empty = h.empty_layer().unwrap_or(false);
+            let size = if !empty && layer > 0 {
+                layer -= 1;
+                image.layers[layer].size
+            } else {
+                0
+            };
+            out.push(HistoryStep {
+                image: (i + 1 == history.len()).then(|| image.id.clone()),
+                created: h.created().clone(),
+                created_by: h.created_by().clone().unwrap_or_default(),
+                size,
+                comment: h.comment().clone().unwrap_or_default(),
+            });
+        }
+        Ok(out)
     }
 
     /// The image's parsed manifest.

@@ -1266,3 +1266,99 @@ fn serve_takes_the_socket_systemd_passes() {
     assert_eq!(code(&o), 125, "{}", stderr(&o));
     assert!(stderr(&o).contains("SocketGroup"), "{}", stderr(&o));
 }
+
+/// Images through the docker CLI: `history`, `save | load` (a tar streamed both ways),
+/// `push` to the local registry with the login the CLI sends, `image prune` and
+/// `container prune`.
+#[test]
+fn docker_save_load_history_push_and_prune() {
+    let s = Server::start();
+    // history: the image's own step first.
+    let o = s.docker(&["history", "--no-trunc", "-q", "busybox"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = stdout(&s.docker(&["image", "inspect", "--format", "{{.Id}}", "busybox"]));
+    assert_eq!(stdout(&o).lines().next(), Some(id.trim()), "{}", stdout(&o));
+
+    // save to a file, remove, load it back.
+    let tag = format!("{}:v1", name("apisave"));
+    assert_eq!(code(&s.docker(&["tag", "busybox", &tag])), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("saved.tar");
+    let o = s.docker(&["save", "-o", tar.to_str().unwrap(), &tag]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("manifest.json"),
+        "not a docker-archive: {}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert_eq!(code(&s.docker(&["rmi", &tag])), 0);
+    let o = s.docker(&["load", "-i", tar.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("Loaded image: {tag}")),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(code(&s.docker(&["image", "inspect", &tag])), 0);
+    // A body that is not an archive: an error naming it, and nothing loaded.
+    let o = s.docker_in(&["load"], Some(b"not a tar at all"));
+    assert_ne!(code(&o), 0, "{}", stdout(&o));
+    // An unknown image: 404 before any byte.
+    let (st, _) = s.raw("GET", "/v1.41/images/get?names=vessel-no-such:image", b"");
+    assert_eq!(st, 404);
+
+    // push to a registry that wants a login: refused without, done with it.
+    let reg = registry::Registry::start(Some(("dave", "s3cret")));
+    let target = format!("{}/api-push/busybox:v2", reg.host);
+    assert_eq!(code(&s.docker(&["tag", "busybox", &target])), 0);
+    let o = s.docker(&["push", &target]);
+    assert_ne!(code(&o), 0, "a push without a login: {}", stdout(&o));
+    let o = s.docker_in(
+        &["login", &reg.host, "-u", "dave", "--password-stdin"],
+        Some(b"s3cret\n"),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["push", &target]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("digest: sha256:"), "{}", stdout(&o));
+    assert_eq!(code(&s.docker(&["rmi", &target])), 0);
+    let o = s.docker(&["pull", &target]);
+    assert_eq!(code(&o), 0, "pull back what was pushed: {}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rmi", &target, &tag])), 0);
+
+    // container prune: a stopped instance goes, a running one stays.
+    let done = name("apiprune");
+    assert_eq!(
+        code(&s.docker(&["run", "--name", &done, "busybox", "true"])),
+        0
+    );
+    let up = sleeper(&s, "apiprune-up");
+    let o = s.docker(&["container", "prune", "-f"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_ne!(
+        code(&s.docker(&["inspect", &done])),
+        0,
+        "a stopped instance stayed"
+    );
+    assert_eq!(
+        code(&s.docker(&["inspect", &up])),
+        0,
+        "a running instance went"
+    );
+    assert_eq!(code(&s.docker(&["rm", "-f", &up])), 0);
+    // image prune: dangling only by default; a filter it does not know is refused.
+    let o = s.docker(&["image", "prune", "-f"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["image", "inspect", "busybox"])), 0);
+    let (st, body) = s.raw(
+        "POST",
+        "/v1.41/containers/prune?filters=%7B%22until%22%3A%5B%2210m%22%5D%7D",
+        b"",
+    );
+    assert_eq!(st, 400, "{body}");
+}

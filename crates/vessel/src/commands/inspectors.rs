@@ -162,43 +162,25 @@ pub fn export(engine: &Engine, instance: &str, output: Option<&Path>) -> CmdResu
 /// `vessel history IMAGE`.
 pub fn history(store: &Store, image: &str, no_trunc: bool, quiet: bool) -> CmdResult {
     let record = store.resolve(image).map_err(|e| Failure::new(1, e))?;
-    let config = store.config(&record).map_err(|e| Failure::new(1, e))?;
-    let history = config.history().clone().unwrap_or_default();
-    let id = record.id.to_string();
-    let layers = &record.layers;
-    let mut layer = layers.len();
+    let steps = store.history(&record).map_err(|e| Failure::new(1, e))?;
     let mut rows = Vec::new();
-    for (i, h) in history.iter().enumerate().rev() {
-        let empty = h.empty_layer().unwrap_or(false);
-        let size = if empty {
-            0
-        } else if layer > 0 {
-            layer -= 1;
-            layers[layer].size
-        } else {
-            0
+    for h in steps {
+        let shown_id = match &h.image {
+            Some(id) if no_trunc => id.to_string(),
+            Some(id) => id.short().to_string(),
+            None => "<missing>".to_string(),
         };
-        let shown_id = if i + 1 == history.len() {
-            if no_trunc {
-                id.clone()
-            } else {
-                record.id.short().to_string()
-            }
+        let by = if no_trunc || h.created_by.chars().count() <= 45 {
+            h.created_by
         } else {
-            "<missing>".to_string()
-        };
-        let by = h.created_by().clone().unwrap_or_default();
-        let by = if no_trunc || by.chars().count() <= 45 {
-            by
-        } else {
-            format!("{}…", by.chars().take(44).collect::<String>())
+            format!("{}…", h.created_by.chars().take(44).collect::<String>())
         };
         rows.push([
             shown_id,
-            h.created().as_deref().map(human_age).unwrap_or_default(),
+            h.created.as_deref().map(human_age).unwrap_or_default(),
             by,
-            super::images::human_size(size),
-            h.comment().clone().unwrap_or_default(),
+            super::images::human_size(h.size),
+            h.comment,
         ]);
     }
     if quiet {
