@@ -15,7 +15,7 @@ use vessel_engine::Engine;
 use crate::http::{self, Body};
 use crate::{ApiError, State};
 
-fn bad(field: &str, why: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad(field: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(format!("{field}: {why}"))
 }
 

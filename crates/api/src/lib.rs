@@ -15,6 +15,7 @@ mod images;
 mod networks;
 mod streams;
 mod system;
+mod usage;
 mod volumes;
 
 use std::collections::HashMap;
@@ -289,6 +290,8 @@ async fn dispatch(
         }
         (&Method::POST, ["containers", id, "rename"]) => containers::rename(&state, &req, id).await,
         (&Method::GET, ["containers", id, "top"]) => containers::top(&state, &req, id).await,
+        (&Method::GET, ["containers", id, "stats"]) => usage::stats(&state, &req, id).await,
+        (&Method::POST, ["containers", id, "update"]) => usage::update(&state, req, id).await,
         (&Method::POST, ["containers", id, "wait"]) => streams::wait(&state, &req, id).await,
         (&Method::DELETE, ["containers", id]) => containers::remove(&state, &req, id).await,
         (&Method::GET, ["containers", id, "logs"]) => streams::logs(&state, &req, id).await,

@@ -1362,3 +1362,97 @@ fn docker_save_load_history_push_and_prune() {
     );
     assert_eq!(st, 400, "{body}");
 }
+
+/// `docker stats --no-stream` (one sample a second after another, so CPU % is real) and
+/// the stream's JSON; `docker update` of limits and restart policy while it runs, shown by
+/// inspect and enforced in its cgroup; fields vessel lacks are refused by name.
+#[test]
+fn docker_stats_and_update_a_running_container() {
+    let s = Server::start();
+    let n = name("apistats");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "while true; do :; done",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.PIDs}}",
+        &n,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let row = stdout(&o);
+    let f: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(f[0], n, "{row}");
+    let cpu: f64 = f[1].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 20.0, "a busy loop uses a CPU: {row}");
+    assert!(f[2].ends_with("B") && f.last() == Some(&"1"), "{row}");
+    // The raw answer of one-shot: Docker's StatsJSON.
+    let id = stdout(&s.docker(&["inspect", "--format", "{{.Id}}", &n]));
+    let (st, body) = s.raw(
+        "GET",
+        &format!(
+            "/v1.41/containers/{}/stats?stream=false&one-shot=true",
+            id.trim()
+        ),
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["cpu_stats"]["cpu_usage"]["total_usage"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert!(v["memory_stats"]["usage"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["name"], format!("/{n}"));
+
+    let o = s.docker(&[
+        "update",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        "--restart",
+        "on-failure:2",
+        &n,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+        &n,
+    ]);
+    assert_eq!(
+        stdout(&o).trim(),
+        "67108864 50 on-failure:2",
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", &n]);
+    assert!(
+        stdout(&o).contains("/ 64MiB"),
+        "the new limit: {}",
+        stdout(&o)
+    );
+    // A field vessel does not have: refused by name.
+    let o = s.docker(&["update", "--blkio-weight", "300", &n]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("BlkioWeight"), "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+    // A removed instance has no stats: 404.
+    let (st, _) = s.raw(
+        "GET",
+        &format!("/v1.41/containers/{n}/stats?stream=false"),
+        b"",
+    );
+    assert_eq!(st, 404, "a removed instance");
+}
