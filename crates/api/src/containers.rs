@@ -486,34 +486,8 @@ fn unix_time(t: &str) -> i64 {
         .unwrap_or(0)
 }
 
-fn status_text(i: &Instance) -> String {
-    let since = |t: &Option<String>| {
-        let secs = t
-            .as_deref()
-            .map(|t| chrono::Utc::now().timestamp() - unix_time(t))
-            .unwrap_or(0)
-            .max(0);
-        match secs {
-            0..=1 => "Less than a second".to_string(),
-            2..=59 => format!("{secs} seconds"),
-            60..=3599 => format!("{} minutes", secs / 60),
-            _ => format!("{} hours", secs / 3600),
-        }
-    };
-    match i.status {
-        Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", since(&i.started_at)),
-        Status::Exited => format!(
-            "Exited ({}) {} ago",
-            i.exit_code.unwrap_or(-1),
-            since(&i.finished_at)
-        ),
-        Status::Dead => "Dead".into(),
-    }
-}
-
-/// Docker's list entry of a container.
-fn summary(i: &Instance) -> Value {
+/// Docker's list entry of a container, with its `ps` state and status text.
+fn summary(i: &Instance, (state, status): (&str, String)) -> Value {
     let r = &i.request;
     let ports: Vec<Value> = r
         .ports
@@ -536,8 +510,8 @@ fn summary(i: &Instance) -> Value {
         "Created": unix_time(&i.created),
         "Ports": ports,
         "Labels": r.labels,
-        "State": i.status.as_str(),
-        "Status": status_text(i),
+        "State": state,
+        "Status": status,
         "HostConfig": {"NetworkMode": r.network.as_str()},
         "NetworkSettings": {"Networks": {}},
         "Mounts": [],
@@ -586,11 +560,12 @@ pub(crate) fn filters(
     Ok(out)
 }
 
-fn matches(i: &Instance, filters: &[(String, Vec<String>)]) -> bool {
+/// Whether instance `i`, in `ps` state `state`, passes the list's filters.
+fn matches(i: &Instance, state: &str, filters: &[(String, Vec<String>)]) -> bool {
     vessel_engine::filters::passes(filters, |k, v| match k {
         "name" => i.name.contains(v.trim_start_matches('/')),
         "id" => i.id.starts_with(v),
-        "status" => i.status.as_str() == v,
+        "status" => state == v,
         "label" => vessel_engine::filters::label(&i.request.labels, v),
         _ => false,
     })
@@ -606,13 +581,28 @@ pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Respons
     let f = filters(q.get("filters"), LIST_FILTERS)?;
     let limit = q.int("limit")?.filter(|&l| l > 0);
     let has_status = f.iter().any(|(k, _)| k == "status");
-    let mut list = state.engine(|e| Ok(e.list()?)).await?;
-    list.retain(|i| (all || has_status || i.status == Status::Running) && matches(i, &f));
-    list.sort_by(|a, b| b.created.cmp(&a.created));
+    let mut list = state
+        .engine(|e| {
+            Ok(e.list()?
+                .into_iter()
+                .map(|i| {
+                    let shown = e.ps_state(&i);
+                    (i, shown)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    list.retain(|(i, (st, _))| {
+        (all || has_status || i.status == Status::Running) && matches(i, st, &f)
+    });
+    list.sort_by(|(a, _), (b, _)| b.created.cmp(&a.created));
     if let Some(l) = limit {
         list.truncate(l as usize);
     }
-    let v: Vec<Value> = list.iter().map(summary).collect();
+    let v: Vec<Value> = list
+        .into_iter()
+        .map(|(i, shown)| summary(&i, shown))
+        .collect();
     Ok(http::json(StatusCode::OK, &v))
 }
 

@@ -66,6 +66,36 @@ impl crate::Engine {
                 .is_ok_and(|b| b.paused(inst))
     }
 
+    /// What `ps` shows of an instance, for every front end: Docker's `State` (`paused`
+    /// and `restarting` are states its recorded status does not tell) and its `Status`
+    /// text (`Up 5 minutes (Paused)`, `Exited (0) 2 hours ago`, `Restarting (1) ...`).
+    pub fn ps_state(&self, i: &Instance) -> (&'static str, String) {
+        let paused = self.paused(i);
+        let restarting = i.status != Status::Running
+            && crate::restart::RestartState::load(&self.instance_dir(&i.id)).restarting;
+        let age = |t: &Option<String>| {
+            t.as_deref()
+                .map(human_age)
+                .unwrap_or_default()
+                .replace(" ago", "")
+        };
+        let code = i.exit_code.unwrap_or(-1);
+        match i.status {
+            Status::Running if paused => ("paused", format!("Up {} (Paused)", age(&i.started_at))),
+            Status::Running => ("running", format!("Up {}", age(&i.started_at))),
+            _ if restarting => (
+                "restarting",
+                format!("Restarting ({code}) {} ago", age(&i.finished_at)),
+            ),
+            Status::Created => ("created", "Created".into()),
+            Status::Exited => (
+                "exited",
+                format!("Exited ({code}) {} ago", age(&i.finished_at)),
+            ),
+            Status::Dead => ("dead", "Dead".into()),
+        }
+    }
+
     /// `pause`: freezes every process of the instance.
     pub fn pause(&self, key: &str) -> Result<Instance> {
         let inst = self.running(key)?;
@@ -302,5 +332,36 @@ mod tests {
         assert_eq!(tty_name(0), "?");
         assert_eq!(tty_name((136 << 8) | 3), "pts/3");
         assert_eq!(tty_name((4 << 8) | 1), "tty1");
+    }
+}
+
+/// How long ago an RFC 3339 time was, in Docker's words ("Less than a second ago",
+/// "5 minutes ago", "An hour ago"); the text itself if it is not one.
+pub fn human_age(rfc3339: &str) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
+        return rfc3339.to_string();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
+    let (n, unit) = match secs {
+        s if s < 60 => {
+            return if s < 2 {
+                "Less than a second ago".into()
+            } else {
+                format!("{s} seconds ago")
+            }
+        }
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86400 => (s / 3600, "hour"),
+        s if s < 86400 * 14 => (s / 86400, "day"),
+        s if s < 86400 * 60 => (s / (86400 * 7), "week"),
+        s if s < 86400 * 365 * 2 => (s / (86400 * 30), "month"),
+        s => (s / (86400 * 365), "year"),
+    };
+    if n == 1 {
+        format!("{} {unit} ago", if unit == "hour" { "An" } else { "1" })
+    } else {
+        format!("{n} {unit}s ago")
     }
 }

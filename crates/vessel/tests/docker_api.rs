@@ -1443,6 +1443,26 @@ fn docker_stats_and_update_a_running_container() {
         "the new limit: {}",
         stdout(&o)
     );
+    // ps shows a paused instance as paused, and filters by it.
+    assert_eq!(code(&s.docker(&["pause", &n])), 0);
+    let o = s.docker(&[
+        "ps",
+        "--filter",
+        "status=paused",
+        "--format",
+        "{{.Names}} {{.State}} {{.Status}}",
+    ]);
+    let line = stdout(&o);
+    assert!(
+        line.starts_with(&format!("{n} paused Up ")) && line.trim_end().ends_with("(Paused)"),
+        "{line}"
+    );
+    let o = s.docker(&["ps", "--filter", "status=running", "--format", "{{.Names}}"]);
+    assert!(
+        !stdout(&o).contains(&n),
+        "a paused instance listed as running"
+    );
+    assert_eq!(code(&s.docker(&["unpause", &n])), 0);
     // A field vessel does not have: refused by name.
     let o = s.docker(&["update", "--blkio-weight", "300", &n]);
     assert_ne!(code(&o), 0);

@@ -401,31 +401,6 @@ pub(super) fn short(id: &str, full: bool) -> &str {
     }
 }
 
-fn status_text(i: &Instance, paused: bool, restarting: bool) -> String {
-    let age = |t: &Option<String>| {
-        t.as_deref()
-            .map(human_age)
-            .unwrap_or_default()
-            .replace(" ago", "")
-    };
-    match i.status {
-        Status::Created => "Created".into(),
-        Status::Exited if restarting => format!(
-            "Restarting ({}) {} ago",
-            i.exit_code.unwrap_or(-1),
-            age(&i.finished_at)
-        ),
-        Status::Running if paused => format!("Up {} (Paused)", age(&i.started_at)),
-        Status::Running => format!("Up {}", age(&i.started_at)),
-        Status::Exited => format!(
-            "Exited ({}) {} ago",
-            i.exit_code.unwrap_or(-1),
-            age(&i.finished_at)
-        ),
-        Status::Dead => "Dead".into(),
-    }
-}
-
 fn command_text(i: &Instance, full: bool) -> String {
     let c = i.request.args.join(" ");
     let c = if !full && c.chars().count() > 20 {
@@ -440,19 +415,7 @@ fn command_text(i: &Instance, full: bool) -> String {
 pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     let all = engine.list().map_err(|e| Failure::new(1, e))?;
     let filters = PsFilter::parse(&a.filter)?;
-    let restarting = |i: &Instance| {
-        vessel_engine::restart::RestartState::load(&engine.instance_dir(&i.id)).restarting
-            && i.status != Status::Running
-    };
-    let state = |i: &Instance| -> &'static str {
-        if engine.paused(i) {
-            "paused"
-        } else if restarting(i) {
-            "restarting"
-        } else {
-            i.status.as_str()
-        }
-    };
+    let state = |i: &Instance| -> &'static str { engine.ps_state(i).0 };
     // A status filter shows what it names, running or not (Docker's rule).
     let any_status = filters.has("status") || filters.has("exited");
     let shown: Vec<&Instance> = all
@@ -490,7 +453,7 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
                     "RunningFor": human_age(&i.created).replace(" ago", ""),
                     "Ports": ports.join(", "),
                     "State": state(i),
-                    "Status": status_text(i, engine.paused(i), restarting(i)),
+                    "Status": engine.ps_state(i).1,
                     "Names": i.name,
                     "Labels": i.request.labels,
                     "Networks": i.request.network.as_str(),
@@ -522,12 +485,7 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
                 i.image.clone(),
                 command_text(i, a.no_trunc),
                 human_age(&i.created),
-                status_text(
-                    i,
-                    engine.paused(i),
-                    vessel_engine::restart::RestartState::load(&engine.instance_dir(&i.id))
-                        .restarting,
-                ),
+                engine.ps_state(i).1,
                 i.request.isolation.as_str().to_string(),
                 i.name.clone(),
             ]

@@ -229,34 +229,7 @@ pub fn print_table<const N: usize>(
 }
 
 /// "3 minutes ago", as Docker prints ages.
-pub fn human_age(rfc3339: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
-        return rfc3339.to_string();
-    };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    let (n, unit) = match secs {
-        s if s < 60 => {
-            return if s < 2 {
-                "Less than a second ago".into()
-            } else {
-                format!("{s} seconds ago")
-            }
-        }
-        s if s < 3600 => (s / 60, "minute"),
-        s if s < 86400 => (s / 3600, "hour"),
-        s if s < 86400 * 14 => (s / 86400, "day"),
-        s if s < 86400 * 60 => (s / (86400 * 7), "week"),
-        s if s < 86400 * 365 * 2 => (s / (86400 * 30), "month"),
-        s => (s / (86400 * 365), "year"),
-    };
-    if n == 1 {
-        format!("{} {unit} ago", if unit == "hour" { "An" } else { "1" })
-    } else {
-        format!("{n} {unit}s ago")
-    }
-}
+pub use vessel_engine::lifecycle::human_age;
 
 /// Sizes in Docker's decimal units ("4.26MB").
 pub fn human_size(bytes: u64) -> String {
