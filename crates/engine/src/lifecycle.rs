@@ -309,32 +309,6 @@ fn tty_name(tty_nr: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_reads_as_ps_would() {
-        let me = read_process(std::process::id() as i32).unwrap();
-        assert_eq!(me.pid, std::process::id() as i32);
-        assert_eq!(me.ppid as u32, std::os::unix::process::parent_id());
-        assert!(
-            me.time.len() == 8 && me.time.as_bytes()[2] == b':',
-            "{}",
-            me.time
-        );
-        assert!(!me.cmd.is_empty());
-        assert_eq!(me.row().len(), TOP_TITLES.len());
-    }
-
-    #[test]
-    fn tty_names() {
-        assert_eq!(tty_name(0), "?");
-        assert_eq!(tty_name((136 << 8) | 3), "pts/3");
-        assert_eq!(tty_name((4 << 8) | 1), "tty1");
-    }
-}
-
 /// How long ago an RFC 3339 time was, in Docker's words ("Less than a second ago",
 /// "5 minutes ago", "An hour ago"); the text itself if it is not one.
 pub fn human_age(rfc3339: &str) -> String {
@@ -363,5 +337,31 @@ pub fn human_age(rfc3339: &str) -> String {
         format!("{} {unit} ago", if unit == "hour" { "An" } else { "1" })
     } else {
         format!("{n} {unit}s ago")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_reads_as_ps_would() {
+        let me = read_process(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert_eq!(me.ppid as u32, std::os::unix::process::parent_id());
+        assert!(
+            me.time.len() == 8 && me.time.as_bytes()[2] == b':',
+            "{}",
+            me.time
+        );
+        assert!(!me.cmd.is_empty());
+        assert_eq!(me.row().len(), TOP_TITLES.len());
+    }
+
+    #[test]
+    fn tty_names() {
+        assert_eq!(tty_name(0), "?");
+        assert_eq!(tty_name((136 << 8) | 3), "pts/3");
+        assert_eq!(tty_name((4 << 8) | 1), "tty1");
     }
 }
