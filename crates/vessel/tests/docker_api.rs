@@ -1476,3 +1476,71 @@ fn docker_stats_and_update_a_running_container() {
     );
     assert_eq!(st, 404, "a removed instance");
 }
+
+/// The README's table of endpoints is true: every endpoint it lists is routed (answered
+/// by its handler, which here refuses a bad body, a filter it does not know, or an object
+/// that does not exist), neither "page not found" nor 501. Requests are made so that
+/// none changes anything.
+#[test]
+fn every_endpoint_in_the_readme_table_is_served() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("Supported endpoints")
+        .expect("the README's endpoint table");
+    let table: Vec<&str> = readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
+    assert!(table.len() > 10, "the table: {table:?}");
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for row in table {
+        let cell = row.split('|').nth(1).unwrap();
+        // Query parameters are in parentheses: not endpoints.
+        let mut plain = String::new();
+        let mut depth = 0;
+        for ch in cell.chars() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                c if depth == 0 => plain.push(c),
+                _ => {}
+            }
+        }
+        let mut last: Option<(String, String)> = None;
+        for token in plain.split('`').skip(1).step_by(2) {
+            if let Some((methods, path)) = token.split_once(' ') {
+                for m in methods.split('/') {
+                    endpoints.push((m.to_string(), path.to_string()));
+                }
+                last = Some((
+                    methods.split('/').next().unwrap().to_string(),
+                    path.to_string(),
+                ));
+            } else if let Some((m, path)) = &last {
+                // `stop` after `POST /containers/{id}/start`: the same with the last part.
+                let base = path.rsplit_once('/').unwrap().0;
+                endpoints.push((m.clone(), format!("{base}/{token}")));
+            }
+        }
+    }
+    assert!(endpoints.len() > 40, "{endpoints:?}");
+    let s = Server::start();
+    for (method, path) in &endpoints {
+        let path = path
+            .replace("{id}", "vessel-no-such-object")
+            .replace("{name}", "vessel-no-such-object");
+        // A filter no endpoint knows, and a body no endpoint takes: refused before any
+        // change (prunes, creates, loads).
+        let url = format!("/v1.41{path}?filters=%7B%22vessel-bogus%22%3A%5B%22x%22%5D%7D");
+        let (st, body) = s.raw(method, &url, b"[]");
+        assert_ne!(st, 501, "{method} {path}: {body}");
+        assert!(
+            !(st == 404 && message(&body).starts_with("page not found")),
+            "{method} {path} is in the README's table but not routed: {body}"
+        );
+        assert!(st < 500, "{method} {path}: {st} {body}");
+    }
+}
