@@ -151,6 +151,30 @@ fn unsupported(field: &str, v: &Value) -> ApiError {
     ))
 }
 
+/// Docker's `RestartPolicy` object (`{"Name": "on-failure", "MaximumRetryCount": 3}`)
+/// as the engine's policy text (`on-failure:3`); `None` when unset.
+pub(crate) fn restart_policy(prefix: &str, v: Option<Value>) -> Result<Option<String>, ApiError> {
+    let mut restart = Fields::new(prefix, v)?;
+    let policy = match restart.nonempty("Name")? {
+        None => None,
+        Some(name) => {
+            let max = restart.int("MaximumRetryCount")?.unwrap_or(0);
+            Some(match name.as_str() {
+                "on-failure" if max > 0 => format!("on-failure:{max}"),
+                _ if max != 0 => {
+                    return Err(bad(
+                        &format!("{prefix}.MaximumRetryCount"),
+                        "only on-failure takes a maximum retry count",
+                    ))
+                }
+                _ => name,
+            })
+        }
+    };
+    restart.finish()?;
+    Ok(policy)
+}
+
 /// What a create body asks for.
 pub struct CreateRequest {
     /// The image as named.
@@ -328,21 +352,7 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
         }
     }
     log.finish()?;
-    let mut restart = Fields::new("HostConfig.RestartPolicy", h.take("RestartPolicy"))?;
-    if let Some(name) = restart.nonempty("Name")? {
-        let max = restart.int("MaximumRetryCount")?.unwrap_or(0);
-        o.restart = Some(match name.as_str() {
-            "on-failure" if max > 0 => format!("on-failure:{max}"),
-            _ if max != 0 => {
-                return Err(bad(
-                    "HostConfig.RestartPolicy.MaximumRetryCount",
-                    "only on-failure takes a maximum retry count",
-                ))
-            }
-            _ => name,
-        });
-    }
-    restart.finish()?;
+    o.restart = restart_policy("HostConfig.RestartPolicy", h.take("RestartPolicy"))?;
     o.access.privileged = h.boolean("Privileged")?;
     if let Some(Value::Array(list)) = h.take("Devices") {
         for d in list {
@@ -444,13 +454,7 @@ pub async fn create(
             format!("{p} is not supported: vessel runs linux/amd64"),
         ));
     }
-    let body = http::body(req).await?;
-    let v: Value = http::parse_json(&body)?;
-    if !v.is_object() {
-        return Err(ApiError::BadRequest(
-            "invalid JSON body: expected an object".into(),
-        ));
-    }
+    let v = http::object_body(req).await?;
     let c = parse_create(v)?;
     let inst = state
         .engine(move |e| {

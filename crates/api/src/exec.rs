@@ -99,13 +99,7 @@ pub async fn create(
     req: Request<Incoming>,
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let body = http::body(req).await?;
-    let v: Value = http::parse_json(&body)?;
-    if !v.is_object() {
-        return Err(ApiError::BadRequest(
-            "invalid JSON body: expected an object".into(),
-        ));
-    }
+    let v = http::object_body(req).await?;
     let mut f = Fields::new("", Some(v))?;
     let args = f.strings("Cmd")?;
     if args.is_empty() {

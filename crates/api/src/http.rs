@@ -87,6 +87,18 @@ pub async fn body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
+/// The body as a JSON object (at most [`MAX_BODY`] bytes); anything else is a 400.
+pub async fn object_body(req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+    let body = body(req).await?;
+    let v: serde_json::Value = parse_json(&body)?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "invalid JSON body: expected an object".into(),
+        ));
+    }
+    Ok(v)
+}
+
 /// A JSON body as `T` (an empty body is `null`).
 pub fn parse_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     let b = if b.iter().all(u8::is_ascii_whitespace) {

@@ -104,13 +104,7 @@ pub async fn create(
     state: &Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = http::body(req).await?;
-    let v: Value = http::parse_json(&body)?;
-    if !v.is_object() {
-        return Err(ApiError::BadRequest(
-            "invalid JSON body: expected an object".into(),
-        ));
-    }
+    let v = http::object_body(req).await?;
     let mut f = Fields::new("", Some(v))?;
     let name = f
         .nonempty("Name")?

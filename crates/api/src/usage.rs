@@ -75,7 +75,7 @@ fn stats_json(id: &str, name: &str, now: &Sample, pre: Option<&Sample>) -> Value
         "memory_stats": {
             "usage": u.memory,
             // No limit: the host's memory, as Docker shows it.
-            "limit": u.memory_limit.filter(|&l| l < (1 << 62)).unwrap_or_else(host_memory),
+            "limit": u.memory_limit.filter(|&l| l < (1 << 62)).unwrap_or_else(vessel_engine::lifecycle::host_memory),
             "stats": {},
         },
         "networks": if u.net.is_some() {
@@ -93,18 +93,6 @@ fn stats_json(id: &str, name: &str, now: &Sample, pre: Option<&Sample>) -> Value
         "num_procs": 0,
         "storage_stats": {},
     })
-}
-
-fn host_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }
 
 async fn sample(state: &Arc<State>, id: &str) -> Result<(String, String, Sample), ApiError> {
@@ -184,13 +172,7 @@ pub async fn update(
     req: Request<Incoming>,
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let body = http::body(req).await?;
-    let v: Value = http::parse_json(&body)?;
-    if !v.is_object() {
-        return Err(ApiError::BadRequest(
-            "invalid JSON body: expected an object".into(),
-        ));
-    }
+    let v = http::object_body(req).await?;
     let mut f = Fields::new("", Some(v))?;
     let positive = |f: &mut Fields, k: &str| -> Result<Option<u64>, ApiError> {
         match f.int(k)? {
@@ -206,25 +188,9 @@ pub async fn update(
         cpu_shares: positive(&mut f, "CpuShares")?,
         cpuset_cpus: f.nonempty("CpusetCpus")?,
     };
-    let mut restart = Fields::new("RestartPolicy", f.take("RestartPolicy"))?;
-    let policy = match restart.nonempty("Name")? {
-        None => None,
-        Some(name) => {
-            let max = restart.int("MaximumRetryCount")?.unwrap_or(0);
-            let text = match name.as_str() {
-                "on-failure" if max > 0 => format!("on-failure:{max}"),
-                _ if max != 0 => {
-                    return Err(bad(
-                        "RestartPolicy.MaximumRetryCount",
-                        "only on-failure takes a maximum retry count",
-                    ))
-                }
-                _ => name,
-            };
-            Some(vessel_engine::restart::RestartPolicy::parse(&text)?)
-        }
-    };
-    restart.finish()?;
+    let policy = crate::containers::restart_policy("RestartPolicy", f.take("RestartPolicy"))?
+        .map(|p| vessel_engine::restart::RestartPolicy::parse(&p))
+        .transpose()?;
     // The docker CLI sends every other field at its zero value: accepted as unset.
     f.finish()?;
     if limits == Limits::default() && policy.is_none() {

@@ -309,6 +309,20 @@ fn tty_name(tty_nr: u64) -> String {
     }
 }
 
+/// The host's memory in bytes (`/proc/meminfo`'s MemTotal): the limit shown for an
+/// instance without one, as Docker shows it.
+pub fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
 /// How long ago an RFC 3339 time was, in Docker's words ("Less than a second ago",
 /// "5 minutes ago", "An hour ago"); the text itself if it is not one.
 pub fn human_age(rfc3339: &str) -> String {

@@ -245,19 +245,7 @@ pub fn stats(engine: &Engine, a: &StatsArgs) -> CmdResult {
 fn shown_limit(u: &Usage) -> u64 {
     u.memory_limit
         .filter(|&l| l < (1 << 62))
-        .unwrap_or_else(host_memory)
-}
-
-fn host_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+        .unwrap_or_else(vessel_engine::lifecycle::host_memory)
 }
 
 fn table_row(s: &Sample, full: bool) -> [String; 8] {
