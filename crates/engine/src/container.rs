@@ -50,8 +50,6 @@ impl ContainerBackend {
     }
 }
 
-/// An instance's /etc/hosts (container or VM): localhost, itself, and on a user network
-/// the instances already on it.
 /// The `/etc/hosts` line (without its newline) that names an instance to its peers: its
 /// name, then its network aliases.
 pub(super) fn hosts_line(ip: std::net::Ipv4Addr, name: &str, aliases: &[String]) -> String {
@@ -63,6 +61,8 @@ pub(super) fn hosts_line(ip: std::net::Ipv4Addr, name: &str, aliases: &[String])
     line
 }
 
+/// An instance's /etc/hosts (container or VM): localhost, itself (with its aliases), and
+/// on a user network the instances already on it.
 pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Result<String> {
     let req = &inst.request;
     let mut out = String::from(
