@@ -390,17 +390,18 @@ pub async fn save(
 
 /// A `Read` over a request body's chunks, fed by an async task.
 struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
     cur: Bytes,
 }
 
 impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.cur.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.cur = b,
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
-                Err(_) => return Ok(0),
+            // Called on a blocking thread: waiting here holds no runtime worker.
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.cur.len());
@@ -415,16 +416,20 @@ impl std::io::Read for ChunkReader {
 pub async fn load(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     use http_body_util::BodyExt;
     let quiet = http::query(&req).flag("quiet");
-    let (chunks, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(16);
+    let (chunks, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
     let mut body = req.into_body();
     tokio::spawn(async move {
         while let Some(frame) = body.frame().await {
             let sent = match frame {
                 Ok(f) => match f.into_data() {
-                    Ok(data) => chunks.send(Ok(data)),
+                    Ok(data) => chunks.send(Ok(data)).await,
                     Err(_) => continue, // trailers
                 },
-                Err(e) => chunks.send(Err(format!("reading the request body: {e}"))),
+                Err(e) => {
+                    chunks
+                        .send(Err(format!("reading the request body: {e}")))
+                        .await
+                }
             };
             if sent.is_err() {
                 break; // the load stopped
