@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use vessel_engine::backend::Stdio;
-use vessel_engine::request::{Isolation, LogConfig, RunRequest};
+use vessel_engine::request::{Isolation, RunRequest};
 use vessel_engine::{CreateSpec, Engine};
 
 use crate::{Error, Report, Result};
@@ -60,41 +60,12 @@ pub fn run<T>(
         },
         |_, _, id| {
             Ok(RunRequest {
-                isolation: Isolation::Container,
-                args: spec.args.clone(),
                 env: spec.env.clone(),
                 workdir: spec.workdir.clone(),
                 user: spec.user.clone(),
                 hostname: id.get(..12).unwrap_or(id).to_string(),
-                tty: false,
-                interactive: false,
-                auto_remove: false,
-                read_only: false,
-                volumes: Vec::new(),
-                memory: None,
-                cpus: None,
-                pids_limit: None,
-                init: false,
-                userns: false,
-                stop_signal: libc::SIGTERM,
-                stop_timeout: 10,
-                kernel: None,
-                console: false,
                 network: network.clone(),
-                ports: Vec::new(),
-                attachment: None,
-                network_aliases: Vec::new(),
-                log: LogConfig::default(),
-                labels: Default::default(),
-                extra_hosts: Vec::new(),
-                dns: Vec::new(),
-                cap_add: Vec::new(),
-                cap_drop: Vec::new(),
-                ulimits: Vec::new(),
-                tmpfs: Vec::new(),
-                dns_search: Vec::new(),
-                access: Default::default(),
-                restart: Default::default(),
+                ..RunRequest::plain(Isolation::Container, spec.args.clone())
             })
         },
     )?;

@@ -19,7 +19,7 @@ use vessel_container::{CreateOptions, Runtime, Stats, Stdio};
 
 use super::backend::{self, Backend, ExecRequest, Started};
 use super::catalogue::{Instance, Status};
-use super::request::{Isolation, LogConfig, RunRequest};
+use super::request::{Isolation, RunRequest};
 use super::vm::VmBackend;
 use super::{EngineConfig, EngineError, Result};
 
@@ -121,45 +121,21 @@ fn vm_request(id: &str, spec: &Spec, vm: &VmSpec) -> Result<RunRequest> {
         }
     }
     Ok(RunRequest {
-        isolation: Isolation::Vm,
-        args: process.args().clone().unwrap_or_default(),
         env: process.env().clone().unwrap_or_default(),
         workdir: process.cwd().display().to_string(),
         user: user_of(process),
         hostname: spec.hostname().clone().unwrap_or_else(|| id.to_string()),
         tty: process.terminal().unwrap_or(false),
         interactive: true,
-        auto_remove: false,
         read_only: spec
             .root()
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false),
-        volumes: Vec::new(),
         memory: vm.memory_mib.map(|m| u64::from(m) << 20),
         cpus: vm.cpus.map(f64::from),
-        pids_limit: None,
-        init: false,
-        userns: false,
-        stop_signal: libc::SIGTERM,
-        stop_timeout: 10,
         kernel: vm.kernel.clone(),
-        console: false,
-        network: vessel_network::Mode::None,
-        ports: Vec::new(),
-        attachment: None,
-        network_aliases: Vec::new(),
-        log: LogConfig::default(),
-        labels: Default::default(),
-        extra_hosts: Vec::new(),
-        dns: Vec::new(),
-        cap_add: Vec::new(),
-        cap_drop: Vec::new(),
-        ulimits: Vec::new(),
-        tmpfs: Vec::new(),
-        dns_search: Vec::new(),
-        access: Default::default(),
-        restart: Default::default(),
+        ..RunRequest::plain(Isolation::Vm, process.args().clone().unwrap_or_default())
     })
 }
 

@@ -290,6 +290,51 @@ pub struct RunRequest {
     pub restart: crate::restart::RestartPolicy,
 }
 
+impl RunRequest {
+    /// A request to run `args` with nothing else asked for: no limits, no network, no
+    /// volumes, the image's defaults left to the caller (the bundle and build front ends
+    /// fill in what they have over this).
+    pub fn plain(isolation: Isolation, args: Vec<String>) -> RunRequest {
+        RunRequest {
+            isolation,
+            args,
+            env: Vec::new(),
+            workdir: "/".into(),
+            user: String::new(),
+            hostname: String::new(),
+            tty: false,
+            interactive: false,
+            auto_remove: false,
+            read_only: false,
+            volumes: Vec::new(),
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            init: false,
+            userns: false,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: 10,
+            kernel: None,
+            console: false,
+            network: vessel_network::Mode::None,
+            ports: Vec::new(),
+            attachment: None,
+            network_aliases: Vec::new(),
+            log: LogConfig::default(),
+            labels: Default::default(),
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            ulimits: Vec::new(),
+            tmpfs: Vec::new(),
+            dns_search: Vec::new(),
+            access: Default::default(),
+            restart: Default::default(),
+        }
+    }
+}
+
 /// `--add-host NAME:IP`: a line of /etc/hosts. `host-gateway` is the instance's gateway
 /// on its bridge network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
