@@ -10,6 +10,10 @@
 //!   three zero bytes, the length as a big-endian u32; then the data);
 //! - with [`WANT_STDIN`], what it sends goes to the instance's stdin (if it has one open);
 //!   with [`STDIN_ONCE`] too, its end of input closes the instance's stdin;
+//! - with [`RESIZE`] instead, what it sends is terminal sizes, 4 bytes each (rows then
+//!   columns, big-endian u16), applied to the instance's terminal (if it has one, as
+//!   Docker's resize is a no-op without); the server hangs up once the client ended its
+//!   input, so a client that reads to its end knows every size was applied;
 //! - the server closes every connection once the instance's output is drained after its
 //!   exit.
 //!
@@ -33,6 +37,8 @@ pub const WANT_STDOUT: u8 = 2;
 pub const WANT_STDERR: u8 = 4;
 /// Flag: the end of the client's input closes the instance's stdin (Docker's `StdinOnce`).
 pub const STDIN_ONCE: u8 = 8;
+/// Flag: the client sends terminal sizes, not input (see the module's documentation).
+pub const RESIZE: u8 = 16;
 /// Output held for one slow client before it is dropped.
 pub const MAX_PENDING: usize = 1 << 20;
 /// Clients served at once; more are refused (closed on accept).
@@ -58,6 +64,8 @@ struct Client {
     out: Vec<u8>,
     /// The client ended its input.
     read_done: bool,
+    /// A [`RESIZE`] client's incomplete size record.
+    size: Vec<u8>,
 }
 
 /// Where input goes: the write end of the instance's stdin pipe, or its terminal.
@@ -84,6 +92,8 @@ pub struct Hub {
     listener: Option<OwnedFd>,
     clients: Vec<Client>,
     tty: bool,
+    /// The instance's terminal (its master), which [`RESIZE`] clients size.
+    terminal: Option<RawFd>,
     stdin: Option<StdinTarget>,
     input: Vec<u8>,
     close_after_input: bool,
@@ -176,6 +186,7 @@ impl Hub {
             listener,
             clients: Vec::new(),
             tty,
+            terminal: None,
             stdin: None,
             input: Vec::new(),
             close_after_input: false,
@@ -186,6 +197,7 @@ impl Hub {
                 mode,
                 out: Vec::new(),
                 read_done: false,
+                size: Vec::new(),
             });
         }
         // Their flags are usually there already: read them before any output.
@@ -209,6 +221,12 @@ impl Hub {
         if target.is_none() {
             self.input.clear();
         }
+    }
+
+    /// Sets the instance's terminal (a pty master the owner keeps open), which
+    /// [`RESIZE`] clients size; `None` for an instance without one.
+    pub fn set_terminal(&mut self, master: Option<RawFd>) {
+        self.terminal = master;
     }
 
     /// The listener and the clients' descriptors with their flags if read, for handing
@@ -253,7 +271,8 @@ impl Hub {
         let room = self.input.len() < MAX_INPUT;
         for c in &self.clients {
             let mut events = 0;
-            if !c.read_done && (c.mode.is_none() || room) {
+            let sizes = c.mode.is_some_and(|m| m & RESIZE != 0);
+            if !c.read_done && (c.mode.is_none() || room || sizes) {
                 events |= libc::POLLIN;
             }
             if !c.out.is_empty() {
@@ -352,6 +371,7 @@ impl Hub {
                 mode: None,
                 out: Vec::new(),
                 read_done: false,
+                size: Vec::new(),
             });
         }
     }
@@ -388,6 +408,11 @@ impl Hub {
         let n = n as usize;
         if n == 0 {
             c.read_done = true;
+            if c.mode.is_some_and(|m| m & RESIZE != 0) {
+                // Every size sent was applied: say so by hanging up.
+                let _ = shutdown(&c.fd);
+                return;
+            }
             if c.mode
                 .is_some_and(|m| m & (WANT_STDIN | STDIN_ONCE) == WANT_STDIN | STDIN_ONCE)
                 && self.stdin.is_some()
@@ -400,7 +425,21 @@ impl Hub {
             return;
         }
         match c.mode {
-            None => c.mode = Some(buf[0]),
+            None => {
+                c.mode = Some(buf[0]);
+            }
+            Some(m) if m & RESIZE != 0 => {
+                c.size.extend_from_slice(&buf[..n]);
+                let whole = c.size.len() / 4 * 4;
+                for r in c.size[..whole].chunks_exact(4) {
+                    let rows = u16::from_be_bytes([r[0], r[1]]);
+                    let cols = u16::from_be_bytes([r[2], r[3]]);
+                    if let Some(t) = self.terminal {
+                        set_size(t, rows, cols);
+                    }
+                }
+                c.size.drain(..whole);
+            }
             Some(m) if m & WANT_STDIN != 0 && self.stdin.is_some() => {
                 self.input.extend_from_slice(&buf[..n]);
             }
@@ -534,6 +573,22 @@ fn drop_slow(c: &mut Client) {
     let _ = shutdown(&c.fd);
 }
 
+/// Sets a terminal's size (its foreground process group gets SIGWINCH); sizes of 0
+/// are not sizes and are ignored.
+fn set_size(master: RawFd, rows: u16, cols: u16) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on the terminal the owner keeps open.
+    unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
+}
+
 fn shutdown(fd: &OwnedFd) -> i32 {
     // SAFETY: shutdown(2) on our own socket.
     unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) }
@@ -603,5 +658,30 @@ mod tests {
         let mut r = r;
         r.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hi");
+    }
+
+    #[test]
+    fn resize_clients_size_the_terminal_and_hang_up_when_done() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        // Two sizes, the second split across writes, then the end of input.
+        a.write_all(&[RESIZE, 0, 24, 0, 80, 0, 50]).unwrap();
+        let mut hub = Hub::from_fds(None, vec![OwnedFd::from(b)], true);
+        hub.set_terminal(Some(pty.master.as_raw_fd()));
+        poll_once(&mut hub);
+        a.write_all(&[0, 132]).unwrap();
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        for _ in 0..4 {
+            poll_once(&mut hub);
+        }
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "a resize client gets no output: {rest:?}");
+        // SAFETY: winsize is plain integers.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ into a winsize we own.
+        let got = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!(got, 0);
+        assert_eq!((ws.ws_row, ws.ws_col), (50, 132));
     }
 }

@@ -265,6 +265,9 @@ fn hub(args: &Args) -> Hub {
         (None, false) => None,
     };
     hub.set_stdin(target);
+    if args.pty {
+        hub.set_terminal(args.sources.first().map(|&(fd, _)| fd));
+    }
     hub
 }
 
