@@ -281,6 +281,9 @@ impl Backend for ContainerBackend {
             annotations,
         };
         let mut spec = spec::docker_default(&opts);
+        if let Some((rows, cols)) = req.console_size {
+            spec::set_console_size(&mut spec, rows, cols);
+        }
         if !req.cap_add.is_empty() || !req.cap_drop.is_empty() {
             let caps = spec::capabilities_with(&req.cap_add, &req.cap_drop)
                 .map_err(EngineError::InvalidFlag)?;

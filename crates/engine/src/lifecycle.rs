@@ -58,6 +58,59 @@ impl crate::Engine {
         Ok(inst)
     }
 
+    /// Connects to the attach socket of instance `id` (through a descriptor of its
+    /// directory: the path may not fit in a `sockaddr_un`). See `vessel_shim::attach`
+    /// for the protocol.
+    pub fn attach_socket(&self, id: &str) -> Result<std::os::unix::net::UnixStream> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.instance_dir(id);
+        let d = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)
+            .map_err(|e| EngineError::io("open", &dir, e))?;
+        let path = format!(
+            "/proc/self/fd/{}/{}",
+            d.as_raw_fd(),
+            vessel_shim::attach::SOCKET
+        );
+        std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| EngineError::io("attach to", dir.join(vessel_shim::attach::SOCKET), e))
+    }
+
+    /// Sets the terminal size of running instance `key` (Docker's `resize`), through its
+    /// attach socket; returns once its holder applied it. An instance without a terminal
+    /// is left as it is, as Docker leaves it.
+    pub fn resize(&self, key: &str, rows: u16, cols: u16) -> Result<()> {
+        use std::io::{Read, Write};
+        if rows == 0 || cols == 0 {
+            return Err(EngineError::InvalidFlag(format!(
+                "invalid terminal size {rows}x{cols}: both must be at least 1"
+            )));
+        }
+        let inst = self.running(key)?;
+        if !inst.request.tty {
+            return Ok(());
+        }
+        let mut s = self.attach_socket(&inst.id)?;
+        let gone = |e: std::io::Error| {
+            EngineError::Conflict(format!("container {} is not running: {e}", inst.name))
+        };
+        let [r0, r1] = rows.to_be_bytes();
+        let [c0, c1] = cols.to_be_bytes();
+        s.write_all(&[vessel_shim::attach::RESIZE, r0, r1, c0, c1])
+            .map_err(gone)?;
+        s.shutdown(std::net::Shutdown::Write).map_err(gone)?;
+        // The holder hangs up once it applied the size; a holder that does not within
+        // seconds is wedged, and the caller must not wait on it for ever.
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .map_err(gone)?;
+        let mut rest = Vec::new();
+        s.take(4096).read_to_end(&mut rest).map_err(gone)?;
+        Ok(())
+    }
+
     /// Whether a running instance is paused.
     pub fn paused(&self, inst: &Instance) -> bool {
         inst.status == Status::Running

@@ -539,6 +539,7 @@ impl<'a> Io<'a> {
             _ => None,
         };
         hub.set_stdin(target);
+        hub.set_terminal(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
         Io {
             started,
             pipes,

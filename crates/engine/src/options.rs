@@ -20,6 +20,9 @@ pub struct RunOptions {
     pub interactive: bool,
     /// `-t`: a terminal.
     pub tty: bool,
+    /// The terminal's first size, rows and columns (the API's `ConsoleSize`); needs
+    /// `tty`.
+    pub console_size: Option<(u16, u16)>,
     /// `--rm`: removed when it exits.
     pub rm: bool,
     /// `-e KEY=VALUE` or `-e KEY` (the caller's value).
@@ -111,6 +114,19 @@ pub fn build_request(
         return Err(EngineError::InvalidFlag(
             "--userns applies to containers: a microVM's root is confined by its own kernel, not by a user namespace".into(),
         ));
+    }
+    match a.console_size {
+        Some(_) if !a.tty => {
+            return Err(EngineError::InvalidFlag(
+                "a console size is for a terminal: it needs a TTY (-t)".into(),
+            ))
+        }
+        Some((0, _) | (_, 0)) => {
+            return Err(EngineError::InvalidFlag(
+                "a console size needs at least 1 row and 1 column".into(),
+            ))
+        }
+        _ => {}
     }
     let c = config.config().clone().unwrap_or_default();
     let entrypoint: Vec<String> = match &a.entrypoint {
@@ -355,6 +371,7 @@ pub fn build_request(
             .unwrap_or_default(),
         hostname: a.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
         tty: a.tty,
+        console_size: a.console_size,
         interactive: a.interactive,
         auto_remove: a.rm,
         read_only: a.read_only,

@@ -213,6 +213,9 @@ pub struct RunRequest {
     pub hostname: String,
     /// Allocate a terminal.
     pub tty: bool,
+    /// The terminal's first size, rows and columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<(u16, u16)>,
     /// Keep stdin open.
     pub interactive: bool,
     /// Remove when it exits.
@@ -303,6 +306,7 @@ impl RunRequest {
             user: String::new(),
             hostname: String::new(),
             tty: false,
+            console_size: None,
             interactive: false,
             auto_remove: false,
             read_only: false,

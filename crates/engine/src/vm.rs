@@ -374,6 +374,16 @@ fn bridge(
                 (Kind::Started, _) => {
                     told = true;
                     let _ = ready.send(Ok(()));
+                    if config.tty {
+                        // The host pty's size (its first, then what an attached caller
+                        // or a resize sets) is the guest's: the agent takes sizes once
+                        // its command exists.
+                        vm_exec::follow_size(
+                            std::os::fd::AsFd::as_fd(&out),
+                            writer.clone(),
+                            Kind::Resize,
+                        );
+                    }
                 }
                 (Kind::Stdout, data) => {
                     let _ = out.write_all(&data);
@@ -437,10 +447,17 @@ fn ended(reason: Option<ExitReason>) -> String {
 }
 
 /// A host pty in raw mode: the guest has the real terminal, so the host side only carries
-/// its bytes (no echo, no line editing, no signals from control characters).
-fn raw_pty() -> Result<nix::pty::OpenptyResult> {
-    let pty =
-        nix::pty::openpty(None, None).map_err(|e| EngineError::Backend(format!("openpty: {e}")))?;
+/// its bytes (no echo, no line editing, no signals from control characters). `size`
+/// (rows, columns) is its first size, which the guest's terminal follows.
+fn raw_pty(size: Option<(u16, u16)>) -> Result<nix::pty::OpenptyResult> {
+    let ws = size.map(|(rows, cols)| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(ws.as_ref(), None)
+        .map_err(|e| EngineError::Backend(format!("openpty: {e}")))?;
     let mut raw = nix::sys::termios::tcgetattr(&pty.slave)
         .map_err(|e| EngineError::Backend(format!("tcgetattr: {e}")))?;
     nix::sys::termios::cfmakeraw(&mut raw);
@@ -543,7 +560,7 @@ impl Backend for VmBackend {
             Stdio::Pty => {
                 // The guest has the real terminal; a host pty carries its bytes to the
                 // monitor, which treats it like a container's.
-                let pty = raw_pty()?;
+                let pty = raw_pty(r.console_size)?;
                 let dup = |fd: &OwnedFd| {
                     fd.try_clone()
                         .map_err(|e| EngineError::Backend(format!("dup: {e}")))
@@ -834,7 +851,7 @@ impl Backend for VmBackend {
                 stderr,
             } => (stdin, stdout, Some(stderr), None),
             Stdio::Pty => {
-                let pty = raw_pty()?;
+                let pty = raw_pty(None)?;
                 let slave_in = pty
                     .slave
                     .try_clone()

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -217,6 +217,42 @@ pub(super) fn start(dir: &Path, name: &str, config: &GuestConfig) -> Result<Unix
     }
 }
 
+/// Passes the size changes of the terminal whose slave is `slave` on to the guest, as
+/// `kind` frames (`Resize`, or a session's) on `writer`, from a thread of its own that
+/// ends once the guest's channel is gone. Whoever holds the master sets the size (an
+/// attached caller, or a resize through the attach socket); its SIGWINCH goes to the
+/// slave's session, which this process is not in, so the size is polled.
+pub(super) fn follow_size(
+    slave: std::os::fd::BorrowedFd<'_>,
+    writer: Arc<Mutex<UnixStream>>,
+    kind: Kind,
+) {
+    let Ok(slave) = slave.try_clone_to_owned() else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut last = (0u16, 0u16);
+        loop {
+            // SAFETY: winsize is plain integers; all zeros is a valid value.
+            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+            // SAFETY: TIOCGWINSZ fills a winsize we own, on a descriptor we hold.
+            let got = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+            if got == 0 {
+                let now = (ws.ws_row, ws.ws_col);
+                if now != last && now != (0, 0) {
+                    last = now;
+                    let frame = protocol::encode_resize(now.0, now.1);
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    if protocol::write_frame(&mut *w, kind, &frame).is_err() {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+}
+
 /// The relay process of a session: copies `stdin` to the guest and the guest's output to
 /// `stdout`/`stderr` (with a terminal, `stdin` and `stdout` are the pty's slave and its
 /// size changes are passed on) until the exit status arrives, which it returns. The
@@ -252,29 +288,7 @@ pub(super) fn relay(
         });
     }
     if tty {
-        // The slave learns the size the caller gives the master; pass changes on.
-        let w = writer.clone();
-        let slave = stdout.try_clone().ok();
-        std::thread::spawn(move || {
-            let Some(slave) = slave else { return };
-            let mut last = (0u16, 0u16);
-            loop {
-                // SAFETY: winsize is plain integers; all zeros is a valid value.
-                let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-                // SAFETY: TIOCGWINSZ fills a winsize we own, on a descriptor we hold.
-                let got = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-                if got == 0 {
-                    let now = (ws.ws_row, ws.ws_col);
-                    if now != last && now != (0, 0) {
-                        last = now;
-                        if send(&w, Kind::Resize, &protocol::encode_resize(now.0, now.1)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
+        follow_size(stdout.as_fd(), writer.clone(), Kind::Resize);
     }
     {
         let w = writer.clone();

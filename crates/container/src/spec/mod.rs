@@ -335,6 +335,19 @@ pub fn set_rlimit(
     Ok(())
 }
 
+/// Sets the process's terminal's first size (`process.consoleSize`).
+pub fn set_console_size(spec: &mut Spec, rows: u16, cols: u16) {
+    if let Some(process) = spec.process_mut() {
+        let size = oci_spec::runtime::BoxBuilder::default()
+            .height(u64::from(rows))
+            .width(u64::from(cols))
+            .build();
+        if let Ok(size) = size {
+            process.set_console_size(Some(size));
+        }
+    }
+}
+
 /// Adds a tmpfs at `dest`: `noexec,nosuid,nodev` (Docker's `--tmpfs` defaults) unless
 /// `options` say otherwise, then `options`.
 pub fn add_tmpfs(spec: &mut Spec, dest: &str, options: &[String]) {

@@ -50,6 +50,8 @@ fn run_options(a: &RunArgs) -> RunOptions {
         isolation: isolation_of(a.isolation),
         interactive: a.interactive,
         tty: a.tty,
+        // An attached terminal gets the size of ours; a detached one, the default.
+        console_size: None,
         rm: a.rm,
         env: a.env.clone(),
         env_files: a.env_files.clone(),
