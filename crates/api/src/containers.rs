@@ -392,7 +392,7 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
     // Fields whose default (or an equivalent the client sends) is what vessel does.
     h.only_default("Isolation", &[json!("default")])?;
     h.only_default("CgroupnsMode", &[json!("private"), json!("host")])?;
-    h.only_default("ConsoleSize", &[])?;
+    o.console_size = crate::exec::console_size(h.take("ConsoleSize"), "HostConfig.ConsoleSize")?;
     // The client's own defaults for fields Docker ignores on Linux unless set.
     h.only_default("OomKillDisable", &[json!(false)])?;
     h.only_default("MemorySwappiness", &[json!(-1)])?;
@@ -860,6 +860,24 @@ pub async fn rename(
         })
         .await?;
     Ok(http::empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: the terminal size of a running container (a
+/// no-op for one without a terminal, as in Docker).
+pub async fn resize(
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let (h, w) = crate::exec::size_query(req)?;
+    let id = id.to_string();
+    state
+        .engine(move |e| {
+            e.resize(&id, h, w)?;
+            Ok(())
+        })
+        .await?;
+    Ok(http::empty(StatusCode::OK))
 }
 
 /// `GET /containers/{id}/top`: `ps -ef`'s columns (no `ps_args`: vessel reads /proc).

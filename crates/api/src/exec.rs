@@ -74,7 +74,8 @@ fn no_such(id: &str) -> ApiError {
     ApiError::NotFound(format!("No such exec instance: {id}"))
 }
 
-fn console_size(v: Option<Value>, field: &str) -> Result<Option<(u16, u16)>, ApiError> {
+/// A `ConsoleSize` field: `[height, width]`; `[0, 0]` or absent is none.
+pub(crate) fn console_size(v: Option<Value>, field: &str) -> Result<Option<(u16, u16)>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) if a.len() == 2 => {

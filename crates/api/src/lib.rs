@@ -289,6 +289,7 @@ async fn dispatch(
             containers::pause(&state, id, false).await
         }
         (&Method::POST, ["containers", id, "rename"]) => containers::rename(&state, &req, id).await,
+        (&Method::POST, ["containers", id, "resize"]) => containers::resize(&state, &req, id).await,
         (&Method::GET, ["containers", id, "top"]) => containers::top(&state, &req, id).await,
         (&Method::GET, ["containers", id, "stats"]) => usage::stats(&state, &req, id).await,
         (&Method::POST, ["containers", id, "update"]) => usage::update(&state, req, id).await,
@@ -373,7 +374,7 @@ fn known_unimplemented(parts: &[&str]) -> bool {
         "commit",
         "grpc",
     ];
-    const CONTAINER: &[&str] = &["export", "changes", "archive", "stats", "resize", "update"];
+    const CONTAINER: &[&str] = &["export", "changes", "archive", "stats", "update"];
     match parts {
         [top, ..] if TOP.contains(top) => true,
         ["images", "search"] => true,

@@ -1,6 +1,6 @@
 //! The streaming endpoints: `wait`, `logs` and `attach` (a hijacked connection).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,24 +216,6 @@ pub async fn logs(
 
 use vessel_engine::Engine;
 
-/// Connects to a running instance's attach socket (through a descriptor of its
-/// directory: the path may not fit in a `sockaddr_un`).
-fn connect(dir: &std::path::Path) -> Result<std::os::unix::net::UnixStream, ApiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let d = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| ApiError::Internal(format!("open {}: {e}", dir.display())))?;
-    let path = format!("/proc/self/fd/{}/{}", d.as_raw_fd(), attach::SOCKET);
-    std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        ApiError::Internal(format!(
-            "attach to {}: {e}",
-            dir.join(attach::SOCKET).display()
-        ))
-    })
-}
-
 /// `POST /containers/{id}/attach?stream&stdin&stdout&stderr&logs`: with `Upgrade: tcp`
 /// (what Docker's clients send) the connection is hijacked (`101 UPGRADED`) and carries
 /// output one way and stdin the other; without, a `200` whose body is the output.
@@ -288,7 +270,7 @@ pub async fn attach(
         Status::Running => {
             drop((ours, theirs));
             let id = inst.id.clone();
-            let mut s = state.engine(move |e| connect(&e.instance_dir(&id))).await?;
+            let mut s = state.engine(move |e| Ok(e.attach_socket(&id)?)).await?;
             std::io::Write::write_all(&mut s, &[flags])
                 .map_err(|e| ApiError::Internal(format!("attach: {e}")))?;
             s

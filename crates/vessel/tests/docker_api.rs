@@ -868,6 +868,95 @@ fn docker_attach_to_a_running_container_gets_its_output_and_exit_code() {
 }
 
 #[test]
+fn container_terminals_take_the_console_size_and_resizes() {
+    let s = Server::start();
+    // `docker run -it` sends its terminal's size as ConsoleSize, then resizes.
+    let line = format!(
+        "stty rows 31 cols 97; {} run -it --rm busybox sh -c 'sleep 1; stty size'",
+        docker_cli().display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
+        .env("DOCKER_CONFIG", s.dir.path().join("docker-config"))
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::piped())
+        .output()
+        .expect("script is needed (bsdutils)");
+    assert!(
+        stdout(&o).contains("31 97"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // Through the API: a first size, then resizes while it runs.
+    let n = name("api-resize");
+    let (st, body) = s.raw(
+        "POST",
+        &format!("/v1.41/containers/create?name={n}"),
+        br#"{"Image":"busybox","Tty":true,"HostConfig":{"ConsoleSize":[40,120]},
+            "Cmd":["sh","-c","while :; do s=$(stty size); [ \"$s\" = \"$l\" ] || echo size=$s; l=$s; sleep 0.1; done"]}"#,
+    );
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = s.raw("POST", &format!("/v1.41/containers/{n}/start"), b"");
+    assert_eq!(st, 204, "{body}");
+    let logs_show = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = stdout(&s.docker(&["logs", &n]));
+            if out.contains(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {want:?} in {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    logs_show("size=40 120");
+    let (st, body) = s.raw(
+        "POST",
+        &format!("/v1.41/containers/{n}/resize?h=33&w=111"),
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    logs_show("size=33 111");
+    // Bad sizes and unknown containers.
+    for q in ["h=0&w=10", "h=10", "h=x&w=1", "h=70000&w=1"] {
+        let (st, body) = s.raw("POST", &format!("/v1.41/containers/{n}/resize?{q}"), b"");
+        assert_eq!(st, 400, "{q}: {body}");
+    }
+    let (st, body) = s.raw("POST", "/v1.41/containers/vessel-nope/resize?h=1&w=1", b"");
+    assert_eq!(st, 404, "{body}");
+    // A console size without a terminal is refused, not ignored.
+    let (st, body) = s.raw(
+        "POST",
+        "/v1.41/containers/create",
+        br#"{"Image":"busybox","HostConfig":{"ConsoleSize":[40,120]}}"#,
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(message(&body).contains("TTY"), "{body}");
+    // A stopped container cannot be resized (409); one without a terminal takes it as
+    // Docker does (a no-op).
+    assert_eq!(code(&s.docker(&["kill", &n])), 0);
+    assert_eq!(stdout(&s.docker(&["wait", &n])), "137\n");
+    let (st, body) = s.raw(
+        "POST",
+        &format!("/v1.41/containers/{n}/resize?h=5&w=5"),
+        b"",
+    );
+    assert_eq!(st, 409, "{body}");
+    assert!(message(&body).contains("not running"), "{body}");
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+    let m = sleeper(&s, "api-resize-notty");
+    let (st, body) = s.raw(
+        "POST",
+        &format!("/v1.41/containers/{m}/resize?h=5&w=5"),
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(code(&s.docker(&["rm", "-f", &m])), 0);
+}
+
+#[test]
 fn docker_events_show_cli_and_api_lifecycles_past_and_live() {
     let s = Server::start();
     let t0 = chrono::Utc::now().timestamp() - 1;

@@ -551,6 +551,20 @@ fn interactive_stdin_reaches_the_guest() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // With -it the guest's terminal has the caller's size (script gives vessel a
+    // terminal; stty sizes it first).
+    let cmdline = format!(
+        "stty rows 31 cols 97; {} --root {} run --isolation vm --rm -it busybox sh -c 'sleep 1; stty size'",
+        vessel_bin(),
+        root().display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("script (bsdutils)");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("31 97"), "the guest's terminal size: {out}");
 }
 
 #[test]
