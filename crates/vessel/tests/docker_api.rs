@@ -440,6 +440,156 @@ fn a_client_leaving_mid_attach_leaves_the_instance_running() {
     assert_no_leftovers(&id);
 }
 
+/// Many clients at once (issue 15): 20 shells each start `docker run --rm` once a
+/// second for a minute (`VESSEL_LOAD_SECONDS` to change). Every run prints its own
+/// hostname (its short id) and exits 0, and nothing of any run is left.
+#[test]
+fn twenty_shells_each_run_once_a_second_for_a_minute() {
+    const SHELLS: u32 = 20;
+    let seconds: u32 = std::env::var("VESSEL_LOAD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let s = Server::start();
+    let fds = || {
+        let dir = format!("/proc/{}/fd", s.child.id());
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                format!("{}->{}", e.file_name().to_string_lossy(), target.display())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let fds_before = fds();
+    let start = Instant::now();
+    let runs: Vec<(String, Result<String, String>, Duration)> = std::thread::scope(|sc| {
+        let shells: Vec<_> = (0..SHELLS)
+            .map(|shell| {
+                let s = &s;
+                sc.spawn(move || {
+                    let mut done = Vec::new();
+                    for tick in 0..seconds {
+                        // On the second, or at once when the last run took longer.
+                        let at = start
+                            + Duration::from_secs(u64::from(tick))
+                            + Duration::from_millis(u64::from(shell) * 1000 / u64::from(SHELLS));
+                        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                        if start.elapsed() > Duration::from_secs(u64::from(seconds) + 30) {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let o = s.docker(&["run", "--rm", "busybox", "hostname"]);
+                        let what = format!("shell {shell} run {tick}");
+                        let r = if code(&o) == 0 {
+                            Ok(stdout(&o).trim().to_string())
+                        } else {
+                            Err(format!("exit {}: {}", code(&o), stderr(&o)))
+                        };
+                        done.push((what, r, t.elapsed()));
+                    }
+                    done
+                })
+            })
+            .collect();
+        shells.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let wall = start.elapsed();
+    let failed: Vec<_> = runs.iter().filter(|(_, r, _)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} runs failed: {failed:#?}",
+        failed.len(),
+        runs.len()
+    );
+    let ids: Vec<String> = runs.iter().map(|(_, r, _)| r.clone().unwrap()).collect();
+    for id in &ids {
+        assert!(
+            id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "a run printed {id:?}, not its short id"
+        );
+    }
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "two runs had one id");
+    let mut times: Vec<Duration> = runs.iter().map(|(_, _, t)| *t).collect();
+    times.sort();
+    let pct = |p: usize| times[(times.len() - 1) * p / 100];
+    eprintln!(
+        "{} runs from {SHELLS} shells in {:.1} s: median {:?}, p95 {:?}, max {:?}",
+        runs.len(),
+        wall.as_secs_f64(),
+        pct(50),
+        pct(95),
+        pct(100)
+    );
+    // Every shell kept up (a run a second, give or take the machine's load).
+    assert_eq!(
+        runs.len() as u32,
+        SHELLS * seconds,
+        "some shells fell behind"
+    );
+    assert!(
+        wall < Duration::from_secs(u64::from(seconds) + 30),
+        "the runs took {wall:?}"
+    );
+    assert_none_left(&ids);
+    let o = s.docker(&["ps", "-aq", "--filter", "ancestor=busybox"]);
+    for id in &ids {
+        assert!(!stdout(&o).contains(id.as_str()), "{id} is still listed");
+    }
+    // The server holds no more descriptors than before, once its last connections
+    // closed, but for its pool of at most 4 open engines (each with its two
+    // databases, their logs and shared memory).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let is_db = |f: &String| [".db", ".db-wal", ".db-shm"].iter().any(|x| f.ends_with(x));
+    loop {
+        let fds_after = fds();
+        let other = |v: &[String]| v.iter().filter(|f| !is_db(f) && !f.ends_with("->")).count();
+        let dbs = fds_after.iter().filter(|f| is_db(f)).count();
+        if other(&fds_after) <= other(&fds_before) && dbs <= 4 * 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server holds {fds_after:#?}, before {fds_before:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The server restarting does not stop the instances it started: their monitors keep
+/// them, and the next server finds them, attaches, stops and removes them.
+#[test]
+fn running_instances_outlive_the_server() {
+    let s = Server::start();
+    let n = name("api-outlive");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 3' TERM; while :; do sleep 0.1; done",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    drop(s);
+    let s = Server::start();
+    let o = s.docker(&["inspect", "--format", "{{.State.Running}}", &n]);
+    assert_eq!(stdout(&o).trim(), "true", "{}", stderr(&o));
+    let o = s.docker(&["stop", &n]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&s.docker(&["wait", &n])), "3\n");
+    assert_eq!(stdout(&s.docker(&["logs", &n])), "bye\n");
+    assert_eq!(code(&s.docker(&["rm", &n])), 0);
+    assert_no_leftovers(&id);
+}
+
 /// `docker volume` through the API, and a named volume in `docker run -v`: the data
 /// outlives the container, a volume in use is kept (409), unsupported drivers are
 /// refused.

@@ -291,24 +291,39 @@ pub fn inspect(name: &str) -> serde_json::Value {
 /// Asserts that nothing of instance `id` is left on the host: no mount, no cgroup, no
 /// process, no runtime state.
 pub fn assert_no_leftovers(id: &str) {
+    assert_none_left(&[id.to_string()]);
+}
+
+/// [`assert_no_leftovers`] for many instances at once, each named by its id or by a
+/// prefix of it of at least 12 digits (its short id): every place is read once.
+pub fn assert_none_left(ids: &[String]) {
+    assert!(ids.iter().all(|i| i.len() >= 12), "{ids:?}");
+    let short: Vec<&str> = ids.iter().map(|i| &i[..12]).collect();
+    let of = |text: &str| short.iter().find(|s| text.contains(**s)).copied();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mountinfo.contains(id),
-        "a mount of {id} is left:\n{mountinfo}"
-    );
-    let veth = format!("/sys/class/net/vv{}", &id[..12]);
-    assert!(
-        !Path::new(&veth).exists(),
-        "the veth {veth} of {id} is left"
-    );
+    if let Some(id) = of(&mountinfo) {
+        panic!("a mount of {id} is left:\n{mountinfo}");
+    }
+    for s in &short {
+        let veth = format!("/sys/class/net/vv{s}");
+        assert!(!Path::new(&veth).exists(), "the veth {veth} of {s} is left");
+    }
     let rules = Command::new("nft")
         .args(["list", "ruleset"])
         .output()
         .expect("run nft");
     let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(!rules.contains(id), "nft rules of {id} are left:\n{rules}");
-    let cgroups = find_dirs(Path::new("/sys/fs/cgroup"), id, 8);
-    assert!(cgroups.is_empty(), "cgroups of {id} are left: {cgroups:?}");
+    if let Some(id) = of(&rules) {
+        panic!("nft rules of {id} are left:\n{rules}");
+    }
+    let mut cgroups = Vec::new();
+    dirs_below(Path::new("/sys/fs/cgroup"), 8, &mut cgroups);
+    if let Some(c) = cgroups.iter().find(|c| {
+        c.file_name()
+            .is_some_and(|n| of(&n.to_string_lossy()).is_some())
+    }) {
+        panic!("a cgroup is left: {}", c.display());
+    }
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         if p.file_name()
             .to_string_lossy()
@@ -321,40 +336,40 @@ pub fn assert_no_leftovers(id: &str) {
                 continue;
             }
             if let Ok(cg) = std::fs::read_to_string(p.path().join("cgroup")) {
-                assert!(
-                    !cg.contains(id),
-                    "process {:?} of {id} is left",
-                    p.file_name()
-                );
+                if let Some(id) = of(&cg) {
+                    panic!("process {:?} of {id} is left", p.file_name());
+                }
             }
         }
     }
-    let state = Path::new("/run/vessel/runtime").join(id);
-    assert!(!state.exists(), "runtime state {} is left", state.display());
-    assert!(
-        !root().join("instances").join(id).exists(),
-        "instance directory of {id} is left"
-    );
+    for dir in [
+        Path::new("/run/vessel/runtime").to_path_buf(),
+        root().join("instances"),
+    ] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = of(&n) {
+                panic!("{} of {id} is left", e.path().display());
+            }
+        }
+    }
 }
 
-fn find_dirs(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// Every directory below `dir`, down to `depth` levels (symbolic links not followed).
+fn dirs_below(dir: &Path, depth: u32, out: &mut Vec<PathBuf>) {
     if depth == 0 {
-        return out;
+        return;
     }
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
+        return;
     };
     for e in rd.flatten() {
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() && !ft.is_symlink() {
-            if e.file_name().to_string_lossy() == name {
-                out.push(e.path());
-            }
-            out.extend(find_dirs(&e.path(), name, depth - 1));
+            out.push(e.path());
+            dirs_below(&e.path(), depth - 1, out);
         }
     }
-    out
 }
 
 /// `vessel exec` passes a signal it is sent on to the process it runs in `instance`: the
