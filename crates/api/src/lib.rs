@@ -242,6 +242,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     tracing::debug!(%method, %path, "request");
+    let began = std::time::Instant::now();
     let r = match unversioned(&path) {
         Ok(p) => dispatch(state, req, &method, p).await,
         Err(e) => Err(e),
@@ -252,6 +253,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         http::error(&e)
     });
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), took = ?began.elapsed(), "answered");
     let h = resp.headers_mut();
     h.insert(
         "Api-Version",

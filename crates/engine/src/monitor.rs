@@ -309,7 +309,12 @@ fn supervise(
     }
 
     // A detached container needs no more of `vessel` until it exits: become the shim.
-    if !attached && inst.request.isolation == super::request::Isolation::Container {
+    // (Unless its process is gone already, as a short job's may be by now: then the
+    // shim would only exec this binary again to finish; we finish it ourselves.)
+    if !attached
+        && inst.request.isolation == super::request::Isolation::Container
+        && !exited_already(started.pid)
+    {
         if let Some(shim) = engine.config().shim.clone() {
             drop(log);
             let e = exec_shim(engine, inst, &shim, &started, ours.as_ref(), &hub);
@@ -352,6 +357,18 @@ fn supervise(
     // The last report is out: only now do the instance's mounts go (Started::teardown).
     drop(started.teardown);
     code
+}
+
+/// Whether our child `pid` has exited (its status stays for the wait that reaps it).
+fn exited_already(pid: i32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    matches!(
+        waitid(
+            Id::Pid(nix::unistd::Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ),
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+    )
 }
 
 /// The instance's attach socket in `dir`, with the clients connected before the start.
