@@ -584,6 +584,8 @@ pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Respons
     let all = q.flag("all");
     let f = filters(q.get("filters"), LIST_FILTERS)?;
     let limit = q.int("limit")?.filter(|&l| l > 0);
+    // A limit counts the last created, in any state (Docker's rule).
+    let all = all || limit.is_some();
     let has_status = f.iter().any(|(k, _)| k == "status");
     let mut list = state
         .engine(|e| {

@@ -889,6 +889,12 @@ pub struct PsArgs {
     /// Show full ids and commands
     #[arg(long)]
     pub no_trunc: bool,
+    /// Show the N instances created last, in any state
+    #[arg(short = 'n', long = "last", value_name = "N")]
+    pub last: Option<usize>,
+    /// Show the instance created last, in any state (-n 1)
+    #[arg(short = 'l', long)]
+    pub latest: bool,
     /// Only instances matching KEY=VALUE: id, name, label (KEY or KEY=VALUE), status
     /// (created, running, paused, restarting, exited, dead), ancestor (an image),
     /// exited (an exit code), isolation; the same key again widens, another narrows

@@ -285,6 +285,10 @@ fn docker_run_detached_ps_logs_inspect_stop_rm() {
         "{{.Names}}",
     ]);
     assert!(stdout(&o).lines().any(|l| l == n), "{}", stdout(&o));
+    // `ps -n`/`-l` (the API's limit) count stopped containers too.
+    let filter = format!("name={n}");
+    let o = s.docker(&["ps", "-l", "--filter", &filter, "--format", "{{.Names}}"]);
+    assert_eq!(stdout(&o), format!("{n}\n"), "{}", stderr(&o));
     let o = s.docker(&["rm", "-f", &n]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = s.docker(&["inspect", &n]);

@@ -427,3 +427,48 @@ fn the_engine_starting_starts_always_and_unless_stopped_instances_again() {
     let _ = serve.wait();
     ok(&["rm", "-f", &always, &stopped]);
 }
+
+/// `ps -n N` and `ps -l`: the last created, in any state, after the filters (Docker's
+/// rule); the API's `limit` likewise.
+#[test]
+fn ps_last_and_latest_show_the_last_created_in_any_state() {
+    let label = format!("ps-last={}", std::process::id());
+    let made: Vec<String> = ["exited", "created", "running"]
+        .iter()
+        .map(|what| {
+            let n = name(&format!("ps-last-{what}"));
+            let base = ["--name", n.as_str(), "-l", label.as_str(), "busybox"];
+            match *what {
+                "exited" => ok(&[&["run"][..], &base, &["true"]].concat()),
+                "created" => ok(&[&["create"][..], &base, &["true"]].concat()),
+                _ => ok(&[&["run", "-d"][..], &base, &["sleep", "60"]].concat()),
+            };
+            n
+        })
+        .collect();
+    let names = |args: &[&str]| -> Vec<String> {
+        let filter = format!("label={label}");
+        let all = [
+            &["ps", "--filter", filter.as_str(), "--format", "{{.Names}}"][..],
+            args,
+        ]
+        .concat();
+        ok(&all).lines().map(str::to_string).collect()
+    };
+    assert_eq!(names(&[]), [made[2].clone()], "running only by default");
+    assert_eq!(names(&["-n", "2"]), [made[2].clone(), made[1].clone()]);
+    assert_eq!(
+        names(&["--last", "5"]),
+        [made[2].clone(), made[1].clone(), made[0].clone()]
+    );
+    assert_eq!(names(&["-l"]), [made[2].clone()]);
+    ok(&["rm", "-f", &made[2]]);
+    assert_eq!(
+        names(&["--latest"]),
+        [made[1].clone()],
+        "the created one, not running"
+    );
+    for n in &made[..2] {
+        ok(&["rm", n]);
+    }
+}

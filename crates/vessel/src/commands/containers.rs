@@ -420,11 +420,16 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     let state = |i: &Instance| -> &'static str { engine.ps_state(i).0 };
     // A status filter shows what it names, running or not (Docker's rule).
     let any_status = filters.has("status") || filters.has("exited");
-    let shown: Vec<&Instance> = all
+    // -n N / -l: the last created, in any state (Docker's rule); the list is newest first.
+    let last = if a.latest { Some(1) } else { a.last };
+    let mut shown: Vec<&Instance> = all
         .iter()
-        .filter(|i| a.all || any_status || i.status == Status::Running)
+        .filter(|i| a.all || any_status || last.is_some() || i.status == Status::Running)
         .filter(|i| filters.matches(engine, i, state(i)))
         .collect();
+    if let Some(n) = last {
+        shown.truncate(n);
+    }
     let mut out = std::io::stdout().lock();
     if a.quiet {
         for i in shown {
