@@ -428,7 +428,13 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
     }
     // Docker's client fills these with its defaults.
     c.only_default("Domainname", &[])?;
-    c.only_default("Volumes", &[])?;
+    // `docker run -v /path`: an anonymous volume at each path.
+    for (target, v) in c.object("Volumes")? {
+        if !v.as_object().is_some_and(|o| o.is_empty()) {
+            return Err(bad("Volumes", format!("{target}: expected {{}}, got {v}")));
+        }
+        o.volumes.push(target);
+    }
     c.only_default("OnBuild", &[])?;
     c.only_default("Shell", &[])?;
     c.finish()?;
@@ -799,6 +805,7 @@ pub async fn remove(
 ) -> Result<Response<Body>, ApiError> {
     let q = http::query(req);
     let force = q.flag("force");
+    let volumes = q.flag("v");
     if q.flag("link") {
         return Err(bad("link", "links are not supported by vessel"));
     }
@@ -812,7 +819,7 @@ pub async fn remove(
                     inst.name
                 )));
             }
-            e.remove(&inst.id, force)?;
+            e.remove_with(&inst.id, force, volumes)?;
             Ok(inst.id)
         })
         .await?;

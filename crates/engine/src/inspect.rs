@@ -75,8 +75,13 @@ pub struct ContainerJson {
     pub host_config: HostConfig,
     /// The process's configuration.
     pub config: ContainerConfig,
-    /// Root file system and volumes.
+    /// Volumes and bind mounts (as Docker's, not the root file system: see
+    /// `graph_driver`).
     pub mounts: Vec<MountPoint>,
+    /// A container's root file system: its overlay's directories (none for a microVM,
+    /// whose root is a disk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_driver: Option<GraphDriver>,
     /// Address and ports.
     pub network_settings: NetworkSettings,
     /// The json-file log.
@@ -267,7 +272,17 @@ pub struct ContainerConfig {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Docker's `MountPoint`: the overlay root (containers) or a bind mount.
+/// Docker's `GraphDriver`: the storage driver and its directories.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GraphDriver {
+    /// `overlay`.
+    pub name: String,
+    /// `UpperDir`, `WorkDir`, `MergedDir`.
+    pub data: BTreeMap<String, PathBuf>,
+}
+
+/// Docker's `MountPoint`: a volume or a bind mount.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct MountPoint {
@@ -285,9 +300,6 @@ pub struct MountPoint {
     pub source: Option<String>,
     /// Path inside.
     pub destination: String,
-    /// The overlay's upper directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upper: Option<PathBuf>,
     /// Writable.
     #[serde(rename = "RW")]
     pub rw: bool,
@@ -402,7 +414,7 @@ impl Engine {
     pub fn inspect(&self, i: &Instance) -> ContainerJson {
         let r = &i.request;
         let dir = self.instance_dir(&i.id);
-        let mut mounts: Vec<MountPoint> = r
+        let mounts: Vec<MountPoint> = r
             .volumes
             .iter()
             .map(|v| MountPoint {
@@ -411,24 +423,20 @@ impl Engine {
                 driver: v.name.as_ref().map(|_| "local".to_string()),
                 source: Some(v.source.clone()),
                 destination: v.target.clone(),
-                upper: None,
                 rw: !v.read_only,
             })
             .collect();
-        if r.isolation == Isolation::Container {
-            mounts.insert(
-                0,
-                MountPoint {
-                    kind: "overlay".into(),
-                    name: None,
-                    driver: None,
-                    source: None,
-                    destination: "/".into(),
-                    upper: Some(dir.join("upper")),
-                    rw: !r.read_only,
-                },
-            );
-        }
+        let graph_driver = (r.isolation == Isolation::Container).then(|| GraphDriver {
+            name: "overlay".into(),
+            data: [
+                ("UpperDir", dir.join("upper")),
+                ("WorkDir", dir.join("work")),
+                ("MergedDir", dir.join("rootfs")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        });
         let running = i.status == Status::Running;
         let paused = self.paused(i);
         let restart = crate::restart::RestartState::load(&dir);
@@ -559,6 +567,7 @@ impl Engine {
                 labels: r.labels.clone(),
             },
             mounts,
+            graph_driver,
             network_settings: network_settings(r),
             log_path: self.log_path(&i.id),
         }
@@ -599,18 +608,17 @@ mod tests {
 
     #[test]
     fn mounts_and_network_settings_keep_docker_keys() {
-        let overlay = MountPoint {
+        let bind = MountPoint {
             name: None,
             driver: None,
-            kind: "overlay".into(),
-            source: None,
-            destination: "/".into(),
-            upper: Some("/x/upper".into()),
-            rw: true,
+            kind: "bind".into(),
+            source: Some("/x".into()),
+            destination: "/y".into(),
+            rw: false,
         };
         assert_eq!(
-            serde_json::to_string(&overlay).unwrap(),
-            r#"{"Type":"overlay","Destination":"/","Upper":"/x/upper","RW":true}"#
+            serde_json::to_string(&bind).unwrap(),
+            r#"{"Type":"bind","Source":"/x","Destination":"/y","RW":false}"#
         );
         let none =
             network_settings(&serde_json::from_value::<RunRequest>(minimal_request()).unwrap());

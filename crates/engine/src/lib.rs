@@ -637,7 +637,17 @@ impl Engine {
                 continue;
             }
             let size = volumes::Volumes::size(&v);
-            self.volumes().remove(&v.name)?;
+            match self.volumes().remove(&v.name) {
+                Ok(()) => {}
+                // Removed by someone else since the list: not ours to report.
+                Err(EngineError::NoSuchVolume(_)) => continue,
+                Err(EngineError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
             self.record_event("volume", "destroy", &v.name, "", Default::default());
             bytes += size;
             removed.push(v.name);
@@ -753,6 +763,12 @@ impl Engine {
     /// `rm`: refuses a running instance unless `force`, which kills it first. Removes
     /// every trace: processes, cgroups, the directory, the catalogue row, the image hold.
     pub fn remove(&self, key: &str, force: bool) -> Result<()> {
+        self.remove_with(key, force, false)
+    }
+
+    /// [`Engine::remove`], and with `volumes` (`rm -v`) the instance's anonymous
+    /// volumes too, as `--rm` takes them; named volumes stay.
+    pub fn remove_with(&self, key: &str, force: bool, volumes: bool) -> Result<()> {
         let mut inst = self.get(key)?;
         if force {
             // As in `stop`: after the mark, no restart comes; one made before it runs.
@@ -797,11 +813,17 @@ impl Engine {
                 }
             }
         }
-        self.purge(&inst)
+        self.purge_with(&inst, volumes)
     }
 
-    /// Removes an instance's traces without asking (the monitor's `--rm`, failed creates).
+    /// Removes an instance's traces without asking (the monitor's `--rm`, failed creates),
+    /// with its anonymous volumes if it was made with `--rm`.
     pub fn purge(&self, inst: &Instance) -> Result<()> {
+        self.purge_with(inst, inst.request.auto_remove)
+    }
+
+    /// [`Engine::purge`], taking the anonymous volumes if `volumes`.
+    fn purge_with(&self, inst: &Instance, volumes: bool) -> Result<()> {
         let dir = self.instance_dir(&inst.id);
         if let Ok(b) = self.backend(inst.request.isolation) {
             b.cleanup(inst, &dir)?;
@@ -824,10 +846,16 @@ impl Engine {
             self.networks.disconnect(&inst.id, att)?;
         }
         self.forget(inst);
-        // `--rm` takes the instance's anonymous volumes with it, as Docker's does.
-        if inst.request.auto_remove {
+        // `--rm` and `rm -v` take the instance's anonymous volumes with it, as Docker's do
+        // (one another instance still uses stays).
+        if volumes || inst.request.auto_remove {
             for v in inst.request.volumes.iter().filter(|v| v.anonymous) {
-                if let Some(name) = &v.name {
+                let Some(name) = &v.name else { continue };
+                let others = self
+                    .volume_users(name)
+                    .map(|u| u.iter().any(|i| *i != inst.id))
+                    .unwrap_or(true);
+                if !others {
                     let _ = self.volumes().remove(name);
                 }
             }

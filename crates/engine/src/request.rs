@@ -46,12 +46,21 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Parses `-v SRC:DST[:ro|rw]`.
+    /// Parses `-v SRC:DST[:ro|rw]`, or `-v /DST`: an anonymous volume (a new volume
+    /// named by a new id, labelled so that `volume prune` takes it).
     pub fn parse(s: &str) -> Result<Volume> {
         let bad = |why: &str| {
             EngineError::InvalidFlag(format!("invalid volume specification {s:?}: {why}"))
         };
         let parts: Vec<&str> = s.split(':').collect();
+        if let [target] = parts.as_slice() {
+            if !target.starts_with('/') {
+                return Err(bad(
+                    "expected /host/path:/container/path[:ro], NAME:/path[:ro] or /path",
+                ));
+            }
+            return Volume::anonymous(target, false).map_err(|why| bad(&why));
+        }
         let (source, target, mode) = match parts.as_slice() {
             [src, dst] => (*src, *dst, "rw"),
             [src, dst, mode] => (*src, *dst, *mode),
@@ -84,6 +93,14 @@ impl Volume {
             read_only,
             name: None,
             anonymous: false,
+        })
+    }
+
+    /// A new anonymous volume at `target`.
+    pub fn anonymous(target: &str, read_only: bool) -> Result<Volume, String> {
+        Volume::named(&crate::names::new_id(), target, read_only).map(|v| Volume {
+            anonymous: true,
+            ..v
         })
     }
 
@@ -163,13 +180,8 @@ impl Mount {
                 Some(name) => Volume::named(&name, &target, read_only)
                     .map(Mount::Volume)
                     .map_err(bad),
-                None => Volume::named(&crate::names::new_id(), &target, read_only)
-                    .map(|v| {
-                        Mount::Volume(Volume {
-                            anonymous: true,
-                            ..v
-                        })
-                    })
+                None => Volume::anonymous(&target, read_only)
+                    .map(Mount::Volume)
                     .map_err(bad),
             },
             "tmpfs" => {

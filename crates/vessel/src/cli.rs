@@ -186,6 +186,9 @@ pub enum Command {
         /// Kill and remove running instances
         #[arg(short, long)]
         force: bool,
+        /// Remove the instances' anonymous volumes too (named ones stay)
+        #[arg(short, long)]
+        volumes: bool,
         /// Instances
         #[arg(required = true)]
         instances: Vec<String>,
@@ -677,8 +680,8 @@ pub struct RunArgs {
     /// Hostname
     #[arg(short = 'h', long)]
     pub hostname: Option<String>,
-    /// Bind mount a host path (/host:/inside[:ro]) or a named volume (NAME:/inside[:ro],
-    /// made if missing)
+    /// Bind mount a host path (/host:/inside[:ro]), a named volume (NAME:/inside[:ro],
+    /// made if missing), or a new anonymous volume (/inside; `rm -v` takes it)
     #[arg(short, long = "volume")]
     pub volumes: Vec<String>,
     /// Attach a mount: type=bind|volume|tmpfs,source=...,target=...[,readonly]

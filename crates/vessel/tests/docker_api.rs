@@ -647,6 +647,39 @@ fn docker_volumes_create_ls_use_rm() {
     let o = s.docker(&["volume", "create", "-d", "nfs", "x1"]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
+    // `docker run -v /path` (Config.Volumes): an anonymous volume, which `docker rm -v`
+    // takes.
+    let n = name("api-anon");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-v",
+        "/anon",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /anon/f; sleep 60",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}}{{end}}",
+        &n,
+    ]);
+    let line = stdout(&o);
+    let mut f = line.split_whitespace();
+    assert_eq!(f.next(), Some("volume"), "{line}");
+    let vol = f.next().unwrap_or_default().to_string();
+    assert_eq!(f.next(), Some("/anon"), "{line}");
+    let listed = stdout(&s.docker(&["volume", "ls", "-q"]));
+    assert!(listed.lines().any(|l| l == vol), "{vol} not in {listed}");
+    let o = s.docker(&["rm", "-f", "-v", &n]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["volume", "inspect", &vol]);
+    assert_ne!(code(&o), 0, "rm -v left {vol}");
 }
 
 /// A detached busybox that stays up, by name.

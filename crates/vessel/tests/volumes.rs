@@ -6,6 +6,10 @@ mod common;
 
 use common::*;
 
+/// Held by the tests that prune volumes and by those that check an unused volume stays:
+/// a prune would take it meanwhile.
+static PRUNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn volume_dir(name: &str) -> std::path::PathBuf {
     root().join("volumes").join(name).join("_data")
 }
@@ -107,6 +111,7 @@ fn a_named_volume_outlives_its_instances_and_is_kept_while_used() {
 
 #[test]
 fn run_makes_a_missing_volume_and_prune_takes_only_unused_ones() {
+    let _prune = PRUNING.lock().unwrap_or_else(|e| e.into_inner());
     let vol = name("auto");
     let mount = format!("{vol}:/v");
     ok(&[
@@ -307,4 +312,70 @@ fn bad_volume_names_and_mount_options_are_refused() {
         125,
     );
     assert!(!root().join("etc").exists());
+}
+
+/// `-v /path` makes an anonymous volume; `rm` keeps it (Docker's rule), `rm -v` takes it,
+/// unless another instance still uses it.
+#[test]
+fn rm_v_takes_anonymous_volumes_and_plain_rm_keeps_them() {
+    let _prune = PRUNING.lock().unwrap_or_else(|e| e.into_inner());
+    let volume_of = |n: &str| -> String {
+        let doc = inspect(n);
+        let mounts = doc["Mounts"].as_array().cloned().unwrap_or_default();
+        let m = mounts
+            .iter()
+            .find(|m| m["Destination"] == "/anon")
+            .unwrap_or_else(|| panic!("no /anon in {mounts:?}"));
+        assert_eq!(m["Type"], "volume", "{m}");
+        m["Name"].as_str().unwrap_or_default().to_string()
+    };
+    let start = |n: &str, extra: &[&str]| {
+        let args = [
+            &["run", "-d", "--name", n, "--network", "none"][..],
+            extra,
+            &["busybox", "sleep", "60"],
+        ]
+        .concat();
+        ok(&args);
+    };
+    let kept = name("rmv-kept");
+    start(&kept, &["-v", "/anon"]);
+    let vol = volume_of(&kept);
+    assert_eq!(vol.len(), 64, "{vol}");
+    ok(&["rm", "-f", &kept]);
+    assert!(
+        volume_dir(&vol).exists(),
+        "plain rm took the anonymous volume {vol}"
+    );
+    ok(&["volume", "rm", &vol]);
+
+    let taken = name("rmv-taken");
+    start(&taken, &["-v", "/anon"]);
+    let vol = volume_of(&taken);
+    // A second instance on the same volume keeps it through the first's rm -v.
+    let other = name("rmv-other");
+    start(&other, &["-v", &format!("{vol}:/anon")]);
+    ok(&["rm", "-f", "-v", &taken]);
+    assert!(volume_dir(&vol).exists(), "rm -v took {vol}, still in use");
+    // The second named it: its rm -v leaves it, as Docker's does.
+    ok(&["rm", "-f", "--volumes", &other]);
+    assert!(
+        volume_dir(&vol).exists(),
+        "rm -v took {vol}, which it named"
+    );
+    ok(&["volume", "rm", &vol]);
+    // Alone on it, rm -v takes it.
+    let alone = name("rmv-alone");
+    start(&alone, &["-v", "/anon"]);
+    let vol = volume_of(&alone);
+    ok(&["rm", "-f", "-v", &alone]);
+    assert!(!volume_dir(&vol).exists(), "rm -v left {vol}");
+    // A relative path alone is no volume.
+    let o = vessel(&["run", "--rm", "-v", "anon", "busybox", "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid volume specification"),
+        "{}",
+        stderr(&o)
+    );
 }

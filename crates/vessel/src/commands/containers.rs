@@ -1016,8 +1016,8 @@ pub fn restart(engine: &Engine, time: Option<u32>, names: &[String]) -> CmdResul
 }
 
 /// `vessel rm`.
-pub fn rm(engine: &Engine, force: bool, names: &[String]) -> CmdResult {
-    each(names, |n| engine.remove(n, force))
+pub fn rm(engine: &Engine, force: bool, volumes: bool, names: &[String]) -> CmdResult {
+    each(names, |n| engine.remove_with(n, force, volumes))
 }
 
 /// `vessel wait`.

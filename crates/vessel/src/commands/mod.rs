@@ -100,7 +100,11 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Top { instance, ps_args } => running::top(&engine()?, &instance, &ps_args),
         Command::Stats(a) => running::stats(&engine()?, &a),
         Command::Update(a) => running::update(&engine()?, &a),
-        Command::Rm { force, instances } => containers::rm(&engine()?, force, &instances),
+        Command::Rm {
+            force,
+            volumes,
+            instances,
+        } => containers::rm(&engine()?, force, volumes, &instances),
         Command::Inspect { names } => containers::inspect(&engine()?, &names),
         Command::Compare(a) => compare::compare(&config()?, &a),
         Command::Serve { host, group } => serve(config()?, &host, group.as_deref()),
