@@ -392,7 +392,10 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
     // Fields whose default (or an equivalent the client sends) is what vessel does.
     h.only_default("Isolation", &[json!("default")])?;
     h.only_default("CgroupnsMode", &[json!("private"), json!("host")])?;
-    o.console_size = crate::exec::console_size(h.take("ConsoleSize"), "HostConfig.ConsoleSize")?;
+    // The docker CLI sends its terminal's size whenever it has one, `-t` or not; as
+    // Docker's, it sizes a terminal and is moot without.
+    let console = crate::exec::console_size(h.take("ConsoleSize"), "HostConfig.ConsoleSize")?;
+    o.console_size = console.filter(|_| o.tty);
     // The client's own defaults for fields Docker ignores on Linux unless set.
     h.only_default("OomKillDisable", &[json!(false)])?;
     h.only_default("MemorySwappiness", &[json!(-1)])?;
@@ -428,12 +431,13 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
     }
     // Docker's client fills these with its defaults.
     c.only_default("Domainname", &[])?;
-    // `docker run -v /path`: an anonymous volume at each path.
+    // `docker run -v /path`: an anonymous volume at each path not mounted otherwise
+    // (clients list their binds' targets here too).
     for (target, v) in c.object("Volumes")? {
         if !v.as_object().is_some_and(|o| o.is_empty()) {
             return Err(bad("Volumes", format!("{target}: expected {{}}, got {v}")));
         }
-        o.volumes.push(target);
+        o.anonymous_volumes.push(target);
     }
     c.only_default("OnBuild", &[])?;
     c.only_default("Shell", &[])?;

@@ -366,6 +366,13 @@ impl Engine {
         // The directory first: a network lease names it, and is reclaimed without it.
         let prepared = self
             .instance_dir_create(&dir, inst.request.userns)
+            .and_then(|()| {
+                if inst.request.volumes.iter().any(|v| v.name.is_some()) {
+                    self.resolve_volumes(&mut inst.request)?;
+                    self.catalogue.set_request(&inst.id, &inst.request)?;
+                }
+                Ok(())
+            })
             .and_then(|()| self.attach(&mut inst))
             .and_then(|()| {
                 self.store()?
@@ -377,7 +384,8 @@ impl Engine {
                 backend.prepare(&inst, &dir, &layers)
             });
         if let Err(e) = prepared {
-            let _ = self.purge(&inst);
+            // With the anonymous volumes made for it (no other instance uses them yet).
+            let _ = self.purge_with(&inst, true);
             return Err(e);
         }
         self.announce(&inst);
@@ -855,8 +863,8 @@ impl Engine {
                     .volume_users(name)
                     .map(|u| u.iter().any(|i| *i != inst.id))
                     .unwrap_or(true);
-                if !others {
-                    let _ = self.volumes().remove(name);
+                if !others && self.volumes().remove(name).is_ok() {
+                    self.record_event("volume", "destroy", name, "", Default::default());
                 }
             }
         }

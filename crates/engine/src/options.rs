@@ -37,6 +37,9 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     /// `-v SRC:DST[:ro]`.
     pub volumes: Vec<String>,
+    /// Paths that get a new anonymous volume unless something else is mounted there
+    /// (the API's `Config.Volumes`, what `docker run -v /path` sends).
+    pub anonymous_volumes: Vec<String>,
     /// `--mount type=bind|volume|tmpfs,...`.
     pub mounts: Vec<String>,
     /// `--read-only`.
@@ -183,15 +186,29 @@ pub fn build_request(
             Mount::Tmpfs(t) => mount_tmpfs.push(t),
         }
     }
+    let tmpfs: Vec<Tmpfs> = a
+        .tmpfs
+        .iter()
+        .map(|t| Tmpfs::parse(t))
+        .chain(mount_tmpfs.into_iter().map(Ok))
+        .collect::<Result<_, _>>()?;
     let mut seen = std::collections::HashSet::new();
     let targets = volumes.iter().map(|v| v.target.as_str());
     if let Some(dup) = targets
-        .chain(mount_tmpfs.iter().map(|t| t.path.as_str()))
-        .find(|t| !seen.insert(t.trim_end_matches('/')))
+        .chain(tmpfs.iter().map(|t| t.path.as_str()))
+        .find(|t| !seen.insert(t.trim_end_matches('/').to_string()))
     {
         return Err(EngineError::InvalidFlag(format!(
             "duplicate mount point: {dup}"
         )));
+    }
+    // As Docker's: a path already mounted otherwise gets no anonymous volume.
+    for path in &a.anonymous_volumes {
+        if seen.insert(path.trim_end_matches('/').to_string()) {
+            volumes.push(Volume::anonymous(path, false).map_err(|why| {
+                EngineError::InvalidFlag(format!("invalid volume {path:?}: {why}"))
+            })?);
+        }
     }
     let memory = a
         .memory
@@ -272,7 +289,7 @@ pub fn build_request(
                 "--mount is not supported with --isolation vm yet (host directories and volumes are not shared into microVMs): copy the data into the image, or use a container".into(),
             ));
         }
-        if !a.volumes.is_empty() {
+        if !a.volumes.is_empty() || !a.anonymous_volumes.is_empty() {
             return Err(EngineError::InvalidFlag(
                 "-v/--volume is not supported with --isolation vm yet (host directories are not shared into microVMs): copy the data into the image, or use a container".into(),
             ));
@@ -354,12 +371,7 @@ pub fn build_request(
             .iter()
             .map(|u| Ulimit::parse(u))
             .collect::<Result<_, _>>()?,
-        tmpfs: a
-            .tmpfs
-            .iter()
-            .map(|t| Tmpfs::parse(t))
-            .chain(mount_tmpfs.into_iter().map(Ok))
-            .collect::<Result<_, _>>()?,
+        tmpfs,
         isolation: a.isolation,
         args,
         env,
@@ -460,17 +472,14 @@ impl crate::Engine {
                 image: image.to_string(),
                 name,
             },
-            |_, config, id| {
-                let mut r = build_request(opts, config, id, caller_env)?;
-                self.resolve_volumes(&mut r)?;
-                Ok(r)
-            },
+            |_, config, id| build_request(opts, config, id, caller_env),
         )
     }
 
     /// Points each named volume of `r` at its directory, making the volumes that do not
-    /// exist yet (as `docker run -v NAME:/path` does).
-    pub fn resolve_volumes(&self, r: &mut RunRequest) -> Result<(), EngineError> {
+    /// exist yet (as `docker run -v NAME:/path` does). Called by [`Engine::create`] once
+    /// the instance is recorded, so that a prune meanwhile sees the volumes' user.
+    pub(crate) fn resolve_volumes(&self, r: &mut RunRequest) -> Result<(), EngineError> {
         for v in &mut r.volumes {
             if let Some(name) = &v.name {
                 let mut labels = std::collections::BTreeMap::new();

@@ -60,6 +60,8 @@ fn run_options(a: &RunArgs) -> RunOptions {
         hostname: a.hostname.clone(),
         volumes: a.volumes.clone(),
         mounts: a.mounts.clone(),
+        // `-v /path` is one of `volumes`.
+        anonymous_volumes: Vec::new(),
         read_only: a.read_only,
         memory: a.memory.clone(),
         cpus: a.cpus.clone(),
@@ -421,7 +423,11 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     // A status filter shows what it names, running or not (Docker's rule).
     let any_status = filters.has("status") || filters.has("exited");
     // -n N / -l: the last created, in any state (Docker's rule); the list is newest first.
-    let last = if a.latest { Some(1) } else { a.last };
+    let last = match (a.last, a.latest) {
+        (Some(n), _) => usize::try_from(n).ok().filter(|&n| n > 0),
+        (None, true) => Some(1),
+        (None, false) => None,
+    };
     let mut shown: Vec<&Instance> = all
         .iter()
         .filter(|i| a.all || any_status || last.is_some() || i.status == Status::Running)
