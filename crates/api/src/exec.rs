@@ -227,6 +227,9 @@ pub async fn resize(
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let (h, w) = size_query(req)?;
+    if h == 0 || w == 0 {
+        return Ok(http::empty(StatusCode::OK));
+    }
     let control = {
         let execs = state.execs.lock().unwrap_or_else(|e| e.into_inner());
         let r = execs.map.get(id).ok_or_else(|| no_such(id))?;
@@ -247,7 +250,8 @@ pub async fn resize(
     Ok(http::empty(StatusCode::OK))
 }
 
-/// The `h` and `w` query parameters of a resize: both given, in 1..65535.
+/// The `h` and `w` query parameters of a resize: both given, in 0..65535 (a size with a
+/// 0 in it is no size, and is taken as Docker takes it: without effect).
 pub fn size_query(req: &Request<Incoming>) -> Result<(u16, u16), ApiError> {
     let q = http::query(req);
     let dim = |k: &str| -> Result<u16, ApiError> {
@@ -255,9 +259,7 @@ pub fn size_query(req: &Request<Incoming>) -> Result<(u16, u16), ApiError> {
             .int(k)?
             .ok_or_else(|| ApiError::BadRequest(format!("query parameter {k} is required")))?;
         u16::try_from(v)
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| ApiError::BadRequest(format!("invalid {k}={v}: expected 1..65535")))
+            .map_err(|_| ApiError::BadRequest(format!("invalid {k}={v}: expected 0..65535")))
     };
     Ok((dim("h")?, dim("w")?))
 }

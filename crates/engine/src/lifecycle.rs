@@ -80,22 +80,42 @@ impl crate::Engine {
     }
 
     /// Sets the terminal size of running instance `key` (Docker's `resize`), through its
-    /// attach socket; returns once its holder applied it. An instance without a terminal
-    /// is left as it is, as Docker leaves it.
+    /// attach socket; returns once its holder applied it. An instance without a terminal,
+    /// or a size with a 0 in it, leaves the instance as it is, as Docker does.
     pub fn resize(&self, key: &str, rows: u16, cols: u16) -> Result<()> {
         use std::io::{Read, Write};
-        if rows == 0 || cols == 0 {
-            return Err(EngineError::InvalidFlag(format!(
-                "invalid terminal size {rows}x{cols}: both must be at least 1"
-            )));
-        }
         let inst = self.running(key)?;
-        if !inst.request.tty {
+        if !inst.request.tty || rows == 0 || cols == 0 {
             return Ok(());
         }
-        let mut s = self.attach_socket(&inst.id)?;
-        let gone = |e: std::io::Error| {
+        let not_running = |e: std::io::Error| {
             EngineError::Conflict(format!("container {} is not running: {e}", inst.name))
+        };
+        let mut s = match self.attach_socket(&inst.id) {
+            Ok(s) => s,
+            // Its holder is gone: the instance ended since we looked.
+            Err(EngineError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(not_running(source))
+            }
+            Err(e) => return Err(e),
+        };
+        let gone = |e: std::io::Error| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                EngineError::Internal(format!(
+                    "the monitor of {} did not apply the terminal size within 5 s",
+                    inst.name
+                ))
+            } else {
+                not_running(e)
+            }
         };
         let [r0, r1] = rows.to_be_bytes();
         let [c0, c1] = cols.to_be_bytes();
