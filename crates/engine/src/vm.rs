@@ -314,7 +314,16 @@ fn bridge(
     stderr: OwnedFd,
     control: mpsc::Receiver<Control>,
     ready: mpsc::Sender<std::result::Result<(), (u8, String)>>,
+    mut terminal: Option<OwnedFd>,
 ) -> Outcome {
+    /// Tells the size follower to end when the bridge does, however it returns.
+    struct Done(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let sizes_done = Done(std::sync::Arc::default());
     let mut out = std::fs::File::from(stdout);
     let mut err = std::fs::File::from(stderr);
     let mut outcome = Outcome::default();
@@ -374,14 +383,15 @@ fn bridge(
                 (Kind::Started, _) => {
                     told = true;
                     let _ = ready.send(Ok(()));
-                    if config.tty {
+                    if let Some(master) = terminal.take() {
                         // The host pty's size (its first, then what an attached caller
                         // or a resize sets) is the guest's: the agent takes sizes once
                         // its command exists.
                         vm_exec::follow_size(
-                            std::os::fd::AsFd::as_fd(&out),
+                            master,
                             writer.clone(),
                             Kind::Resize,
+                            sizes_done.0.clone(),
                         );
                     }
                 }
@@ -558,6 +568,7 @@ impl Backend for VmBackend {
                 stderr,
             } => (r.interactive.then_some(stdin), stdout, stderr, None),
             Stdio::Pty => {
+                // (The bridge follows the size on a descriptor of the master: see below.)
                 // The guest has the real terminal; a host pty carries its bytes to the
                 // monitor, which treats it like a container's.
                 let pty = raw_pty(r.console_size)?;
@@ -574,6 +585,13 @@ impl Backend for VmBackend {
                     Some(pty.master),
                 )
             }
+        };
+        let terminal = match &pty_master {
+            Some(m) => Some(
+                m.try_clone()
+                    .map_err(|e| EngineError::Backend(format!("dup: {e}")))?,
+            ),
+            None => None,
         };
         let serial_log = dir.join("console.log");
         let (host_end, vm_end) =
@@ -690,6 +708,7 @@ impl Backend for VmBackend {
                     stderr,
                     control_rx,
                     ready_tx,
+                    terminal,
                 )
             })
             .map_err(|e| EngineError::Backend(format!("start the guest channel: {e}")))?;

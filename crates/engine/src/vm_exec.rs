@@ -217,26 +217,26 @@ pub(super) fn start(dir: &Path, name: &str, config: &GuestConfig) -> Result<Unix
     }
 }
 
-/// Passes the size changes of the terminal whose slave is `slave` on to the guest, as
-/// `kind` frames (`Resize`, or a session's) on `writer`, from a thread of its own that
-/// ends once the guest's channel is gone. Whoever holds the master sets the size (an
-/// attached caller, or a resize through the attach socket); its SIGWINCH goes to the
-/// slave's session, which this process is not in, so the size is polled.
+/// Passes the size changes of a host terminal on to the guest, as `kind` frames
+/// (`Resize`, or a session's) on `writer`, from a thread of its own that ends once
+/// `stop` is set or the guest's channel is gone. `terminal` is a descriptor of it (the
+/// master, so as not to hold the slave open, or the slave). Whoever holds the master
+/// sets the size (an attached caller, or a resize through the attach socket); its
+/// SIGWINCH goes to the slave's session, which this process is not in, so the size is
+/// polled.
 pub(super) fn follow_size(
-    slave: std::os::fd::BorrowedFd<'_>,
+    terminal: OwnedFd,
     writer: Arc<Mutex<UnixStream>>,
     kind: Kind,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let Ok(slave) = slave.try_clone_to_owned() else {
-        return;
-    };
     std::thread::spawn(move || {
         let mut last = (0u16, 0u16);
-        loop {
+        while !stop.load(Ordering::SeqCst) {
             // SAFETY: winsize is plain integers; all zeros is a valid value.
             let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
             // SAFETY: TIOCGWINSZ fills a winsize we own, on a descriptor we hold.
-            let got = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+            let got = unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
             if got == 0 {
                 let now = (ws.ws_row, ws.ws_col);
                 if now != last && now != (0, 0) {
@@ -288,7 +288,10 @@ pub(super) fn relay(
         });
     }
     if tty {
-        follow_size(stdout.as_fd(), writer.clone(), Kind::Resize);
+        // This relay process ends with the session: its own descriptor is enough.
+        if let Ok(slave) = stdout.as_fd().try_clone_to_owned() {
+            follow_size(slave, writer.clone(), Kind::Resize, Arc::default());
+        }
     }
     {
         let w = writer.clone();
