@@ -892,10 +892,15 @@ pub struct PsArgs {
     /// Show full ids and commands
     #[arg(long)]
     pub no_trunc: bool,
-    /// Show the N instances created last, in any state
-    #[arg(short = 'n', long = "last", value_name = "N")]
-    pub last: Option<usize>,
-    /// Show the instance created last, in any state (-n 1)
+    /// Show the N instances created last, in any state (0 or less: no limit)
+    #[arg(
+        short = 'n',
+        long = "last",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub last: Option<i64>,
+    /// Show the instance created last, in any state (-n 1; -n wins)
     #[arg(short = 'l', long)]
     pub latest: bool,
     /// Only instances matching KEY=VALUE: id, name, label (KEY or KEY=VALUE), status
