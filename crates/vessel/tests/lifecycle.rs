@@ -462,6 +462,16 @@ fn ps_last_and_latest_show_the_last_created_in_any_state() {
         [made[2].clone(), made[1].clone(), made[0].clone()]
     );
     assert_eq!(names(&["-l"]), [made[2].clone()]);
+    assert_eq!(
+        names(&["-n", "0"]),
+        [made[2].clone()],
+        "0: no limit, as Docker's"
+    );
+    assert_eq!(
+        names(&["-l", "-n", "2"]).len(),
+        2,
+        "-n wins over -l, as in Docker"
+    );
     ok(&["rm", "-f", &made[2]]);
     assert_eq!(
         names(&["--latest"]),

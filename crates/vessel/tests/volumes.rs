@@ -16,6 +16,7 @@ fn volume_dir(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_named_volume_outlives_its_instances_and_is_kept_while_used() {
+    let _prune = PRUNING.lock().unwrap_or_else(|e| e.into_inner());
     let vol = name("data");
     assert_eq!(
         ok(&["volume", "create", "--label", "k=v", &vol]).trim(),
@@ -161,6 +162,7 @@ fn run_makes_a_missing_volume_and_prune_takes_only_unused_ones() {
 
 #[test]
 fn an_anonymous_volume_goes_with_its_rm_instance() {
+    let _prune = PRUNING.lock().unwrap_or_else(|e| e.into_inner());
     // The instance names its own volume: the bind's root in its mountinfo is
     // `.../volumes/NAME/_data`. Other tests create and prune volumes meanwhile, so the
     // check is on this one volume, not on the whole list.
