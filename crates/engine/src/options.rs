@@ -522,6 +522,25 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_volumes_go_only_where_nothing_else_is_mounted() {
+        let o = RunOptions {
+            volumes: vec!["/tmp:/www".into()],
+            tmpfs: vec!["/scratch".into()],
+            anonymous_volumes: vec!["/www/".into(), "/scratch".into(), "/data".into()],
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let r = build_request(&o, &image(BUSYBOX), ID, &no_env).unwrap();
+        let got: Vec<(&str, bool)> = r
+            .volumes
+            .iter()
+            .map(|v| (v.target.as_str(), v.anonymous))
+            .collect();
+        assert_eq!(got, [("/www", false), ("/data", true)]);
+        assert_eq!(r.tmpfs.len(), 1);
+    }
+
+    #[test]
     fn entrypoint_discards_the_image_cmd_and_a_command_replaces_it() {
         let o = RunOptions {
             entrypoint: Some("/other".into()),
