@@ -577,11 +577,7 @@ fn interactive_stdin_and_tty() {
         vessel_bin(),
         root().display()
     );
-    let o = std::process::Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .stdin(Stdio::piped())
-        .output()
-        .expect("script (bsdutils)");
+    let o = on_a_terminal(&cmdline).output().expect("script (bsdutils)");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("/dev/pts/0") && out.contains("is-a-tty"),

@@ -1069,12 +1069,10 @@ fn container_terminals_take_the_console_size_and_resizes() {
         "stty rows 31 cols 97; {} run -it --rm busybox sh -c 'sleep 1; stty size'",
         docker_cli().display()
     );
-    let o = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
+    let o = on_a_terminal(&line)
         .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
         .env("DOCKER_CONFIG", s.dir.path().join("docker-config"))
         .env_remove("DOCKER_CONTEXT")
-        .stdin(Stdio::piped())
         .output()
         .expect("script is needed (bsdutils)");
     assert!(

@@ -374,8 +374,7 @@ fn exec_without_tty_gets_pipes_not_the_callers_terminal() {
         vessel_bin(),
         root().display()
     );
-    let o = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
+    let o = on_a_terminal(&cmd)
         .stdin(Stdio::null())
         .output()
         .expect("script (bsdutils)");

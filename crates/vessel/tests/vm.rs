@@ -558,11 +558,7 @@ fn interactive_stdin_reaches_the_guest() {
         vessel_bin(),
         root().display()
     );
-    let o = std::process::Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .stdin(Stdio::piped())
-        .output()
-        .expect("script (bsdutils)");
+    let o = on_a_terminal(&cmdline).output().expect("script (bsdutils)");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("31 97"), "the guest's terminal size: {out}");
 }
@@ -680,11 +676,7 @@ fn exec_runs_in_the_running_vm() {
         vessel_bin(),
         root().display()
     );
-    let o = std::process::Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .stdin(Stdio::piped())
-        .output()
-        .expect("script (bsdutils)");
+    let o = on_a_terminal(&cmdline).output().expect("script (bsdutils)");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("/dev/pts/") && out.contains("is-a-tty"),

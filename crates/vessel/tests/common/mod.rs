@@ -459,3 +459,11 @@ pub fn running(prefix: &str) -> String {
     ]);
     n
 }
+
+/// util-linux's `script` running shell command `line` on a terminal of its own, as a
+/// user's shell would give one; its stdin is a pipe (`output` closes it at once).
+pub fn on_a_terminal(line: &str) -> Command {
+    let mut c = Command::new("script");
+    c.args(["-qec", line, "/dev/null"]).stdin(Stdio::piped());
+    c
+}
