@@ -341,7 +341,10 @@ async fn dispatch(
         (&Method::POST, ["networks", "prune"]) => networks::prune(&state, &req).await,
         (&Method::GET, ["networks", id]) => networks::inspect(&state, id).await,
         (&Method::DELETE, ["networks", id]) => networks::remove(&state, id).await,
-        (&Method::POST, ["networks", _, op @ ("connect" | "disconnect")]) => networks::connect(op),
+        (&Method::POST, ["networks", _, op @ ("connect" | "disconnect")]) => {
+            drain(req).await;
+            networks::connect(op)
+        }
         (&Method::GET, ["events"]) => events::events(&state, &req).await,
         (&Method::GET, ["volumes"]) => volumes::list(&state, &req).await,
         (&Method::POST, ["volumes", "create"]) => volumes::create(&state, req).await,
@@ -349,12 +352,24 @@ async fn dispatch(
         (&Method::GET, ["volumes", name]) => volumes::inspect(&state, name).await,
         (&Method::DELETE, ["volumes", name]) => volumes::remove(&state, &req, name).await,
         _ if known_unimplemented(&parts) => {
+            drain(req).await;
             Err(ApiError::NotImplemented(format!("{method} {path}")))
         }
-        _ => Err(ApiError::NotFound(format!(
-            "page not found: {method} {path}"
-        ))),
+        _ => {
+            drain(req).await;
+            Err(ApiError::NotFound(format!(
+                "page not found: {method} {path}"
+            )))
+        }
     }
+}
+
+/// Reads (up to the body cap) and drops the body of a request answered without it: a
+/// client still sending it when the answer came would find the connection closed
+/// (the docker CLI sends its body after its headers, and then reports a broken pipe
+/// instead of the answer).
+async fn drain(req: Request<Incoming>) {
+    let _ = http::body(req).await;
 }
 
 /// Whether `parts` names an Engine API endpoint vessel does not implement (a 501, not a
