@@ -227,9 +227,6 @@ pub async fn resize(
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let (h, w) = size_query(req)?;
-    if h == 0 || w == 0 {
-        return Ok(http::empty(StatusCode::OK));
-    }
     let control = {
         let execs = state.execs.lock().unwrap_or_else(|e| e.into_inner());
         let r = execs.map.get(id).ok_or_else(|| no_such(id))?;
@@ -245,6 +242,9 @@ pub async fn resize(
             }
         }
     };
+    if h == 0 || w == 0 {
+        return Ok(http::empty(StatusCode::OK));
+    }
     exec::resize(&control, h, w)
         .map_err(|e| ApiError::Conflict(format!("exec {id} is not running: {e}")))?;
     Ok(http::empty(StatusCode::OK))
