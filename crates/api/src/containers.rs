@@ -402,29 +402,32 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
     h.finish()?;
     if let Some(net) = c.take("NetworkingConfig") {
         let mut n = Fields::new("NetworkingConfig", Some(net))?;
+        let norm = |n: &str| {
+            if n == "default" {
+                "bridge".to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        let mode = norm(o.network.as_deref().unwrap_or("bridge"));
+        // The endpoint of NetworkMode's network gives the first network's aliases; any
+        // other endpoint is one more network to join (clients of API 1.44 and later send
+        // them all at create; older ones connect after).
         for (name, ep) in n.object("EndpointsConfig")? {
+            let mut aliases = Vec::new();
             if !is_zero(&ep) {
                 let mut e = Fields::new("NetworkingConfig.EndpointsConfig", Some(ep))?;
                 // The client repeats the network and the container's own short id.
                 for k in ["NetworkID", "EndpointID", "DriverOpts"] {
                     e.take(k);
                 }
-                o.network_aliases = e.strings("Aliases")?;
+                aliases = e.strings("Aliases")?;
                 e.finish()?;
             }
-            let norm = |n: &str| {
-                if n == "default" {
-                    "bridge".to_string()
-                } else {
-                    n.to_string()
-                }
-            };
-            let mode = norm(o.network.as_deref().unwrap_or("bridge"));
-            if norm(&name) != mode {
-                return Err(bad(
-                    "NetworkingConfig.EndpointsConfig",
-                    format!("network {name:?} differs from HostConfig.NetworkMode {mode:?}: vessel attaches one network at create"),
-                ));
+            if norm(&name) == mode {
+                o.network_aliases = aliases;
+            } else {
+                o.more_networks.push((norm(&name), aliases));
             }
         }
         n.finish()?;

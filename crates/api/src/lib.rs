@@ -341,9 +341,9 @@ async fn dispatch(
         (&Method::POST, ["networks", "prune"]) => networks::prune(&state, &req).await,
         (&Method::GET, ["networks", id]) => networks::inspect(&state, id).await,
         (&Method::DELETE, ["networks", id]) => networks::remove(&state, id).await,
-        (&Method::POST, ["networks", _, op @ ("connect" | "disconnect")]) => {
-            drain(req).await;
-            networks::connect(op)
+        (&Method::POST, ["networks", id, "connect"]) => networks::connect(&state, req, id).await,
+        (&Method::POST, ["networks", id, "disconnect"]) => {
+            networks::disconnect(&state, req, id).await
         }
         (&Method::GET, ["events"]) => events::events(&state, &req).await,
         (&Method::GET, ["volumes"]) => volumes::list(&state, &req).await,

@@ -1,6 +1,5 @@
-//! Networks: list, inspect, create, remove, prune over the engine's bridge networks.
-//! Connecting a container to a network after its creation is refused (501):
-//! vessel attaches one network, at create.
+//! Networks: list, inspect, create, remove, prune over the engine's bridge networks, and
+//! connecting containers to them and disconnecting them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -254,10 +253,92 @@ pub async fn prune(
     ))
 }
 
-/// `POST /networks/{id}/connect` and `/disconnect`: vessel attaches one network at
-/// create.
-pub fn connect(op: &str) -> Result<Response<Body>, ApiError> {
-    Err(ApiError::NotImplemented(format!(
-        "POST /networks/{{id}}/{op} (vessel attaches a container to one network when it is created: docker run --network NAME)"
-    )))
+/// `POST /networks/{id}/connect`: `{"Container": ..., "EndpointConfig": {"Aliases":
+/// [...]}}`. A fixed address (`IPAMConfig`, `IPAddress`), links and a MAC address are
+/// refused: vessel hands out addresses and MACs itself.
+pub async fn connect(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    key: &str,
+) -> Result<Response<Body>, ApiError> {
+    let v = http::object_body(req).await?;
+    let mut f = Fields::new("", Some(v))?;
+    let container = container_field(&mut f)?;
+    let mut aliases = Vec::new();
+    if let Some(ep) = f.take("EndpointConfig") {
+        let mut e = Fields::new("EndpointConfig", Some(ep))?;
+        // The client may repeat the network; the ids are the engine's to give.
+        for k in ["NetworkID", "EndpointID", "DriverOpts"] {
+            e.take(k);
+        }
+        aliases = e.strings("Aliases")?;
+        e.finish()?;
+    }
+    f.finish()?;
+    let key = predefined_guard(key, "connected to")?;
+    state
+        .engine(move |e| {
+            e.network_connect(&key, &container, &aliases)
+                .map(drop)
+                .map_err(attach_error)
+        })
+        .await?;
+    Ok(http::empty(StatusCode::OK))
+}
+
+/// `POST /networks/{id}/disconnect`: `{"Container": ..., "Force": bool}`. With `Force`,
+/// a failure to take the interface down does not keep the container on the network.
+pub async fn disconnect(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    key: &str,
+) -> Result<Response<Body>, ApiError> {
+    let v = http::object_body(req).await?;
+    let mut f = Fields::new("", Some(v))?;
+    let container = container_field(&mut f)?;
+    let force = f.boolean("Force")?;
+    f.finish()?;
+    let key = predefined_guard(key, "disconnected from")?;
+    state
+        .engine(move |e| {
+            e.network_disconnect(&key, &container, force)
+                .map(drop)
+                .map_err(attach_error)
+        })
+        .await?;
+    Ok(http::empty(StatusCode::OK))
+}
+
+fn container_field(f: &mut Fields<'_>) -> Result<String, ApiError> {
+    f.nonempty("Container")?
+        .ok_or_else(|| ApiError::BadRequest("Container: which container is missing".into()))
+}
+
+/// `host` and `none` are not networks a container joins or leaves after create (Docker's
+/// words for `host`).
+fn predefined_guard(key: &str, what: &str) -> Result<String, ApiError> {
+    match PREDEFINED.iter().find(|(n, _)| *n == key || predefined_id(n) == key) {
+        Some(("host", _)) => Err(ApiError::BadRequest(
+            "container cannot be disconnected from host network or connected to host network"
+                .into(),
+        )),
+        Some((n, _)) => Err(ApiError::BadRequest(format!(
+            "a container cannot be {what} the {n} network after it is created (docker run --network {n})"
+        ))),
+        None => Ok(key.to_string()),
+    }
+}
+
+/// Docker's statuses for connect and disconnect: already on the network 403, not on it
+/// 500 (as Docker's plain error), no such container or network 404.
+fn attach_error(e: vessel_engine::EngineError) -> ApiError {
+    match e {
+        vessel_engine::EngineError::Network(e @ vessel_network::Error::AlreadyAttached(..)) => {
+            ApiError::Forbidden(e.to_string())
+        }
+        vessel_engine::EngineError::Network(e @ vessel_network::Error::TooManyNetworks(..)) => {
+            ApiError::BadRequest(e.to_string())
+        }
+        e => e.into(),
+    }
 }

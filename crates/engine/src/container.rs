@@ -80,12 +80,15 @@ pub(super) fn hosts(networks: &vessel_network::Networks, inst: &Instance) -> Res
                 out.push_str(&format!(" {a}"));
             }
             out.push('\n');
-            if att.network != vessel_network::DEFAULT_NETWORK {
-                for p in networks.peers(att)? {
-                    if p.instance != inst.id {
-                        out.push_str(&hosts_line(p.ip, &p.name, &p.aliases));
-                        out.push('\n');
-                    }
+        }
+    }
+    // The instances on each of its user networks (none on the default one, as Docker).
+    for att in req.attachments() {
+        if att.network != vessel_network::DEFAULT_NETWORK {
+            for p in networks.peers(att)? {
+                if p.instance != inst.id {
+                    out.push_str(&hosts_line(p.ip, &p.name, &p.aliases));
+                    out.push('\n');
                 }
             }
         }
@@ -329,13 +332,12 @@ impl Backend for ContainerBackend {
             .ok_or_else(|| EngineError::Backend("the runtime reported no init pid".into()))?;
         // Between create and start the container's namespaces exist but its program has
         // not run: the moment to give it its network.
-        let wired = match &inst.request.attachment {
-            Some(att) => self
-                .networks
-                .connect(&inst.id, att, pid)
-                .map_err(EngineError::from),
-            None => Ok(()),
-        };
+        let wired = inst
+            .request
+            .attachments()
+            .enumerate()
+            .try_for_each(|(i, att)| self.networks.connect(&inst.id, att, i == 0, pid))
+            .map_err(EngineError::from);
         if let Err(e) = wired.and_then(|()| self.runtime.start(&inst.id).map_err(rt_err)) {
             let _ = self.runtime.delete(&inst.id, true);
             let _ = waitpid(Pid::from_raw(pid), None);

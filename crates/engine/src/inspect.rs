@@ -389,17 +389,20 @@ fn network_settings(r: &RunRequest) -> NetworkSettings {
         };
     };
     let mut networks = OrderedMap::default();
-    networks.insert(
-        att.network.clone(),
-        EndpointSettings {
-            network_id: att.network_id.clone(),
-            ip_address: att.ip.to_string(),
-            ip_prefix_len: att.prefix,
-            gateway: att.gateway.to_string(),
-            bridge: att.bridge.clone(),
-            aliases: (!r.network_aliases.is_empty()).then(|| r.network_aliases.clone()),
-        },
-    );
+    for a in r.attachments() {
+        let aliases = r.aliases_on(a);
+        networks.insert(
+            a.network.clone(),
+            EndpointSettings {
+                network_id: a.network_id.clone(),
+                ip_address: a.ip.to_string(),
+                ip_prefix_len: a.prefix,
+                gateway: a.gateway.to_string(),
+                bridge: a.bridge.clone(),
+                aliases: (!aliases.is_empty()).then(|| aliases.to_vec()),
+            },
+        );
+    }
     NetworkSettings {
         ip_address: att.ip.to_string(),
         ip_prefix_len: Some(att.prefix),

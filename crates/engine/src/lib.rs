@@ -400,7 +400,7 @@ impl Engine {
             vessel_network::Mode::Bridge(n) if n != vessel_network::DEFAULT_NETWORK);
         let short = inst.id.get(..12).unwrap_or(&inst.id).to_string();
         if user_network && !inst.request.network_aliases.contains(&short) {
-            inst.request.network_aliases.push(short);
+            inst.request.network_aliases.push(short.clone());
         }
         let req = &inst.request;
         let att = self.networks.attach(
@@ -411,28 +411,51 @@ impl Engine {
             &req.ports,
             &self.instance_dir(&inst.id),
         )?;
-        if att.is_some() {
-            inst.request.attachment = att;
+        let joined = att.is_some() || !inst.request.join.is_empty();
+        inst.request.attachment = att;
+        for (net, aliases) in std::mem::take(&mut inst.request.join) {
+            let mut names = aliases;
+            if net != vessel_network::DEFAULT_NETWORK && !names.contains(&short) {
+                names.push(short.clone());
+            }
+            let taken = inst.request.attachments().map(|a| a.interface.as_str());
+            let interface = vessel_network::free_interface(&inst.name, taken)?;
+            let more = self.networks.attach_more(
+                &inst.id,
+                &inst.name,
+                &names,
+                &net,
+                &interface,
+                &self.instance_dir(&inst.id),
+            )?;
+            inst.request.more_networks.push(more);
+        }
+        if joined {
             self.catalogue.set_request(&inst.id, &inst.request)?;
         }
         Ok(())
     }
 
     /// Undoes [`Engine::announce`]: drops a departing instance's line from the hosts
-    /// files of the instances still on its network. Rewritten in place, since the files
-    /// are bind-mounted (a rename would leave the instances the old file); running VMs
-    /// get theirs anew through their monitor.
+    /// files of the instances still on its networks.
     fn forget(&self, inst: &Instance) {
-        let Some(att) = &inst.request.attachment else {
-            return;
-        };
+        for att in inst.request.attachments() {
+            self.forget_on(inst, att);
+        }
+    }
+
+    /// Drops an instance's line from the hosts files of the other instances on the
+    /// network of `att`. Rewritten in place, since the files are bind-mounted (a rename
+    /// would leave the instances the old file); running VMs get theirs anew through their
+    /// monitor.
+    fn forget_on(&self, inst: &Instance, att: &vessel_network::Attachment) {
         if att.network == vessel_network::DEFAULT_NETWORK {
             return;
         }
         let Ok(peers) = self.networks.peers(att) else {
             return;
         };
-        let gone = container::hosts_line(att.ip, &inst.name, &inst.request.network_aliases);
+        let gone = container::hosts_line(att.ip, &inst.name, inst.request.aliases_on(att));
         for p in peers.iter().filter(|p| p.instance != inst.id) {
             let hosts = self.instance_dir(&p.instance).join("hosts");
             let Ok(text) = std::fs::read_to_string(&hosts) else {
@@ -474,14 +497,19 @@ impl Engine {
         }
     }
 
-    /// Makes a new instance on a user network resolvable by name from the instances of
-    /// this data root already on it: a line in their `/etc/hosts` (bind-mounted from
-    /// their directory, so the change is visible inside at once; a running VM's comes
-    /// whole through its monitor).
+    /// Makes a new instance on user networks resolvable by name from the instances
+    /// already on them.
     fn announce(&self, inst: &Instance) {
-        let Some(att) = &inst.request.attachment else {
-            return;
-        };
+        for att in inst.request.attachments() {
+            self.announce_on(inst, att);
+        }
+    }
+
+    /// Makes an instance resolvable by name from the other instances on the network of
+    /// `att` (a user network): a line in their `/etc/hosts` (bind-mounted from their
+    /// directory, so the change is visible inside at once; a running VM's comes whole
+    /// through its monitor).
+    fn announce_on(&self, inst: &Instance, att: &vessel_network::Attachment) {
         if att.network == vessel_network::DEFAULT_NETWORK {
             return; // as Docker: no name resolution on the default bridge
         }
@@ -490,7 +518,7 @@ impl Engine {
         };
         let line = format!(
             "{}\n",
-            container::hosts_line(att.ip, &inst.name, &inst.request.network_aliases)
+            container::hosts_line(att.ip, &inst.name, inst.request.aliases_on(att))
         );
         for p in peers.iter().filter(|p| p.instance != inst.id) {
             let hosts = self.instance_dir(&p.instance).join("hosts");
@@ -850,7 +878,7 @@ impl Engine {
         tracing::debug!("purge: directory trashed");
         self.store()?.release(&inst.id)?;
         tracing::debug!("purge: image released");
-        if let Some(att) = &inst.request.attachment {
+        for att in inst.request.attachments() {
             self.networks.disconnect(&inst.id, att)?;
         }
         self.forget(inst);

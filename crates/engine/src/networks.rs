@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use vessel_network::{Network, Peer};
+use vessel_network::{Mode, Network, Peer};
 
-use super::{Engine, EngineError, Result};
+use super::catalogue::{Instance, Status};
+use super::request::Isolation;
+use super::{container, Engine, EngineError, Result};
 
 /// What `network create` asks for.
 #[derive(Clone, Debug, Default)]
@@ -201,4 +203,164 @@ impl Engine {
         }
         Ok(removed)
     }
+
+    /// `network connect`: puts instance `key` on network `net_key` beside the networks it
+    /// is on, known there by its name, its short id and `aliases`. A running container
+    /// gets the new interface (`eth1`, ...) at once; a stopped one at its next start. Its
+    /// `/etc/hosts` lists the network's instances, and theirs it.
+    pub fn network_connect(&self, net_key: &str, key: &str, aliases: &[String]) -> Result<Instance> {
+        let (net, _) = self.network_find(net_key)?;
+        let mut inst = self.get(key)?;
+        check_joinable(&inst, "connected to", &net.name)?;
+        if inst.request.attachments().any(|a| a.network == net.name) {
+            return Err(vessel_network::Error::AlreadyAttached(inst.name.clone(), net.name).into());
+        }
+        let taken = inst.request.attachments().map(|a| a.interface.as_str());
+        let interface = vessel_network::free_interface(&inst.name, taken)?;
+        let mut names = aliases.to_vec();
+        // As at create: on a user network, also known by its short id.
+        let short = inst.id.get(..12).unwrap_or(&inst.id).to_string();
+        if net.name != vessel_network::DEFAULT_NETWORK && !names.contains(&short) {
+            names.push(short);
+        }
+        let att = self.networks.attach_more(
+            &inst.id,
+            &inst.name,
+            &names,
+            &net.name,
+            &interface,
+            &self.instance_dir(&inst.id),
+        )?;
+        let first = inst.request.attachment.is_none();
+        if first {
+            // Its only network now (it left its first): the one with the default route.
+            inst.request.network = Mode::Bridge(net.name.clone());
+            inst.request.network_aliases = att.aliases.clone();
+            inst.request.attachment = Some(att.clone());
+        } else {
+            inst.request.more_networks.push(att.clone());
+        }
+        let done = self
+            .catalogue
+            .set_request(&inst.id, &inst.request)
+            .and_then(|()| match (inst.status, inst.pid) {
+                (Status::Running, Some(pid)) => self
+                    .networks
+                    .connect(&inst.id, &att, first, pid)
+                    .map_err(EngineError::from),
+                _ => Ok(()),
+            });
+        if let Err(e) = done {
+            let _ = self.networks.detach(&inst.id, &att);
+            if let Ok(mut back) = self.catalogue.find(&inst.id) {
+                back.request.more_networks.retain(|a| a.network != att.network);
+                if first {
+                    back.request.attachment = None;
+                }
+                let _ = self.catalogue.set_request(&inst.id, &back.request);
+            }
+            return Err(e);
+        }
+        self.announce_on(&inst, &att);
+        self.rewrite_hosts(&inst);
+        self.network_event("connect", &net, &inst);
+        Ok(inst)
+    }
+
+    /// `network disconnect`: takes instance `key` off network `net_key` (its interface
+    /// there goes at once if it runs, its lease, its line in the other instances' hosts
+    /// files). Off its first network, its published ports go too, and the next network
+    /// it is on becomes its first. With `force`, a failure to take its interface down
+    /// (logged) does not keep it on the network.
+    pub fn network_disconnect(&self, net_key: &str, key: &str, force: bool) -> Result<Instance> {
+        let (net, _) = self.network_find(net_key)?;
+        let mut inst = self.get(key)?;
+        check_joinable(&inst, "disconnected from", &net.name)?;
+        let Some(att) = inst
+            .request
+            .attachments()
+            .find(|a| a.network == net.name)
+            .cloned()
+        else {
+            return Err(vessel_network::Error::NotAttached(inst.id.clone(), net.name).into());
+        };
+        self.forget_on(&inst, &att);
+        match self.networks.detach(&inst.id, &att) {
+            Err(e) if force => {
+                tracing::warn!(instance = %inst.name, network = %net.name, error = %e, "disconnect forced past an error");
+                self.networks.release_one(&inst.id, &att)?;
+            }
+            r => r?,
+        }
+        if inst.request.attachment.as_ref() == Some(&att) {
+            inst.request.attachment = None;
+            inst.request.network_aliases.clear();
+            if !inst.request.more_networks.is_empty() {
+                let next = inst.request.more_networks.remove(0);
+                inst.request.network = Mode::Bridge(next.network.clone());
+                inst.request.network_aliases = next.aliases.clone();
+                inst.request.attachment = Some(next);
+            }
+        } else {
+            inst.request.more_networks.retain(|a| a.network != att.network);
+        }
+        if inst.status != Status::Running {
+            // Not wired: its interfaces are numbered afresh, in order, for its next start.
+            let r = &mut inst.request;
+            for (n, a) in r.attachment.iter_mut().chain(&mut r.more_networks).enumerate() {
+                a.interface = format!("eth{n}");
+            }
+        }
+        self.catalogue.set_request(&inst.id, &inst.request)?;
+        self.rewrite_hosts(&inst);
+        self.network_event("disconnect", &net, &inst);
+        Ok(inst)
+    }
+
+    /// Writes a container's `/etc/hosts` anew in place (it is bind-mounted), or sends a
+    /// running VM its own.
+    fn rewrite_hosts(&self, inst: &Instance) {
+        let hosts = self.instance_dir(&inst.id).join("hosts");
+        if !hosts.exists() {
+            self.refresh_vm_hosts(&inst.id, None);
+            return;
+        }
+        let written = container::hosts(&self.networks, inst)
+            .and_then(|text| std::fs::write(&hosts, text).map_err(|e| EngineError::io("write", &hosts, e)));
+        if let Err(e) = written {
+            tracing::warn!(file = %hosts.display(), error = %e, "could not rewrite a hosts file");
+        }
+    }
+
+    fn network_event(&self, action: &str, net: &Network, inst: &Instance) {
+        let attrs = [
+            ("container".to_string(), inst.id.clone()),
+            ("name".to_string(), net.name.clone()),
+            ("type".to_string(), "bridge".to_string()),
+        ];
+        self.record_event("network", action, &net.id, &net.name, attrs.into_iter().collect());
+    }
 }
+
+/// Refuses to change the networks of an instance whose networking is not vessel's
+/// bridges (Docker's words where it has them), and of a microVM (one NIC, given at create).
+fn check_joinable(inst: &Instance, what: &str, net: &str) -> Result<()> {
+    match &inst.request.network {
+        Mode::Host => Err(EngineError::InvalidFlag(
+            "container cannot be disconnected from host network or connected to host network"
+                .into(),
+        )),
+        Mode::None => Err(EngineError::InvalidFlag(format!(
+            "container {} has --network none (a network namespace of its own with loopback only): it cannot be {what} network {net}",
+            inst.name
+        ))),
+        Mode::Bridge(_) if inst.request.isolation == Isolation::Vm => {
+            Err(EngineError::InvalidFlag(format!(
+                "{} is a microVM, whose one NIC is given when it is created: it cannot be {what} network {net} (create it with --network {net})",
+                inst.name
+            )))
+        }
+        Mode::Bridge(_) => Ok(()),
+    }
+}
+

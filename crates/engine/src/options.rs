@@ -58,6 +58,9 @@ pub struct RunOptions {
     pub network: Option<String>,
     /// `--network-alias`: more names on a user-defined network.
     pub network_aliases: Vec<String>,
+    /// More bridge networks to join at create beside `network` (`--network` given more
+    /// than once; more endpoints in the API's create), each with its aliases.
+    pub more_networks: Vec<(String, Vec<String>)>,
     /// `-p`: published ports.
     pub publish: Vec<String>,
     /// `--entrypoint` (empty: none; replaces the image's and discards its Cmd).
@@ -249,6 +252,34 @@ pub fn build_request(
             network.as_str()
         )));
     }
+    let mut join = Vec::new();
+    for (name, aliases) in &a.more_networks {
+        let more = vessel_network::Mode::parse(name)?;
+        let vessel_network::Mode::Bridge(more) = more else {
+            return Err(EngineError::InvalidFlag(format!(
+                "--network {name}: host and none cannot be combined with other networks"
+            )));
+        };
+        if !matches!(network, vessel_network::Mode::Bridge(_)) {
+            return Err(EngineError::InvalidFlag(format!(
+                "--network {}: host and none cannot be combined with other networks",
+                network.as_str()
+            )));
+        }
+        if a.isolation == Isolation::Vm {
+            return Err(EngineError::InvalidFlag(format!(
+                "--network {more}: a microVM has one NIC, on one network"
+            )));
+        }
+        if network == vessel_network::Mode::Bridge(more.clone())
+            || join.iter().any(|(n, _): &(String, Vec<String>)| *n == more)
+        {
+            return Err(EngineError::InvalidFlag(format!(
+                "--network {more} is given twice"
+            )));
+        }
+        join.push((more, aliases.clone()));
+    }
     if a.isolation == Isolation::Vm && network == vessel_network::Mode::Host {
         return Err(EngineError::InvalidFlag(
             "--network host: a VM has its own kernel and cannot share the host's network stack; use a bridge network (the default) or --network none".into(),
@@ -397,6 +428,8 @@ pub fn build_request(
         ports,
         attachment: None,
         network_aliases: a.network_aliases.clone(),
+        more_networks: Vec::new(),
+        join,
         stop_signal,
         stop_timeout: a.stop_timeout.unwrap_or(10),
         kernel: match &a.kernel {
@@ -566,6 +599,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no command specified"), "{e}");
+    }
+
+    #[test]
+    fn more_networks_are_bridges_for_containers_each_once() {
+        let with = |network: &str, more: &[&str], isolation: Isolation| RunOptions {
+            network: Some(network.into()),
+            more_networks: more.iter().map(|n| (n.to_string(), Vec::new())).collect(),
+            isolation,
+            ..Default::default()
+        };
+        let no_env = |_: &str| None;
+        let r = build_request(&with("a", &["b", "bridge"], Isolation::Container), &image(BUSYBOX), ID, &no_env)
+            .unwrap();
+        assert_eq!(r.join, [("b".to_string(), vec![]), ("bridge".to_string(), vec![])]);
+        for (o, why) in [
+            (with("a", &["b"], Isolation::Vm), "one NIC"),
+            (with("a", &["a"], Isolation::Container), "given twice"),
+            (with("a", &["b", "b"], Isolation::Container), "given twice"),
+            (with("none", &["b"], Isolation::Container), "cannot be combined"),
+            (with("a", &["host"], Isolation::Container), "cannot be combined"),
+        ] {
+            let e = build_request(&o, &image(BUSYBOX), ID, &no_env).unwrap_err().to_string();
+            assert!(e.contains(why), "{o:?}: {e}");
+        }
     }
 
     #[test]

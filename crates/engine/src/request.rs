@@ -269,6 +269,15 @@ pub struct RunRequest {
     /// `--network-alias`: more names of the instance on its (user-defined) network.
     #[serde(default)]
     pub network_aliases: Vec<String>,
+    /// The networks it joined beside its first (`network connect`, or more than one
+    /// network at create), each through an interface of its own (`eth1`, ...). A
+    /// container's only: a microVM has one NIC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_networks: Vec<vessel_network::Attachment>,
+    /// The networks to join at create beside the first, with their aliases: made into
+    /// `more_networks` by create, never recorded.
+    #[serde(skip)]
+    pub join: Vec<(String, Vec<String>)>,
     /// `--log-driver`, `--log-opt`: where output goes and how much of it is kept
     /// (records from before logs were bounded get the default bound).
     #[serde(default)]
@@ -306,6 +315,21 @@ pub struct RunRequest {
 }
 
 impl RunRequest {
+    /// Every network the instance is on: its first, then those it joined later.
+    pub fn attachments(&self) -> impl Iterator<Item = &vessel_network::Attachment> + Clone {
+        self.attachment.iter().chain(&self.more_networks)
+    }
+
+    /// Its names on the network of `att` beside its own: `--network-alias` on its first
+    /// network, the aliases it joined with on the others.
+    pub fn aliases_on<'a>(&'a self, att: &'a vessel_network::Attachment) -> &'a [String] {
+        if self.attachment.as_ref() == Some(att) {
+            &self.network_aliases
+        } else {
+            &att.aliases
+        }
+    }
+
     /// A request to run `args` with nothing else asked for: no limits, no network, no
     /// volumes, the image's defaults left to the caller (the bundle and build front ends
     /// fill in what they have over this).
@@ -336,6 +360,8 @@ impl RunRequest {
             ports: Vec::new(),
             attachment: None,
             network_aliases: Vec::new(),
+            more_networks: Vec::new(),
+            join: Vec::new(),
             log: LogConfig::default(),
             labels: Default::default(),
             extra_hosts: Vec::new(),

@@ -75,6 +75,15 @@ pub enum Error {
     /// No network by that name.
     #[error("no such network: {0} (vessel network ls lists them)")]
     NoSuchNetwork(String),
+    /// `network connect` of an instance already on the network (Docker's words).
+    #[error("endpoint with name {0} already exists in network {1}")]
+    AlreadyAttached(String, String),
+    /// `network disconnect` of an instance not on the network (Docker's words).
+    #[error("container {0} is not connected to network {1}")]
+    NotAttached(String, String),
+    /// No interface name left for another network.
+    #[error("instance {0} is on too many networks: at most {max}", max = MAX_NETWORKS)]
+    TooManyNetworks(String),
     /// The name is taken.
     #[error("a network named {0:?} already exists")]
     NetworkExists(String),
@@ -129,6 +138,43 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The host-side name of an instance's veth pair (15 bytes at most, like every link name).
 pub fn veth_name(instance: &str) -> String {
     format!("vv{}", &instance[..instance.len().min(12)])
+}
+
+/// The most networks one instance can be on: its interfaces are `eth0` to `eth35`, whose
+/// host sides are named with one base-36 digit.
+pub const MAX_NETWORKS: usize = 36;
+
+/// The host-side name of the veth pair of an instance's interface `interface` (`ethN`):
+/// [`veth_name`] for `eth0`; `vw`, 12 characters of the id and N as one base-36 digit
+/// for the others (15 bytes, and a prefix no first interface's name has).
+pub fn veth_name_for(instance: &str, interface: &str) -> String {
+    match interface_index(interface) {
+        Some(0) | None => veth_name(instance),
+        Some(n) => format!(
+            "vw{}{}",
+            &instance[..instance.len().min(12)],
+            char::from_digit(n as u32, 36).unwrap_or('z')
+        ),
+    }
+}
+
+/// N of `ethN`, if below [`MAX_NETWORKS`].
+pub fn interface_index(interface: &str) -> Option<usize> {
+    interface
+        .strip_prefix("eth")
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n < MAX_NETWORKS)
+}
+
+/// The first interface name (`ethN`) not in `taken`.
+pub fn free_interface<'a>(
+    instance: &str,
+    taken: impl Iterator<Item = &'a str> + Clone,
+) -> Result<String> {
+    (0..MAX_NETWORKS)
+        .map(|n| format!("eth{n}"))
+        .find(|i| !taken.clone().any(|t| t == i))
+        .ok_or_else(|| Error::TooManyNetworks(instance.to_string()))
 }
 
 /// The MAC address of an instance's interface: locally administered and derived from its
@@ -386,10 +432,46 @@ impl Networks {
             .map(Some)
     }
 
-    /// Wires a created container (process `pid`, still before its program runs) to its
-    /// network: the bridge if missing, a veth pair into its namespace, its DNAT rules.
-    /// Undoes what it did on failure.
-    pub fn connect(&self, instance: &str, att: &Attachment, pid: i32) -> Result<()> {
+    /// Gives an instance a place on one more network (`network connect`): an address
+    /// lease on `network`, known there as `name` and `aliases`, through interface
+    /// `interface` (see [`free_interface`]). No host ports: those belong to its first
+    /// network.
+    pub fn attach_more(
+        &self,
+        instance: &str,
+        name: &str,
+        aliases: &[String],
+        network: &str,
+        interface: &str,
+        dir: &Path,
+    ) -> Result<Attachment> {
+        let mut att = self
+            .attach(
+                instance,
+                name,
+                aliases,
+                &Mode::Bridge(network.to_string()),
+                &[],
+                dir,
+            )?
+            .ok_or_else(|| Error::NoSuchNetwork(network.to_string()))?;
+        att.interface = interface.to_string();
+        Ok(att)
+    }
+
+    /// Takes an instance off one of its networks: its interface there (if wired) and,
+    /// for its first network, its published ports; then its lease. Idempotent.
+    pub fn detach(&self, instance: &str, att: &Attachment) -> Result<()> {
+        self.disconnect(instance, att)?;
+        self.store()?
+            .release_one(instance, &att.network, !att.ports.is_empty())
+    }
+
+    /// Wires a container (process `pid`: a created one before its program runs, or a
+    /// running one joining a network) to a network: the bridge if missing, a veth pair
+    /// into its namespace (the default route through it if `first`, its first network),
+    /// its DNAT rules. Undoes what it did on failure.
+    pub fn connect(&self, instance: &str, att: &Attachment, first: bool, pid: i32) -> Result<()> {
         let _l = self.lock()?;
         let r = (|| {
             if !link::exists(&att.bridge)? {
@@ -397,10 +479,13 @@ impl Networks {
                 self.wire(&net)?;
             }
             // A veth left by a crashed earlier start of the same instance.
-            link::delete(&veth_name(instance))?;
+            let host_name = veth_name_for(instance, &att.interface);
+            link::delete(&host_name)?;
             link::connect_veth(
                 &link::Endpoint {
-                    host_name: veth_name(instance),
+                    host_name,
+                    interface: att.interface.clone(),
+                    default_route: first,
                     bridge: att.bridge.clone(),
                     ip: att.ip,
                     prefix: att.prefix,
@@ -441,7 +526,11 @@ impl Networks {
     }
 
     fn disconnect_locked(&self, instance: &str, att: &Attachment) -> Result<()> {
-        let links = link::delete(&veth_name(instance)).and(link::delete(&tap_name(instance)));
+        let links = if interface_index(&att.interface).unwrap_or(0) == 0 {
+            link::delete(&veth_name(instance)).and(link::delete(&tap_name(instance)))
+        } else {
+            link::delete(&veth_name_for(instance, &att.interface))
+        };
         let rules = if att.ports.is_empty() {
             Ok(())
         } else {
@@ -468,6 +557,13 @@ impl Networks {
         }
         let _l = self.lock()?;
         firewall::remove(&[&firewall::instance_tag(instance)])
+    }
+
+    /// Gives up an instance's lease on the network of `att` (and its host ports, if they
+    /// are on it), leaving its wiring alone. Idempotent.
+    pub fn release_one(&self, instance: &str, att: &Attachment) -> Result<()> {
+        self.store()?
+            .release_one(instance, &att.network, !att.ports.is_empty())
     }
 
     /// Gives up an instance's lease and host ports. Idempotent.

@@ -151,6 +151,10 @@ pub fn delete(name: &str) -> Result<()> {
 pub struct Endpoint {
     /// Host-side name of the pair.
     pub host_name: String,
+    /// Name of the instance's side (`eth0`; `eth1` and on for more networks).
+    pub interface: String,
+    /// Whether the default route goes through it (the instance's first network).
+    pub default_route: bool,
     /// Bridge to enslave the host side to.
     pub bridge: String,
     /// Address inside.
@@ -164,19 +168,20 @@ pub struct Endpoint {
 }
 
 /// Creates a veth pair whose host side is a port of the bridge and whose other side is
-/// `eth0` in the network namespace of process `pid`, both with the bridge's MTU, then gives
-/// `eth0` its address and
-/// default route and brings `lo` and `eth0` up.
+/// `ep.interface` in the network namespace of process `pid`, both with the bridge's MTU,
+/// then gives that its address (and the default route if `ep.default_route`) and brings
+/// `lo` and it up.
 pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
     let ns_path = format!("/proc/{pid}/ns/net");
     let ns = std::fs::File::open(&ns_path).map_err(|e| Error::io("open", &ns_path, e))?;
     let ns_fd = ns.as_raw_fd();
     let what = format!("create veth {} into {ns_path}", ep.host_name);
+    let inner = ep.interface.as_str();
     with_netlink(|h| async move {
         let bridge = index_of(&h, &ep.bridge).await?.ok_or_else(|| {
             Error::Netlink(format!("find bridge {}", ep.bridge), "no such link".into())
         })?;
-        let peer = LinkUnspec::new_with_name("eth0")
+        let peer = LinkUnspec::new_with_name(inner)
             .address(crate::mac_for(ep.ip).to_vec())
             .mtu(ep.mtu)
             .setns_by_fd(ns_fd)
@@ -199,14 +204,20 @@ pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
             with_netlink(|h| async move {
                 let lo = index_of(&h, "lo").await?.unwrap_or(1);
                 set_up(&h, lo, "lo").await?;
-                let eth0 = index_of(&h, "eth0").await?.ok_or_else(|| {
-                    Error::Netlink("find eth0 in the instance".into(), "no such link".into())
+                let link = index_of(&h, inner).await?.ok_or_else(|| {
+                    Error::Netlink(
+                        format!("find {inner} in the instance"),
+                        "no such link".into(),
+                    )
                 })?;
-                add_addr(&h, eth0, ep.ip, ep.prefix, "eth0").await?;
-                set_up(&h, eth0, "eth0").await?;
+                add_addr(&h, link, ep.ip, ep.prefix, inner).await?;
+                set_up(&h, link, inner).await?;
+                if !ep.default_route {
+                    return Ok(());
+                }
                 let route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .gateway(ep.gateway)
-                    .output_interface(eth0)
+                    .output_interface(link)
                     .build();
                 match h.route().add(route).execute().await {
                     Err(e) if nl_code(&e) == Some(EEXIST) => Ok(()),
@@ -217,7 +228,7 @@ pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
         .join()
         .unwrap_or_else(|_| {
             Err(Error::Netlink(
-                "configure eth0".into(),
+                format!("configure {inner}"),
                 "the thread panicked".into(),
             ))
         })

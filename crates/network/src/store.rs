@@ -57,10 +57,24 @@ pub struct Attachment {
     /// The network's MTU (attachments recorded before networks had one: Ethernet's).
     #[serde(default = "legacy_mtu")]
     pub mtu: u32,
+    /// The instance's interface on this network: `eth0` for its first network, `eth1`
+    /// and on for the networks it joined later (attachments recorded before instances
+    /// could have more than one network: `eth0`).
+    #[serde(default = "first_interface")]
+    pub interface: String,
+    /// Its other names on this network (`--alias`, `--network-alias`), as recorded in
+    /// its lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 fn legacy_mtu() -> u32 {
     crate::LEGACY_MTU
+}
+
+/// The interface of an instance's first network.
+pub fn first_interface() -> String {
+    "eth0".to_string()
 }
 
 /// Another instance on the same network, for `/etc/hosts`.
@@ -92,11 +106,13 @@ CREATE TABLE IF NOT EXISTS networks (
     mtu INTEGER
 );
 CREATE TABLE IF NOT EXISTS leases (
-    instance TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
     network TEXT NOT NULL,
     ip TEXT NOT NULL,
     name TEXT NOT NULL,
     dir TEXT,
+    aliases TEXT,
+    PRIMARY KEY (instance, network),
     UNIQUE (network, ip)
 );
 CREATE TABLE IF NOT EXISTS ports (
@@ -179,7 +195,41 @@ impl Store {
                 }
             }
         }
-        Ok(Store { path, db })
+        let mut store = Store { path, db };
+        store.lease_per_network()?;
+        Ok(store)
+    }
+
+    /// Databases from before an instance could be on more than one network keyed leases
+    /// by instance alone: the table is rebuilt with the key (instance, network), once,
+    /// by whichever process gets there first.
+    fn lease_per_network(&mut self) -> Result<()> {
+        let keyed = |db: &Connection| -> rusqlite::Result<bool> {
+            db.query_row(
+                "SELECT pk FROM pragma_table_info('leases') WHERE name = 'network'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|pk| pk > 0)
+        };
+        if keyed(&self.db).map_err(self.err())? {
+            return Ok(());
+        }
+        self.write(|tx, err| {
+            if keyed(tx).map_err(err)? {
+                return Ok(());
+            }
+            tx.execute_batch(
+                "CREATE TABLE leases_keyed (instance TEXT NOT NULL, network TEXT NOT NULL, \
+                 ip TEXT NOT NULL, name TEXT NOT NULL, dir TEXT, aliases TEXT, \
+                 PRIMARY KEY (instance, network), UNIQUE (network, ip)); \
+                 INSERT INTO leases_keyed (instance, network, ip, name, dir, aliases) \
+                 SELECT instance, network, ip, name, dir, aliases FROM leases; \
+                 DROP TABLE leases; \
+                 ALTER TABLE leases_keyed RENAME TO leases;",
+            )
+            .map_err(err)
+        })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -257,6 +307,17 @@ impl Store {
     ) -> Result<Attachment> {
         self.write(|tx, err| {
             reap(tx)?;
+            let on_it: bool = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM leases WHERE instance = ?1 AND network = ?2",
+                    params![instance, network],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(err)?
+                > 0;
+            if on_it {
+                return Err(Error::AlreadyAttached(name.to_string(), network.to_string()));
+            }
             let found = find_network(tx, network).map_err(err)?;
             let net = match (found, default) {
                 (Some(n), _) => n,
@@ -339,6 +400,8 @@ impl Store {
                 gateway: net.gateway(),
                 ports: ports.to_vec(),
                 mtu: net.mtu,
+                interface: first_interface(),
+                aliases: aliases.to_vec(),
             })
         })
     }
@@ -368,6 +431,23 @@ impl Store {
                 .map_err(err)?;
             tx.execute("DELETE FROM ports WHERE instance = ?1", params![instance])
                 .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    /// Drops an instance's lease on one network, and its host ports with it if
+    /// `ports` (they belong to its first network). Idempotent.
+    pub fn release_one(&mut self, instance: &str, network: &str, ports: bool) -> Result<()> {
+        self.write(|tx, err| {
+            tx.execute(
+                "DELETE FROM leases WHERE instance = ?1 AND network = ?2",
+                params![instance, network],
+            )
+            .map_err(err)?;
+            if ports {
+                tx.execute("DELETE FROM ports WHERE instance = ?1", params![instance])
+                    .map_err(err)?;
+            }
             Ok(())
         })
     }
@@ -624,5 +704,39 @@ mod tests {
             s.allocate("c", "c", &[], "t", &[q], None, None),
             Err(Error::PortInUse(..))
         ));
+    }
+
+    #[test]
+    fn an_instance_holds_one_lease_per_network_and_old_databases_are_rekeyed() {
+        let d = tempfile::tempdir().unwrap();
+        // A database from before an instance could be on more than one network.
+        let old = Connection::open(d.path().join("network.db")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE networks (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, \
+             bridge TEXT NOT NULL UNIQUE, subnet TEXT NOT NULL, created TEXT NOT NULL, mtu INTEGER); \
+             INSERT INTO networks VALUES ('one', 'a1', 'vsl-a1', '10.206.0.0/24', 'then', 1500); \
+             INSERT INTO networks VALUES ('two', 'a2', 'vsl-a2', '10.207.0.0/24', 'then', 1500); \
+             CREATE TABLE leases (instance TEXT PRIMARY KEY, network TEXT NOT NULL, ip TEXT NOT NULL, \
+             name TEXT NOT NULL, dir TEXT, aliases TEXT, UNIQUE (network, ip)); \
+             INSERT INTO leases VALUES ('i', 'one', '10.206.0.2', 'web', NULL, 'w');",
+        )
+        .unwrap();
+        drop(old);
+        let mut s = Store::open(d.path()).unwrap();
+        // Opened twice: the second finds it done.
+        drop(Store::open(d.path()).unwrap());
+        assert_eq!(s.peers("one").unwrap()[0].aliases, ["w"]);
+        let two = s.allocate("i", "web", &["x".into()], "two", &[], None, None).unwrap();
+        assert_eq!((two.ip.to_string().as_str(), two.aliases.as_slice()), ("10.207.0.2", &["x".to_string()][..]));
+        assert!(matches!(
+            s.allocate("i", "web", &[], "two", &[], None, None),
+            Err(Error::AlreadyAttached(..))
+        ));
+        s.release_one("i", "two", false).unwrap();
+        assert!(s.peers("two").unwrap().is_empty());
+        assert_eq!(s.peers("one").unwrap().len(), 1);
+        s.allocate("i", "web", &[], "two", &[], None, None).unwrap();
+        s.release("i").unwrap();
+        assert!(s.peers("one").unwrap().is_empty() && s.peers("two").unwrap().is_empty());
     }
 }

@@ -440,6 +440,27 @@ pub enum NetworkCommand {
     },
     /// Remove every network no instance uses
     Prune,
+    /// Connect an instance to one more network (a running container gets the interface
+    /// at once, a stopped one at its next start)
+    Connect {
+        /// Another name of the instance on the network
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
+        /// Network name or id
+        network: String,
+        /// Instance name or id
+        instance: String,
+    },
+    /// Disconnect an instance from a network
+    Disconnect {
+        /// Take it off the network even if its interface cannot be taken down
+        #[arg(short, long)]
+        force: bool,
+        /// Network name or id
+        network: String,
+        /// Instance name or id
+        instance: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -710,9 +731,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub userns: bool,
     /// Network: "bridge" (the default network), a network's name, "none" (loopback
-    /// only) or "host" (share the host's)
-    #[arg(long)]
-    pub network: Option<String>,
+    /// only) or "host" (share the host's); given again, more bridge networks to join
+    /// (a container only)
+    #[arg(long = "network", alias = "net", value_name = "NETWORK")]
+    pub networks: Vec<String>,
     /// Add a network-scoped alias for the container (a user-defined network only)
     #[arg(long = "network-alias", alias = "net-alias", value_name = "NAME")]
     pub network_aliases: Vec<String>,

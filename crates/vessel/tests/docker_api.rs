@@ -1002,11 +1002,84 @@ fn docker_networks_create_inspect_run_by_name_rm_prune() {
     let o = s.docker(&["network", "rm", &net]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
-    // connect/disconnect are refused clearly.
-    let o = s.docker(&["network", "connect", "bridge", &a]);
+    // A second network, joined while running and left again.
+    let net2 = name("apinet2");
+    assert_eq!(code(&s.docker(&["network", "create", &net2])), 0);
+    let alias = name("apinet-alias");
+    let o = s.docker(&["network", "connect", "--alias", &alias, &net2, &a]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let nets = |c: &str| {
+        let o = s.docker(&[
+            "inspect",
+            "--format",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+            c,
+        ]);
+        let mut v: Vec<String> = stdout(&o).split_whitespace().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let mut both = vec![net.clone(), net2.clone()];
+    both.sort();
+    assert_eq!(nets(&a), both);
+    let o = s.docker(&[
+        "run", "--rm", "--network", &net2, "busybox", "ping", "-c", "1", "-W", "5", &alias,
+    ]);
+    assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    let o = s.docker(&["network", "connect", &net2, &a]);
     assert_ne!(code(&o), 0);
-    assert!(stderr(&o).contains("not implemented"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    // Fields vessel does not do are refused, and host/unknown names answered as Docker.
+    for (path, body, status, what) in [
+        (
+            format!("/v1.41/networks/{net2}/connect"),
+            format!(r#"{{"Container":"{a}","EndpointConfig":{{"IPAMConfig":{{"IPv4Address":"10.9.9.9"}}}}}}"#),
+            400,
+            "IPAMConfig",
+        ),
+        (
+            "/v1.41/networks/host/connect".to_string(),
+            format!(r#"{{"Container":"{a}"}}"#),
+            400,
+            "host network",
+        ),
+        (
+            format!("/v1.41/networks/{net2}/connect"),
+            r#"{"Container":"vessel-no-such-container"}"#.to_string(),
+            404,
+            "No such container",
+        ),
+        (
+            "/v1.41/networks/vessel-no-such-net/connect".to_string(),
+            format!(r#"{{"Container":"{a}"}}"#),
+            404,
+            "not found",
+        ),
+        (
+            format!("/v1.41/networks/{net2}/connect"),
+            "{}".to_string(),
+            400,
+            "Container",
+        ),
+    ] {
+        let (st, answer) = s.raw("POST", &path, body.as_bytes());
+        assert_eq!(st, status, "{path} {body}: {answer}");
+        assert!(message(&answer).contains(what), "{path} {body}: {answer}");
+    }
+    let o = s.docker(&["network", "disconnect", &net2, &a]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(nets(&a), [net.clone()]);
+    let o = s.docker(&["network", "disconnect", &net2, &a]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("is not connected"), "{}", stderr(&o));
+    // Both networks at create (the client sends them together since API 1.44).
+    let o = s.docker(&[
+        "run", "--rm", "--network", &net, "--network", &net2, "busybox", "ls", "/sys/class/net",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).split_whitespace().collect::<Vec<_>>(), ["eth0", "eth1", "lo"]);
     assert_eq!(code(&s.docker(&["rm", "-f", &a])), 0);
+    assert_eq!(code(&s.docker(&["network", "rm", &net2])), 0);
     let o = s.docker(&["network", "rm", &net]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = s.docker(&["network", "inspect", &net]);

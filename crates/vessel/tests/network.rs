@@ -530,3 +530,109 @@ fn network_prune_removes_unused_networks_only() {
     run(&["rm", &c]);
     assert_eq!(run(&["network", "prune"]).trim(), used);
 }
+
+/// Whether `name`, resolved inside `instance` (through its /etc/hosts), answers a ping
+/// from there.
+fn resolves(instance: &str, name: &str) -> bool {
+    code(&vessel(&["exec", instance, "ping", "-c1", "-W2", name])) == 0
+}
+
+/// The IPv4 interfaces inside `instance`, by name.
+fn interfaces(instance: &str) -> Vec<String> {
+    let mut v: Vec<String> = ok(&["exec", instance, "ls", "/sys/class/net"])
+        .split_whitespace()
+        .filter(|n| *n != "lo")
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn network_connect_and_disconnect_move_containers_between_networks() {
+    let (n1, n2) = (name("cn1"), name("cn2"));
+    ok(&["network", "create", &n1]);
+    ok(&["network", "create", &n2]);
+    let (a, b) = (name("a"), name("b"));
+    ok(&["run", "-d", "--name", &a, "--network", &n1, "busybox", "sleep", "1000"]);
+    ok(&["run", "-d", "--name", &b, "--network", &n2, "busybox", "sleep", "1000"]);
+    let a_id = id_of(&a);
+    assert!(!resolves(&a, &b), "{a} knows {b} before it joins {n2}");
+
+    // A running container gets the interface at once, and the names both ways.
+    let alias = name("alias");
+    ok(&["network", "connect", "--alias", &alias, &n2, &a]);
+    assert_eq!(interfaces(&a), ["eth0", "eth1"]);
+    assert!(resolves(&a, &b), "{a} cannot reach {b} by name on {n2}");
+    assert!(resolves(&b, &alias), "{b} cannot reach {a} by its alias");
+    assert!(resolves(&b, &a), "{b} cannot reach {a} by name");
+    // The default route stays on the first network.
+    let routes = ok(&["exec", &a, "ip", "route"]);
+    assert!(routes.lines().any(|l| l.starts_with("default") && l.contains("eth0")), "{routes}");
+    let nets = &inspect(&a)["NetworkSettings"]["Networks"];
+    assert!(nets[&n1]["IPAddress"].is_string(), "{nets}");
+    assert_eq!(nets[&n2]["Aliases"], serde_json::json!([alias, &a_id[..12]]), "{nets}");
+    assert!(network_json(&n2)["Containers"][&a_id].is_object());
+    // Twice is refused, as Docker's words say.
+    let o = vessel(&["network", "connect", &n2, &a]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("already exists in network"), "{}", stderr(&o));
+
+    // Off again: the interface, its host side and the names go.
+    ok(&["network", "disconnect", &n2, &a]);
+    assert_eq!(interfaces(&a), ["eth0"]);
+    assert!(!resolves(&a, &b) && !resolves(&b, &a), "names outlive the disconnect");
+    let host_side = format!("/sys/class/net/vw{}1", &a_id[..12]);
+    assert!(!Path::new(&host_side).exists(), "{host_side} is left");
+    assert!(network_json(&n2)["Containers"].get(&a_id).is_none());
+    let o = vessel(&["network", "disconnect", &n2, &a]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("is not connected to network"), "{}", stderr(&o));
+
+    // A stopped container joins now and is wired at its next start.
+    ok(&["stop", "-t", "0", &a]);
+    ok(&["network", "connect", &n2, &a]);
+    ok(&["start", &a]);
+    assert_eq!(interfaces(&a), ["eth0", "eth1"]);
+    assert!(resolves(&a, &b));
+    // Off its first network while stopped: the other one becomes its first, with the
+    // default route, as eth0.
+    ok(&["stop", "-t", "0", &a]);
+    ok(&["network", "disconnect", &n1, &a]);
+    ok(&["start", &a]);
+    assert_eq!(interfaces(&a), ["eth0"]);
+    let routes = ok(&["exec", &a, "ip", "route"]);
+    assert!(routes.lines().any(|l| l.starts_with("default") && l.contains("eth0")), "{routes}");
+    assert!(resolves(&a, &b));
+    assert_eq!(
+        inspect(&a)["HostConfig"]["NetworkMode"].as_str(),
+        Some(n2.as_str())
+    );
+
+    // Several networks at create.
+    let both = vessel(&[
+        "run", "--rm", "--network", &n1, "--network", &n2, "busybox", "ls", "/sys/class/net",
+    ]);
+    assert_eq!(code(&both), 0, "{}", stderr(&both));
+    assert_eq!(stdout(&both).split_whitespace().collect::<Vec<_>>(), ["eth0", "eth1", "lo"]);
+
+    // host and none networking stay as they are; a network must exist.
+    let lone = name("lone");
+    ok(&["create", "--name", &lone, "--network", "none", "busybox", "true"]);
+    let o = vessel(&["network", "connect", &n1, &lone]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("--network none"), "{}", stderr(&o));
+    let o = vessel(&["network", "connect", &name("nonet"), &a]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("no such network"), "{}", stderr(&o));
+    refused(
+        &["create", "--network", "host", "--network", &n1, "busybox", "true"],
+        "cannot be combined",
+    );
+
+    let ids = [a_id, id_of(&b), id_of(&lone)];
+    ok(&["rm", "-f", &a, &b, &lone]);
+    assert_none_left(&ids);
+    // No lease is left to keep the networks in use.
+    ok(&["network", "rm", &n1, &n2]);
+}

@@ -68,7 +68,13 @@ fn run_options(a: &RunArgs) -> RunOptions {
         pids_limit: a.pids_limit,
         init: a.init,
         userns: a.userns,
-        network: a.network.clone(),
+        network: a.networks.first().cloned(),
+        more_networks: a
+            .networks
+            .iter()
+            .skip(1)
+            .map(|n| (n.clone(), Vec::new()))
+            .collect(),
         network_aliases: a.network_aliases.clone(),
         publish: a.publish.clone(),
         entrypoint: a.entrypoint.clone(),

@@ -136,5 +136,25 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
             }
             Ok(0)
         }
+        NetworkCommand::Connect {
+            aliases,
+            network,
+            instance,
+        } => {
+            engine
+                .network_connect(network, instance, aliases)
+                .map_err(fail)?;
+            Ok(0)
+        }
+        NetworkCommand::Disconnect {
+            force,
+            network,
+            instance,
+        } => {
+            engine
+                .network_disconnect(network, instance, *force)
+                .map_err(fail)?;
+            Ok(0)
+        }
     }
 }

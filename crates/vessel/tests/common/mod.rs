@@ -304,9 +304,13 @@ pub fn assert_none_left(ids: &[String]) {
     if let Some(id) = of(&mountinfo) {
         panic!("a mount of {id} is left:\n{mountinfo}");
     }
-    for s in &short {
-        let veth = format!("/sys/class/net/vv{s}");
-        assert!(!Path::new(&veth).exists(), "the veth {veth} of {s} is left");
+    // Every link named after an instance: its veths (`vv` first network, `vw` the
+    // others), its tap (`vt`).
+    for link in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let n = link.file_name().to_string_lossy().into_owned();
+        if let Some(id) = of(&n) {
+            panic!("the link {n} of {id} is left");
+        }
     }
     let rules = Command::new("nft")
         .args(["list", "ruleset"])
