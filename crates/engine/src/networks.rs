@@ -208,7 +208,12 @@ impl Engine {
     /// is on, known there by its name, its short id and `aliases`. A running container
     /// gets the new interface (`eth1`, ...) at once; a stopped one at its next start. Its
     /// `/etc/hosts` lists the network's instances, and theirs it.
-    pub fn network_connect(&self, net_key: &str, key: &str, aliases: &[String]) -> Result<Instance> {
+    pub fn network_connect(
+        &self,
+        net_key: &str,
+        key: &str,
+        aliases: &[String],
+    ) -> Result<Instance> {
         let (net, _) = self.network_find(net_key)?;
         let mut inst = self.get(key)?;
         check_joinable(&inst, "connected to", &net.name)?;
@@ -253,7 +258,9 @@ impl Engine {
         if let Err(e) = done {
             let _ = self.networks.detach(&inst.id, &att);
             if let Ok(mut back) = self.catalogue.find(&inst.id) {
-                back.request.more_networks.retain(|a| a.network != att.network);
+                back.request
+                    .more_networks
+                    .retain(|a| a.network != att.network);
                 if first {
                     back.request.attachment = None;
                 }
@@ -302,12 +309,19 @@ impl Engine {
                 inst.request.attachment = Some(next);
             }
         } else {
-            inst.request.more_networks.retain(|a| a.network != att.network);
+            inst.request
+                .more_networks
+                .retain(|a| a.network != att.network);
         }
         if inst.status != Status::Running {
             // Not wired: its interfaces are numbered afresh, in order, for its next start.
             let r = &mut inst.request;
-            for (n, a) in r.attachment.iter_mut().chain(&mut r.more_networks).enumerate() {
+            for (n, a) in r
+                .attachment
+                .iter_mut()
+                .chain(&mut r.more_networks)
+                .enumerate()
+            {
                 a.interface = format!("eth{n}");
             }
         }
@@ -325,8 +339,9 @@ impl Engine {
             self.refresh_vm_hosts(&inst.id, None);
             return;
         }
-        let written = container::hosts(&self.networks, inst)
-            .and_then(|text| std::fs::write(&hosts, text).map_err(|e| EngineError::io("write", &hosts, e)));
+        let written = container::hosts(&self.networks, inst).and_then(|text| {
+            std::fs::write(&hosts, text).map_err(|e| EngineError::io("write", &hosts, e))
+        });
         if let Err(e) = written {
             tracing::warn!(file = %hosts.display(), error = %e, "could not rewrite a hosts file");
         }
@@ -338,7 +353,13 @@ impl Engine {
             ("name".to_string(), net.name.clone()),
             ("type".to_string(), "bridge".to_string()),
         ];
-        self.record_event("network", action, &net.id, &net.name, attrs.into_iter().collect());
+        self.record_event(
+            "network",
+            action,
+            &net.id,
+            &net.name,
+            attrs.into_iter().collect(),
+        );
     }
 }
 
@@ -363,4 +384,3 @@ fn check_joinable(inst: &Instance, what: &str, net: &str) -> Result<()> {
         Mode::Bridge(_) => Ok(()),
     }
 }
-

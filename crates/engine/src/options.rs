@@ -610,17 +610,33 @@ mod tests {
             ..Default::default()
         };
         let no_env = |_: &str| None;
-        let r = build_request(&with("a", &["b", "bridge"], Isolation::Container), &image(BUSYBOX), ID, &no_env)
-            .unwrap();
-        assert_eq!(r.join, [("b".to_string(), vec![]), ("bridge".to_string(), vec![])]);
+        let r = build_request(
+            &with("a", &["b", "bridge"], Isolation::Container),
+            &image(BUSYBOX),
+            ID,
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            r.join,
+            [("b".to_string(), vec![]), ("bridge".to_string(), vec![])]
+        );
         for (o, why) in [
             (with("a", &["b"], Isolation::Vm), "one NIC"),
             (with("a", &["a"], Isolation::Container), "given twice"),
             (with("a", &["b", "b"], Isolation::Container), "given twice"),
-            (with("none", &["b"], Isolation::Container), "cannot be combined"),
-            (with("a", &["host"], Isolation::Container), "cannot be combined"),
+            (
+                with("none", &["b"], Isolation::Container),
+                "cannot be combined",
+            ),
+            (
+                with("a", &["host"], Isolation::Container),
+                "cannot be combined",
+            ),
         ] {
-            let e = build_request(&o, &image(BUSYBOX), ID, &no_env).unwrap_err().to_string();
+            let e = build_request(&o, &image(BUSYBOX), ID, &no_env)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{o:?}: {e}");
         }
     }

@@ -316,7 +316,10 @@ impl Store {
                 .map_err(err)?
                 > 0;
             if on_it {
-                return Err(Error::AlreadyAttached(name.to_string(), network.to_string()));
+                return Err(Error::AlreadyAttached(
+                    name.to_string(),
+                    network.to_string(),
+                ));
             }
             let found = find_network(tx, network).map_err(err)?;
             let net = match (found, default) {
@@ -726,8 +729,13 @@ mod tests {
         // Opened twice: the second finds it done.
         drop(Store::open(d.path()).unwrap());
         assert_eq!(s.peers("one").unwrap()[0].aliases, ["w"]);
-        let two = s.allocate("i", "web", &["x".into()], "two", &[], None, None).unwrap();
-        assert_eq!((two.ip.to_string().as_str(), two.aliases.as_slice()), ("10.207.0.2", &["x".to_string()][..]));
+        let two = s
+            .allocate("i", "web", &["x".into()], "two", &[], None, None)
+            .unwrap();
+        assert_eq!(
+            (two.ip.to_string().as_str(), two.aliases.as_slice()),
+            ("10.207.0.2", &["x".to_string()][..])
+        );
         assert!(matches!(
             s.allocate("i", "web", &[], "two", &[], None, None),
             Err(Error::AlreadyAttached(..))

@@ -554,8 +554,28 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     ok(&["network", "create", &n1]);
     ok(&["network", "create", &n2]);
     let (a, b) = (name("a"), name("b"));
-    ok(&["run", "-d", "--name", &a, "--network", &n1, "busybox", "sleep", "1000"]);
-    ok(&["run", "-d", "--name", &b, "--network", &n2, "busybox", "sleep", "1000"]);
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        &n1,
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &b,
+        "--network",
+        &n2,
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
     let a_id = id_of(&a);
     assert!(!resolves(&a, &b), "{a} knows {b} before it joins {n2}");
 
@@ -568,26 +588,46 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     assert!(resolves(&b, &a), "{b} cannot reach {a} by name");
     // The default route stays on the first network.
     let routes = ok(&["exec", &a, "ip", "route"]);
-    assert!(routes.lines().any(|l| l.starts_with("default") && l.contains("eth0")), "{routes}");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains("eth0")),
+        "{routes}"
+    );
     let nets = &inspect(&a)["NetworkSettings"]["Networks"];
     assert!(nets[&n1]["IPAddress"].is_string(), "{nets}");
-    assert_eq!(nets[&n2]["Aliases"], serde_json::json!([alias, &a_id[..12]]), "{nets}");
+    assert_eq!(
+        nets[&n2]["Aliases"],
+        serde_json::json!([alias, &a_id[..12]]),
+        "{nets}"
+    );
     assert!(network_json(&n2)["Containers"][&a_id].is_object());
     // Twice is refused, as Docker's words say.
     let o = vessel(&["network", "connect", &n2, &a]);
     assert_eq!(code(&o), 125);
-    assert!(stderr(&o).contains("already exists in network"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already exists in network"),
+        "{}",
+        stderr(&o)
+    );
 
     // Off again: the interface, its host side and the names go.
     ok(&["network", "disconnect", &n2, &a]);
     assert_eq!(interfaces(&a), ["eth0"]);
-    assert!(!resolves(&a, &b) && !resolves(&b, &a), "names outlive the disconnect");
+    assert!(
+        !resolves(&a, &b) && !resolves(&b, &a),
+        "names outlive the disconnect"
+    );
     let host_side = format!("/sys/class/net/vw{}1", &a_id[..12]);
     assert!(!Path::new(&host_side).exists(), "{host_side} is left");
     assert!(network_json(&n2)["Containers"].get(&a_id).is_none());
     let o = vessel(&["network", "disconnect", &n2, &a]);
     assert_eq!(code(&o), 125);
-    assert!(stderr(&o).contains("is not connected to network"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not connected to network"),
+        "{}",
+        stderr(&o)
+    );
 
     // A stopped container joins now and is wired at its next start.
     ok(&["stop", "-t", "0", &a]);
@@ -602,7 +642,12 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     ok(&["start", &a]);
     assert_eq!(interfaces(&a), ["eth0"]);
     let routes = ok(&["exec", &a, "ip", "route"]);
-    assert!(routes.lines().any(|l| l.starts_with("default") && l.contains("eth0")), "{routes}");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains("eth0")),
+        "{routes}"
+    );
     assert!(resolves(&a, &b));
     assert_eq!(
         inspect(&a)["HostConfig"]["NetworkMode"].as_str(),
@@ -611,14 +656,33 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
 
     // Several networks at create.
     let both = vessel(&[
-        "run", "--rm", "--network", &n1, "--network", &n2, "busybox", "ls", "/sys/class/net",
+        "run",
+        "--rm",
+        "--network",
+        &n1,
+        "--network",
+        &n2,
+        "busybox",
+        "ls",
+        "/sys/class/net",
     ]);
     assert_eq!(code(&both), 0, "{}", stderr(&both));
-    assert_eq!(stdout(&both).split_whitespace().collect::<Vec<_>>(), ["eth0", "eth1", "lo"]);
+    assert_eq!(
+        stdout(&both).split_whitespace().collect::<Vec<_>>(),
+        ["eth0", "eth1", "lo"]
+    );
 
     // host and none networking stay as they are; a network must exist.
     let lone = name("lone");
-    ok(&["create", "--name", &lone, "--network", "none", "busybox", "true"]);
+    ok(&[
+        "create",
+        "--name",
+        &lone,
+        "--network",
+        "none",
+        "busybox",
+        "true",
+    ]);
     let o = vessel(&["network", "connect", &n1, &lone]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("--network none"), "{}", stderr(&o));
@@ -626,7 +690,15 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("no such network"), "{}", stderr(&o));
     refused(
-        &["create", "--network", "host", "--network", &n1, "busybox", "true"],
+        &[
+            "create",
+            "--network",
+            "host",
+            "--network",
+            &n1,
+            "busybox",
+            "true",
+        ],
         "cannot be combined",
     );
 
