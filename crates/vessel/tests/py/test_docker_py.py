@@ -103,11 +103,26 @@ made.append(srv)
 out = client.containers.run("busybox", ["ping", "-c", "1", "-W", "5", f"{prefix}-srv"],
                             remove=True, network=net.name)
 check(b"1 packets received" in out, f"ping by name: {out!r}")
+# A second network, joined while running (with an alias) and left again.
+net2 = client.networks.create(f"{prefix}-net2")
+net2.connect(srv, aliases=[f"{prefix}-alias"])
+srv.reload()
+check(set(srv.attrs["NetworkSettings"]["Networks"]) == {net.name, net2.name},
+      srv.attrs["NetworkSettings"]["Networks"])
+out = client.containers.run("busybox", ["ping", "-c", "1", "-W", "5", f"{prefix}-alias"],
+                            remove=True, network=net2.name)
+check(b"1 packets received" in out, f"ping by alias on the second network: {out!r}")
+check([c.name for c in client.networks.get(net2.id).containers] == [srv.name], "net2's containers")
 try:
-    net.connect(srv)
-    check(False, "connect accepted")
+    net2.connect(srv)
+    check(False, "a second connect accepted")
 except APIError as e:
-    check(e.status_code == 501, f"connect: {e}")
+    check(e.status_code == 403, f"connect twice: {e}")
+net2.disconnect(srv)
+srv.reload()
+check(set(srv.attrs["NetworkSettings"]["Networks"]) == {net.name},
+      srv.attrs["NetworkSettings"]["Networks"])
+net2.remove()
 srv.remove(force=True)
 made.remove(srv)
 net.remove()
