@@ -671,6 +671,7 @@ fn start_instance(state: &Arc<State>, e: &Engine, inst: &Instance) -> Result<(),
     let mut m = monitor::spawn_with_clients(e.config(), &inst.id, clients)?;
     let first = m.next();
     drop(warm);
+    let more_reports = !matches!(first, Some(Report::Done { .. }) | None);
     let failed = match first {
         Some(Report::Started { .. }) => None,
         Some(Report::Error { message, .. }) => Some(message),
@@ -683,10 +684,30 @@ fn start_instance(state: &Arc<State>, e: &Engine, inst: &Instance) -> Result<(),
     let id = inst.id.clone();
     let st = state.clone();
     // The monitor is our child: reaped here, its status is the instance's exit status.
+    // Its last report (`Done`: the exit recorded, and with auto-remove the instance
+    // gone) already says so; what it does after (deleting the removed instance's files)
+    // nobody need wait for.
     let reaper = std::thread::Builder::new()
         .name("reap".into())
         .spawn(move || {
             use std::os::unix::process::ExitStatusExt;
+            let record = |code: i32| {
+                st.exits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), code);
+                st.changed.send_modify(|n| *n += 1);
+            };
+            let mut done = false;
+            if more_reports {
+                for r in m.by_ref() {
+                    if let Report::Done { code } = r {
+                        record(code.clamp(0, 255));
+                        done = true;
+                        break;
+                    }
+                }
+            }
             let code = match m.wait() {
                 Ok(s) => s
                     .code()
@@ -694,11 +715,9 @@ fn start_instance(state: &Arc<State>, e: &Engine, inst: &Instance) -> Result<(),
                     .unwrap_or(125),
                 Err(_) => 125,
             };
-            st.exits
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, code);
-            st.changed.send_modify(|n| *n += 1);
+            if !done {
+                record(code);
+            }
         });
     if let Err(e) = reaper {
         tracing::warn!(error = %e, "cannot start a thread to reap a monitor");

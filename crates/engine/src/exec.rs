@@ -13,7 +13,7 @@
 //!   per line, and reads `resize ROWS COLS` lines (a terminal's size).
 
 use std::io::{BufRead, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -184,9 +184,13 @@ fn report(control: &mut std::fs::File, r: &HelperReport) {
 
 /// The body of `vessel __exec ID SPEC`: starts the process and returns its exit status
 /// (or Docker's status for a failure to start it, reported on the control socket).
-pub fn helper_main(engine: &Engine, id: &str, spec_json: &str) -> u8 {
-    // SAFETY: fd 3 was placed by `spawn` and is ours alone.
-    let mut control = unsafe { std::fs::File::from_raw_fd(CONTROL_FD) };
+pub fn helper_main(
+    engine: &Engine,
+    id: &str,
+    spec_json: &str,
+    control: std::os::fd::OwnedFd,
+) -> u8 {
+    let mut control = std::fs::File::from(control);
     let fail = |control: &mut std::fs::File, e: EngineError| {
         let code = e.exit_code();
         report(

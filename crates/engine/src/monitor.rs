@@ -127,44 +127,50 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// Runs the monitor for instance `id` (`vessel __monitor`), reporting on fd 3 if our
-/// parent gave us one; returns the process exit status. `attach_fds` are clients of the
-/// attach socket that our parent connected before the start ([`spawn_with_clients`]).
-pub fn run(engine: &Engine, id: &str, attached: bool, attach_fds: &[RawFd]) -> u8 {
-    let clients: Vec<OwnedFd> = attach_fds
+/// Takes descriptor `fd` if our parent placed one there for us: open, and a pipe or a
+/// socket (never a file we might have opened ourselves, such as a database, had nothing
+/// been placed there). Close-on-exec from here on. Call it before opening anything.
+pub fn inherited_channel(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: only inspected here; owned below once it is known to be a channel.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = nix::sys::stat::fstat(b).ok()?;
+    let kind =
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+    if kind != nix::sys::stat::SFlag::S_IFIFO && kind != nix::sys::stat::SFlag::S_IFSOCK {
+        return None;
+    }
+    nix::fcntl::fcntl(
+        b,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    // SAFETY: a channel our parent placed for us, not otherwise owned in this process.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What the parent of `vessel __monitor` placed for it: the report pipe on fd 3 and the
+/// attach clients on `attach_fds` (see [`spawn_with_clients`]), each only if it is there.
+/// Call it before opening the engine, whose files could otherwise take a free number.
+pub fn inherited(attach_fds: &[RawFd]) -> (Option<std::fs::File>, Vec<OwnedFd>) {
+    let sync = inherited_channel(SYNC_FD).map(std::fs::File::from);
+    let clients = attach_fds
         .iter()
         .filter(|&&fd| fd > 2 && fd != SYNC_FD)
-        .filter_map(|&fd| {
-            // SAFETY: a descriptor our parent placed for us (see spawn_with_clients);
-            // F_GETFD tells whether it is open before we take it.
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
-            nix::fcntl::fcntl(
-                b,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .ok()?;
-            // SAFETY: as above; we own it from here on.
-            Some(unsafe { OwnedFd::from_raw_fd(fd) })
-        })
+        .filter_map(|&fd| inherited_channel(fd))
         .collect();
-    // SAFETY: fd 3 is handed to us by our parent for exactly this purpose (or is absent).
-    let sync_file = if nix::fcntl::fcntl(
-        unsafe { BorrowedFd::borrow_raw(SYNC_FD) },
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .is_ok()
-    {
-        let _ = nix::fcntl::fcntl(
-            // SAFETY: as above.
-            unsafe { BorrowedFd::borrow_raw(SYNC_FD) },
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-        // SAFETY: we own fd 3 from here on.
-        Some(unsafe { std::fs::File::from_raw_fd(SYNC_FD) })
-    } else {
-        None
-    };
-    run_with(engine, id, attached, sync_file, clients)
+    (sync, clients)
+}
+
+/// Runs the monitor for instance `id` (`vessel __monitor`), reporting on `sync` and
+/// serving `clients` (as [`inherited`] found them); returns the process exit status.
+pub fn run(
+    engine: &Engine,
+    id: &str,
+    attached: bool,
+    sync: Option<std::fs::File>,
+    clients: Vec<OwnedFd>,
+) -> u8 {
+    run_with(engine, id, attached, sync, clients)
 }
 
 /// Runs the monitor for instance `id`, reporting on `sync_file`.

@@ -482,3 +482,25 @@ fn ps_last_and_latest_show_the_last_created_in_any_state() {
         ok(&["rm", n]);
     }
 }
+
+/// The internal commands take only the descriptors their parent placed for them: run by
+/// hand, with nothing on descriptor 3, they must not take the database the engine opened
+/// there for their report channel (which once wrote a JSON report into it).
+#[test]
+fn internal_commands_run_by_hand_leave_the_databases_intact() {
+    let n = name("byhand");
+    ok(&["create", "--name", &n, "busybox", "true"]);
+    let id = id_of(&n);
+    let o = vessel(&["__monitor", "vessel-no-such-instance"]);
+    assert_ne!(code(&o), 0);
+    let o = vessel(&["__exec", &id, "{}"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("control socket"), "{}", stderr(&o));
+    // The catalogue still reads, and the monitor run by hand runs the instance.
+    assert!(ok(&["ps", "-a"]).contains(&n));
+    let o = vessel(&["__monitor", &id]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(inspect(&n)["State"]["Status"], "exited");
+    ok(&["rm", &n]);
+    assert!(!ok(&["ps", "-a"]).contains(&n));
+}

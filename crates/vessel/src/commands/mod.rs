@@ -136,16 +136,34 @@ pub fn run(cli: Cli) -> CmdResult {
             id,
             attached,
             attach_fds,
-        } => Ok(vessel_engine::monitor::run(
-            &engine()?,
-            &id,
-            attached,
-            &attach_fds,
-        )),
+        } => {
+            // What our parent placed for us, before the engine's files take numbers.
+            let (sync, clients) = vessel_engine::monitor::inherited(&attach_fds);
+            Ok(vessel_engine::monitor::run(
+                &engine()?,
+                &id,
+                attached,
+                sync,
+                clients,
+            ))
+        }
         // The VMM opens nothing, the engine least of all: its monitor handed it the VM.
         Command::Vmm => Ok(vessel_engine::vm_jail::run()),
         Command::ExecHelper { id, spec } => {
-            Ok(vessel_engine::exec::helper_main(&engine()?, &id, &spec))
+            // Its control socket, before the engine's files take numbers.
+            let control = vessel_engine::monitor::inherited_channel(vessel_engine::exec::CONTROL_FD)
+                .ok_or_else(|| {
+                    Failure::new(
+                        125,
+                        "__exec is internal to vessel serve: it needs its control socket on descriptor 3",
+                    )
+                })?;
+            Ok(vessel_engine::exec::helper_main(
+                &engine()?,
+                &id,
+                &spec,
+                control,
+            ))
         }
         Command::MonitorFinish { id, code } => {
             Ok(vessel_engine::monitor::finish(&engine()?, &id, code))
