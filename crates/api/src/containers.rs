@@ -668,9 +668,26 @@ fn start_instance(state: &Arc<State>, e: &Engine, inst: &Instance) -> Result<(),
         .remove(&inst.id)
         .unwrap_or_default();
     let warm = Engine::warm_up(inst.request.isolation, inst.request.userns);
-    let mut m = monitor::spawn_with_clients(e.config(), &inst.id, clients)?;
+    // The standby monitor if one waits (its exec and set-up are done), else a new one.
+    let standby = state
+        .standby
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .filter(|s| s.alive());
+    let handed = standby.map(|s| s.begin(e.config(), &inst.id, &clients));
+    let mut m = match handed {
+        Some(Ok(m)) => m,
+        Some(Err(err)) => {
+            tracing::warn!(error = %err, "the standby monitor failed: starting one");
+            monitor::spawn_with_clients(e.config(), &inst.id, clients)?
+        }
+        None => monitor::spawn_with_clients(e.config(), &inst.id, clients)?,
+    };
     let first = m.next();
     drop(warm);
+    // The next start's monitor, while this instance runs.
+    state.replenish();
     let more_reports = !matches!(first, Some(Report::Done { .. }) | None);
     let failed = match first {
         Some(Report::Started { .. }) => None,

@@ -102,9 +102,32 @@ pub(crate) struct State {
     pub execs: Mutex<exec::Execs>,
     /// Bumped when an instance this server started ends.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// A monitor started ahead of the next start (see `vessel_engine::monitor::Standby`).
+    pub standby: Mutex<Option<vessel_engine::monitor::Standby>>,
 }
 
 impl State {
+    /// Starts a standby monitor for the next start, in the background, unless one is
+    /// waiting already.
+    pub fn replenish(self: &Arc<Self>) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("standby".into())
+            .spawn(move || {
+                let mut slot = me.standby.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.as_ref().is_some_and(|s| s.alive()) {
+                    return;
+                }
+                match vessel_engine::monitor::spawn_standby(&me.config) {
+                    Ok(s) => *slot = Some(s),
+                    Err(e) => tracing::warn!(error = %e, "cannot start a standby monitor"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread for a standby monitor");
+        }
+    }
+
     /// Runs `f` with an engine on the blocking pool.
     pub async fn engine<T: Send + 'static>(
         self: &Arc<Self>,
@@ -167,7 +190,9 @@ pub fn serve(config: EngineConfig, opts: &ServeOptions) -> Result<(), ApiError> 
             exits: Mutex::new(HashMap::new()),
             execs: Mutex::new(exec::Execs::default()),
             changed: tokio::sync::watch::channel(0).0,
+            standby: Mutex::new(None),
         });
+        state.replenish();
         // Instances whose restart policy says they run whenever the engine does (the
         // host rebooted, or their monitors were killed): started again now.
         let config = state.config.clone();

@@ -1019,13 +1019,13 @@ pub fn spawn(
     stdin: bool,
     tty: bool,
 ) -> Result<Spawned, EngineError> {
-    spawn_inner(config, id, attached, stdin, tty, Vec::new(), false)
+    spawn_inner(config, Some(id), attached, stdin, tty, Vec::new(), false)
 }
 
 /// Starts the detached monitor of instance `id` for its restart policy (which, unlike a
 /// start by hand, leaves a stop by the user in force).
 pub(crate) fn spawn_restart(config: &EngineConfig, id: &str) -> Result<Spawned, EngineError> {
-    spawn_inner(config, id, false, false, false, Vec::new(), true)
+    spawn_inner(config, Some(id), false, false, false, Vec::new(), true)
 }
 
 /// Starts the detached monitor of instance `id` (as [`spawn`] does without `attached`),
@@ -1037,15 +1037,148 @@ pub fn spawn_with_clients(
     id: &str,
     clients: Vec<OwnedFd>,
 ) -> Result<Spawned, EngineError> {
-    spawn_inner(config, id, false, false, false, clients, false)
+    spawn_inner(config, Some(id), false, false, false, clients, false)
 }
 
 /// The first descriptor of the pre-start attach clients in a spawned monitor.
 const ATTACH_FD: RawFd = 4;
+/// A standby monitor's control socket (it has no attach clients placed: they come over
+/// this socket with its instance).
+pub const STANDBY_FD: RawFd = 4;
+
+/// Started by hand: a stop by the user no longer holds the restart policy back.
+fn clear_manual_stop(config: &EngineConfig, id: &str) {
+    let dir = config.root.join("instances").join(id);
+    if crate::restart::RestartState::load(&dir).manual_stop {
+        crate::restart::RestartState::update(&dir, |s| s.manual_stop = false);
+    }
+}
+
+/// A detached monitor started ahead of need (`vessel __monitor --standby`), for a front
+/// end that starts instances often (`vessel serve`): it has exec'd, opened the engine
+/// and prepared what every start needs, and waits for an instance. Handing it one
+/// ([`Standby::begin`]) saves a start the monitor's exec and set-up. Dropped unused, it
+/// sees its control socket close and exits.
+pub struct Standby {
+    spawned: Spawned,
+    control: std::os::unix::net::UnixStream,
+}
+
+/// Starts a standby monitor (see [`Standby`]).
+pub fn spawn_standby(config: &EngineConfig) -> Result<Standby, EngineError> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| EngineError::Internal(format!("start a standby monitor: {e}")))?;
+    let spawned = spawn_inner(
+        config,
+        None,
+        false,
+        false,
+        false,
+        vec![OwnedFd::from(theirs)],
+        false,
+    )?;
+    Ok(Standby {
+        spawned,
+        control: ours,
+    })
+}
+
+impl Standby {
+    /// Hands instance `id` to the standby monitor, with `clients` (as for
+    /// [`spawn_with_clients`]; copies are sent, ours stay ours), and returns it as the
+    /// instance's monitor. Fails if it is no longer waiting (it died): spawn one then.
+    pub fn begin(
+        mut self,
+        config: &EngineConfig,
+        id: &str,
+        clients: &[OwnedFd],
+    ) -> Result<Spawned, EngineError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        clear_manual_stop(config, id);
+        let fds: Vec<RawFd> = clients.iter().map(|c| c.as_raw_fd()).collect();
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(id.as_bytes())];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        match sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == id.len() => Ok(self.spawned),
+            r => {
+                drop(self.control);
+                let _ = nix::sys::signal::kill(self.spawned.pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = self.spawned.wait();
+                Err(EngineError::Internal(format!(
+                    "the standby monitor did not take its instance: {}",
+                    match r {
+                        Err(e) => e.to_string(),
+                        Ok(n) => format!("{n} of {} bytes sent", id.len()),
+                    }
+                )))
+            }
+        }
+    }
+
+    /// Whether it is still waiting (it has not exited; one that has is reaped).
+    pub fn alive(&self) -> bool {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe { libc::waitpid(self.spawned.pid.as_raw(), &mut status, libc::WNOHANG) == 0 }
+    }
+}
+
+/// The body of a standby monitor (`vessel __monitor --standby`): waits on `control` for
+/// its instance's id and attach clients, then monitors it, reporting on `sync`. Exits 0
+/// if the control socket closes first (its front end went away unused).
+pub fn standby(engine: &Engine, control: OwnedFd, sync: Option<std::fs::File>) -> u8 {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    engine.prepare_starts();
+    engine.catalogue().warm();
+    // The image store too, which an auto-remove releases the image in.
+    let _ = engine.store();
+    let mut buf = [0u8; 256];
+    let mut space = nix::cmsg_space!([RawFd; 16]);
+    let (id, clients) = loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 0,
+            Ok(msg) => {
+                let mut clients = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            // SAFETY: descriptors just received, ours alone.
+                            clients.extend(
+                                fds.into_iter()
+                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                            );
+                        }
+                    }
+                }
+                if msg.bytes == 0 {
+                    return 0;
+                }
+                let n = msg.bytes;
+                break (String::from_utf8_lossy(&buf[..n]).into_owned(), clients);
+            }
+        }
+    };
+    drop(control);
+    run_with(engine, &id, false, sync, clients)
+}
 
 fn spawn_inner(
     config: &EngineConfig,
-    id: &str,
+    id: Option<&str>,
     attached: bool,
     stdin: bool,
     tty: bool,
@@ -1053,18 +1186,19 @@ fn spawn_inner(
     by_policy: bool,
 ) -> Result<Spawned, EngineError> {
     use std::os::unix::process::CommandExt;
-    if !by_policy {
-        // Started by hand: a stop by the user no longer holds its restart policy back.
-        let dir = config.root.join("instances").join(id);
-        if crate::restart::RestartState::load(&dir).manual_stop {
-            crate::restart::RestartState::update(&dir, |s| s.manual_stop = false);
-        }
+    if let (false, Some(id)) = (by_policy, id) {
+        clear_manual_stop(config, id);
     }
     use std::process::{Command, Stdio as P};
     let (r, w) = pipe()?;
     let w_raw = w.as_raw_fd();
     let mut cmd = Command::new(&config.exe);
-    cmd.arg("--root").arg(&config.root).arg("__monitor").arg(id);
+    cmd.arg("--root").arg(&config.root).arg("__monitor");
+    match id {
+        Some(id) => cmd.arg(id),
+        // Its one "client" is the control socket, placed where the first client goes.
+        None => cmd.arg("--standby"),
+    };
     config.apply_child_env(&mut cmd);
     if attached {
         cmd.arg("--attached");
@@ -1082,9 +1216,11 @@ fn spawn_inner(
         .iter()
         .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect();
-    for k in 0..high.len() {
-        cmd.arg("--attach-fd")
-            .arg((ATTACH_FD + k as RawFd).to_string());
+    if id.is_some() {
+        for k in 0..high.len() {
+            cmd.arg("--attach-fd")
+                .arg((ATTACH_FD + k as RawFd).to_string());
+        }
     }
     cmd.stdin(if attached && stdin {
         P::inherit()

@@ -216,8 +216,13 @@ pub enum Command {
     /// (internal) the per-instance monitor process
     #[command(name = "__monitor", hide = true)]
     Monitor {
-        /// Instance id
-        id: String,
+        /// Instance id (none with --standby)
+        #[arg(required_unless_present = "standby")]
+        id: Option<String>,
+        /// Start ahead of need, and take the instance (and its attach clients) from the
+        /// control socket on descriptor 4
+        #[arg(long, conflicts_with_all = ["id", "attached", "attach_fds"])]
+        standby: bool,
         /// Copy output to our stdout/stderr as well as the log
         #[arg(long)]
         attached: bool,

@@ -601,6 +601,64 @@ fn running_instances_outlive_the_server() {
     assert_no_leftovers(&id);
 }
 
+/// The server's standby monitor (`__monitor --standby`), if one runs: its pid.
+fn standby_of(server: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let after = &stat[stat.rfind(')')? + 2..];
+        let mut f = after.split(' ');
+        let state = f.next()?;
+        let ppid: u32 = f.next()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (ppid == server && state != "Z" && String::from_utf8_lossy(&cmdline).contains("--standby"))
+            .then_some(pid)
+    })
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The server keeps one monitor ready for the next start: killed, it is replaced and
+/// the start does not fail; the server killed, it goes too.
+#[test]
+fn the_standby_monitor_is_replaced_when_killed_and_goes_with_the_server() {
+    let mut s = Server::start();
+    let server = s.child.id();
+    let first = wait_for("a standby monitor", || standby_of(server));
+    let kill = |pid: u32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap()
+    };
+    kill(first);
+    let o = s.docker(&["run", "--rm", "busybox", "echo", "after the standby died"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "after the standby died\n");
+    // Used: the next one is another process.
+    let o = s.docker(&["run", "--rm", "busybox", "true"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let next = wait_for("a new standby monitor", || {
+        standby_of(server).filter(|p| *p != first)
+    });
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    wait_for("the standby's exit after the server's", || {
+        let stat = std::fs::read_to_string(format!("/proc/{next}/stat")).unwrap_or_default();
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    });
+}
+
 /// `docker volume` through the API, and a named volume in `docker run -v`: the data
 /// outlives the container, a volume in use is kept (409), unsupported drivers are
 /// refused.

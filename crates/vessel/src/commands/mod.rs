@@ -134,18 +134,25 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::System(c) => system::run(&engine()?, &c),
         Command::Monitor {
             id,
+            standby,
             attached,
             attach_fds,
         } => {
+            use vessel_engine::monitor;
             // What our parent placed for us, before the engine's files take numbers.
-            let (sync, clients) = vessel_engine::monitor::inherited(&attach_fds);
-            Ok(vessel_engine::monitor::run(
-                &engine()?,
-                &id,
-                attached,
-                sync,
-                clients,
-            ))
+            let (sync, clients) = monitor::inherited(&attach_fds);
+            match (id, standby) {
+                (Some(id), false) => Ok(monitor::run(&engine()?, &id, attached, sync, clients)),
+                _ => {
+                    let control = monitor::inherited_channel(monitor::STANDBY_FD).ok_or_else(|| {
+                        Failure::new(
+                            crate::EXIT_ENGINE,
+                            "__monitor --standby is internal to vessel serve: it needs its control socket on descriptor 4",
+                        )
+                    })?;
+                    Ok(monitor::standby(&engine()?, control, sync))
+                }
+            }
         }
         // The VMM opens nothing, the engine least of all: its monitor handed it the VM.
         Command::Vmm => Ok(vessel_engine::vm_jail::run()),
