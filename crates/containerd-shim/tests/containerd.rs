@@ -164,6 +164,19 @@ impl Drop for Containerd {
                     let _ = child.wait();
                 }
             }
+            // Last, whatever is still mounted below the daemon's directory (a task's
+            // rootfs that containerd mounted, its shim dead before unmounting it), deepest
+            // first: else the next run's daemon finds the bundle in use.
+            let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+                .filter(|m| Path::new(m).starts_with(&self.dir))
+                .collect();
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
         }
     }
 }
