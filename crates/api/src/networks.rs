@@ -261,29 +261,28 @@ pub async fn connect(
     req: Request<Incoming>,
     key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let v = http::object_body(req).await?;
-    let mut f = Fields::new("", Some(v))?;
-    let container = container_field(&mut f)?;
-    let mut aliases = Vec::new();
-    if let Some(ep) = f.take("EndpointConfig") {
+    let parse = |f: &mut Fields<'_>| {
+        let Some(ep) = f.take("EndpointConfig") else {
+            return Ok(Vec::new());
+        };
         let mut e = Fields::new("EndpointConfig", Some(ep))?;
         // The client may repeat the network; the ids are the engine's to give.
         for k in ["NetworkID", "EndpointID", "DriverOpts"] {
             e.take(k);
         }
-        aliases = e.strings("Aliases")?;
+        let aliases = e.strings("Aliases")?;
         e.finish()?;
-    }
-    f.finish()?;
-    let key = predefined_guard(key, "connected to")?;
-    state
-        .engine(move |e| {
-            e.network_connect(&key, &container, &aliases)
-                .map(drop)
-                .map_err(attach_error)
-        })
-        .await?;
-    Ok(http::empty(StatusCode::OK))
+        Ok(aliases)
+    };
+    membership(
+        state,
+        req,
+        key,
+        "connected to",
+        parse,
+        |e, net, c, aliases| e.network_connect(net, c, &aliases),
+    )
+    .await
 }
 
 /// `POST /networks/{id}/disconnect`: `{"Container": ..., "Force": bool}`. With `Force`,
@@ -293,18 +292,43 @@ pub async fn disconnect(
     req: Request<Incoming>,
     key: &str,
 ) -> Result<Response<Body>, ApiError> {
+    let parse = |f: &mut Fields<'_>| f.boolean("Force");
+    membership(
+        state,
+        req,
+        key,
+        "disconnected from",
+        parse,
+        |e, net, c, force| e.network_disconnect(net, c, force),
+    )
+    .await
+}
+
+/// A change of a container's networks: the body's `Container` and what `parse` takes
+/// of the rest (nothing else may be set), then `op` on the engine.
+async fn membership<T: Send + 'static>(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    key: &str,
+    what: &str,
+    parse: impl FnOnce(&mut Fields<'_>) -> Result<T, ApiError>,
+    op: impl FnOnce(
+            &vessel_engine::Engine,
+            &str,
+            &str,
+            T,
+        ) -> vessel_engine::Result<vessel_engine::catalogue::Instance>
+        + Send
+        + 'static,
+) -> Result<Response<Body>, ApiError> {
     let v = http::object_body(req).await?;
     let mut f = Fields::new("", Some(v))?;
     let container = container_field(&mut f)?;
-    let force = f.boolean("Force")?;
+    let arg = parse(&mut f)?;
     f.finish()?;
-    let key = predefined_guard(key, "disconnected from")?;
+    let key = predefined_guard(key, what)?;
     state
-        .engine(move |e| {
-            e.network_disconnect(&key, &container, force)
-                .map(drop)
-                .map_err(attach_error)
-        })
+        .engine(move |e| op(e, &key, &container, arg).map(drop).map_err(attach_error))
         .await?;
     Ok(http::empty(StatusCode::OK))
 }

@@ -1034,20 +1034,24 @@ fn docker_networks_create_inspect_run_by_name_rm_prune() {
         "300",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = s.docker(&[
-        "run",
-        "--rm",
-        "--network",
-        &net,
-        "busybox",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        &a,
-    ]);
-    assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    // A container on `net` pings `target` by name.
+    let pings = |net: &str, target: &str| {
+        let o = s.docker(&[
+            "run",
+            "--rm",
+            "--network",
+            net,
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            target,
+        ]);
+        assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    };
+    pings(&net, &a);
     let o = s.docker(&[
         "network",
         "inspect",
@@ -1080,20 +1084,7 @@ fn docker_networks_create_inspect_run_by_name_rm_prune() {
     let mut both = vec![net.clone(), net2.clone()];
     both.sort();
     assert_eq!(nets(&a), both);
-    let o = s.docker(&[
-        "run",
-        "--rm",
-        "--network",
-        &net2,
-        "busybox",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        &alias,
-    ]);
-    assert_eq!(code(&o), 0, "{} {}", stdout(&o), stderr(&o));
+    pings(&net2, &alias);
     let o = s.docker(&["network", "connect", &net2, &a]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));

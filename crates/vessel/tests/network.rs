@@ -548,6 +548,17 @@ fn interfaces(instance: &str) -> Vec<String> {
     v
 }
 
+/// Asserts that the default route inside `instance` goes through `eth0`.
+fn default_route_on_eth0(instance: &str) {
+    let routes = ok(&["exec", instance, "ip", "route"]);
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains("eth0")),
+        "{routes}"
+    );
+}
+
 #[test]
 fn network_connect_and_disconnect_move_containers_between_networks() {
     let (n1, n2) = (name("cn1"), name("cn2"));
@@ -587,13 +598,7 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     assert!(resolves(&b, &alias), "{b} cannot reach {a} by its alias");
     assert!(resolves(&b, &a), "{b} cannot reach {a} by name");
     // The default route stays on the first network.
-    let routes = ok(&["exec", &a, "ip", "route"]);
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with("default") && l.contains("eth0")),
-        "{routes}"
-    );
+    default_route_on_eth0(&a);
     let nets = &inspect(&a)["NetworkSettings"]["Networks"];
     assert!(nets[&n1]["IPAddress"].is_string(), "{nets}");
     assert_eq!(
@@ -641,13 +646,7 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     ok(&["network", "disconnect", &n1, &a]);
     ok(&["start", &a]);
     assert_eq!(interfaces(&a), ["eth0"]);
-    let routes = ok(&["exec", &a, "ip", "route"]);
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with("default") && l.contains("eth0")),
-        "{routes}"
-    );
+    default_route_on_eth0(&a);
     assert!(resolves(&a, &b));
     assert_eq!(
         inspect(&a)["HostConfig"]["NetworkMode"].as_str(),
