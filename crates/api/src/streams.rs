@@ -223,7 +223,7 @@ use vessel_engine::Engine;
 /// so that no output is missed; to a running one, it joins its attach socket.
 pub async fn attach(
     state: &Arc<State>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let q = http::query(&req);
@@ -242,13 +242,55 @@ pub async fn attach(
             "attach needs stream=1 or logs=1".into(),
         ));
     }
-    if q.flag("logs") {
-        return Err(ApiError::NotImplemented(
-            "attach with logs=1 (use GET /containers/{id}/logs)".into(),
-        ));
-    }
     let key = id.to_string();
-    let inst = state.engine(move |e| Ok(e.get(&key)?)).await?;
+    let (inst, path) = state
+        .engine(move |e| {
+            let i = e.get(&key)?;
+            let p = e.log_path(&i.id);
+            Ok((i, p))
+        })
+        .await?;
+    let tty = inst.request.tty;
+    // `logs=1`: what the instance wrote so far (of the streams asked for) comes first.
+    let history = if q.flag("logs") {
+        if inst.request.log.driver != LogDriver::JsonFile {
+            return Err(ApiError::BadRequest(format!(
+                "configured logging driver does not support reading: {}",
+                inst.request.log.driver.as_str()
+            )));
+        }
+        let (out, err) = (
+            flags & attach::WANT_STDOUT != 0,
+            flags & attach::WANT_STDERR != 0,
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut past = Vec::new();
+            let _ = logs::Reader::new(&path).read(&mut |e| {
+                if match e.stream {
+                    Stream::Stdout => out,
+                    Stream::Stderr => err,
+                } {
+                    past.push(framed(e.stream, e.log.as_bytes(), tty));
+                }
+                true
+            });
+            past
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("attach: the logs: {e}")))?
+    } else {
+        Vec::new()
+    };
+    let live = q.flag("stream") && matches!(inst.status, Status::Created | Status::Running);
+    if !live {
+        if !q.flag("logs") {
+            return Err(ApiError::Conflict(
+                "You cannot attach to a stopped container, start it first".into(),
+            ));
+        }
+        // The logs alone (not streaming, or nothing left to stream).
+        return Ok(answer_attach(req, tty, history, None));
+    }
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| ApiError::Internal(format!("socketpair: {e}")))?;
     let sock = match inst.status {
@@ -267,7 +309,8 @@ pub async fn attach(
                 .push(OwnedFd::from(theirs));
             ours
         }
-        Status::Running => {
+        // Running (`live` holds only for created and running instances).
+        _ => {
             drop((ours, theirs));
             let id = inst.id.clone();
             let mut s = state.engine(move |e| Ok(e.attach_socket(&id)?)).await?;
@@ -275,17 +318,23 @@ pub async fn attach(
                 .map_err(|e| ApiError::Internal(format!("attach: {e}")))?;
             s
         }
-        _ => {
-            return Err(ApiError::Conflict(
-                "You cannot attach to a stopped container, start it first".into(),
-            ))
-        }
     };
     sock.set_nonblocking(true)
         .map_err(|e| ApiError::Internal(format!("attach: {e}")))?;
     let sock = tokio::net::UnixStream::from_std(sock)
         .map_err(|e| ApiError::Internal(format!("attach: {e}")))?;
-    let tty = inst.request.tty;
+    Ok(answer_attach(req, tty, history, Some(sock)))
+}
+
+/// The attach's answer: `history` (framed output from the log), then what `sock`
+/// relays if there is one; hijacked (`101`) if the client asked for `Upgrade: tcp`,
+/// else a `200` whose body is the output.
+fn answer_attach(
+    mut req: Request<Incoming>,
+    tty: bool,
+    history: Vec<Bytes>,
+    sock: Option<tokio::net::UnixStream>,
+) -> Response<Body> {
     let upgrade = req
         .headers()
         .get(hyper::header::UPGRADE)
@@ -293,7 +342,12 @@ pub async fn attach(
     if !upgrade {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         tokio::spawn(async move {
-            let mut sock = sock;
+            for b in history {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+            let Some(mut sock) = sock else { return };
             let mut buf = vec![0u8; 32 * 1024];
             while let Ok(n) = sock.read(&mut buf).await {
                 if n == 0 || tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
@@ -301,14 +355,26 @@ pub async fn attach(
                 }
             }
         });
-        return Ok(http::streamed(StatusCode::OK, content_type(tty), rx));
+        return http::streamed(StatusCode::OK, content_type(tty), rx);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        relay(hyper_util::rt::TokioIo::new(upgraded), sock).await;
+        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+        for b in &history {
+            if client.write_all(b).await.is_err() {
+                return;
+            }
+        }
+        match sock {
+            Some(sock) => relay(client, sock).await,
+            None => {
+                let _ = client.flush().await;
+                let _ = client.shutdown().await;
+            }
+        }
     });
     let mut r = http::empty(StatusCode::SWITCHING_PROTOCOLS);
     let h = r.headers_mut();
@@ -324,7 +390,7 @@ pub async fn attach(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type(tty)),
     );
-    Ok(r)
+    r
 }
 
 /// Copies the instance's output to the client until it ends, and the client's input to

@@ -1204,6 +1204,62 @@ fn docker_attach_to_a_running_container_gets_its_output_and_exit_code() {
     assert_eq!(stdout(&o), "late\n", "{}", stderr(&o));
     assert_eq!(code(&o), 4, "{}", stderr(&o));
     assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+
+    // `logs=1`: what it wrote so far comes first, framed (stream 1 stdout, 2 stderr),
+    // then with `stream=1` what follows; a stopped container gives its logs alone.
+    let frame = |stream: u8, text: &str| {
+        let mut f = format!("{}\0\0\0", stream as char);
+        f.extend((text.len() as u32).to_be_bytes().map(char::from));
+        f + text
+    };
+    let upgrade = [("Upgrade", "tcp")];
+    let n = name("api-attach-logs");
+    let o = s.docker(&[
+        "run",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; echo two >&2",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let attach = |q: &str| {
+        s.raw_with(
+            "POST",
+            &format!("/v1.41/containers/{n}/attach?{q}"),
+            &upgrade,
+            b"",
+        )
+    };
+    let (st, body) = attach("logs=1&stdout=1&stderr=1");
+    assert_eq!(st, 101, "{body}");
+    assert_eq!(body, frame(1, "one\n") + &frame(2, "two\n"));
+    let (st, body) = attach("logs=1&stream=1&stdout=1");
+    assert_eq!((st, body), (101, frame(1, "one\n")));
+    let (st, body) = attach("stream=1&stdout=1");
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(code(&s.docker(&["rm", &n])), 0);
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "busybox",
+        "sh",
+        "-c",
+        "echo early; sleep 2; echo late",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stdout(&s.docker(&["logs", &n])).contains("early") {
+        assert!(Instant::now() < deadline, "no early output");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (st, body) = attach("logs=1&stream=1&stdout=1&stderr=1");
+    assert_eq!(st, 101, "{body}");
+    assert_eq!(body, frame(1, "early\n") + &frame(1, "late\n"));
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
 }
 
 #[test]
