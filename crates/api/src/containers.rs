@@ -19,6 +19,42 @@ pub(crate) fn bad(field: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(format!("{field}: {why}"))
 }
 
+/// An endpoint's settings (`EndpointsConfig.NAME`, `EndpointConfig`): its aliases and
+/// the IPv4 address asked for (`IPAMConfig.IPv4Address`); a v6 or link-local address is
+/// refused, and so is anything else set.
+pub(crate) fn endpoint(
+    ep: Value,
+    what: &str,
+) -> Result<(Vec<String>, Option<std::net::Ipv4Addr>), ApiError> {
+    if is_zero(&ep) {
+        return Ok((Vec::new(), None));
+    }
+    let mut e = Fields::new(what, Some(ep))?;
+    // The client repeats the network and the container's own short id.
+    for k in ["NetworkID", "EndpointID", "DriverOpts"] {
+        e.take(k);
+    }
+    let aliases = e.strings("Aliases")?;
+    let mut ip = None;
+    if let Some(ipam) = e.take("IPAMConfig") {
+        let mut i = Fields::new("IPAMConfig", Some(ipam))?;
+        ip = i
+            .nonempty("IPv4Address")?
+            .map(|a| {
+                a.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    bad(
+                        "IPAMConfig.IPv4Address",
+                        format!("invalid IPv4 address {a:?}"),
+                    )
+                })
+            })
+            .transpose()?;
+        i.finish()?;
+    }
+    e.finish()?;
+    Ok((aliases, ip))
+}
+
 /// Whether a JSON value is its type's zero value (what a client sends for "not set").
 fn is_zero(v: &Value) -> bool {
     match v {
@@ -414,20 +450,16 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
         // other endpoint is one more network to join (clients of API 1.44 and later send
         // them all at create; older ones connect after).
         for (name, ep) in n.object("EndpointsConfig")? {
-            let mut aliases = Vec::new();
-            if !is_zero(&ep) {
-                let mut e = Fields::new("NetworkingConfig.EndpointsConfig", Some(ep))?;
-                // The client repeats the network and the container's own short id.
-                for k in ["NetworkID", "EndpointID", "DriverOpts"] {
-                    e.take(k);
-                }
-                aliases = e.strings("Aliases")?;
-                e.finish()?;
-            }
+            let (aliases, ip) = endpoint(ep, "NetworkingConfig.EndpointsConfig")?;
             if norm(&name) == mode {
                 o.network_aliases = aliases;
+                o.ip = ip.map(|a| a.to_string());
             } else {
-                o.more_networks.push((norm(&name), aliases));
+                o.more_networks.push(vessel_engine::request::Join {
+                    network: norm(&name),
+                    aliases,
+                    ip,
+                });
             }
         }
         n.finish()?;

@@ -70,7 +70,11 @@ impl From<EngineError> for ApiError {
             EngineError::Image(
                 vessel_image::Error::InvalidReference { .. } | vessel_image::Error::InvalidInput(_),
             ) => ApiError::BadRequest(msg),
-            EngineError::NameInUse(_) | EngineError::Conflict(_) => ApiError::Conflict(msg),
+            EngineError::NameInUse(_)
+            | EngineError::Conflict(_)
+            | EngineError::Network(vessel_network::Error::AddressInUse(..)) => {
+                ApiError::Conflict(msg)
+            }
             EngineError::Network(vessel_network::Error::NoSuchNetwork(n)) => {
                 ApiError::NotFound(format!("network {n} not found"))
             }
@@ -80,6 +84,7 @@ impl From<EngineError> for ApiError {
                 | vessel_network::Error::InvalidMtu(_)
                 | vessel_network::Error::ReservedName(_)
                 | vessel_network::Error::InvalidAlias(_)
+                | vessel_network::Error::InvalidAddress(_)
                 | vessel_network::Error::InvalidPort(_),
             ) => ApiError::BadRequest(msg),
             EngineError::InvalidFlag(_) | EngineError::Ambiguous(_) => ApiError::BadRequest(msg),

@@ -254,25 +254,16 @@ pub async fn prune(
 }
 
 /// `POST /networks/{id}/connect`: `{"Container": ..., "EndpointConfig": {"Aliases":
-/// [...]}}`. A fixed address (`IPAMConfig`, `IPAddress`), links and a MAC address are
-/// refused: vessel hands out addresses and MACs itself.
+/// [...], "IPAMConfig": {"IPv4Address": ...}}}`. Links, a MAC address and v6 or
+/// link-local addresses are refused.
 pub async fn connect(
     state: &Arc<State>,
     req: Request<Incoming>,
     key: &str,
 ) -> Result<Response<Body>, ApiError> {
     let parse = |f: &mut Fields<'_>| {
-        let Some(ep) = f.take("EndpointConfig") else {
-            return Ok(Vec::new());
-        };
-        let mut e = Fields::new("EndpointConfig", Some(ep))?;
-        // The client may repeat the network; the ids are the engine's to give.
-        for k in ["NetworkID", "EndpointID", "DriverOpts"] {
-            e.take(k);
-        }
-        let aliases = e.strings("Aliases")?;
-        e.finish()?;
-        Ok(aliases)
+        let ep = f.take("EndpointConfig").unwrap_or_default();
+        crate::containers::endpoint(ep, "EndpointConfig")
     };
     membership(
         state,
@@ -280,7 +271,7 @@ pub async fn connect(
         key,
         "connected to",
         parse,
-        |e, net, c, aliases| e.network_connect(net, c, &aliases),
+        |e, net, c, (aliases, ip)| e.network_connect(net, c, &aliases, ip),
     )
     .await
 }

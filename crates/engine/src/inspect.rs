@@ -345,6 +345,9 @@ pub struct EndpointSettings {
     /// `--network-alias` (null when none, as Docker shows it).
     #[serde(rename = "Aliases")]
     pub aliases: Option<Vec<String>>,
+    /// The address asked for (`--ip`): `{"IPv4Address": ...}`, null when none.
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<serde_json::Value>,
 }
 
 /// Docker's shape: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`, as asked
@@ -400,6 +403,9 @@ fn network_settings(r: &RunRequest) -> NetworkSettings {
                 gateway: a.gateway.to_string(),
                 bridge: a.bridge.clone(),
                 aliases: (!aliases.is_empty()).then(|| aliases.to_vec()),
+                ipam_config: a
+                    .fixed
+                    .then(|| serde_json::json!({ "IPv4Address": a.ip.to_string() })),
             },
         );
     }

@@ -410,11 +410,13 @@ impl Engine {
             &req.network,
             &req.ports,
             &self.instance_dir(&inst.id),
+            req.ip,
         )?;
         let joined = att.is_some() || !inst.request.join.is_empty();
         inst.request.attachment = att;
-        for (net, aliases) in std::mem::take(&mut inst.request.join) {
-            let mut names = aliases;
+        for j in std::mem::take(&mut inst.request.join) {
+            let net = j.network;
+            let mut names = j.aliases;
             if net != vessel_network::DEFAULT_NETWORK && !names.contains(&short) {
                 names.push(short.clone());
             }
@@ -427,6 +429,7 @@ impl Engine {
                 &net,
                 &interface,
                 &self.instance_dir(&inst.id),
+                j.ip,
             )?;
             inst.request.more_networks.push(more);
         }

@@ -207,12 +207,14 @@ impl Engine {
     /// `network connect`: puts instance `key` on network `net_key` beside the networks it
     /// is on, known there by its name, its short id and `aliases`. A running container
     /// gets the new interface (`eth1`, ...) at once; a stopped one at its next start. Its
-    /// `/etc/hosts` lists the network's instances, and theirs it.
+    /// `/etc/hosts` lists the network's instances, and theirs it. `ip` (`--ip`) asks for
+    /// that address on it.
     pub fn network_connect(
         &self,
         net_key: &str,
         key: &str,
         aliases: &[String],
+        ip: Option<std::net::Ipv4Addr>,
     ) -> Result<Instance> {
         let (net, _) = self.network_find(net_key)?;
         let mut inst = self.get(key)?;
@@ -235,6 +237,7 @@ impl Engine {
             &net.name,
             &interface,
             &self.instance_dir(&inst.id),
+            ip,
         )?;
         let first = inst.request.attachment.is_none();
         if first {

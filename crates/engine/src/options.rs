@@ -59,8 +59,10 @@ pub struct RunOptions {
     /// `--network-alias`: more names on a user-defined network.
     pub network_aliases: Vec<String>,
     /// More bridge networks to join at create beside `network` (`--network` given more
-    /// than once; more endpoints in the API's create), each with its aliases.
-    pub more_networks: Vec<(String, Vec<String>)>,
+    /// than once; more endpoints in the API's create), each with its aliases and address.
+    pub more_networks: Vec<crate::request::Join>,
+    /// `--ip`: the address on `network`.
+    pub ip: Option<String>,
     /// `-p`: published ports.
     pub publish: Vec<String>,
     /// `--entrypoint` (empty: none; replaces the image's and discards its Cmd).
@@ -252,8 +254,9 @@ pub fn build_request(
             network.as_str()
         )));
     }
-    let mut join = Vec::new();
-    for (name, aliases) in &a.more_networks {
+    let mut join: Vec<crate::request::Join> = Vec::new();
+    for j in &a.more_networks {
+        let name = &j.network;
         let more = vessel_network::Mode::parse(name)?;
         let vessel_network::Mode::Bridge(more) = more else {
             return Err(EngineError::InvalidFlag(format!(
@@ -272,14 +275,26 @@ pub fn build_request(
             )));
         }
         if network == vessel_network::Mode::Bridge(more.clone())
-            || join.iter().any(|(n, _): &(String, Vec<String>)| *n == more)
+            || join.iter().any(|k| k.network == more)
         {
             return Err(EngineError::InvalidFlag(format!(
                 "--network {more} is given twice"
             )));
         }
-        join.push((more, aliases.clone()));
+        join.push(crate::request::Join {
+            network: more,
+            ..j.clone()
+        });
     }
+    let ip =
+        a.ip.as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    EngineError::InvalidFlag(format!("invalid IPv4 address for --ip: {s}"))
+                })
+            })
+            .transpose()?;
     if a.isolation == Isolation::Vm && network == vessel_network::Mode::Host {
         return Err(EngineError::InvalidFlag(
             "--network host: a VM has its own kernel and cannot share the host's network stack; use a bridge network (the default) or --network none".into(),
@@ -429,6 +444,7 @@ pub fn build_request(
         attachment: None,
         network_aliases: a.network_aliases.clone(),
         more_networks: Vec::new(),
+        ip,
         join,
         stop_signal,
         stop_timeout: a.stop_timeout.unwrap_or(10),
@@ -605,7 +621,13 @@ mod tests {
     fn more_networks_are_bridges_for_containers_each_once() {
         let with = |network: &str, more: &[&str], isolation: Isolation| RunOptions {
             network: Some(network.into()),
-            more_networks: more.iter().map(|n| (n.to_string(), Vec::new())).collect(),
+            more_networks: more
+                .iter()
+                .map(|n| crate::request::Join {
+                    network: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
             isolation,
             ..Default::default()
         };
@@ -617,10 +639,8 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert_eq!(
-            r.join,
-            [("b".to_string(), vec![]), ("bridge".to_string(), vec![])]
-        );
+        let joined: Vec<&str> = r.join.iter().map(|j| j.network.as_str()).collect();
+        assert_eq!(joined, ["b", "bridge"]);
         for (o, why) in [
             (with("a", &["b"], Isolation::Vm), "one NIC"),
             (with("a", &["a"], Isolation::Container), "given twice"),

@@ -274,10 +274,13 @@ pub struct RunRequest {
     /// container's only: a microVM has one NIC.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_networks: Vec<vessel_network::Attachment>,
-    /// The networks to join at create beside the first, with their aliases: made into
-    /// `more_networks` by create, never recorded.
+    /// `--ip`: the address asked for on its first network (else one is handed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The networks to join at create beside the first: made into `more_networks` by
+    /// create, never recorded.
     #[serde(skip)]
-    pub join: Vec<(String, Vec<String>)>,
+    pub join: Vec<Join>,
     /// `--log-driver`, `--log-opt`: where output goes and how much of it is kept
     /// (records from before logs were bounded get the default bound).
     #[serde(default)]
@@ -312,6 +315,18 @@ pub struct RunRequest {
     /// `--restart`.
     #[serde(default)]
     pub restart: crate::restart::RestartPolicy,
+}
+
+/// One more network to join at create (`--network` again; another endpoint of the API's
+/// create).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Join {
+    /// The network's name.
+    pub network: String,
+    /// The instance's other names on it.
+    pub aliases: Vec<String>,
+    /// The address asked for on it.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl RunRequest {
@@ -361,6 +376,7 @@ impl RunRequest {
             attachment: None,
             network_aliases: Vec::new(),
             more_networks: Vec::new(),
+            ip: None,
             join: Vec::new(),
             log: LogConfig::default(),
             labels: Default::default(),

@@ -96,6 +96,12 @@ pub enum Error {
     /// The subnet overlaps an address the host already has.
     #[error("subnet {0} overlaps the host's address {1}/{2}: choose another subnet")]
     HostOverlap(Subnet, Ipv4Addr, u8),
+    /// `--ip` outside the network's hosts.
+    #[error("{0}")]
+    InvalidAddress(String),
+    /// `--ip` of an address another instance holds (Docker's words first).
+    #[error("Address already in use: {0} on network {1}")]
+    AddressInUse(Ipv4Addr, String),
     /// No address left.
     #[error("no address left on network {0} ({1}): remove instances or use a larger subnet")]
     PoolExhausted(String, Subnet),
@@ -403,6 +409,9 @@ impl Networks {
     ///
     /// `aliases` (`--network-alias`) are more names of the instance on its network, as
     /// Docker has them: only on a user-defined network.
+    ///
+    /// `ip` (`--ip`) asks for that address, on a user-defined network only (as Docker).
+    #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &self,
         instance: &str,
@@ -411,6 +420,7 @@ impl Networks {
         mode: &Mode,
         ports: &[PortMap],
         dir: &Path,
+        ip: Option<Ipv4Addr>,
     ) -> Result<Option<Attachment>> {
         for a in aliases {
             check_alias(a)?;
@@ -423,19 +433,31 @@ impl Networks {
             ));
         }
         let Mode::Bridge(net) = mode else {
+            if let Some(ip) = ip {
+                return Err(Error::InvalidAddress(format!(
+                    "--ip {ip}: --network {} hands out no addresses",
+                    mode.as_str()
+                )));
+            }
             return Ok(None);
         };
+        if let (Some(_), DEFAULT_NETWORK) = (ip, net.as_str()) {
+            return Err(Error::InvalidAddress(
+                "user specified IP address is supported on user defined networks only".into(),
+            ));
+        }
         let default =
             (net == DEFAULT_NETWORK).then_some((DEFAULT_BRIDGE, DEFAULT_SUBNET, DEFAULT_MTU));
         self.store()?
-            .allocate(instance, name, aliases, net, ports, default, Some(dir))
+            .allocate(instance, name, aliases, net, ports, default, Some(dir), ip)
             .map(Some)
     }
 
     /// Gives an instance a place on one more network (`network connect`): an address
     /// lease on `network`, known there as `name` and `aliases`, through interface
     /// `interface` (see [`free_interface`]). No host ports: those belong to its first
-    /// network.
+    /// network. `ip` as for [`Networks::attach`].
+    #[allow(clippy::too_many_arguments)]
     pub fn attach_more(
         &self,
         instance: &str,
@@ -444,6 +466,7 @@ impl Networks {
         network: &str,
         interface: &str,
         dir: &Path,
+        ip: Option<Ipv4Addr>,
     ) -> Result<Attachment> {
         let mut att = self
             .attach(
@@ -453,6 +476,7 @@ impl Networks {
                 &Mode::Bridge(network.to_string()),
                 &[],
                 dir,
+                ip,
             )?
             .ok_or_else(|| Error::NoSuchNetwork(network.to_string()))?;
         att.interface = interface.to_string();

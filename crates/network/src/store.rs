@@ -66,6 +66,9 @@ pub struct Attachment {
     /// its lease.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Whether its address was asked for (`--ip`), rather than handed out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
 }
 
 fn legacy_mtu() -> u32 {
@@ -304,6 +307,7 @@ impl Store {
         ports: &[PortMap],
         default: Option<(&str, Subnet, u32)>,
         dir: Option<&Path>,
+        want: Option<Ipv4Addr>,
     ) -> Result<Attachment> {
         self.write(|tx, err| {
             reap(tx)?;
@@ -339,11 +343,24 @@ impl Store {
                 rows.filter_map(|r| r.ok().and_then(|s| s.parse().ok()))
                     .collect()
             };
-            let ip = net
-                .subnet
-                .hosts()
-                .find(|ip| !used.contains(ip))
-                .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?;
+            let ip = match want {
+                // `--ip`: that address, if the subnet has it for hosts and it is free.
+                Some(ip) if !net.subnet.hosts().any(|h| h == ip) => {
+                    return Err(Error::InvalidAddress(format!(
+                        "no configured subnet or ip-range contain the IP address {ip} (network {network} is {})",
+                        net.subnet
+                    )))
+                }
+                Some(ip) if used.contains(&ip) => {
+                    return Err(Error::AddressInUse(ip, network.to_string()))
+                }
+                Some(ip) => ip,
+                None => net
+                    .subnet
+                    .hosts()
+                    .find(|ip| !used.contains(ip))
+                    .ok_or_else(|| Error::PoolExhausted(network.to_string(), net.subnet))?,
+            };
             tx.execute(
                 "INSERT INTO leases (instance, network, ip, name, dir, aliases) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -405,6 +422,7 @@ impl Store {
                 mtu: net.mtu,
                 interface: first_interface(),
                 aliases: aliases.to_vec(),
+                fixed: want.is_some(),
             })
         })
     }
@@ -619,7 +637,9 @@ mod tests {
         s.create_network("new", None, "10.205.0.0/24".parse().unwrap(), 9000)
             .unwrap();
         assert_eq!(s.network("new").unwrap().mtu, 9000);
-        let att = s.allocate("i", "n", &[], "new", &[], None, None).unwrap();
+        let att = s
+            .allocate("i", "n", &[], "new", &[], None, None, None)
+            .unwrap();
         assert_eq!(att.mtu, 9000);
         // An attachment recorded before attachments had an MTU.
         let mut json = serde_json::to_value(&att).unwrap();
@@ -644,6 +664,7 @@ mod tests {
                     &[],
                     None,
                     None,
+                    None,
                 )
                 .unwrap()
                 .ip,
@@ -652,7 +673,7 @@ mod tests {
         ips.dedup();
         assert_eq!(ips.len(), 5);
         assert!(matches!(
-            s.allocate("i9", "n9", &[], "t", &[], None, None),
+            s.allocate("i9", "n9", &[], "t", &[], None, None, None),
             Err(Error::PoolExhausted(..))
         ));
         // Nothing half-done: the failed allocation left no lease.
@@ -660,7 +681,7 @@ mod tests {
         s.release("i2").unwrap();
         s.release("i2").unwrap();
         assert_eq!(
-            s.allocate("i9", "n9", &[], "t", &[], None, None)
+            s.allocate("i9", "n9", &[], "t", &[], None, None, None)
                 .unwrap()
                 .ip,
             ips[2]
@@ -670,7 +691,7 @@ mod tests {
             Err(Error::NetworkInUse(..))
         ));
         assert!(matches!(
-            s.allocate("x", "x", &[], "nope", &[], None, None),
+            s.allocate("x", "x", &[], "nope", &[], None, None, None),
             Err(Error::NoSuchNetwork(_))
         ));
     }
@@ -687,9 +708,10 @@ mod tests {
             .unwrap()
             .port();
         let p = PortMap::parse(&format!("127.0.0.1:{port}:80")).unwrap();
-        s.allocate("a", "web", &[], "t", &[p], None, None).unwrap();
+        s.allocate("a", "web", &[], "t", &[p], None, None, None)
+            .unwrap();
         let e = s
-            .allocate("b", "web2", &[], "t", &[p], None, None)
+            .allocate("b", "web2", &[], "t", &[p], None, None, None)
             .unwrap_err();
         assert!(e.to_string().contains("web"), "{e}");
         assert_eq!(
@@ -704,7 +726,7 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(
-            s.allocate("c", "c", &[], "t", &[q], None, None),
+            s.allocate("c", "c", &[], "t", &[q], None, None, None),
             Err(Error::PortInUse(..))
         ));
     }
@@ -730,21 +752,51 @@ mod tests {
         drop(Store::open(d.path()).unwrap());
         assert_eq!(s.peers("one").unwrap()[0].aliases, ["w"]);
         let two = s
-            .allocate("i", "web", &["x".into()], "two", &[], None, None)
+            .allocate("i", "web", &["x".into()], "two", &[], None, None, None)
             .unwrap();
         assert_eq!(
             (two.ip.to_string().as_str(), two.aliases.as_slice()),
             ("10.207.0.2", &["x".to_string()][..])
         );
         assert!(matches!(
-            s.allocate("i", "web", &[], "two", &[], None, None),
+            s.allocate("i", "web", &[], "two", &[], None, None, None),
             Err(Error::AlreadyAttached(..))
         ));
         s.release_one("i", "two", false).unwrap();
         assert!(s.peers("two").unwrap().is_empty());
         assert_eq!(s.peers("one").unwrap().len(), 1);
-        s.allocate("i", "web", &[], "two", &[], None, None).unwrap();
+        s.allocate("i", "web", &[], "two", &[], None, None, None)
+            .unwrap();
         s.release("i").unwrap();
         assert!(s.peers("one").unwrap().is_empty() && s.peers("two").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_address_asked_for_is_given_if_the_subnet_has_it_free() {
+        let (_d, mut s) = store();
+        s.create_network("w", None, "10.208.0.0/29".parse().unwrap(), 1500)
+            .unwrap();
+        let want = |ip: &str| Some(ip.parse().unwrap());
+        let a = s
+            .allocate("a", "a", &[], "w", &[], None, None, want("10.208.0.5"))
+            .unwrap();
+        assert_eq!((a.ip.to_string().as_str(), a.fixed), ("10.208.0.5", true));
+        for (ip, e) in [
+            ("10.208.0.5", "Address already in use"),
+            ("10.208.0.1", "no configured subnet"), // the gateway
+            ("10.208.0.7", "no configured subnet"), // the broadcast address
+            ("10.208.1.2", "no configured subnet"),
+        ] {
+            let got = s
+                .allocate("b", "b", &[], "w", &[], None, None, want(ip))
+                .unwrap_err()
+                .to_string();
+            assert!(got.contains(e), "{ip}: {got}");
+        }
+        // The next handed out skips it.
+        let b = s
+            .allocate("b", "b", &[], "w", &[], None, None, None)
+            .unwrap();
+        assert_eq!((b.ip.to_string().as_str(), b.fixed), ("10.208.0.2", false));
     }
 }

@@ -451,6 +451,9 @@ pub enum NetworkCommand {
         /// Another name of the instance on the network
         #[arg(long = "alias", value_name = "NAME")]
         aliases: Vec<String>,
+        /// IPv4 address on the network, instead of the next free one
+        #[arg(long, value_name = "ADDRESS")]
+        ip: Option<std::net::Ipv4Addr>,
         /// Network name or id
         network: String,
         /// Instance name or id
@@ -743,6 +746,9 @@ pub struct RunArgs {
     /// Add a network-scoped alias for the container (a user-defined network only)
     #[arg(long = "network-alias", alias = "net-alias", value_name = "NAME")]
     pub network_aliases: Vec<String>,
+    /// IPv4 address on the (first, user-defined) network, instead of the next free one
+    #[arg(long, value_name = "ADDRESS")]
+    pub ip: Option<String>,
     /// Publish a port on the host: [ip:]hostPort:containerPort[/tcp|udp]
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,

@@ -1085,6 +1085,44 @@ fn docker_networks_create_inspect_run_by_name_rm_prune() {
     both.sort();
     assert_eq!(nets(&a), both);
     pings(&net2, &alias);
+    // An address of the client's choosing (`--ip`: EndpointsConfig's IPAMConfig).
+    let o = s.docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        &net2,
+    ]);
+    let base: std::net::Ipv4Addr = stdout(&o)
+        .trim()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let [b0, b1, b2, _] = base.octets();
+    let want = format!("{b0}.{b1}.{b2}.66");
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &net2,
+        "--ip",
+        &want,
+        "busybox",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(
+        stdout(&o).contains(&format!("inet {want}/")),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
     let o = s.docker(&["network", "connect", &net2, &a]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
@@ -1093,10 +1131,10 @@ fn docker_networks_create_inspect_run_by_name_rm_prune() {
         (
             format!("/v1.41/networks/{net2}/connect"),
             format!(
-                r#"{{"Container":"{a}","EndpointConfig":{{"IPAMConfig":{{"IPv4Address":"10.9.9.9"}}}}}}"#
+                r#"{{"Container":"{a}","EndpointConfig":{{"IPAMConfig":{{"IPv6Address":"fd00::9"}}}}}}"#
             ),
             400,
-            "IPAMConfig",
+            "IPv6Address",
         ),
         (
             "/v1.41/networks/host/connect".to_string(),

@@ -707,3 +707,97 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     // No lease is left to keep the networks in use.
     ok(&["network", "rm", &n1, &n2]);
 }
+
+/// An address in `net`'s subnet: its host number `n`.
+fn address_in(net: &str, n: u8) -> String {
+    let subnet = network_json(net)["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+    let [a, b, c, _] = base.octets();
+    format!("{a}.{b}.{c}.{n}")
+}
+
+#[test]
+fn ip_asks_for_an_address_that_must_be_the_networks_and_free() {
+    let (n1, n2) = (name("ipn1"), name("ipn2"));
+    ok(&["network", "create", &n1]);
+    ok(&["network", "create", &n2]);
+    let want = address_in(&n1, 50);
+    let a = name("ipa");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        &n1,
+        "--ip",
+        &want,
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let addr = ok(&["exec", &a, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("inet {want}/")), "{addr}");
+    let ep = &inspect(&a)["NetworkSettings"]["Networks"][&n1];
+    assert_eq!(ep["IPAddress"], want.as_str());
+    assert_eq!(ep["IPAMConfig"], serde_json::json!({ "IPv4Address": want }));
+    // Taken, outside the subnet, on the default bridge, malformed: refused, nothing made.
+    refused(
+        &["create", "--network", &n1, "--ip", &want, "busybox", "true"],
+        "Address already in use",
+    );
+    refused(
+        &[
+            "create",
+            "--network",
+            &n1,
+            "--ip",
+            "192.0.2.7",
+            "busybox",
+            "true",
+        ],
+        "no configured subnet",
+    );
+    refused(
+        &["create", "--ip", &address_in(&n1, 51), "busybox", "true"],
+        "user defined networks only",
+    );
+    refused(
+        &[
+            "create",
+            "--network",
+            &n1,
+            "--ip",
+            "10.1.2",
+            "busybox",
+            "true",
+        ],
+        "invalid IPv4 address",
+    );
+    // And on a network joined later.
+    let want2 = address_in(&n2, 77);
+    ok(&["network", "connect", "--ip", &want2, &n2, &a]);
+    let addr = ok(&["exec", &a, "ip", "-4", "-o", "addr", "show", "eth1"]);
+    assert!(addr.contains(&format!("inet {want2}/")), "{addr}");
+    let id = id_of(&a);
+    ok(&["rm", "-f", &a]);
+    assert_no_leftovers(&id);
+    // Its address is free again.
+    let b = name("ipb");
+    ok(&[
+        "create",
+        "--name",
+        &b,
+        "--network",
+        &n1,
+        "--ip",
+        &want,
+        "busybox",
+        "true",
+    ]);
+    ok(&["rm", &b]);
+    ok(&["network", "rm", &n1, &n2]);
+}

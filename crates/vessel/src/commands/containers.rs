@@ -73,8 +73,12 @@ fn run_options(a: &RunArgs) -> RunOptions {
             .networks
             .iter()
             .skip(1)
-            .map(|n| (n.clone(), Vec::new()))
+            .map(|n| vessel_engine::request::Join {
+                network: n.clone(),
+                ..Default::default()
+            })
             .collect(),
+        ip: a.ip.clone(),
         network_aliases: a.network_aliases.clone(),
         publish: a.publish.clone(),
         entrypoint: a.entrypoint.clone(),

@@ -138,11 +138,12 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
         }
         NetworkCommand::Connect {
             aliases,
+            ip,
             network,
             instance,
         } => {
             engine
-                .network_connect(network, instance, aliases)
+                .network_connect(network, instance, aliases, *ip)
                 .map_err(fail)?;
             Ok(0)
         }
