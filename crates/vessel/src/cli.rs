@@ -195,6 +195,9 @@ pub enum Command {
     },
     /// Show instances' state and configuration as JSON
     Inspect {
+        /// Format the output: json, or a template per document (`{{.State.Status}}`)
+        #[arg(short, long, value_name = "json|TEMPLATE")]
+        format: Option<Format>,
         /// Instances (or images)
         #[arg(required = true)]
         names: Vec<String>,
@@ -369,6 +372,9 @@ pub enum VolumeCommand {
     },
     /// Show volumes as JSON
     Inspect {
+        /// Format the output: json, or a template per document (`{{.State.Status}}`)
+        #[arg(short, long, value_name = "json|TEMPLATE")]
+        format: Option<Format>,
         /// Volume names
         #[arg(required = true)]
         names: Vec<String>,
@@ -432,6 +438,9 @@ pub enum NetworkCommand {
     },
     /// Show networks and the instances on them as JSON
     Inspect {
+        /// Format the output: json, or a template per document (`{{.State.Status}}`)
+        #[arg(short, long, value_name = "json|TEMPLATE")]
+        format: Option<Format>,
         /// Network names
         #[arg(required = true)]
         names: Vec<String>,
@@ -478,6 +487,9 @@ pub enum ImageCommand {
     Ls(ImagesArgs),
     /// Show an image's configuration (Env, Cmd, Entrypoint, WorkingDir, User...) as JSON
     Inspect {
+        /// Format the output: json, or a template per document (`{{.State.Status}}`)
+        #[arg(short, long, value_name = "json|TEMPLATE")]
+        format: Option<Format>,
         /// Image names or ids
         #[arg(required = true)]
         images: Vec<String>,

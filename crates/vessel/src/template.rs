@@ -1,5 +1,6 @@
-//! `--format` as Docker's listing commands take it: `table`, `json`, or a Go-template-
-//! style line with the common actions: `{{.Field}}`, `{{json .}}`, `{{json .Field}}`,
+//! `--format` as Docker's listing and inspect commands take it: `table`, `json`, or a
+//! Go-template-style line with the common actions: `{{.Field}}` (`{{.Field.Inner}}`),
+//! `{{json .}}`, `{{json .Field}}`,
 //! `{{.Label "key"}}`, `{{upper .Field}}`/`{{lower .Field}}`; `table TEMPLATE` adds a
 //! header and aligns the columns; `\t` and `\n` in the template are a tab and a newline
 //! (as Docker's client reads them). Anything else is an error naming it, not text
@@ -90,8 +91,12 @@ fn action(a: &str) -> Result<Part, String> {
     let field = |t: &str| -> Result<String, String> {
         let name = t
             .strip_prefix('.')
-            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric()))
-            .ok_or_else(|| format!("{t:?} is not a field (.Name)"))?;
+            .filter(|n| {
+                n.split('.').all(|p| {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+            })
+            .ok_or_else(|| format!("{t:?} is not a field (.Name, .Name.Inner)"))?;
         Ok(name.to_string())
     };
     let words: Vec<&str> = a.split_whitespace().collect();
@@ -153,8 +158,12 @@ pub fn render(
     for row in rows {
         let mut line = String::new();
         for p in parts {
+            // `.A.B`: field B of the object in field A.
             let get = |f: &str| {
-                row.get(f)
+                let mut parts = f.split('.');
+                let first = parts.next().unwrap_or_default();
+                parts
+                    .fold(row.get(first), |v, p| v.and_then(|v| v.get(p)))
                     .ok_or_else(|| format!("template: can't evaluate field {f}"))
             };
             match p {
@@ -220,6 +229,29 @@ fn align(lines: &[String]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `inspect`'s output (`-f/--format`): the documents as a JSON array, or each rendered
+/// with the template (its fields may name inner fields: `{{.State.Status}}`).
+pub fn print_inspect(docs: Vec<Value>, format: Option<&Format>) -> Result<(), crate::Failure> {
+    match format {
+        Some(Format::Template { parts, .. }) => {
+            let rows: Vec<Map<String, Value>> = docs
+                .into_iter()
+                .map(|d| match d {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                })
+                .collect();
+            let text = render(false, parts, &rows, &[]).map_err(|e| crate::Failure::new(1, e))?;
+            print!("{text}");
+        }
+        _ => println!(
+            "{}",
+            serde_json::to_string_pretty(&docs).unwrap_or_default()
+        ),
+    }
+    Ok(())
 }
 
 /// Prints `rows` with the template of `format`, or returns `false` if `format` is no

@@ -216,3 +216,54 @@ fn events_with_a_template_that_fails_exit_1_naming_it() {
     assert_eq!(stdout(&o), "create\n");
     ok(&["rm", &n]);
 }
+
+/// `inspect -f` as Docker's: a template per document, whose fields may name inner ones,
+/// for instances, images, networks and volumes; a field that is not there fails (1).
+#[test]
+fn inspect_takes_a_template_with_inner_fields() {
+    let n = name("fmt-inspect");
+    ok(&["create", "--name", &n, "busybox", "echo", "x"]);
+    assert_eq!(
+        ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{json .Config.Cmd}}",
+            &n
+        ]),
+        "created [\"echo\",\"x\"]\n"
+    );
+    assert!(ok(&["inspect", "--format", "{{.Id}}", "busybox"]).starts_with("sha256:"));
+    assert_eq!(
+        ok(&["image", "inspect", "-f", "{{.Os}}", "busybox"]),
+        "linux\n"
+    );
+    assert_eq!(
+        ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{.Name}} {{.Driver}}",
+            "bridge"
+        ]),
+        "bridge bridge\n"
+    );
+    let vol = name("fmt-vol");
+    ok(&["volume", "create", &vol]);
+    assert_eq!(
+        ok(&["volume", "inspect", "-f", "{{.Name}} {{.Driver}}", &vol]),
+        format!("{vol} local\n")
+    );
+    // Two documents, a line each; JSON as before.
+    assert_eq!(
+        ok(&["inspect", "-f", "{{.Name}}", &n, &n]).lines().count(),
+        2
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "-f", "json", &n])).unwrap();
+    assert_eq!(json[0]["State"]["Status"], "created");
+    let o = vessel(&["inspect", "-f", "{{.State.Nope}}", &n]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("State.Nope"), "{}", stderr(&o));
+    ok(&["rm", &n]);
+    ok(&["volume", "rm", &vol]);
+}

@@ -634,7 +634,11 @@ fn sorted_json(docs: &[vessel_engine::inspect::ContainerJson]) -> serde_json::Va
 }
 
 /// `vessel inspect`: instances, or images when no instance matches.
-pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
+pub fn inspect(
+    engine: &Engine,
+    names: &[String],
+    format: Option<&crate::template::Format>,
+) -> CmdResult {
     let mut docs = Vec::new();
     for n in names {
         match engine.get(n) {
@@ -642,7 +646,7 @@ pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
             Err(EngineError::NoSuchInstance(_)) => {
                 if let Ok(store) = engine.store() {
                     if store.resolve(n).is_ok() {
-                        return super::images::inspect(store, names);
+                        return super::images::inspect(store, names, format);
                     }
                 }
                 return Err(Failure::new(1, format!("no such instance or image: {n}")));
@@ -650,10 +654,11 @@ pub fn inspect(engine: &Engine, names: &[String]) -> CmdResult {
             Err(e) => return Err(Failure::new(1, e)),
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&sorted_json(&docs)).unwrap_or_default()
-    );
+    let docs = match sorted_json(&docs) {
+        serde_json::Value::Array(d) => d,
+        _ => Vec::new(),
+    };
+    crate::template::print_inspect(docs, format)?;
     Ok(0)
 }
 

@@ -123,7 +123,11 @@ pub fn list(store: &Store, args: &ImagesArgs) -> CmdResult {
 }
 
 /// `vessel image inspect`: Docker-shaped JSON with the OCI config.
-pub fn inspect(store: &Store, names: &[String]) -> CmdResult {
+pub fn inspect(
+    store: &Store,
+    names: &[String],
+    format: Option<&crate::template::Format>,
+) -> CmdResult {
     let mut docs = Vec::new();
     for name in names {
         let img = store.resolve(name)?;
@@ -154,10 +158,7 @@ pub fn inspect(store: &Store, names: &[String]) -> CmdResult {
             })).collect::<Vec<_>>(),
         }));
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&docs).unwrap_or_default()
-    );
+    crate::template::print_inspect(docs, format)?;
     Ok(0)
 }
 

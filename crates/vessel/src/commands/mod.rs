@@ -105,7 +105,9 @@ pub fn run(cli: Cli) -> CmdResult {
             volumes,
             instances,
         } => containers::rm(&engine()?, force, volumes, &instances),
-        Command::Inspect { names } => containers::inspect(&engine()?, &names),
+        Command::Inspect { names, format } => {
+            containers::inspect(&engine()?, &names, format.as_ref())
+        }
         Command::Compare(a) => compare::compare(&config()?, &a),
         Command::Serve { host, group } => serve(config()?, &host, group.as_deref()),
         // Reached only after vessel's own global flags (main hands `vessel oci ...` over
@@ -176,9 +178,10 @@ pub fn run(cli: Cli) -> CmdResult {
             Ok(vessel_engine::monitor::finish(&engine()?, &id, code))
         }
         Command::Images(a) | Command::Image(ImageCommand::Ls(a)) => images::list(&store()?, &a),
-        Command::Image(ImageCommand::Inspect { images: names }) => {
-            images::inspect(&store()?, &names)
-        }
+        Command::Image(ImageCommand::Inspect {
+            images: names,
+            format,
+        }) => images::inspect(&store()?, &names, format.as_ref()),
         Command::Rmi(a) | Command::Image(ImageCommand::Rm(a)) => images::remove(&store()?, &a),
         Command::Tag { source, target } => images::tag(&store()?, &source, &target),
         Command::Build(a) => build::build(&engine()?, &a),

@@ -105,16 +105,13 @@ pub fn run(engine: &Engine, cmd: &NetworkCommand) -> CmdResult {
             }
             Ok(0)
         }
-        NetworkCommand::Inspect { names } => {
+        NetworkCommand::Inspect { names, format } => {
             let mut docs = Vec::new();
             for n in names {
                 let (net, peers) = engine.network_find(n).map_err(fail)?;
                 docs.push(engine.network_document(&net, &peers));
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&docs).unwrap_or_default()
-            );
+            crate::template::print_inspect(docs, format.as_ref())?;
             Ok(0)
         }
         NetworkCommand::Rm { names } => {

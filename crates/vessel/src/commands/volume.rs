@@ -108,7 +108,7 @@ pub fn run(engine: &Engine, cmd: &VolumeCommand) -> CmdResult {
             }
             Ok(0)
         }
-        VolumeCommand::Inspect { names } => {
+        VolumeCommand::Inspect { names, format } => {
             let mut docs = Vec::new();
             let mut code = 0;
             for n in names {
@@ -120,10 +120,11 @@ pub fn run(engine: &Engine, cmd: &VolumeCommand) -> CmdResult {
                     }
                 }
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&docs).unwrap_or_default()
-            );
+            let docs = docs
+                .iter()
+                .map(|d| serde_json::to_value(d).unwrap_or_default())
+                .collect();
+            crate::template::print_inspect(docs, format.as_ref())?;
             Ok(code)
         }
         VolumeCommand::Rm { force, names } => {
