@@ -98,6 +98,31 @@ async fn wait_for(
     }
 }
 
+/// An instance and the path of its log.
+async fn with_log(
+    state: &Arc<State>,
+    key: String,
+) -> Result<(vessel_engine::catalogue::Instance, std::path::PathBuf), ApiError> {
+    state
+        .engine(move |e| {
+            let i = e.get(&key)?;
+            let p = e.log_path(&i.id);
+            Ok((i, p))
+        })
+        .await
+}
+
+/// Refuses to read back the log of an instance whose driver keeps none (Docker's words).
+fn readable(inst: &vessel_engine::catalogue::Instance) -> Result<(), ApiError> {
+    if inst.request.log.driver != LogDriver::JsonFile {
+        return Err(ApiError::BadRequest(format!(
+            "configured logging driver does not support reading: {}",
+            inst.request.log.driver.as_str()
+        )));
+    }
+    Ok(())
+}
+
 fn framed(stream: Stream, data: &[u8], tty: bool) -> Bytes {
     if tty {
         return Bytes::copy_from_slice(data);
@@ -140,19 +165,8 @@ pub async fn logs(
     };
     let since = q.int("since")?.unwrap_or(0);
     let key = id.to_string();
-    let (inst, path) = state
-        .engine(move |e| {
-            let i = e.get(&key)?;
-            let p = e.log_path(&i.id);
-            Ok((i, p))
-        })
-        .await?;
-    if inst.request.log.driver != LogDriver::JsonFile {
-        return Err(ApiError::BadRequest(format!(
-            "configured logging driver does not support reading: {}",
-            inst.request.log.driver.as_str()
-        )));
-    }
+    let (inst, path) = with_log(state, key).await?;
+    readable(&inst)?;
     let tty = inst.request.tty;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let st = state.clone();
@@ -243,22 +257,11 @@ pub async fn attach(
         ));
     }
     let key = id.to_string();
-    let (inst, path) = state
-        .engine(move |e| {
-            let i = e.get(&key)?;
-            let p = e.log_path(&i.id);
-            Ok((i, p))
-        })
-        .await?;
+    let (inst, path) = with_log(state, key).await?;
     let tty = inst.request.tty;
     // `logs=1`: what the instance wrote so far (of the streams asked for) comes first.
     let history = if q.flag("logs") {
-        if inst.request.log.driver != LogDriver::JsonFile {
-            return Err(ApiError::BadRequest(format!(
-                "configured logging driver does not support reading: {}",
-                inst.request.log.driver.as_str()
-            )));
-        }
+        readable(&inst)?;
         let (out, err) = (
             flags & attach::WANT_STDOUT != 0,
             flags & attach::WANT_STDERR != 0,
