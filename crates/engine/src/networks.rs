@@ -309,6 +309,14 @@ impl Engine {
                 let next = inst.request.more_networks.remove(0);
                 inst.request.network = Mode::Bridge(next.network.clone());
                 inst.request.network_aliases = next.aliases.clone();
+                if let (Status::Running, Some(pid)) = (inst.status, inst.pid) {
+                    // It takes the default route now, as at the next start.
+                    if let Err(e) =
+                        vessel_network::link::set_default_route(pid, &next.interface, next.gateway)
+                    {
+                        tracing::warn!(instance = %inst.name, error = %e, "no default route through the next network");
+                    }
+                }
                 inst.request.attachment = Some(next);
             }
         } else {

@@ -235,6 +235,42 @@ pub fn connect_veth(ep: &Endpoint, pid: i32) -> Result<()> {
     })
 }
 
+/// Gives the network namespace of process `pid` its default route via `gateway` through
+/// `interface` (an instance whose first network left: the next one takes the route).
+pub fn set_default_route(pid: i32, interface: &str, gateway: Ipv4Addr) -> Result<()> {
+    let ns_path = format!("/proc/{pid}/ns/net");
+    let ns = std::fs::File::open(&ns_path).map_err(|e| Error::io("open", &ns_path, e))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::Netlink(format!("enter {ns_path}"), e.to_string()))?;
+            with_netlink(|h| async move {
+                let link = index_of(&h, interface).await?.ok_or_else(|| {
+                    Error::Netlink(
+                        format!("find {interface} in the instance"),
+                        "no such link".into(),
+                    )
+                })?;
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .output_interface(link)
+                    .build();
+                match h.route().add(route).execute().await {
+                    Err(e) if nl_code(&e) == Some(EEXIST) => Ok(()),
+                    r => r.map_err(nl_err(format!("add default route via {gateway}"))),
+                }
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Netlink(
+                format!("route through {interface}"),
+                "the thread panicked".into(),
+            ))
+        })
+    })
+}
+
 /// The host's own IPv4 addresses with their prefix lengths (loopback excluded).
 pub fn host_addresses() -> Result<Vec<(Ipv4Addr, u8)>> {
     use rtnetlink::packet_route::address::AddressAttribute;

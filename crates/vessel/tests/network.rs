@@ -653,6 +653,23 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
         Some(n2.as_str())
     );
 
+    // Off its first network while running: the next one takes the default route at once.
+    ok(&["network", "connect", &n1, &a]);
+    assert_eq!(interfaces(&a), ["eth0", "eth1"]);
+    ok(&["network", "disconnect", &n2, &a]);
+    assert_eq!(interfaces(&a), ["eth1"]);
+    let routes = ok(&["exec", &a, "ip", "route"]);
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains("eth1")),
+        "{routes}"
+    );
+    assert_eq!(
+        inspect(&a)["HostConfig"]["NetworkMode"].as_str(),
+        Some(n1.as_str())
+    );
+
     // Several networks at create.
     let both = vessel(&[
         "run",
