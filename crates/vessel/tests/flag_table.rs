@@ -1,6 +1,6 @@
 //! The README's flag table ("Flags in containers and microVMs") is the contract that no
 //! flag is accepted and ignored in either isolation. This test keeps it true: every flag
-//! of `vessel run`, `exec`, `logs`, `stop`, `kill` and `rm` (from their `--help`) has a
+//! of `vessel run`, `exec`, `logs`, `stop`, `kill`, `rm` and `inspect` (from their `--help`) has a
 //! row, every row names a real flag, and every "refused" cell is tried: the run fails
 //! with exit 125 and one line naming the flag, and creates nothing. Refusals come before
 //! any host check, so this runs on any host (no KVM needed).
@@ -129,7 +129,7 @@ fn every_flag_has_a_row_and_every_row_is_a_flag() {
     }
     for command in table.keys() {
         assert!(
-            ["run", "exec", "logs", "stop", "kill", "rm"].contains(&command.as_str()),
+            ["run", "exec", "logs", "stop", "kill", "rm", "inspect"].contains(&command.as_str()),
             "README's flag table has a command this test does not check: {command}"
         );
     }
