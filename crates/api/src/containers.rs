@@ -30,8 +30,9 @@ pub(crate) fn endpoint(
         return Ok((Vec::new(), None));
     }
     let mut e = Fields::new(what, Some(ep))?;
-    // The client repeats the network and the container's own short id.
-    for k in ["NetworkID", "EndpointID", "DriverOpts"] {
+    // Ids the client may repeat (the engine's to give); driver options, as anything
+    // else, only if unset.
+    for k in ["NetworkID", "EndpointID"] {
         e.take(k);
     }
     let aliases = e.strings("Aliases")?;
