@@ -548,13 +548,13 @@ fn interfaces(instance: &str) -> Vec<String> {
     v
 }
 
-/// Asserts that the default route inside `instance` goes through `eth0`.
-fn default_route_on_eth0(instance: &str) {
+/// Asserts that the default route inside `instance` goes through `interface`.
+fn default_route_on(instance: &str, interface: &str) {
     let routes = ok(&["exec", instance, "ip", "route"]);
     assert!(
         routes
             .lines()
-            .any(|l| l.starts_with("default") && l.contains("eth0")),
+            .any(|l| l.starts_with("default") && l.contains(interface)),
         "{routes}"
     );
 }
@@ -598,7 +598,7 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     assert!(resolves(&b, &alias), "{b} cannot reach {a} by its alias");
     assert!(resolves(&b, &a), "{b} cannot reach {a} by name");
     // The default route stays on the first network.
-    default_route_on_eth0(&a);
+    default_route_on(&a, "eth0");
     let nets = &inspect(&a)["NetworkSettings"]["Networks"];
     assert!(nets[&n1]["IPAddress"].is_string(), "{nets}");
     assert_eq!(
@@ -646,7 +646,7 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     ok(&["network", "disconnect", &n1, &a]);
     ok(&["start", &a]);
     assert_eq!(interfaces(&a), ["eth0"]);
-    default_route_on_eth0(&a);
+    default_route_on(&a, "eth0");
     assert!(resolves(&a, &b));
     assert_eq!(
         inspect(&a)["HostConfig"]["NetworkMode"].as_str(),
@@ -658,13 +658,7 @@ fn network_connect_and_disconnect_move_containers_between_networks() {
     assert_eq!(interfaces(&a), ["eth0", "eth1"]);
     ok(&["network", "disconnect", &n2, &a]);
     assert_eq!(interfaces(&a), ["eth1"]);
-    let routes = ok(&["exec", &a, "ip", "route"]);
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.starts_with("default") && l.contains("eth1")),
-        "{routes}"
-    );
+    default_route_on(&a, "eth1");
     assert_eq!(
         inspect(&a)["HostConfig"]["NetworkMode"].as_str(),
         Some(n1.as_str())
