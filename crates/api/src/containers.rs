@@ -57,7 +57,7 @@ pub(crate) fn endpoint(
 }
 
 /// Whether a JSON value is its type's zero value (what a client sends for "not set").
-fn is_zero(v: &Value) -> bool {
+pub(crate) fn is_zero(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Bool(b) => !b,
@@ -274,16 +274,37 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
             }
         }
     }
-    // Informational: what the client attaches, and port metadata.
+    // Informational: what the client attaches.
     for k in [
         "AttachStdin",
         "AttachStdout",
         "AttachStderr",
         "StdinOnce",
-        "ExposedPorts",
         "ArgsEscaped",
     ] {
         c.take(k);
+    }
+    // `--expose` (the client lists the ports of `-p` here too).
+    for (port, v) in c.object("ExposedPorts")? {
+        if !v.as_object().is_some_and(|o| o.is_empty()) && !v.is_null() {
+            return Err(bad(
+                "ExposedPorts",
+                format!("{port}: expected {{}}, got {v}"),
+            ));
+        }
+        o.expose.push(port);
+    }
+    // Docker's HealthConfig, as is (`--no-healthcheck` is `Test: ["NONE"]`).
+    if let Some(hc) = c.take("Healthcheck") {
+        let hc: vessel_engine::health::Healthcheck =
+            serde_json::from_value(hc).map_err(|e| bad("Healthcheck", e))?;
+        o.health = vessel_engine::health::HealthOptions {
+            none: hc.test.first().is_some_and(|t| t == "NONE"),
+            given: hc,
+        };
+        if o.health.none {
+            o.health.given = Default::default();
+        }
     }
     c.only_default("NetworkDisabled", &[])?;
     let mut h = Fields::new("HostConfig", c.take("HostConfig"))?;
@@ -301,15 +322,12 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
         for b in list {
             let mut b = Fields::new("HostConfig.PortBindings[]", Some(b))?;
             let ip = b.nonempty("HostIp")?;
-            let hp = b.nonempty("HostPort")?.ok_or_else(|| {
-                bad(
-                    &format!("HostConfig.PortBindings.{port}"),
-                    "a random host port (no HostPort) is not supported by vessel: give one",
-                )
-            })?;
+            // No HostPort (`-p 80`, `-P`): a random one.
+            let hp = b.nonempty("HostPort")?.unwrap_or_default();
             b.finish()?;
             o.publish.push(match ip {
                 Some(ip) if ip != "0.0.0.0" => format!("{ip}:{hp}:{port}"),
+                _ if hp.is_empty() => port.clone(),
                 _ => format!("{hp}:{port}"),
             });
         }
@@ -426,6 +444,7 @@ pub fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
     o.access.cpu_shares = h.int("CpuShares")?.filter(|&s| s != 0);
     o.access.cpuset_cpus = h.nonempty("CpusetCpus")?;
     o.dns_search = h.strings("DnsSearch")?;
+    o.publish_all = h.boolean("PublishAllPorts")?;
     // Fields whose default (or an equivalent the client sends) is what vessel does.
     h.only_default("Isolation", &[json!("default")])?;
     h.only_default("CgroupnsMode", &[json!("private"), json!("host")])?;
@@ -540,7 +559,7 @@ fn unix_time(t: &str) -> i64 {
 fn summary(i: &Instance, (state, status): (&str, String)) -> Value {
     let r = &i.request;
     let ports: Vec<Value> = r
-        .ports
+        .published()
         .iter()
         .map(|p| {
             json!({
@@ -611,8 +630,9 @@ pub(crate) fn filters(
 }
 
 /// Whether instance `i`, in `ps` state `state`, passes the list's filters.
-fn matches(i: &Instance, state: &str, filters: &[(String, Vec<String>)]) -> bool {
+fn matches(i: &Instance, state: &str, health: &str, filters: &[(String, Vec<String>)]) -> bool {
     vessel_engine::filters::passes(filters, |k, v| match k {
+        "health" => health == v,
         "name" => i.name.contains(v.trim_start_matches('/')),
         "id" => i.id.starts_with(v),
         "status" => state == v,
@@ -622,13 +642,20 @@ fn matches(i: &Instance, state: &str, filters: &[(String, Vec<String>)]) -> bool
 }
 
 /// The keys `GET /containers/json` filters by.
-const LIST_FILTERS: &[&str] = &["name", "label", "status", "id"];
+const LIST_FILTERS: &[&str] = &["name", "label", "status", "id", "health"];
 
 /// `GET /containers/json?all=&filters=`.
 pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = http::query(req);
     let all = q.flag("all");
     let f = filters(q.get("filters"), LIST_FILTERS)?;
+    for (k, vals) in &f {
+        if k == "health" {
+            for v in vals {
+                Engine::check_health_filter(v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            }
+        }
+    }
     let limit = q.int("limit")?.filter(|&l| l > 0);
     // A limit counts the last created, in any state (Docker's rule).
     let all = all || limit.is_some();
@@ -639,21 +666,22 @@ pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Respons
                 .into_iter()
                 .map(|i| {
                     let shown = e.ps_state(&i);
-                    (i, shown)
+                    let health = e.health_status(&i);
+                    (i, shown, health)
                 })
                 .collect::<Vec<_>>())
         })
         .await?;
-    list.retain(|(i, (st, _))| {
-        (all || has_status || i.status == Status::Running) && matches(i, st, &f)
+    list.retain(|(i, (st, _), health)| {
+        (all || has_status || i.status == Status::Running) && matches(i, st, health, &f)
     });
-    list.sort_by(|(a, _), (b, _)| b.created.cmp(&a.created));
+    list.sort_by(|(a, _, _), (b, _, _)| b.created.cmp(&a.created));
     if let Some(l) = limit {
         list.truncate(l as usize);
     }
     let v: Vec<Value> = list
         .into_iter()
-        .map(|(i, shown)| summary(&i, shown))
+        .map(|(i, shown, _)| summary(&i, shown))
         .collect();
     Ok(http::json(StatusCode::OK, &v))
 }

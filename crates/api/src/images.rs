@@ -70,6 +70,65 @@ pub async fn inspect(state: &Arc<State>, name: &str) -> Result<Response<Body>, A
 }
 
 /// `POST /images/{name}/tag?repo=&tag=`.
+/// `POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes=`: an image of a
+/// container's changes. The body (a container config to merge) must be empty: vessel
+/// takes the instance's own, and `changes` over it.
+pub async fn commit(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let q = http::query(&req);
+    let changes = http::query_all(&req, "changes")
+        .into_iter()
+        .filter(|c| !c.trim().is_empty())
+        .collect::<Vec<_>>();
+    let container = q
+        .get("container")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("container: missing".into()))?
+        .to_string();
+    let reference = match (
+        q.get("repo").filter(|r| !r.is_empty()),
+        q.get("tag").filter(|t| !t.is_empty()),
+    ) {
+        (Some(r), Some(t)) => Some(format!("{r}:{t}")),
+        (Some(r), None) => Some(r.to_string()),
+        (None, Some(_)) => return Err(ApiError::BadRequest("tag: given without repo".into())),
+        (None, None) => None,
+    };
+    let opts = vessel_engine::commit::CommitOptions {
+        reference,
+        changes,
+        message: q
+            .get("comment")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        author: q
+            .get("author")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        // Docker's default: pause.
+        pause: q.get("pause").is_none() || q.flag("pause"),
+    };
+    let body = http::body(req).await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the commit's config: {e}")))?;
+        if !crate::containers::is_zero(&v) {
+            return Err(ApiError::BadRequest(
+                "a config to merge into the committed image is not supported by vessel: use changes".into(),
+            ));
+        }
+    }
+    let id = state
+        .engine(move |e| Ok(e.commit(&container, &opts)?))
+        .await?;
+    Ok(http::json(
+        StatusCode::CREATED,
+        &json!({ "Id": id.id.to_string() }),
+    ))
+}
+
 pub async fn tag(
     state: &Arc<State>,
     req: &Request<Incoming>,

@@ -348,6 +348,7 @@ async fn dispatch(
         }
         (&Method::POST, ["images", "create"]) => images::pull(&state, &req).await,
         (&Method::POST, ["auth"]) => images::auth(req).await,
+        (&Method::POST, ["commit"]) => images::commit(&state, req).await,
         (&Method::GET, [_images, name @ .., "json"])
             if parts[0] == "images" && !name.is_empty() =>
         {
@@ -413,7 +414,6 @@ fn known_unimplemented(parts: &[&str]) -> bool {
         "session",
         "distribution",
         "auth",
-        "commit",
         "grpc",
     ];
     const CONTAINER: &[&str] = &["export", "changes", "archive", "stats", "update"];

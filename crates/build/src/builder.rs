@@ -10,7 +10,6 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest as _, Sha256};
 use vessel_container::Root;
 use vessel_engine::Engine;
-use vessel_image::store::NewImage;
 use vessel_image::{Digest, ImageRecord, LayerRecord, Reference, Store};
 
 use crate::cache::Cache;
@@ -333,33 +332,7 @@ fn clean_abs(p: &str) -> String {
 
 /// A Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds.
 fn duration_ns(s: &str) -> Option<i64> {
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[u..];
-        total += value * scale;
-    }
-    Some(total as i64)
+    vessel_engine::health::go_duration_ns(s)
 }
 
 impl Builder<'_> {
@@ -1376,25 +1349,8 @@ fn commit(
     layers: &[LayerRecord],
     tag: Option<&Reference>,
 ) -> Result<ImageRecord> {
-    let mut doc = config.clone();
-    doc["rootfs"] = json!({
-        "type": "layers",
-        "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
-    });
-    let bytes = serde_json::to_vec(&doc).map_err(|e| Error::Internal(e.to_string()))?;
-    let parsed: oci_spec::image::ImageConfiguration = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Internal(format!("the built image config is invalid: {e}")))?;
-    let config_digest = store.put_blob_bytes(&bytes)?;
-    let manifest = vessel_image::import::manifest_json(&config_digest, bytes.len() as u64, layers)?;
-    let manifest_digest = store.put_blob_bytes(&manifest)?;
-    Ok(store.commit(
-        NewImage {
-            manifest: &manifest_digest,
-            config: &config_digest,
-            config_doc: &parsed,
-            layers,
-        },
-        tag,
+    Ok(vessel_image::import::commit_json(
+        store, config, layers, tag,
     )?)
 }
 

@@ -33,6 +33,11 @@ impl<V> OrderedMap<V> {
         }
     }
 
+    /// Whether it has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The value of `key`, to change.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
         self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
@@ -119,6 +124,9 @@ pub struct ContainerState {
     pub monitor_pid: Option<i32>,
     /// A microVM's jailed VMM process (`vm_jail`), while it runs.
     pub vmm_pid: Option<i32>,
+    /// Its health, while it runs with a health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::Health>,
 }
 
 /// Docker's `HostConfig`, the fields vessel has.
@@ -187,6 +195,8 @@ pub struct HostConfig {
     pub cpuset_cpus: String,
     /// `--memory-swap` (0: unset).
     pub memory_swap: i64,
+    /// `-P`.
+    pub publish_all_ports: bool,
 }
 
 /// Docker's `RestartPolicy`.
@@ -270,6 +280,12 @@ pub struct ContainerConfig {
     pub stop_timeout: u32,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The health check, if it has one (a `NONE` test: disabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::Healthcheck>,
+    /// Exposed ports, `PORT/PROTO` to `{}`.
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub exposed_ports: OrderedMap<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Docker's `GraphDriver`: the storage driver and its directories.
@@ -371,7 +387,11 @@ fn bindings(ports: &[vessel_network::PortMap], any: &str) -> OrderedMap<Vec<Port
                 .host_ip
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| any.to_string()),
-            host_port: p.host_port.to_string(),
+            // A random host port is "" in HostConfig until it is allocated, as Docker's.
+            host_port: match p.host_port {
+                0 => String::new(),
+                n => n.to_string(),
+            },
         };
         match m.get_mut(&key) {
             Some(list) => list.push(entry),
@@ -478,6 +498,7 @@ impl Engine {
                 finished_at: i.finished_at.clone(),
                 monitor_pid: i.monitor.map(|m| m.0),
                 vmm_pid: crate::vm_jail::vmm_pid(&dir),
+                health: self.health(i),
             },
             restart_count: restart.count,
             host_config: HostConfig {
@@ -561,6 +582,7 @@ impl Engine {
                 cpu_shares: r.access.cpu_shares.unwrap_or(0),
                 cpuset_cpus: r.access.cpuset_cpus.clone().unwrap_or_default(),
                 memory_swap: r.access.memory_swap.unwrap_or(0),
+                publish_all_ports: r.publish_all,
             },
             config: ContainerConfig {
                 hostname: r.hostname.clone(),
@@ -574,6 +596,14 @@ impl Engine {
                 stop_signal: r.stop_signal,
                 stop_timeout: r.stop_timeout,
                 labels: r.labels.clone(),
+                healthcheck: r.healthcheck.clone(),
+                exposed_ports: {
+                    let mut m = OrderedMap::default();
+                    for p in &r.exposed {
+                        m.insert(p.clone(), serde_json::Map::new());
+                    }
+                    m
+                },
             },
             mounts,
             graph_driver,
@@ -646,7 +676,8 @@ mod tests {
             r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#,
         )
         .unwrap();
-        let r = crate::options::build_request(&o, &image, "0123456789abcdef", &|_| None).unwrap();
+        let r =
+            crate::options::build_request(&o, &image, None, "0123456789abcdef", &|_| None).unwrap();
         serde_json::to_value(r).unwrap()
     }
 }

@@ -155,7 +155,10 @@ impl crate::Engine {
         let code = i.exit_code.unwrap_or(-1);
         match i.status {
             Status::Running if paused => ("paused", format!("Up {} (Paused)", age(&i.started_at))),
-            Status::Running => ("running", format!("Up {}", age(&i.started_at))),
+            Status::Running => (
+                "running",
+                format!("Up {}{}", age(&i.started_at), self.health_suffix(i)),
+            ),
             _ if restarting => (
                 "restarting",
                 format!("Restarting ({code}) {} ago", age(&i.finished_at)),
@@ -166,6 +169,69 @@ impl crate::Engine {
                 format!("Exited ({code}) {} ago", age(&i.finished_at)),
             ),
             Status::Dead => ("dead", "Dead".into()),
+        }
+    }
+
+    /// The health of a running instance with a health check, as `ps` shows it after
+    /// the uptime: ` (health: starting)`, ` (healthy)`, ` (unhealthy)`; else empty.
+    fn health_suffix(&self, i: &Instance) -> String {
+        match self.health(i).map(|h| h.status) {
+            Some(s) if s == "starting" => " (health: starting)".into(),
+            Some(s) => format!(" ({s})"),
+            None => String::new(),
+        }
+    }
+
+    /// The health of a running instance with a health check (`starting` until its
+    /// checker wrote a state); `None` without one, or when it does not run.
+    pub fn health(&self, i: &Instance) -> Option<crate::health::Health> {
+        if i.status != Status::Running
+            || !i
+                .request
+                .healthcheck
+                .as_ref()
+                .is_some_and(crate::health::Healthcheck::active)
+        {
+            return None;
+        }
+        Some(
+            crate::health::read(&self.instance_dir(&i.id)).unwrap_or_else(|| {
+                crate::health::Health {
+                    status: "starting".into(),
+                    ..Default::default()
+                }
+            }),
+        )
+    }
+
+    /// Bytes the instance wrote to its own root file system (Docker's `SizeRw`): a
+    /// container's overlay upper directory; a microVM's writable disk, as allocated.
+    pub fn writable_size(&self, i: &Instance) -> u64 {
+        let dir = self.instance_dir(&i.id);
+        match i.request.isolation {
+            crate::request::Isolation::Container => {
+                vessel_image::store::dir_size(&dir.join("upper"))
+            }
+            crate::request::Isolation::Vm => {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(dir.join("scratch.ext4")).map_or(0, |m| m.blocks() * 512)
+            }
+        }
+    }
+
+    /// The health status `ps --filter health=` matches: `starting`, `healthy`,
+    /// `unhealthy`, or `none` (no health check, or not running).
+    pub fn health_status(&self, i: &Instance) -> String {
+        self.health(i).map_or_else(|| "none".into(), |h| h.status)
+    }
+
+    /// Checks a `health=` filter's value (Docker's words).
+    pub fn check_health_filter(v: &str) -> Result<()> {
+        match v {
+            "starting" | "healthy" | "unhealthy" | "none" => Ok(()),
+            _ => Err(EngineError::InvalidFlag(format!(
+                "invalid filter 'health={v}': expected starting, healthy, unhealthy or none"
+            ))),
         }
     }
 

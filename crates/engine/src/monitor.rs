@@ -307,6 +307,16 @@ fn supervise(
         .set_running(&inst.id, started.pid, &now(), monitor)?;
     engine.instance_event(inst, "start", &[]);
     sync.send(&Report::Started { pid: started.pid });
+    if inst
+        .request
+        .healthcheck
+        .as_ref()
+        .is_some_and(super::health::Healthcheck::active)
+    {
+        if let Err(e) = super::health::spawn_checker(engine.config(), &inst.id) {
+            tracing::warn!("monitor: {e}");
+        }
+    }
     if inst.request.auto_remove {
         // The removal at the end needs the image store: opened while the instance runs.
         if let Ok(store) = engine.store() {

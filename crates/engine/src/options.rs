@@ -101,6 +101,12 @@ pub struct RunOptions {
     pub dns_search: Vec<String>,
     /// `--privileged`, `--device`, `--security-opt`, `--sysctl`, `--pid`, `--ipc`, ...
     pub access: crate::access::AccessOptions,
+    /// `--health-*`, `--no-healthcheck` (the API's `Config.Healthcheck`).
+    pub health: crate::health::HealthOptions,
+    /// `--expose PORT[/PROTO]` or a range `FIRST-LAST[/PROTO]`.
+    pub expose: Vec<String>,
+    /// `-P`: publish every exposed port on a random host port.
+    pub publish_all: bool,
     /// The command (replaces the image's Cmd).
     pub command: Vec<String>,
 }
@@ -114,6 +120,7 @@ pub struct RunOptions {
 pub fn build_request(
     a: &RunOptions,
     config: &oci_spec::image::ImageConfiguration,
+    image_health: Option<&serde_json::Value>,
     id: &str,
     caller_env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RunRequest> {
@@ -243,14 +250,50 @@ pub fn build_request(
     }
     // Both isolations default to the `bridge` network, as Docker does.
     let network = vessel_network::Mode::parse(a.network.as_deref().unwrap_or("bridge"))?;
-    let ports = a
+    let mut ports = a
         .publish
         .iter()
         .map(|p| vessel_network::PortMap::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
+    // Exposed: the image's, then --expose, then what -p publishes (Docker's order).
+    let mut exposed: Vec<(u16, vessel_network::Proto)> = Vec::new();
+    let mut expose = |p: (u16, vessel_network::Proto)| {
+        if !exposed.contains(&p) {
+            exposed.push(p);
+        }
+    };
+    for e in c.exposed_ports().iter().flatten() {
+        for p in parse_expose("the image's ExposedPorts", e)? {
+            expose(p);
+        }
+    }
+    for e in &a.expose {
+        for p in parse_expose("--expose", e)? {
+            expose(p);
+        }
+    }
+    for p in &ports {
+        expose((p.container_port, p.proto));
+    }
+    if a.publish_all {
+        // Every exposed port not published already gets a random host port.
+        for &(port, proto) in &exposed {
+            if !ports
+                .iter()
+                .any(|p| p.container_port == port && p.proto == proto)
+            {
+                ports.push(vessel_network::PortMap {
+                    host_ip: None,
+                    host_port: 0,
+                    container_port: port,
+                    proto,
+                });
+            }
+        }
+    }
     if !ports.is_empty() && !matches!(network, vessel_network::Mode::Bridge(_)) {
         return Err(EngineError::InvalidFlag(format!(
-            "-p needs a bridge network; --network {} has no ports to publish",
+            "-p/-P needs a bridge network; --network {} has no ports to publish",
             network.as_str()
         )));
     }
@@ -394,6 +437,7 @@ pub fn build_request(
         network == vessel_network::Mode::Host,
     )?;
     let restart = crate::restart::RestartPolicy::parse(a.restart.as_deref().unwrap_or("no"))?;
+    let healthcheck = crate::health::resolve(&a.health, image_health)?;
     if a.rm && restart != crate::restart::RestartPolicy::No {
         return Err(EngineError::InvalidFlag(
             "conflicting options: --restart and --rm (an instance removed at exit cannot be restarted)".into(),
@@ -401,6 +445,12 @@ pub fn build_request(
     }
     Ok(RunRequest {
         restart,
+        healthcheck,
+        exposed: exposed
+            .iter()
+            .map(|(p, proto)| format!("{p}/{}", proto.as_str()))
+            .collect(),
+        publish_all: a.publish_all,
         dns_search: a.dns_search.clone(),
         access,
         labels,
@@ -467,6 +517,34 @@ pub fn build_request(
     })
 }
 
+/// Most ports one `--expose` range may name.
+const MAX_EXPOSE_RANGE: u32 = 4096;
+
+/// `PORT[/PROTO]` or `FIRST-LAST[/PROTO]` (`--expose`, an image's `ExposedPorts` key).
+fn parse_expose(what: &str, s: &str) -> Result<Vec<(u16, vessel_network::Proto)>> {
+    let bad = |why: &str| EngineError::InvalidFlag(format!("{what} {s:?}: {why}"));
+    let (ports, proto) = match s.rsplit_once('/') {
+        Some((p, "tcp")) => (p, vessel_network::Proto::Tcp),
+        Some((p, "udp")) => (p, vessel_network::Proto::Udp),
+        Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?} (tcp or udp)"))),
+        None => (s, vessel_network::Proto::Tcp),
+    };
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad("expected a port (1-65535) or a range FIRST-LAST")),
+    };
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    if first > last || u32::from(last - first) >= MAX_EXPOSE_RANGE {
+        return Err(bad(&format!(
+            "invalid range (FIRST-LAST, at most {MAX_EXPOSE_RANGE} ports)"
+        )));
+    }
+    Ok((first..=last).map(|p| (p, proto)).collect())
+}
+
 /// `--env-file`: `KEY=VALUE` lines, or `KEY` to take the caller's value; blank lines and
 /// `#` comments skipped. At most 1 MiB.
 pub fn read_env_file(path: &Path) -> Result<Vec<String>> {
@@ -521,7 +599,10 @@ impl crate::Engine {
                 image: image.to_string(),
                 name,
             },
-            |_, config, id| build_request(opts, config, id, caller_env),
+            |image, config, id| {
+                let health = self.store()?.config_field(image, "Healthcheck")?;
+                build_request(opts, config, health.as_ref(), id, caller_env)
+            },
         )
     }
 
@@ -561,7 +642,7 @@ mod tests {
 
     #[test]
     fn the_image_config_fills_what_the_options_leave() {
-        let r = build_request(&RunOptions::default(), &image(BUSYBOX), ID, &no_env).unwrap();
+        let r = build_request(&RunOptions::default(), &image(BUSYBOX), None, ID, &no_env).unwrap();
         assert_eq!(r.args, ["/entry", "sh"]);
         assert_eq!(r.workdir, "/srv");
         assert_eq!(r.user, "nobody");
@@ -579,7 +660,7 @@ mod tests {
             command: vec!["true".into()],
             ..Default::default()
         };
-        let r = build_request(&o, &image(BUSYBOX), ID, &no_env).unwrap();
+        let r = build_request(&o, &image(BUSYBOX), None, ID, &no_env).unwrap();
         let got: Vec<(&str, bool)> = r
             .volumes
             .iter()
@@ -596,7 +677,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            build_request(&o, &image(BUSYBOX), ID, &no_env)
+            build_request(&o, &image(BUSYBOX), None, ID, &no_env)
                 .unwrap()
                 .args,
             ["/other"]
@@ -605,13 +686,13 @@ mod tests {
             command: vec!["echo".into(), "hi".into()],
             ..Default::default()
         };
-        let r = build_request(&o, &image(BUSYBOX), ID, &no_env).unwrap();
+        let r = build_request(&o, &image(BUSYBOX), None, ID, &no_env).unwrap();
         assert_eq!(r.args, ["/entry", "echo", "hi"]);
         let o = RunOptions {
             entrypoint: Some(String::new()),
             ..Default::default()
         };
-        let e = build_request(&o, &image(r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#), ID, &no_env)
+        let e = build_request(&o, &image(r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#), None, ID, &no_env)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no command specified"), "{e}");
@@ -635,6 +716,7 @@ mod tests {
         let r = build_request(
             &with("a", &["b", "bridge"], Isolation::Container),
             &image(BUSYBOX),
+            None,
             ID,
             &no_env,
         )
@@ -654,7 +736,7 @@ mod tests {
                 "cannot be combined",
             ),
         ] {
-            let e = build_request(&o, &image(BUSYBOX), ID, &no_env)
+            let e = build_request(&o, &image(BUSYBOX), None, ID, &no_env)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{o:?}: {e}");
@@ -672,7 +754,7 @@ mod tests {
             ..Default::default()
         };
         let caller = |k: &str| (k == "FROM_CALLER").then(|| "caller".to_string());
-        let r = build_request(&o, &image(BUSYBOX), ID, &caller).unwrap();
+        let r = build_request(&o, &image(BUSYBOX), None, ID, &caller).unwrap();
         assert_eq!(
             r.env,
             ["PATH=/bin", "A=file", "FROM_CALLER=caller", "B=flag"]
@@ -709,7 +791,7 @@ mod tests {
                 ..o
             };
             assert!(
-                build_request(&o, &image(BUSYBOX), ID, &no_env).is_err(),
+                build_request(&o, &image(BUSYBOX), None, ID, &no_env).is_err(),
                 "{o:?}"
             );
         }
@@ -717,7 +799,7 @@ mod tests {
             kernel: Some("/boot/vmlinuz".into()),
             ..Default::default()
         };
-        let e = build_request(&o, &image(BUSYBOX), ID, &no_env)
+        let e = build_request(&o, &image(BUSYBOX), None, ID, &no_env)
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs --isolation vm"), "{e}");
@@ -729,7 +811,7 @@ mod tests {
             workdir: Some("srv".into()),
             ..Default::default()
         };
-        let e = build_request(&o, &image(BUSYBOX), ID, &no_env)
+        let e = build_request(&o, &image(BUSYBOX), None, ID, &no_env)
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"srv\""), "{e}");

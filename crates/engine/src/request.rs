@@ -315,6 +315,16 @@ pub struct RunRequest {
     /// `--restart`.
     #[serde(default)]
     pub restart: crate::restart::RestartPolicy,
+    /// The health check (the image's under `--health-*`); `None`: none at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::Healthcheck>,
+    /// The ports it exposes (the image's `ExposedPorts`, `--expose`, and those `-p`
+    /// publishes), as `PORT/PROTO`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<String>,
+    /// `-P`: every exposed port was published on a random host port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish_all: bool,
 }
 
 /// One more network to join at create (`--network` again; another endpoint of the API's
@@ -333,6 +343,12 @@ impl RunRequest {
     /// Every network the instance is on: its first, then those it joined later.
     pub fn attachments(&self) -> impl Iterator<Item = &vessel_network::Attachment> + Clone {
         self.attachment.iter().chain(&self.more_networks)
+    }
+
+    /// Its published ports as they are: with the host ports allocated at create (a random
+    /// one, `-p 80` or `-P`, is 0 in `ports` until then).
+    pub fn published(&self) -> &[vessel_network::PortMap] {
+        self.attachment.as_ref().map_or(&self.ports, |a| &a.ports)
     }
 
     /// Its names on the network of `att` beside its own: `--network-alias` on its first
@@ -389,6 +405,9 @@ impl RunRequest {
             dns_search: Vec::new(),
             access: Default::default(),
             restart: Default::default(),
+            healthcheck: None,
+            exposed: Vec::new(),
+            publish_all: false,
         }
     }
 }

@@ -110,7 +110,7 @@ pub fn import(
     let meta = fs::metadata(source).map_err(Error::io("import from", source))?;
     let layer = store_layer(store, "import", |tmp| {
         if meta.is_dir() {
-            write_layer(tmp, |b| append_tree(b, source, false))
+            write_layer(tmp, |b| append_tree(b, source, false, &[]))
         } else {
             let f = File::open(source).map_err(Error::io("open", source))?;
             let stream = unpack::decompress(f).map_err(Error::io("read", source))?;
@@ -141,7 +141,7 @@ pub fn add_layer(
     created_by: &str,
 ) -> Result<ImageRecord> {
     let layer = store_layer(store, "layer", |tmp| {
-        write_layer(tmp, |b| append_tree(b, source, false))
+        write_layer(tmp, |b| append_tree(b, source, false, &[]))
     })?;
     let mut config = store.config(base)?;
     let mut diff_ids = config.rootfs().diff_ids().clone();
@@ -171,9 +171,46 @@ pub fn add_layer(
 /// directories (`trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry, as the OCI
 /// image spec writes them. The layer is stored and unpacked like any other.
 pub fn store_upper_layer(store: &Store, upper: &Path) -> Result<LayerRecord> {
+    store_upper_layer_except(store, upper, &[])
+}
+
+/// [`store_upper_layer`] leaving out the paths `skip` (relative to the root: what the
+/// runtime placed there, such as the mount points of `/etc/hosts`).
+pub fn store_upper_layer_except(store: &Store, upper: &Path, skip: &[&str]) -> Result<LayerRecord> {
     store_layer(store, "diff", |tmp| {
-        write_layer(tmp, |b| append_tree(b, upper, true))
+        write_layer(tmp, |b| append_tree(b, upper, true, skip))
     })
+}
+
+/// Stores a config given as JSON (Docker's fields beside the OCI's kept: `Healthcheck`,
+/// `OnBuild`, `Shell`) with `layers` as its root file system, and its manifest, and
+/// commits the image.
+pub fn commit_json(
+    store: &Store,
+    config: &serde_json::Value,
+    layers: &[LayerRecord],
+    tag: Option<&Reference>,
+) -> Result<ImageRecord> {
+    let mut doc = config.clone();
+    doc["rootfs"] = serde_json::json!({
+        "type": "layers",
+        "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
+    });
+    let bytes = serde_json::to_vec(&doc).map_err(|e| Error::malformed("image config", e))?;
+    let parsed: ImageConfiguration =
+        serde_json::from_slice(&bytes).map_err(|e| Error::malformed("image config", e))?;
+    let config_digest = store.put_blob_bytes(&bytes)?;
+    let manifest = manifest_json(&config_digest, bytes.len() as u64, layers)?;
+    let manifest_digest = store.put_blob_bytes(&manifest)?;
+    store.commit(
+        NewImage {
+            manifest: &manifest_digest,
+            config: &config_digest,
+            config_doc: &parsed,
+            layers,
+        },
+        tag,
+    )
 }
 
 /// Stores a config and a manifest for `layers` and commits the image.
@@ -393,7 +430,7 @@ fn copy_tar(b: &mut LayerWriter, stream: impl Read, source: &Path) -> Result<()>
 /// xattrs, hard links, symlinks, devices and fifos. Symlinks are never followed. With
 /// `overlay_upper`, the tree is an overlayfs upper directory whose whiteouts and opaque
 /// directories become OCI whiteout entries.
-fn append_tree(b: &mut LayerWriter, root: &Path, overlay_upper: bool) -> Result<()> {
+fn append_tree(b: &mut LayerWriter, root: &Path, overlay_upper: bool, skip: &[&str]) -> Result<()> {
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -410,6 +447,9 @@ fn append_tree(b: &mut LayerWriter, root: &Path, overlay_upper: bool) -> Result<
         let mut subdirs = Vec::new();
         for name in names {
             let rel_path = rel.join(&name);
+            if skip.iter().any(|s| Path::new(s) == rel_path) {
+                continue;
+            }
             let path = root.join(&rel_path);
             let meta = fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
             append_xattrs(b, &path)?;

@@ -671,6 +671,27 @@ impl Store {
             .map_err(|e| Error::malformed(format!("image config {}", image.id), e))
     }
 
+    /// The image's config document as stored (JSON).
+    pub fn config_blob(&self, image: &ImageRecord) -> Result<Vec<u8>> {
+        self.read_blob(&image.id, limits::MAX_CONFIG)
+    }
+
+    /// A field of the image's `config` object that the OCI's does not define (Docker's
+    /// `Healthcheck`, `OnBuild`, `Shell`), as JSON; `None` if unset.
+    pub fn config_field(
+        &self,
+        image: &ImageRecord,
+        field: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let data = self.read_blob(&image.id, limits::MAX_CONFIG)?;
+        let v: serde_json::Value = serde_json::from_slice(&data)
+            .map_err(|e| Error::malformed(format!("image config {}", image.id), e))?;
+        Ok(v.get("config")
+            .and_then(|c| c.get(field))
+            .filter(|f| !f.is_null())
+            .cloned())
+    }
+
     /// How the image was made (its config's history), newest step first, each with the
     /// size of the layer it made (0 for a step that made none). The newest step is the
     /// image's own; older ones have no image of their own (Docker's `<missing>`).

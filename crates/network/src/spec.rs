@@ -187,7 +187,8 @@ pub struct PortMap {
 }
 
 impl PortMap {
-    /// Parses `-p [ip:]host:container[/tcp|udp]`.
+    /// Parses `-p [[ip:]host:]container[/tcp|udp]`. No host port (`80`, `ip::80`) is a
+    /// random one, `host_port` 0 until the port is allocated.
     pub fn parse(s: &str) -> Result<PortMap> {
         let bad = |why: &str| Error::InvalidPort(format!("{s:?}: {why}"));
         let (ports, proto) = match s.rsplit_once('/') {
@@ -202,11 +203,7 @@ impl PortMap {
         let (ip, host, ctr) = match parts.as_slice() {
             [h, c] => (None, *h, *c),
             [ip, h, c] => (Some(*ip), *h, *c),
-            [_] => {
-                return Err(bad(
-                    "give both ports, host:container (random host ports are not supported)",
-                ))
-            }
+            [c] => (None, "", *c),
             _ => return Err(bad("expected [ip:]hostPort:containerPort[/tcp|udp]")),
         };
         let port = |p: &str, what: &str| -> Result<u16> {
@@ -232,7 +229,11 @@ impl PortMap {
         };
         Ok(PortMap {
             host_ip,
-            host_port: port(host, "host")?,
+            host_port: if host.is_empty() {
+                0
+            } else {
+                port(host, "host")?
+            },
             container_port: port(ctr, "container")?,
             proto,
         })
@@ -298,8 +299,16 @@ mod tests {
         assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(p.proto, Proto::Udp);
         assert_eq!(p.to_string(), "127.0.0.1:5353->53/udp");
+        // No host port: a random one, allocated later.
+        let p = PortMap::parse("80").unwrap();
+        assert_eq!((p.host_ip, p.host_port, p.container_port), (None, 0, 80));
+        let p = PortMap::parse("127.0.0.1::53/udp").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.proto),
+            (Some(Ipv4Addr::LOCALHOST), 0, Proto::Udp)
+        );
         for bad in [
-            "80",
+            "0",
             "0:80",
             "70000:80",
             "a:80",

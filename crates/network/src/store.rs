@@ -167,6 +167,56 @@ fn row_network(r: &rusqlite::Row<'_>) -> rusqlite::Result<Network> {
     })
 }
 
+/// The host's ephemeral port range (`net.ipv4.ip_local_port_range`), where random host
+/// ports come from, as Docker's do.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(lo, hi)| *lo > 0 && lo <= hi)
+        .unwrap_or((32768, 60999))
+}
+
+/// A free host port for `p` (whose `host_port` is 0): not published by any instance, not
+/// taken by `earlier` (the same request's), and bindable now. The search starts at a
+/// point derived from the instance's id, so that instances created together do not all
+/// try the same port first. `None` when the whole range is taken.
+fn pick_host_port(
+    tx: &Transaction<'_>,
+    earlier: &[PortMap],
+    p: &PortMap,
+    instance: &str,
+) -> rusqlite::Result<Option<u16>> {
+    let (lo, hi) = ephemeral_range();
+    let span = u32::from(hi - lo) + 1;
+    let seed = instance
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        .wrapping_add(u32::from(p.container_port));
+    let mut stmt = tx.prepare("SELECT 1 FROM ports WHERE proto = ?1 AND host_port = ?2")?;
+    for k in 0..span {
+        let port = lo + ((seed.wrapping_add(k)) % span) as u16;
+        if earlier
+            .iter()
+            .any(|q| q.proto == p.proto && q.host_port == port)
+            || stmt.exists(params![p.proto.as_str(), port])?
+        {
+            continue;
+        }
+        let candidate = PortMap {
+            host_port: port,
+            ..*p
+        };
+        if host_port_free(&candidate) {
+            return Ok(Some(port));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether a host port is free for `proto`: binding it is the only true test.
 fn host_port_free(p: &PortMap) -> bool {
     let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
@@ -375,7 +425,21 @@ impl Store {
                 ],
             )
             .map_err(err)?;
-            for (i, p) in ports.iter().enumerate() {
+            let mut ports = ports.to_vec();
+            for i in 0..ports.len() {
+                if ports[i].host_port == 0 {
+                    // A random host port (`-p 80`, `-P`): the first free one of the
+                    // host's ephemeral range from a point that differs per instance.
+                    ports[i].host_port = pick_host_port(tx, &ports[..i], &ports[i], instance)
+                        .map_err(err)?
+                        .ok_or_else(|| {
+                            Error::PortInUse(
+                                ports[i],
+                                "no free host port is left in the ephemeral range".into(),
+                            )
+                        })?;
+                }
+                let p = &ports[i];
                 if ports[..i]
                     .iter()
                     .any(|q| q.proto == p.proto && q.host_port == p.host_port)
@@ -418,7 +482,7 @@ impl Store {
                 ip,
                 prefix: net.subnet.prefix,
                 gateway: net.gateway(),
-                ports: ports.to_vec(),
+                ports,
                 mtu: net.mtu,
                 interface: first_interface(),
                 aliases: aliases.to_vec(),

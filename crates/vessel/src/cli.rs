@@ -82,6 +82,26 @@ pub enum Command {
         /// Instance
         instance: String,
     },
+    /// Create an image from a container's changes
+    Commit {
+        /// Author (e.g. "Jane Doe <jane@example.com>")
+        #[arg(short, long)]
+        author: Option<String>,
+        /// Apply a Dockerfile instruction to the image's config (CMD, ENTRYPOINT, ENV,
+        /// WORKDIR, USER, LABEL, STOPSIGNAL)
+        #[arg(short, long = "change")]
+        changes: Vec<String>,
+        /// Commit message
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Pause the container while committing (--pause=false: do not)
+        #[arg(short, long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        pause: bool,
+        /// Instance
+        instance: String,
+        /// REPOSITORY[:TAG] for the new image
+        reference: Option<String>,
+    },
     /// Write a running container's filesystem to a tar archive
     Export {
         /// Write to FILE instead of stdout
@@ -249,6 +269,12 @@ pub enum Command {
         /// The container's exit status
         #[arg(long, allow_negative_numbers = true)]
         code: i32,
+    },
+    /// (internal) the health checker of instance ID, started by its monitor
+    #[command(name = "__health", hide = true)]
+    Health {
+        /// Instance id
+        id: String,
     },
     /// (internal) a microVM's jailed VMM process, started by its monitor (fds 3-5 and up)
     #[command(name = "__vmm", hide = true)]
@@ -761,9 +787,41 @@ pub struct RunArgs {
     /// IPv4 address on the (first, user-defined) network, instead of the next free one
     #[arg(long, value_name = "ADDRESS")]
     pub ip: Option<String>,
-    /// Publish a port on the host: [ip:]hostPort:containerPort[/tcp|udp]
+    /// Publish a port on the host: [[ip:]hostPort:]containerPort[/tcp|udp] (no host
+    /// port: a random free one)
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// Publish every exposed port (the image's and --expose) on a random host port
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Expose a port or a range of ports (PORT[/PROTO], FIRST-LAST[/PROTO])
+    #[arg(long = "expose", value_name = "PORT")]
+    pub expose: Vec<String>,
+    /// Command to run to check health (in the instance, by /bin/sh -c)
+    #[arg(long = "health-cmd", value_name = "COMMAND")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (ms|s|m|h; default 30s)
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3)
+    #[arg(
+        long = "health-retries",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub health_retries: Option<i64>,
+    /// Maximum time a health check may run (ms|s|m|h; default 30s)
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Start period: failures in it do not count toward the retries (ms|s|m|h; default 0s)
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Time between health checks during the start period (ms|s|m|h; default 5s)
+    #[arg(long = "health-start-interval", value_name = "DURATION")]
+    pub health_start_interval: Option<String>,
+    /// Disable any health check the image specifies
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
     /// Override the image's entrypoint ("" clears it)
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -950,9 +1008,14 @@ pub struct PsArgs {
     pub latest: bool,
     /// Only instances matching KEY=VALUE: id, name, label (KEY or KEY=VALUE), status
     /// (created, running, paused, restarting, exited, dead), ancestor (an image),
-    /// exited (an exit code), isolation; the same key again widens, another narrows
+    /// exited (an exit code), isolation, health (starting, healthy, unhealthy, none);
+    /// the same key again widens, another narrows
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
+    /// Show sizes: what each instance wrote (its writable layer, or a microVM's writable
+    /// disk as allocated) and, as virtual, that plus its image
+    #[arg(short, long)]
+    pub size: bool,
 }
 
 /// `stats`.

@@ -810,3 +810,38 @@ fn vm_isolation_says_clearly_when_this_host_cannot_run_it() {
         .count();
     assert_eq!(vms, 0, "a failed VM run left an instance");
 }
+
+#[test]
+fn ps_size_shows_what_an_instance_wrote_and_its_virtual_size() {
+    let n = running("ps-size");
+    ok(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1000 count=3000 2>/dev/null",
+    ]);
+    let table = ok(&["ps", "-s", "--filter", &format!("name={n}")]);
+    let header = table.lines().next().unwrap();
+    assert!(header.ends_with("SIZE"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    // 3 MB written; the virtual size adds the image's (busybox: about 2 MB).
+    assert!(
+        row.contains("3MB (virtual 4.") || row.contains("3MB (virtual 5"),
+        "{table}"
+    );
+    let t = ok(&[
+        "ps",
+        "-s",
+        "--filter",
+        &format!("name={n}"),
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(t.trim().starts_with("3MB (virtual "), "{t}");
+    // Without -s: no size column (computing sizes walks every upper directory).
+    assert!(!ok(&["ps"]).lines().next().unwrap().contains("SIZE"));
+    let id = id_of(&n);
+    ok(&["rm", "-f", &n]);
+    assert_no_leftovers(&id);
+}

@@ -2081,3 +2081,109 @@ fn every_endpoint_in_the_readme_table_is_served() {
         assert!(st < 500, "{method} {path}: {st} {body}");
     }
 }
+
+#[test]
+fn docker_run_publish_all_and_health_checks_through_the_api() {
+    let s = Server::start();
+    let n = name("api-health");
+    let o = s.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-P",
+        "--expose",
+        "80",
+        "-p",
+        "81",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "1",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Random host ports for -P's exposed port and -p without a host port.
+    let o = s.docker(&["port", &n]);
+    let ports = stdout(&o);
+    assert!(ports.contains("80/tcp -> 0.0.0.0:"), "{ports}");
+    assert!(ports.contains("81/tcp -> 0.0.0.0:"), "{ports}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = |s: &Server| {
+        stdout(&s.docker(&["inspect", "-f", "{{.State.Health.Status}}", &n]))
+            .trim()
+            .to_string()
+    };
+    while status(&s) != "unhealthy" {
+        assert!(std::time::Instant::now() < deadline, "never unhealthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(code(&s.docker(&["exec", &n, "touch", "/tmp/ok"])), 0);
+    while status(&s) != "healthy" {
+        assert!(std::time::Instant::now() < deadline, "never healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = s.docker(&[
+        "ps",
+        "--filter",
+        "health=healthy",
+        "--format",
+        "{{.Names}} {{.Status}}",
+    ]);
+    let ps = stdout(&o);
+    assert!(ps.contains(&n) && ps.contains("(healthy)"), "{ps}");
+    let o = s.docker(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Healthcheck}} {{.HostConfig.PublishAllPorts}}",
+        &n,
+    ]);
+    let doc = stdout(&o);
+    assert!(
+        doc.contains(r#""Test":["CMD-SHELL","test -f /tmp/ok"]"#) && doc.contains("true"),
+        "{doc}"
+    );
+    // docker commit: the container's change and a --change, in a runnable image.
+    let image = format!("{}:c1", n.to_lowercase());
+    let o = s.docker(&[
+        "commit",
+        "-m",
+        "via the API",
+        "-c",
+        r#"CMD ["cat", "/tmp/ok.txt"]"#,
+        &n,
+        &image,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        code(&s.docker(&["exec", &n, "sh", "-c", "echo committed > /tmp/ok.txt"])),
+        0
+    );
+    let o = s.docker(&["run", "--rm", "--network", "none", &image]);
+    assert_ne!(
+        code(&o),
+        0,
+        "the file was written after the commit: {}",
+        stdout(&o)
+    );
+    let o = s.docker(&["commit", &n, &image]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "cat",
+        "/tmp/ok.txt",
+    ]);
+    assert_eq!(stdout(&o), "committed\n", "{}", stderr(&o));
+    let id = id_of(&n);
+    assert_eq!(code(&s.docker(&["rm", "-f", &n])), 0);
+    assert_no_leftovers(&id);
+    assert_eq!(code(&s.docker(&["rmi", &image])), 0);
+}

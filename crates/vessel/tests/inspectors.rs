@@ -91,3 +91,85 @@ fn history_lists_the_images_steps() {
     let o = vessel(&["history", "no-such-image"]);
     assert_eq!(code(&o), 1);
 }
+
+#[test]
+fn commit_makes_an_image_of_a_containers_changes_config_and_changes() {
+    let n = name("commit");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/srv/app",
+        "-l",
+        "team=core",
+        "busybox",
+        "sh",
+        "-c",
+        "echo made > /srv/app/file; rm /bin/vi; sleep 1000",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !vessel(&["exec", &n, "test", "-e", "/srv/app/file"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never wrote its file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let image = format!("{}:v1", name("committed")).to_lowercase();
+    let id = ok(&[
+        "commit",
+        "-m",
+        "a message",
+        "-a",
+        "Jane <jane@example.com>",
+        "-c",
+        "ENV X=1",
+        "-c",
+        r#"CMD ["cat", "file"]"#,
+        &n,
+        &image,
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    // The container still runs (it was paused only while committing).
+    assert_eq!(inspect(&n)["State"]["Status"], "running");
+    // The changes, the config and the --change instructions are in the image.
+    assert_eq!(ok(&["run", "--rm", "--network", "none", &image]), "made\n");
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "echo $FOO $X; pwd; test -e /bin/vi && echo vi || echo no-vi; cat /etc/hostname",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], &["bar 1", "/srv/app", "no-vi"], "{out}");
+    // The runtime's /etc/hostname is the new container's, not the committed one's.
+    let inspect_img: serde_json::Value =
+        serde_json::from_str(&ok(&["image", "inspect", &image])).unwrap();
+    assert_eq!(inspect_img[0]["Config"]["Labels"]["team"], "core");
+    let history = ok(&["history", "--no-trunc", &image]);
+    assert!(
+        history.lines().nth(1).unwrap().contains("a message"),
+        "{history}"
+    );
+    // No such instance: a one-line failure.
+    let missing = vessel(&["commit", "no-such-instance-here"]);
+    assert_ne!(code(&missing), 0);
+    assert_eq!(stderr(&missing).trim().lines().count(), 1);
+    let cid = id_of(&n);
+    ok(&["rm", "-f", &n]);
+    assert_no_leftovers(&cid);
+    ok(&["rmi", &image]);
+}

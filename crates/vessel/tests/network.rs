@@ -812,3 +812,118 @@ fn ip_asks_for_an_address_that_must_be_the_networks_and_free() {
     ok(&["rm", &b]);
     ok(&["network", "rm", &n1, &n2]);
 }
+
+#[test]
+fn random_host_ports_for_p_without_host_port_and_publish_all_of_exposed() {
+    let n = name("web-random");
+    let site = www("random port\n");
+    let bind = format!("{}:/www:ro", site.path().display());
+    // -P publishes 80 (--expose), 81 (a --expose range; nothing listens) and 84/udp;
+    // -p 127.0.0.1::82 and -p 83 get random ports of their own.
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "-P",
+        "--expose",
+        "80",
+        "--expose",
+        "81-81/tcp",
+        "--expose",
+        "84/udp",
+        "-p",
+        "127.0.0.1::82",
+        "-p",
+        "83",
+        "-v",
+        &bind,
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let id = id_of(&n);
+    let ins = inspect(&n);
+    let ports = &ins["NetworkSettings"]["Ports"];
+    let (lo, hi) = {
+        let r = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let v: Vec<u16> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    let mut seen = std::collections::HashSet::new();
+    for key in ["80/tcp", "81/tcp", "82/tcp", "83/tcp", "84/udp"] {
+        let hp: u16 = ports[key][0]["HostPort"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} not published: {ports}"))
+            .parse()
+            .unwrap();
+        assert!((lo..=hi).contains(&hp), "{key}: {hp} outside {lo}-{hi}");
+        assert!(seen.insert(hp), "{key}: host port {hp} given twice");
+    }
+    assert_eq!(ports["82/tcp"][0]["HostIp"], "127.0.0.1");
+    // HostConfig keeps what was asked: no host port.
+    assert_eq!(
+        ins["HostConfig"]["PortBindings"]["83/tcp"][0]["HostPort"],
+        ""
+    );
+    assert_eq!(ins["HostConfig"]["PublishAllPorts"], true);
+    for key in ["80/tcp", "81/tcp", "82/tcp", "83/tcp", "84/udp"] {
+        assert!(
+            ins["Config"]["ExposedPorts"][key].is_object(),
+            "{key}: {ins}"
+        );
+    }
+    // The random port answers, and `port` and `ps` show it.
+    let http: u16 = ports["80/tcp"][0]["HostPort"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reply = http_get(http, Duration::from_secs(10));
+    assert!(reply.ends_with("random port\n"), "{reply}");
+    assert_eq!(ok(&["port", &n, "80"]).trim(), format!("0.0.0.0:{http}"));
+    let ps = ok(&["ps", "--filter", &format!("name={n}")]);
+    assert!(ps.contains("PORTS"), "{ps}");
+    assert!(ps.contains(&format!("0.0.0.0:{http}->80/tcp")), "{ps}");
+
+    // Another instance never gets a port the first holds.
+    let m = name("web-random2");
+    ok(&["create", "--name", &m, "-p", "80", "busybox", "true"]);
+    let other = inspect(&m)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]
+        .as_str()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    assert!(!seen.contains(&other), "{other} handed out twice");
+
+    // Bad --expose values are refused by name.
+    refused(
+        &["run", "--expose", "http", "busybox", "true"],
+        "--expose \"http\"",
+    );
+    refused(
+        &["run", "--expose", "90-80", "busybox", "true"],
+        "invalid range",
+    );
+    refused(
+        &[
+            "run",
+            "-P",
+            "--expose",
+            "80",
+            "--network",
+            "none",
+            "busybox",
+            "true",
+        ],
+        "-p/-P needs a bridge network",
+    );
+
+    let id2 = id_of(&m);
+    ok(&["rm", "-f", &n, &m]);
+    assert_none_left(&[id, id2]);
+}

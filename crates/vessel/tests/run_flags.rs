@@ -254,3 +254,11 @@ fn words_after_the_image_are_the_commands_even_when_they_look_like_flags() {
     assert_eq!(out, "-u 0 --version\n");
     ok(&["rm", "-f", &n]);
 }
+
+#[test]
+fn a_missing_working_directory_is_made_as_docker_makes_it() {
+    assert_eq!(
+        run_sh(&["-w", "/made/by/vessel"], "pwd; ls -ld . | cut -c1-10"),
+        "/made/by/vessel\ndrwxr-xr-x\n"
+    );
+}

@@ -943,3 +943,54 @@ fn vm_without_network_has_only_lo_and_host_network_is_refused() {
     assert!(err.contains("--network host"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn health_checks_probe_inside_the_guest() {
+    let n = name("vm-health");
+    vm_ok(&[
+        "-d",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "--health-cmd",
+        "uname -r; test -f /tmp/ok",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let id = id_of(&n);
+    let wait = |want: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let h = inspect(&n)["State"]["Health"].clone();
+            if h["Status"] == want {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "{n}: never {want}: {h}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let h = wait("unhealthy");
+    // The probe ran in the guest: its kernel answered.
+    let kernel = std::env::var("VESSEL_TEST_KERNEL_VERSION").unwrap_or_default();
+    let outputs: Vec<&str> = h["Log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["Output"].as_str())
+        .collect();
+    assert!(
+        outputs.iter().any(|o| o.contains(&kernel)),
+        "no probe ran in the guest: {h}"
+    );
+    ok(&["exec", &n, "touch", "/tmp/ok"]);
+    wait("healthy");
+    ok(&["rm", "-f", &n]);
+    assert_no_leftovers(&id);
+}

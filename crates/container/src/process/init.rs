@@ -243,6 +243,12 @@ fn init_steps(
         setup::loopback_up()?;
     }
     let userns = cfg.new_ns(CloneFlags::CLONE_NEWUSER);
+    // A working directory the image lacks is made, as root, inside the container's root
+    // (we are past pivot_root: the path cannot leave it), as runc and Docker make it. A
+    // read-only root leaves it missing: the chdir below says so.
+    if !std::path::Path::new(&p.cwd).exists() {
+        let _ = std::fs::create_dir_all(&p.cwd);
+    }
     let exe = prepare_process(p, !userns || setgroups_allowed(), chan)?;
     let mut keep = vec![chan.raw(), fifo_fd.as_raw_fd()];
     keep.extend(p.entry);

@@ -18,7 +18,7 @@ use vessel_engine::options::RunOptions;
 use vessel_engine::request::{parse_signal, Isolation, LogDriver};
 use vessel_engine::{Engine, EngineError};
 
-use super::images::{human_age, print_table};
+use super::images::human_age;
 
 fn fail(e: EngineError) -> Failure {
     Failure::new(e.exit_code(), e)
@@ -45,8 +45,21 @@ fn proxied_and_chld() -> SigSet {
 }
 
 /// The flags of `run`/`create` as the engine's options.
-fn run_options(a: &RunArgs) -> RunOptions {
-    RunOptions {
+fn run_options(a: &RunArgs) -> Result<RunOptions, Failure> {
+    let health = vessel_engine::health::HealthOptions::from_flags(
+        a.no_healthcheck,
+        a.health_cmd.as_deref(),
+        a.health_interval.as_deref(),
+        a.health_timeout.as_deref(),
+        a.health_start_period.as_deref(),
+        a.health_start_interval.as_deref(),
+        a.health_retries,
+    )
+    .map_err(|e| Failure::new(EXIT_ENGINE, e))?;
+    Ok(RunOptions {
+        health,
+        expose: a.expose.clone(),
+        publish_all: a.publish_all,
         isolation: isolation_of(a.isolation),
         interactive: a.interactive,
         tty: a.tty,
@@ -112,7 +125,7 @@ fn run_options(a: &RunArgs) -> RunOptions {
             memory_swap: a.memory_swap.clone(),
         },
         command: a.command.clone(),
-    }
+    })
 }
 
 /// `--platform`: vessel runs linux/amd64 images (Docker's spellings of it taken).
@@ -181,7 +194,7 @@ fn create_instance(engine: &Engine, a: &RunArgs) -> Result<Instance, Failure> {
     // `-e NAME` takes NAME's value from our environment, as Docker's client does.
     let caller_env = |k: &str| std::env::var(k).ok();
     let inst = engine
-        .create_from_options(&a.image, a.name.clone(), &run_options(a), &caller_env)
+        .create_from_options(&a.image, a.name.clone(), &run_options(a)?, &caller_env)
         .map_err(fail)?;
     if let Some(f) = &a.cidfile {
         let written = std::fs::OpenOptions::new()
@@ -463,11 +476,35 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
         );
         return Ok(0);
     }
+    // `-s`: what it wrote, and that plus its image (Docker's "2B (virtual 4MB)").
+    let image_sizes: std::collections::HashMap<String, u64> = if a.size {
+        engine
+            .store()
+            .and_then(|s| Ok(s.list()?))
+            .map(|l| l.into_iter().map(|r| (r.id.to_string(), r.size)).collect())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let size_text = |i: &Instance| -> String {
+        let rw = engine.writable_size(i);
+        let image = image_sizes.get(&i.image_id).copied().unwrap_or(0);
+        format!(
+            "{} (virtual {})",
+            super::images::human_size(rw),
+            super::images::human_size(rw + image)
+        )
+    };
     let template_rows = || {
         shown
             .iter()
             .map(|i| {
-                let ports: Vec<String> = i.request.ports.iter().map(|p| p.to_string()).collect();
+                let ports: Vec<String> = i
+                    .request
+                    .published()
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect();
                 let fields = serde_json::json!({
                     "ID": short(&i.id, a.no_trunc),
                     "Image": i.image,
@@ -481,6 +518,7 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
                     "Labels": i.request.labels,
                     "Networks": i.request.network.as_str(),
                     "Isolation": i.request.isolation.as_str(),
+                    "Size": if a.size { size_text(i) } else { String::new() },
                 });
                 match fields {
                     serde_json::Value::Object(m) => m,
@@ -500,33 +538,45 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     )? {
         return Ok(0);
     }
-    let rows: Vec<[String; 7]> = shown
+    let mut headers = vec![
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "ISOLATION",
+        "NAMES",
+    ];
+    if a.size {
+        headers.push("SIZE");
+    }
+    let rows: Vec<Vec<String>> = shown
         .iter()
         .map(|i| {
-            [
+            let ports: Vec<String> = i
+                .request
+                .published()
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            let mut row = vec![
                 short(&i.id, a.no_trunc).to_string(),
                 i.image.clone(),
                 command_text(i, a.no_trunc),
                 human_age(&i.created),
                 engine.ps_state(i).1,
+                ports.join(", "),
                 i.request.isolation.as_str().to_string(),
                 i.name.clone(),
-            ]
+            ];
+            if a.size {
+                row.push(size_text(i));
+            }
+            row
         })
         .collect();
-    print_table(
-        &mut out,
-        &[
-            "CONTAINER ID",
-            "IMAGE",
-            "COMMAND",
-            "CREATED",
-            "STATUS",
-            "ISOLATION",
-            "NAMES",
-        ],
-        &rows,
-    );
+    super::images::print_rows(&mut out, &headers, &rows);
     Ok(0)
 }
 
@@ -544,7 +594,7 @@ impl PsFilter {
                     format!("bad format of filter {f:?} (expected name=value)"),
                 )
             })?;
-            const KEYS: [&str; 7] = [
+            const KEYS: [&str; 8] = [
                 "id",
                 "name",
                 "label",
@@ -552,6 +602,7 @@ impl PsFilter {
                 "ancestor",
                 "exited",
                 "isolation",
+                "health",
             ];
             if !KEYS.contains(&k) {
                 return Err(Failure::new(
@@ -575,6 +626,9 @@ impl PsFilter {
                 .contains(&v)
             {
                 return Err(Failure::new(1, format!("invalid filter 'status={v}'")));
+            }
+            if k == "health" {
+                Engine::check_health_filter(v).map_err(|e| Failure::new(1, e))?;
             }
             if k == "exited" && v.parse::<i32>().is_err() {
                 return Err(Failure::new(
@@ -622,6 +676,7 @@ impl PsFilter {
                     && i.exit_code.map(|c| c.to_string()).as_deref() == Some(v)
             }
             "isolation" => i.request.isolation.as_str() == v,
+            "health" => engine.health_status(i) == v,
             _ => false,
         })
     }

@@ -206,7 +206,14 @@ pub fn print_table<const N: usize>(
     headers: &[&str; N],
     rows: &[[String; N]],
 ) {
-    let mut widths = headers.map(str::len);
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+    print_rows(out, headers, &rows);
+}
+
+/// [`print_table`] for a number of columns known only at run time.
+pub fn print_rows(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) {
+    let n = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.chars().count());
@@ -215,7 +222,7 @@ pub fn print_table<const N: usize>(
     let line = |cells: Vec<&str>| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
-            if i + 1 == N {
+            if i + 1 == n {
                 s.push_str(c);
             } else {
                 s.push_str(&format!("{c:<w$}   ", w = widths[i]));

@@ -19,14 +19,9 @@ fn fail(e: impl Into<EngineError>) -> Failure {
 /// `vessel port INSTANCE [PORT[/PROTO]]`.
 pub fn port(engine: &Engine, instance: &str, only: Option<&str>) -> CmdResult {
     let inst = engine.get(instance).map_err(fail)?;
-    let ports = inst
-        .request
-        .attachment
-        .as_ref()
-        .map(|a| a.ports.clone())
-        .unwrap_or_else(|| inst.request.ports.clone());
+    let ports = inst.request.published();
     let mut shown = 0;
-    for p in &ports {
+    for p in ports {
         let private = format!("{}/{}", p.container_port, p.proto.as_str());
         if let Some(o) = only {
             if o != private && o != p.container_port.to_string() {

@@ -67,6 +67,29 @@ pub fn run(cli: Cli) -> CmdResult {
             inspectors::port(&engine()?, &instance, port.as_deref())
         }
         Command::Diff { instance } => inspectors::diff(&engine()?, &instance),
+        Command::Commit {
+            author,
+            changes,
+            message,
+            pause,
+            instance,
+            reference,
+        } => {
+            let img = engine()?
+                .commit(
+                    &instance,
+                    &vessel_engine::commit::CommitOptions {
+                        reference,
+                        changes,
+                        message,
+                        author,
+                        pause,
+                    },
+                )
+                .map_err(|e| Failure::new(1, e))?;
+            println!("{}", img.id);
+            Ok(0)
+        }
         Command::Export { output, instance } => {
             inspectors::export(&engine()?, &instance, output.as_deref())
         }
@@ -174,6 +197,7 @@ pub fn run(cli: Cli) -> CmdResult {
                 control,
             ))
         }
+        Command::Health { id } => Ok(vessel_engine::health::checker_main(&engine()?, &id)),
         Command::MonitorFinish { id, code } => {
             Ok(vessel_engine::monitor::finish(&engine()?, &id, code))
         }
