@@ -603,10 +603,12 @@ impl Builder<'_> {
     }
 
     fn image(&self, name: &str) -> Result<ImageRecord, String> {
-        match self.store.resolve(name) {
-            Ok(i) => return Ok(i),
-            Err(vessel_image::Error::ImageNotFound(_)) => {}
-            Err(e) => return Err(e.to_string()),
+        if !self.opts.pull {
+            match self.store.resolve(name) {
+                Ok(i) => return Ok(i),
+                Err(vessel_image::Error::ImageNotFound(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
         let reference: Reference = name
             .parse()
@@ -623,7 +625,10 @@ impl Builder<'_> {
             },
             &vessel_image::progress::NoProgress,
         )
-        .map_err(|e| format!("{name}: not in the store, and the pull failed: {e}"))
+        .map_err(|e| match self.opts.pull {
+            true => format!("{name}: --pull: the pull failed: {e}"),
+            false => format!("{name}: not in the store, and the pull failed: {e}"),
+        })
     }
 
     fn vars<'s>(&self, st: &State, scope: &'s Scope) -> Env<'s> {

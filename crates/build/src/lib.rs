@@ -99,6 +99,9 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// `--no-cache`: run every step.
     pub no_cache: bool,
+    /// `--pull`: pull every `FROM` image from its registry, even one in the store (a
+    /// pull that fails fails the build, as Docker's).
+    pub pull: bool,
 }
 
 /// Where progress goes (`docker build --progress=plain` style lines).

@@ -584,6 +584,12 @@ pub struct BuildArgs {
     /// Run every step, taking nothing from the build cache
     #[arg(long)]
     pub no_cache: bool,
+    /// Pull every FROM image from its registry, even one already in the store
+    #[arg(long)]
+    pub pull: bool,
+    /// The image's platform: linux/amd64, the only one vessel builds
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
     /// Print only the new image's id
     #[arg(short, long)]
     pub quiet: bool,

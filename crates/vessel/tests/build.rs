@@ -657,3 +657,30 @@ fn entries(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
         .map(|e| e.unwrap().file_name())
         .collect()
 }
+
+#[test]
+fn pull_always_goes_to_the_registry_and_platform_is_amd64_only() {
+    // An image in the store whose registry (port 1 of loopback) cannot answer.
+    let base = "127.0.0.1:1/vessel-local-only:latest";
+    ok(&["tag", "busybox", base]);
+    let ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
+    // Without --pull the store's copy is used.
+    let image = tag("pull-base");
+    build_ok(&ctx, &["-q", "-t", &image, "--platform", "linux/amd64"]);
+    // With --pull the registry is asked, and its failure fails the build in one line.
+    let o = build(&ctx, &["-q", "--pull"]);
+    assert_ne!(code(&o), 0);
+    let err = stderr(&o);
+    assert!(err.contains("--pull: the pull failed"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Another platform is refused before anything runs.
+    let o = build(&ctx, &["--platform", "linux/arm64"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("linux/amd64 images only"),
+        "{}",
+        stderr(&o)
+    );
+    ok(&["rmi", &image, base]);
+    let _ = std::fs::remove_dir_all(&ctx);
+}

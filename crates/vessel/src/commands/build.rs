@@ -33,6 +33,9 @@ pub fn build(engine: &Engine, a: &BuildArgs) -> CmdResult {
             "--isolation vm: vessel build runs RUN steps in containers only for now; use --isolation container",
         ));
     }
+    if let Some(p) = &a.platform {
+        super::containers::check_platform(p)?;
+    }
     let tag = a
         .tag
         .as_deref()
@@ -62,6 +65,7 @@ pub fn build(engine: &Engine, a: &BuildArgs) -> CmdResult {
         build_args,
         target: a.target.clone(),
         no_cache: a.no_cache,
+        pull: a.pull,
     };
     let built = vessel_build::build(engine, &opts, &Plain { quiet: a.quiet })
         .map_err(|e| Failure::new(e.exit_code(), e))?;
