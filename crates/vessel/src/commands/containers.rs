@@ -438,6 +438,17 @@ fn command_text(i: &Instance, full: bool) -> String {
     format!("\"{c}\"")
 }
 
+/// The PORTS column: each published port as `IP:HOST->PORT/PROTO`.
+fn ports_text(i: &Instance) -> String {
+    let ports: Vec<String> = i
+        .request
+        .published()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    ports.join(", ")
+}
+
 /// `vessel ps`.
 pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     let all = engine.list().map_err(|e| Failure::new(1, e))?;
@@ -499,19 +510,13 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
         shown
             .iter()
             .map(|i| {
-                let ports: Vec<String> = i
-                    .request
-                    .published()
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect();
                 let fields = serde_json::json!({
                     "ID": short(&i.id, a.no_trunc),
                     "Image": i.image,
                     "Command": command_text(i, a.no_trunc),
                     "CreatedAt": i.created,
                     "RunningFor": human_age(&i.created).replace(" ago", ""),
-                    "Ports": ports.join(", "),
+                    "Ports": ports_text(i),
                     "State": state(i),
                     "Status": engine.ps_state(i).1,
                     "Names": i.name,
@@ -554,19 +559,13 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
     let rows: Vec<Vec<String>> = shown
         .iter()
         .map(|i| {
-            let ports: Vec<String> = i
-                .request
-                .published()
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
             let mut row = vec![
                 short(&i.id, a.no_trunc).to_string(),
                 i.image.clone(),
                 command_text(i, a.no_trunc),
                 human_age(&i.created),
                 engine.ps_state(i).1,
-                ports.join(", "),
+                ports_text(i),
                 i.request.isolation.as_str().to_string(),
                 i.name.clone(),
             ];
