@@ -660,28 +660,50 @@ pub async fn list(state: &Arc<State>, req: &Request<Incoming>) -> Result<Respons
     // A limit counts the last created, in any state (Docker's rule).
     let all = all || limit.is_some();
     let has_status = f.iter().any(|(k, _)| k == "status");
+    // `size=1` (`docker ps -s`): SizeRw and SizeRootFs of each.
+    let size = q.flag("size");
     let mut list = state
-        .engine(|e| {
+        .engine(move |e| {
+            let images: std::collections::HashMap<String, u64> = if size {
+                e.store()?
+                    .list()?
+                    .into_iter()
+                    .map(|r| (r.id.to_string(), r.size))
+                    .collect()
+            } else {
+                Default::default()
+            };
             Ok(e.list()?
                 .into_iter()
                 .map(|i| {
                     let shown = e.ps_state(&i);
                     let health = e.health_status(&i);
-                    (i, shown, health)
+                    let sizes = size.then(|| {
+                        let rw = e.writable_size(&i);
+                        (rw, rw + images.get(&i.image_id).copied().unwrap_or(0))
+                    });
+                    (i, shown, health, sizes)
                 })
                 .collect::<Vec<_>>())
         })
         .await?;
-    list.retain(|(i, (st, _), health)| {
+    list.retain(|(i, (st, _), health, _)| {
         (all || has_status || i.status == Status::Running) && matches(i, st, health, &f)
     });
-    list.sort_by(|(a, _, _), (b, _, _)| b.created.cmp(&a.created));
+    list.sort_by(|(a, _, _, _), (b, _, _, _)| b.created.cmp(&a.created));
     if let Some(l) = limit {
         list.truncate(l as usize);
     }
     let v: Vec<Value> = list
         .into_iter()
-        .map(|(i, shown, _)| summary(&i, shown))
+        .map(|(i, shown, _, sizes)| {
+            let mut v = summary(&i, shown);
+            if let Some((rw, root)) = sizes {
+                v["SizeRw"] = json!(rw);
+                v["SizeRootFs"] = json!(root);
+            }
+            v
+        })
         .collect();
     Ok(http::json(StatusCode::OK, &v))
 }

@@ -839,6 +839,18 @@ fn ps_size_shows_what_an_instance_wrote_and_its_virtual_size() {
         "{{.Size}}",
     ]);
     assert!(t.trim().starts_with("3MB (virtual "), "{t}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "ps",
+        "-s",
+        "--filter",
+        &format!("name={n}"),
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let rw = v[0]["SizeRw"].as_u64().unwrap();
+    assert!((3_000_000..3_100_000).contains(&rw), "{}", v[0]["SizeRw"]);
+    assert!(v[0]["SizeRootFs"].as_u64().unwrap() > rw);
     // Without -s: no size column (computing sizes walks every upper directory).
     assert!(!ok(&["ps"]).lines().next().unwrap().contains("SIZE"));
     let id = id_of(&n);

@@ -2129,6 +2129,15 @@ fn docker_run_publish_all_and_health_checks_through_the_api() {
     }
     let o = s.docker(&[
         "ps",
+        "-s",
+        "--filter",
+        &format!("name={n}"),
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(stdout(&o).contains("(virtual "), "{}", stdout(&o));
+    let o = s.docker(&[
+        "ps",
         "--filter",
         "health=healthy",
         "--format",

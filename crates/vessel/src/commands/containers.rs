@@ -477,16 +477,6 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
         }
         return Ok(0);
     }
-    if a.format == Format::Json {
-        let v: Vec<_> = shown.iter().map(|i| engine.inspect(i)).collect();
-        let v = sorted_json(&v);
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        );
-        return Ok(0);
-    }
     // `-s`: what it wrote, and that plus its image (Docker's "2B (virtual 4MB)").
     let image_sizes: std::collections::HashMap<String, u64> = if a.size {
         engine
@@ -506,6 +496,24 @@ pub fn ps(engine: &Engine, a: &PsArgs) -> CmdResult {
             super::images::human_size(rw + image)
         )
     };
+    if a.format == Format::Json {
+        let mut v = sorted_json(&shown.iter().map(|i| engine.inspect(i)).collect::<Vec<_>>());
+        if a.size {
+            // As the API's list with size=1: bytes written, and that plus the image.
+            for (doc, i) in v.as_array_mut().into_iter().flatten().zip(&shown) {
+                let rw = engine.writable_size(i);
+                doc["SizeRw"] = serde_json::json!(rw);
+                doc["SizeRootFs"] =
+                    serde_json::json!(rw + image_sizes.get(&i.image_id).copied().unwrap_or(0));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        );
+        return Ok(0);
+    }
     let template_rows = || {
         shown
             .iter()
