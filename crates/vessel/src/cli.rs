@@ -95,7 +95,7 @@ pub enum Command {
         #[arg(short, long)]
         message: Option<String>,
         /// Pause the container while committing (--pause=false: do not)
-        #[arg(short, long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+        #[arg(short, long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
         pause: bool,
         /// Instance
         instance: String,
