@@ -263,8 +263,12 @@ pub fn build_request(
         }
     };
     for e in c.exposed_ports().iter().flatten() {
-        for p in parse_expose("the image's ExposedPorts", e)? {
-            expose(p);
+        // Image metadata: a port vessel cannot publish (sctp) stays out of the list,
+        // unless -P would have to publish it.
+        match parse_expose("the image's ExposedPorts", e) {
+            Ok(ports) => ports.into_iter().for_each(&mut expose),
+            Err(e) if a.publish_all => return Err(e),
+            Err(_) => {}
         }
     }
     for e in &a.expose {
