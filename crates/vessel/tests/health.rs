@@ -26,6 +26,17 @@ fn wait_health(n: &str, want: &str, patience: Duration) -> serde_json::Value {
     }
 }
 
+/// `ps`'s STATUS of instance `n`.
+fn ps_status(n: &str) -> String {
+    ok(&[
+        "ps",
+        "--filter",
+        &format!("name={n}"),
+        "--format",
+        "{{.Status}}",
+    ])
+}
+
 /// The `vessel __health` processes of instance `id` (by their command line).
 fn checkers(id: &str) -> usize {
     std::fs::read_dir("/proc")
@@ -76,13 +87,7 @@ fn health_flags_go_starting_unhealthy_healthy_in_ps_inspect_and_events() {
         last["Output"].as_str().unwrap().contains("probe-says-hi"),
         "{h}"
     );
-    let ps = ok(&[
-        "ps",
-        "--filter",
-        &format!("name={n}"),
-        "--format",
-        "{{.Status}}",
-    ]);
+    let ps = ps_status(&n);
     assert!(ps.contains("(unhealthy)"), "{ps}");
     let unhealthy = ok(&["ps", "-q", "--no-trunc", "--filter", "health=unhealthy"]);
     assert!(unhealthy.contains(&id), "{unhealthy}");
@@ -91,13 +96,7 @@ fn health_flags_go_starting_unhealthy_healthy_in_ps_inspect_and_events() {
     let h = wait_health(&n, "healthy", Duration::from_secs(30));
     assert_eq!(h["FailingStreak"], 0, "{h}");
     assert!(h["Log"].as_array().unwrap().len() <= 5, "{h}");
-    let ps = ok(&[
-        "ps",
-        "--filter",
-        &format!("name={n}"),
-        "--format",
-        "{{.Status}}",
-    ]);
+    let ps = ps_status(&n);
     assert!(ps.contains("(healthy)"), "{ps}");
     let healthy = ok(&["ps", "-q", "--no-trunc", "--filter", "health=healthy"]);
     assert!(healthy.contains(&id), "{healthy}");
@@ -250,13 +249,7 @@ fn the_images_healthcheck_applies_and_flags_override_or_disable_it() {
     assert!(doc["State"]["Health"].is_null(), "{}", doc["State"]);
     let id = id_of(&disabled);
     assert_eq!(checkers(&id), 0);
-    let ps = ok(&[
-        "ps",
-        "--filter",
-        &format!("name={disabled}"),
-        "--format",
-        "{{.Status}}",
-    ]);
+    let ps = ps_status(&disabled);
     assert!(!ps.contains("health"), "{ps}");
     let ids: Vec<String> = [&from_image, &overridden, &disabled]
         .iter()
