@@ -443,49 +443,77 @@ fn copy_cannot_write_through_an_image_symlink_to_the_host() {
     assert_eq!(inside, "PWNED\nPWNED\nPWNED\n");
 }
 
-/// Every path under `dir` (but `skip`): type, mode, owner, and content or link target.
+/// Every path under `dir` (but `skip`), each as [`describe`] tells it.
 fn tree(dir: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, String> {
-    use std::os::unix::fs::MetadataExt;
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         for e in std::fs::read_dir(dir.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
+            let r = rel.join(e.unwrap().file_name());
             let key = format!("/{}", r.display());
             if skip.contains(&key.as_str()) {
                 continue;
             }
-            let p = dir.join(&r);
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let what = if m.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&p).unwrap().display())
-            } else if m.is_dir() {
-                stack.push(r.clone());
-                "dir".to_string()
-            } else if m.is_file() {
-                format!(
-                    "file {:?}",
-                    String::from_utf8_lossy(&std::fs::read(&p).unwrap())
-                )
-            } else {
-                format!("special {:x}", m.rdev())
-            };
-            let mode = if m.file_type().is_symlink() {
-                0
-            } else {
-                m.mode() & 0o7777
-            };
-            out.insert(key, format!("{what} {mode:o} {}:{}", m.uid(), m.gid()));
+            if std::fs::symlink_metadata(dir.join(&r)).unwrap().is_dir() {
+                stack.push(r);
+            }
+            out.insert(key.clone(), describe(dir, &key).unwrap());
         }
     }
     out
 }
 
-/// The same Dockerfile built by `buildah bud` (Debian's buildah, chroot isolation, vfs
-/// storage): the same files (paths, types, modes, owners, contents) and the same config.
-#[test]
-fn matches_buildah_bud() {
+/// The path `path` of the tree at `dir` (not following a last symlink): type, mode,
+/// owner, and content (size and hash past 1 KiB) or link target. None if it is absent.
+fn describe(dir: &Path, path: &str) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let p = dir.join(path.trim_start_matches('/'));
+    let m = std::fs::symlink_metadata(&p).ok()?;
+    let what = if m.file_type().is_symlink() {
+        format!("link {}", std::fs::read_link(&p).unwrap().display())
+    } else if m.is_dir() {
+        "dir".to_string()
+    } else if m.is_file() {
+        let data = std::fs::read(&p).unwrap();
+        if data.len() <= 1024 {
+            format!("file {:?}", String::from_utf8_lossy(&data))
+        } else {
+            // SipHash with fixed keys: the same bytes hash the same in both trees.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            format!("file {} bytes hash {:016x}", data.len(), h.finish())
+        }
+    } else {
+        format!("special {:x}", m.rdev())
+    };
+    let mode = if m.file_type().is_symlink() {
+        0
+    } else {
+        m.mode() & 0o7777
+    };
+    Some(format!("{what} {mode:o} {}:{}", m.uid(), m.gid()))
+}
+
+/// `sh -c SCRIPT` in `dir`: its stdout, trimmed; a failure fails the test with its stderr.
+fn sh(dir: &Path, script: &str) -> String {
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The buildah command line the comparisons use: Debian's buildah with a store of its own
+/// under `work` (vfs storage), so that nothing of the host's buildah is read or left.
+fn buildah(work: &Path) -> String {
     assert!(
         std::process::Command::new("buildah")
             .arg("--version")
@@ -493,6 +521,78 @@ fn matches_buildah_bud() {
             .is_ok_and(|o| o.status.success()),
         "this test compares with buildah: apt-get install buildah"
     );
+    format!(
+        "buildah --root {w}/root --runroot {w}/run --storage-driver vfs",
+        w = work.display()
+    )
+}
+
+/// The tree of `image` as vessel stores it: its layers under a throwaway overlay mounted at
+/// `at/m` (returned; unmount it when done).
+fn mount_layers(image: &str, at: &Path) -> PathBuf {
+    let i = image_inspect(image);
+    let lower: Vec<String> = i["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            root()
+                .join("images/layers")
+                .join(l.as_str().unwrap().trim_start_matches("sha256:"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    sh(
+        Path::new("/"),
+        &format!(
+            "mkdir -p {o}/u {o}/w {o}/m && mount -t overlay overlay -o lowerdir={l},upperdir={o}/u,workdir={o}/w {o}/m",
+            o = at.display(),
+            l = lower.join(":")
+        ),
+    );
+    at.join("m")
+}
+
+/// The config fields a build sets, of vessel's image and of buildah's, as pairs; buildah's
+/// own version label left out.
+fn configs_of_both(
+    image: &str,
+    buildah: &str,
+    theirs: &str,
+    ctx: &Path,
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    let theirs_cfg: serde_json::Value = serde_json::from_str(&sh(
+        ctx,
+        &format!("{buildah} inspect --type image {theirs}"),
+    ))
+    .unwrap();
+    let tc = &theirs_cfg["OCIv1"]["config"];
+    let oc = &config_doc(image)["config"];
+    let mut out: Vec<_> = [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), oc[f].clone(), tc[f].clone()))
+    .collect();
+    let mut labels = tc["Labels"].clone();
+    if let Some(l) = labels.as_object_mut() {
+        l.remove("io.buildah.version");
+    }
+    out.push(("Labels".to_string(), oc["Labels"].clone(), labels));
+    out
+}
+
+/// The same Dockerfile built by `buildah bud` (Debian's buildah, chroot isolation, vfs
+/// storage): the same files (paths, types, modes, owners, contents) and the same config.
+#[test]
+fn matches_buildah_bud() {
     let rootfs = root().parent().unwrap().join("busybox-rootfs");
     let ctx = context(&[
         ("one.txt", "one\n"),
@@ -509,20 +609,7 @@ fn matches_buildah_bud() {
              ENTRYPOINT [\"/bin/sh\"]\nCMD [\"-c\", \"cat /app/built\"]\n",
         ),
     ]);
-    let sh = |script: &str| {
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(&ctx)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
+    let sh = |script: &str| sh(&ctx, script);
     sh(&format!(
         "chmod 755 files/f1 && tar -C {} -cf rootfs.tar . && tar -C tarsrc -czf data.tar.gz . && rm -r tarsrc",
         rootfs.display()
@@ -531,10 +618,7 @@ fn matches_buildah_bud() {
     build_ok(&ctx, &["-t", &image]);
 
     let work = ctx.with_extension("buildah");
-    let b = format!(
-        "buildah --root {w}/root --runroot {w}/run --storage-driver vfs",
-        w = work.display()
-    );
+    let b = buildah(&work);
     sh(&format!(
         "{b} bud --isolation chroot -q -t cmp:1 -f Dockerfile . >/dev/null"
     ));
@@ -542,29 +626,11 @@ fn matches_buildah_bud() {
     let theirs_dir = PathBuf::from(sh(&format!("{b} mount {cid}")));
 
     // Ours: the image's layers under a throwaway overlay.
-    let i = image_inspect(&image);
-    let lower: Vec<String> = i["RootFS"]["Layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|l| {
-            root()
-                .join("images/layers")
-                .join(l.as_str().unwrap().trim_start_matches("sha256:"))
-                .display()
-                .to_string()
-        })
-        .collect();
     let ov = work.join("ours");
-    sh(&format!(
-        "mkdir -p {o}/u {o}/w {o}/m && mount -t overlay overlay -o lowerdir={l},upperdir={o}/u,workdir={o}/w {o}/m",
-        o = ov.display(),
-        l = lower.join(":")
-    ));
+    let ours_dir = mount_layers(&image, &ov);
     // Mount points each builder's RUN leaves in its own way (Docker's too).
     let skip = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run"];
-    let ours = tree(&ov.join("m"), &skip);
+    let ours = tree(&ours_dir, &skip);
     let theirs = tree(&theirs_dir, &skip);
     sh(&format!(
         "umount {o}/m; {b} rm {cid} >/dev/null",
@@ -589,26 +655,12 @@ fn matches_buildah_bud() {
         ours.len()
     );
 
-    let theirs_cfg: serde_json::Value =
-        serde_json::from_str(&sh(&format!("{b} inspect --type image cmp:1"))).unwrap();
-    let tc = &theirs_cfg["OCIv1"]["config"];
-    let oc = &config_doc(&image)["config"];
-    for f in [
-        "Env",
-        "Cmd",
-        "Entrypoint",
-        "WorkingDir",
-        "User",
-        "ExposedPorts",
-    ] {
-        assert_eq!(oc[f], tc[f], "config {f}");
+    for (f, ours, theirs) in configs_of_both(&image, &b, "cmp:1", &ctx) {
+        assert_eq!(
+            ours, theirs,
+            "config {f} (buildah's own version label aside)"
+        );
     }
-    let mut labels = tc["Labels"].clone();
-    labels.as_object_mut().unwrap().remove("io.buildah.version");
-    assert_eq!(
-        oc["Labels"], labels,
-        "config Labels (buildah's own version label aside)"
-    );
     let _ = std::fs::remove_dir_all(&work);
 }
 
