@@ -664,6 +664,244 @@ fn matches_buildah_bud() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// Debian's archive, the mirror this machine's apt sources name.
+const DEBIAN_HOST: &str = "deb.debian.org";
+/// debootstrap's rootfs of bookworm (minbase) as a tar: made once per machine, since
+/// debootstrap takes minutes, and kept for the next runs (and for `bench/build`).
+const DEBIAN_TAR: &str = "/var/cache/vessel-tests/debootstrap-bookworm-minbase.tar";
+
+/// Fails the test, saying so, unless Debian's archive answers: the realistic build needs
+/// it (for debootstrap and for the Dockerfile's `apt-get`), and is never skipped.
+fn assert_debian_archive_reachable() {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let why = (|| -> Result<(), String> {
+        let addr = (DEBIAN_HOST, 80)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {DEBIAN_HOST}: {e}"))?
+            .next()
+            .ok_or(format!("{DEBIAN_HOST} has no address"))?;
+        let timeout = std::time::Duration::from_secs(15);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        s.set_read_timeout(Some(timeout)).unwrap();
+        write!(
+            s,
+            "HEAD /debian/dists/bookworm/InRelease HTTP/1.1\r\nHost: {DEBIAN_HOST}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        let status = answer.lines().next().unwrap_or("no answer");
+        if status.contains(" 200 ") {
+            Ok(())
+        } else {
+            Err(format!("HEAD /debian/dists/bookworm/InRelease: {status}"))
+        }
+    })();
+    if let Err(e) = why {
+        panic!(
+            "Debian's archive (http://{DEBIAN_HOST}/debian) is unreachable: {e}. This test \
+             debootstraps bookworm and apt-get installs from it; give the machine access \
+             to the archive (it is not skipped)"
+        );
+    }
+}
+
+/// `vessel-debian:bookworm` in the test data root: [`DEBIAN_TAR`] (made by debootstrap
+/// if missing) imported as Docker's own Debian images are configured.
+fn debian_image() -> &'static str {
+    static IMAGE: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let image = "vessel-debian:bookworm";
+        if !Path::new(DEBIAN_TAR).exists() {
+            assert!(
+                Path::new("/usr/sbin/debootstrap").exists(),
+                "this test builds on a Debian rootfs made by debootstrap: apt-get install debootstrap"
+            );
+            // Under a lock (test binaries may run side by side); a failed run leaves no
+            // tar and no mounts behind. /dev is left empty, as in Docker's Debian images:
+            // the runtime fills it.
+            let script = format!(
+                r#"set -e
+tar={DEBIAN_TAR}
+cache=$(dirname "$tar")
+mkdir -p "$cache"
+exec 9>"$cache/debootstrap.lock"
+flock 9
+[ -s "$tar" ] && exit 0
+dir=$(mktemp -d "$cache/debootstrap.XXXXXX")
+cleanup() {{
+  awk -v d="$dir/" 'index($2, d) == 1 {{ print $2 }}' /proc/self/mounts | sort -r | xargs -r umount -l
+  rm -rf --one-file-system "$dir"
+}}
+trap cleanup EXIT
+if ! timeout 1200 debootstrap --variant=minbase bookworm "$dir/rootfs" http://{DEBIAN_HOST}/debian >"$dir/log" 2>&1; then
+  echo "debootstrap --variant=minbase bookworm from http://{DEBIAN_HOST}/debian failed; its last lines:" >&2
+  tail -n 25 "$dir/log" >&2
+  exit 1
+fi
+tar --numeric-owner -C "$dir/rootfs" --exclude='./dev/*' -cf "$dir/rootfs.tar" .
+mv "$dir/rootfs.tar" "$tar"
+"#
+            );
+            sh(Path::new("/"), &script);
+        }
+        let o = common::vessel_within(
+            &[
+                "import",
+                "-c",
+                r#"CMD ["bash"]"#,
+                "-c",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                DEBIAN_TAR,
+                image,
+            ],
+            std::time::Duration::from_secs(600),
+        );
+        assert!(o.status.success(), "import {DEBIAN_TAR}: {}", stderr(&o));
+        image
+    })
+}
+
+/// The Debian packages installed in the tree at `dir` (dpkg's status file): name, version
+/// and state of each.
+fn dpkg_installed(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let status = std::fs::read_to_string(dir.join("var/lib/dpkg/status")).unwrap();
+    let field = |para: &str, f: &str| {
+        para.lines()
+            .find_map(|l| l.strip_prefix(f))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    status
+        .split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let version = format!("{} ({})", field(p, "Version:"), field(p, "Status:"));
+            (field(p, "Package:"), version)
+        })
+        .collect()
+}
+
+/// A realistic build: a Dockerfile that `apt-get install`s a package (jq, with its
+/// libraries) on a debootstrapped Debian and copies in an app using it. The image runs,
+/// the rebuild is all cache, and `buildah bud` of the same Dockerfile on the same base
+/// gives the same config, the same installed packages and the same added files.
+#[test]
+fn debian_apt_get_install_and_an_app_match_buildah_bud() {
+    assert_debian_archive_reachable();
+    let base = debian_image();
+    let ctx = context(&[
+        (
+            "greet.sh",
+            "#!/bin/sh\nset -eu\nprintf '{\"greeting\": \"%s\", \"from\": [\"vessel\", \"jq\"]}' \"$GREETING\" |\n  \
+             jq -r '\"\\(.greeting) from \\(.from | join(\" and \"))\"'\n",
+        ),
+        (
+            "Dockerfile",
+            &format!(
+                "FROM {base}\nENV DEBIAN_FRONTEND=noninteractive GREETING=hello\n\
+                 RUN apt-get update && apt-get install -y --no-install-recommends jq && rm -rf /var/lib/apt/lists/*\n\
+                 WORKDIR /app\nCOPY --chmod=755 greet.sh ./\nLABEL org.opencontainers.image.title=greet\n\
+                 CMD [\"/app/greet.sh\"]\n"
+            ),
+        ),
+    ]);
+    let image = tag("debian-jq");
+    let long = std::time::Duration::from_secs(900);
+    let build = |what: &str| {
+        let c = ctx.to_str().unwrap();
+        let o = common::vessel_within(&["build", "-t", &image, c], long);
+        assert!(
+            o.status.success(),
+            "{what} build failed:\nstdout:\n{}\nstderr:\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    };
+    let first = build("the first");
+    assert!(first.contains("Setting up jq"), "apt-get ran: {first}");
+
+    // The app (through the package it installed) and the package's own binary run.
+    assert_eq!(ok(&["run", "--rm", &image]), "hello from vessel and jq\n");
+    let jq = ok(&["run", "--rm", &image, "jq", "--version"]);
+    assert!(jq.starts_with("jq-1."), "{jq}");
+    assert_eq!(
+        run_in(&image, "pwd; dpkg-query -W -f '${Status}\\n' jq"),
+        "/app\ninstall ok installed\n"
+    );
+
+    // Nothing changed: no apt-get again.
+    let again = build("the cached");
+    assert!(
+        !again.contains("Setting up jq") && again.contains("--> Using cache"),
+        "{again}"
+    );
+
+    // buildah, on the same base: vessel's image of it, saved and pulled into buildah's store.
+    let work = ctx.with_extension("buildah");
+    std::fs::create_dir_all(&work).unwrap();
+    let b = buildah(&work);
+    let saved = work.join("base.tar");
+    let o = common::vessel_within(&["save", "-o", saved.to_str().unwrap(), base], long);
+    assert!(o.status.success(), "save {base}: {}", stderr(&o));
+    sh(
+        &ctx,
+        &format!("{b} pull -q docker-archive:{}", saved.display()),
+    );
+    sh(
+        &ctx,
+        &format!("{b} bud --isolation chroot -q -t cmp:1 -f Dockerfile . >/dev/null"),
+    );
+    let cid = sh(&ctx, &format!("{b} from cmp:1"));
+    let theirs_dir = PathBuf::from(sh(&ctx, &format!("{b} mount {cid}")));
+    let ov = work.join("ours");
+    let ours_dir = mount_layers(&image, &ov);
+
+    for (f, ours, theirs) in configs_of_both(&image, &b, "cmp:1", &ctx) {
+        assert_eq!(
+            ours, theirs,
+            "config {f} (buildah's own version label aside)"
+        );
+    }
+    // The same packages, at the same versions, installed.
+    let packages = dpkg_installed(&ours_dir);
+    assert!(
+        packages.contains_key("jq") && packages.contains_key("libjq1"),
+        "{packages:?}"
+    );
+    assert_eq!(packages, dpkg_installed(&theirs_dir), "installed packages");
+    // The files the Dockerfile added: the app, and every path the jq package installed.
+    let jq_list = std::fs::read_to_string(ours_dir.join("var/lib/dpkg/info/jq.list")).unwrap();
+    let added: Vec<&str> = ["/app", "/app/greet.sh"]
+        .into_iter()
+        .chain(jq_list.lines().filter(|l| *l != "/."))
+        .collect();
+    assert!(added.contains(&"/usr/bin/jq"), "{jq_list}");
+    let differ: Vec<String> = added
+        .iter()
+        .filter_map(|p| {
+            let (o, t) = (describe(&ours_dir, p), describe(&theirs_dir, p));
+            (o.is_none() || o != t).then(|| format!("{p}: vessel {o:?} buildah {t:?}"))
+        })
+        .collect();
+    sh(
+        &ctx,
+        &format!("umount {}; {b} rm {cid} >/dev/null", ours_dir.display()),
+    );
+    assert!(
+        differ.is_empty(),
+        "the added files differ:\n{}",
+        differ.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&ctx);
+    ok(&["rmi", &image]);
+}
+
 /// Attack: ADD extracts a local archive; entries that climb out (`../`), absolute ones, or
 /// go through a symlink the archive itself plants must stay inside the image.
 #[test]
