@@ -1,10 +1,11 @@
-//! `vessel cp`: tar streams in and out of a running container's filesystem.
+//! `vessel cp`: tar streams in and out of a container's filesystem.
 //!
 //! The container side runs in a process of its own (`vessel __cp`, which
 //! [`Engine::copy_out`] and [`Engine::copy_in`] start) that joins the container's mount
-//! namespace and chroots into its root, so every path and every symlink of the image is
-//! resolved as the container sees it: nothing the container made can point the copy at
-//! the host's files. Only regular files, directories and symbolic links cross (no device
+//! namespace and chroots into its root (a running container), or mounts the container's
+//! layers and volumes in a namespace of its own and chroots into them (a stopped one, see
+//! [`crate::view`]), so every path and every symlink of the image is resolved as the
+//! container sees it: nothing the container made can point the copy at the host's files. Only regular files, directories and symbolic links cross (no device
 //! nodes, FIFOs or sockets), and ownership is not taken from the archive.
 
 use std::io::{Read, Write};
@@ -16,9 +17,28 @@ use crate::catalogue::{Instance, Status};
 use crate::request::Isolation;
 use crate::{Engine, EngineError, Result};
 
+/// Whose file system `vessel __cp` enters.
+#[derive(Clone, Debug)]
+pub enum At {
+    /// A running container's, through its init's mount namespace and root.
+    Pid(i32),
+    /// A stopped container's or an image's, mounted by the helper for itself.
+    View(crate::view::View),
+}
+
 /// What `vessel __cp` does inside the container.
 #[derive(Clone, Debug)]
 pub enum Direction {
+    /// Copies the directory at `path` into host directory `into` (see
+    /// [`crate::view::copy_up`]).
+    CopyUp {
+        /// Path in the view.
+        path: String,
+        /// The volume's host directory.
+        into: PathBuf,
+        /// Added to every owner.
+        shift: u32,
+    },
     /// Writes a tar of `path` to stdout: its entries are named after the path's last
     /// component, or are its contents when it ends in `/.`.
     Out {
@@ -171,15 +191,43 @@ pub fn place(archive: impl Read, dest: &Path, special: bool, contents: bool) -> 
     )
 }
 
-/// Runs inside `vessel __cp`: joins the mount namespace of process `pid` (a container's
-/// init), chroots into its root, and copies. Returns the exit status.
-pub fn serve(pid: i32, dir: Direction) -> u8 {
-    match enter(pid).and_then(|()| match dir {
-        Direction::Out { path } => pack(&path, std::io::stdout().lock()),
-        Direction::In { dest, contents } => {
-            place(std::io::stdin().lock(), Path::new(&dest), true, contents)
+/// Runs inside `vessel __cp`: enters the container's file system (see [`At`]) and
+/// copies. Returns the exit status.
+pub fn serve(at: At, dir: Direction) -> u8 {
+    let run = || -> Result<()> {
+        // A copy-up's destination is a host directory: opened before the chroot.
+        let into = match &dir {
+            Direction::CopyUp { into, .. } => Some(
+                rustix::fs::open(
+                    into,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| EngineError::io("open", into, e.into()))?,
+            ),
+            _ => None,
+        };
+        match &at {
+            At::Pid(pid) => enter(*pid)?,
+            At::View(v) => crate::view::enter(v)?,
         }
-    }) {
+        match dir {
+            Direction::Out { path } => pack(&path, std::io::stdout().lock()),
+            Direction::In { dest, contents } => {
+                place(std::io::stdin().lock(), Path::new(&dest), true, contents)
+            }
+            Direction::CopyUp { path, shift, .. } => match into {
+                Some(fd) => crate::view::copy_up(&path, &fd, shift),
+                None => Err(EngineError::Internal(
+                    "copy-up without its directory".into(),
+                )),
+            },
+        }
+    };
+    match run() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("vessel: {e}");
@@ -292,17 +340,26 @@ impl Engine {
             )));
         }
         let inst = self.refresh(inst.clone());
-        let pid = match (inst.status, inst.pid) {
-            (Status::Running, Some(pid)) => pid,
-            _ => {
+        let mut cmd = Command::new(&self.config().exe);
+        cmd.arg("__cp");
+        match (inst.status, inst.pid) {
+            (Status::Running, Some(pid)) => {
+                cmd.arg("--pid").arg(pid.to_string());
+            }
+            (Status::Running | Status::Dead, _) => {
                 return Err(EngineError::Conflict(format!(
-                    "{} is not running: vessel cp copies to and from running containers only (start it first)",
-                    inst.name
+                    "{} is {}: its file system cannot be reached now",
+                    inst.name,
+                    inst.status.as_str()
                 )))
             }
-        };
-        let mut cmd = Command::new(&self.config().exe);
-        cmd.arg("__cp").arg("--pid").arg(pid.to_string()).args(args);
+            (Status::Created | Status::Exited, _) => {
+                let view = serde_json::to_string(&self.stopped_view(&inst)?)
+                    .map_err(|e| EngineError::Internal(format!("the view: {e}")))?;
+                cmd.arg("--view").arg(view);
+            }
+        }
+        cmd.args(args);
         self.config().apply_child_env(&mut cmd);
         Ok(cmd)
     }
@@ -355,7 +412,7 @@ impl Engine {
 }
 
 /// Waits for `vessel __cp`; its own message when it failed, else the copy's error.
-fn finish(mut child: std::process::Child, copied: std::io::Result<()>) -> Result<()> {
+pub(crate) fn finish(mut child: std::process::Child, copied: std::io::Result<()>) -> Result<()> {
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);

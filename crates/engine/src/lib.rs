@@ -25,6 +25,7 @@ pub mod options;
 pub mod request;
 pub mod restart;
 pub mod userdb;
+pub mod view;
 pub mod vm;
 mod vm_exec;
 pub mod vm_jail;
@@ -384,7 +385,8 @@ impl Engine {
             .and_then(|()| {
                 tracing::debug!("create: image held");
                 backend.prepare(&inst, &dir, &layers)
-            });
+            })
+            .and_then(|()| self.populate_volumes(&inst, &layers));
         if let Err(e) = prepared {
             // With the anonymous volumes made for it (no other instance uses them yet).
             let _ = self.purge_with(&inst, true);

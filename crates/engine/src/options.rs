@@ -222,6 +222,20 @@ pub fn build_request(
             })?);
         }
     }
+    // The image's VOLUMEs, as Docker's: a new anonymous volume each where nothing else is
+    // mounted, filled with the image's content there when the instance is created. A
+    // microVM keeps those paths on its own writable disk, which is as much its own.
+    if a.isolation == Isolation::Container {
+        let mut declared: Vec<&String> = c.volumes().iter().flatten().collect();
+        declared.sort();
+        for path in declared {
+            if seen.insert(path.trim_end_matches('/').to_string()) {
+                volumes.push(Volume::anonymous(path, false).map_err(|why| {
+                    EngineError::InvalidFlag(format!("the image's VOLUME {path:?}: {why}"))
+                })?);
+            }
+        }
+    }
     let memory = a
         .memory
         .as_deref()

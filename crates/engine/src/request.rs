@@ -43,11 +43,16 @@ pub struct Volume {
     /// labelled so that `volume prune` takes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymous: bool,
+    /// A new volume is not filled with the image's content at its path (`-v
+    /// NAME:/path:nocopy`, `--mount ...,volume-nocopy`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
 }
 
 impl Volume {
-    /// Parses `-v SRC:DST[:ro|rw]`, or `-v /DST`: an anonymous volume (a new volume
-    /// named by a new id, labelled so that `volume prune` takes it).
+    /// Parses `-v SRC:DST[:MODES]`, or `-v /DST`: an anonymous volume (a new volume
+    /// named by a new id, labelled so that `volume prune` takes it). MODES is a comma
+    /// list of `ro`/`rw` and, for a volume, `nocopy`.
     pub fn parse(s: &str) -> Result<Volume> {
         let bad = |why: &str| {
             EngineError::InvalidFlag(format!("invalid volume specification {s:?}: {why}"))
@@ -66,15 +71,26 @@ impl Volume {
             [src, dst, mode] => (*src, *dst, *mode),
             _ => return Err(bad("expected /host/path:/container/path[:ro]")),
         };
-        let read_only = match mode {
-            "ro" | "readonly" => true,
-            "rw" => false,
-            _ => return Err(bad("mode must be ro or rw")),
-        };
+        let (mut read_only, mut nocopy) = (false, false);
+        for m in mode.split(',') {
+            match m {
+                "ro" | "readonly" => read_only = true,
+                "rw" => read_only = false,
+                "nocopy" if !source.starts_with('/') => nocopy = true,
+                "nocopy" => return Err(bad("nocopy is for volumes, not host paths")),
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown mode {m:?} (vessel takes ro, rw and nocopy)"
+                    )))
+                }
+            }
+        }
         if source.starts_with('/') {
             Volume::bind(source, target, read_only).map_err(|why| bad(&why))
         } else {
-            Volume::named(source, target, read_only).map_err(|why| bad(&why))
+            Volume::named(source, target, read_only)
+                .map(|v| Volume { nocopy, ..v })
+                .map_err(|why| bad(&why))
         }
     }
 
@@ -93,6 +109,7 @@ impl Volume {
             read_only,
             name: None,
             anonymous: false,
+            nocopy: false,
         })
     }
 
@@ -118,6 +135,7 @@ impl Volume {
             read_only,
             name: Some(name.to_string()),
             anonymous: false,
+            nocopy: false,
         })
     }
 }
@@ -139,6 +157,7 @@ impl Mount {
     pub fn parse(s: &str) -> Result<Mount> {
         let bad = |why: String| EngineError::InvalidFlag(format!("invalid --mount {s:?}: {why}"));
         let (mut kind, mut source, mut target, mut read_only) = (None, None, None, false);
+        let mut nocopy = None;
         let mut tmpfs_opts = Vec::new();
         for field in s.split(',').filter(|f| !f.is_empty()) {
             let (k, v) = match field.split_once('=') {
@@ -157,18 +176,33 @@ impl Mount {
                         _ => return Err(bad(format!("{k}={v}: expected true or false"))),
                     }
                 }
+                ("volume-nocopy", None) => nocopy = Some(true),
+                ("volume-nocopy", Some(v)) => {
+                    nocopy = Some(match v {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(bad(format!("{k}={v}: expected true or false"))),
+                    })
+                }
                 ("tmpfs-size", Some(v)) => tmpfs_opts.push(format!("size={v}")),
                 ("tmpfs-mode", Some(v)) => tmpfs_opts.push(format!("mode={v}")),
                 ("bind-propagation", Some("rprivate")) => {}
                 _ => {
                     return Err(bad(format!(
-                        "{field:?} is not supported (vessel takes type, source, target, readonly, tmpfs-size, tmpfs-mode)"
+                        "{field:?} is not supported (vessel takes type, source, target, readonly, volume-nocopy, tmpfs-size, tmpfs-mode)"
                     )))
                 }
             }
         }
         let target = target.ok_or_else(|| bad("target is required".into()))?;
-        match kind.as_deref().unwrap_or("volume") {
+        let kind = kind.as_deref().unwrap_or("volume");
+        if nocopy.is_some() && kind != "volume" {
+            return Err(bad(format!(
+                "volume-nocopy is for type=volume, not type={kind}"
+            )));
+        }
+        let nocopy = nocopy.unwrap_or(false);
+        match kind {
             "bind" => {
                 let source =
                     source.ok_or_else(|| bad("source is required for type=bind".into()))?;
@@ -177,13 +211,11 @@ impl Mount {
                     .map_err(bad)
             }
             "volume" => match source {
-                Some(name) => Volume::named(&name, &target, read_only)
-                    .map(Mount::Volume)
-                    .map_err(bad),
-                None => Volume::anonymous(&target, read_only)
-                    .map(Mount::Volume)
-                    .map_err(bad),
-            },
+                Some(name) => Volume::named(&name, &target, read_only),
+                None => Volume::anonymous(&target, read_only),
+            }
+            .map(|v| Mount::Volume(Volume { nocopy, ..v }))
+            .map_err(bad),
             "tmpfs" => {
                 if source.is_some() {
                     return Err(bad("type=tmpfs takes no source".into()));

@@ -88,7 +88,8 @@ impl Volumes {
         if let Ok(v) = self.inspect(&name) {
             return Ok(v);
         }
-        vessel_db::private_dir(&self.dir, 0o700)
+        // Traversable (not listable): a `--userns` container's root reaches its volume.
+        vessel_db::private_dir(&self.dir, 0o711)
             .map_err(|e| EngineError::io("create", &self.dir, e))?;
         let dir = self.path(&name);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {

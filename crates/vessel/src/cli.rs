@@ -121,14 +121,27 @@ pub enum Command {
         /// Image
         image: String,
     },
-    /// (internal) the container side of `cp`, in the container's mount namespace
+    /// (internal) the container side of `cp`, in the container's mount namespace (or in
+    /// a view of its file system the process mounts for itself)
     #[command(name = "__cp", hide = true)]
     CpServe {
         /// The container's init
+        #[arg(long, required_unless_present = "view", conflicts_with = "view")]
+        pid: Option<i32>,
+        /// The view to mount (JSON of vessel_engine::view::View)
         #[arg(long)]
-        pid: i32,
+        view: Option<String>,
+        /// Copy this directory of the view into --into (a new volume's copy-up)
+        #[arg(long, requires = "into", requires = "view", conflicts_with_all = ["out", "dest"])]
+        copy_up: Option<String>,
+        /// The host directory a copy-up fills
+        #[arg(long)]
+        into: Option<std::path::PathBuf>,
+        /// Added to the owners a copy-up gives (a --userns container's base id)
+        #[arg(long, default_value_t = 0)]
+        shift: u32,
         /// Write a tar of this path to stdout
-        #[arg(long, conflicts_with = "dest", required_unless_present = "dest")]
+        #[arg(long, conflicts_with = "dest", required_unless_present_any = ["dest", "copy_up"])]
         out: Option<String>,
         /// Place the tar read from stdin here
         #[arg(long = "in")]

@@ -172,12 +172,91 @@ fn a_hostile_containers_links_and_modes_do_not_reach_the_host() {
 }
 
 #[test]
-fn cp_says_what_it_cannot_do() {
+fn cp_and_export_reach_stopped_containers_and_their_volumes() {
     let n = name("cpstop");
-    ok(&["create", "--name", &n, "busybox", "true"]);
-    let o = vessel(&["cp", &format!("{n}:/etc/hostname"), "/tmp/x"]);
-    assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    let vol = name("cpvol");
+    ok(&[
+        "create",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "-v",
+        &format!("{vol}:/vol"),
+        "busybox",
+        "sh",
+        "-c",
+        "cat /in/f /vol/g; ln -s /etc /x; ln -s /etc/shadow /leak; echo out > /made",
+    ]);
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    std::fs::create_dir(h.join("in")).unwrap();
+    std::fs::write(h.join("in/f"), "into the layer\n").unwrap();
+    std::fs::write(h.join("g"), "into the volume\n").unwrap();
+    // Before it ever ran: into its writable layer and into its volume.
+    ok(&["cp", h.join("in").to_str().unwrap(), &format!("{n}:/")]);
+    ok(&["cp", h.join("g").to_str().unwrap(), &format!("{n}:/vol/g")]);
+    assert_eq!(
+        ok(&["start", "-a", &n]),
+        "into the layer\ninto the volume\n"
+    );
+    // After it exited: what it made, read back; the volume's file is the volume's.
+    ok(&[
+        "cp",
+        &format!("{n}:/made"),
+        h.join("made").to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(h.join("made")).unwrap(), "out\n");
+    let vol_data = root().join("volumes").join(&vol).join("_data/g");
+    assert_eq!(
+        std::fs::read_to_string(vol_data).unwrap(),
+        "into the volume\n"
+    );
+    // Its links are resolved in the container, not on the host.
+    ok(&[
+        "cp",
+        &format!("{n}:/leak"),
+        h.join("leak").to_str().unwrap(),
+    ]);
+    assert!(std::fs::symlink_metadata(h.join("leak"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let marker = format!("vessel-cp-stopped-{}", std::process::id());
+    std::fs::write(h.join(&marker), "x").unwrap();
+    ok(&["cp", h.join(&marker).to_str().unwrap(), &format!("{n}:/x/")]);
+    assert!(
+        !std::path::Path::new("/etc").join(&marker).exists(),
+        "cp into a stopped container wrote into the host's /etc"
+    );
+    // export of a stopped container: its whole file system, its changes included.
+    let tar = cmd(&["export", &n]).output().unwrap();
+    assert!(tar.status.success(), "{}", stderr(&tar));
+    let list = std::process::Command::new("tar")
+        .arg("t")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&tar.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    for want in ["made", "in/f", "bin/busybox", &format!("etc/{marker}")] {
+        assert!(names.lines().any(|l| l == want), "export lacks {want}");
+    }
+    // Nothing of the copies' mounts is left on the host.
+    let id = id_of(&n);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&id[..12]), "{mountinfo}");
+    ok(&["rm", &n]);
+    ok(&["volume", "rm", &vol]);
+}
+
+#[test]
+fn cp_says_what_it_cannot_do() {
     let o = vessel(&["cp", "/etc/hostname", "/tmp/y"]);
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("container source"), "{}", stderr(&o));
@@ -188,5 +267,5 @@ fn cp_says_what_it_cannot_do() {
     let o = vessel(&["cp", "/etc/hostname", &format!("{r}:/no/such/dir/f")]);
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
-    ok(&["rm", "-f", &n, &r]);
+    ok(&["rm", "-f", &r]);
 }

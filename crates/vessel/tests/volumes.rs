@@ -381,3 +381,189 @@ fn rm_v_takes_anonymous_volumes_and_plain_rm_keeps_them() {
         stderr(&o)
     );
 }
+
+/// Builds an image from a Dockerfile (busybox base) and returns its tag.
+fn image_of(dockerfile: &str) -> String {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let tag = format!("{}:t", name("volimg"));
+    ok(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
+    tag
+}
+
+/// The host directory of the volume mounted at `target` in instance `n`.
+fn mount_source(n: &str, target: &str) -> std::path::PathBuf {
+    let doc = inspect(n);
+    let m = doc["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Destination"] == target)
+        .unwrap_or_else(|| panic!("no mount at {target}: {}", doc["Mounts"]));
+    std::path::PathBuf::from(m["Source"].as_str().unwrap())
+}
+
+#[test]
+fn an_images_volumes_are_new_volumes_filled_from_the_image() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let _prune = PRUNING.lock().unwrap_or_else(|e| e.into_inner());
+    // /data: owners, modes, a link, a FIFO, a nested file. /cfg: a link that climbs above
+    // the root to /etc: resolved in the image, it is the image's /etc, never the host's.
+    let image = image_of(
+        "FROM busybox\n\
+         RUN mkdir -p /data/sub && echo seeded > /data/sub/f && chown -R 1234:5678 /data \
+             && chmod 0751 /data && chmod 4755 /data/sub/f && ln -s sub/f /data/link && mkfifo /data/pipe\n\
+         RUN echo image > /etc/vessel-image-only && ln -s ../../../../../../etc /cfg\n\
+         VOLUME /data /cfg\n",
+    );
+    assert!(
+        std::path::Path::new("/etc/debian_version").exists(),
+        "this test expects the host's /etc to hold debian_version"
+    );
+
+    // An anonymous volume per VOLUME, filled at create, before anything runs.
+    let n = name("imgvol");
+    ok(&[
+        "create",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "cat /data/link; ls /data; echo more > /data/added",
+    ]);
+    let data = mount_source(&n, "/data");
+    let cfg = mount_source(&n, "/cfg");
+    assert!(data.ends_with("_data"), "{}", data.display());
+    let meta = std::fs::metadata(&data).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1234, 5678, 0o751)
+    );
+    let f = std::fs::metadata(data.join("sub/f")).unwrap();
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777), (1234, 5678, 0o4755));
+    assert_eq!(
+        std::fs::read_link(data.join("link")).unwrap().to_str(),
+        Some("sub/f")
+    );
+    assert!(std::fs::symlink_metadata(data.join("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(
+        cfg.join("vessel-image-only").exists(),
+        "the image's /etc was not copied"
+    );
+    assert!(
+        !cfg.join("debian_version").exists(),
+        "the copy-up followed the image's link to the host's /etc"
+    );
+    let out = ok(&["start", "-a", &n]);
+    assert_eq!(out, "seeded\nlink\npipe\nsub\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("added")).unwrap(),
+        "more\n"
+    );
+    // Started again: the volume is not empty, so nothing is copied over what it holds.
+    std::fs::remove_file(data.join("sub/f")).unwrap();
+    ok(&["start", "-a", &n]);
+    assert!(
+        !data.join("sub/f").exists(),
+        "the copy-up ran again over the data"
+    );
+    ok(&["rm", "-v", &n]);
+    assert!(
+        !data.exists() && !cfg.exists(),
+        "rm -v left the anonymous volumes"
+    );
+
+    // A named volume: filled once, from the first image mounted on it; `nocopy` (in -v
+    // and in --mount) leaves a new one empty; a path mounted otherwise gets no volume.
+    let vol = name("copyup");
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{vol}:/data"),
+        &image,
+        "sh",
+        "-c",
+        "rm /data/link; ls /data",
+    ]);
+    assert_eq!(out, "pipe\nsub\n");
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{vol}:/data"),
+        &image,
+        "ls",
+        "/data",
+    ]);
+    assert_eq!(
+        out, "pipe\nsub\n",
+        "a named volume is filled only while it is empty"
+    );
+    let (empty1, empty2) = (name("nocopy"), name("nocopy"));
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{empty1}:/data:ro,nocopy"),
+        "--mount",
+        &format!("type=volume,src={empty2},dst=/cfg,volume-nocopy"),
+        &image,
+        "sh",
+        "-c",
+        "ls -A /data /cfg; touch /data/x 2>/dev/null || echo ro",
+    ]);
+    assert_eq!(out, "/cfg:\n\n/data:\nro\n");
+    let host = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{}:/data", host.path().display()),
+        &image,
+        "sh",
+        "-c",
+        "ls -A /data; cat /cfg/vessel-image-only",
+    ]);
+    assert_eq!(
+        out, "image\n",
+        "the bind mount is empty and /cfg still a volume"
+    );
+    ok(&["volume", "rm", &vol, &empty1, &empty2]);
+    let o = vessel(&["run", "--rm", "-v", "/tmp:/data:nocopy", "busybox", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("nocopy is for volumes"),
+        "{}",
+        stderr(&o)
+    );
+
+    // With --userns the copy is owned by the ids the container's users map to.
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--userns",
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "stat -c '%u:%g %a' /data /data/sub/f && echo w > /data/w && cat /data/w",
+    ]);
+    assert_eq!(out, "1234:5678 751\n1234:5678 4755\nw\n");
+    ok(&["rmi", &image]);
+}

@@ -100,19 +100,36 @@ pub fn run(cli: Cli) -> CmdResult {
         } => inspectors::history(&store()?, &image, no_trunc, quiet),
         Command::CpServe {
             pid,
+            view,
+            copy_up,
+            into,
+            shift,
             out,
             dest,
             contents,
-        } => Ok(vessel_engine::copy::serve(
-            pid,
-            match (out, dest) {
-                (Some(path), _) => vessel_engine::copy::Direction::Out { path },
-                (None, dest) => vessel_engine::copy::Direction::In {
+        } => {
+            use vessel_engine::copy::{At, Direction};
+            let at = match (pid, view) {
+                (Some(pid), _) => At::Pid(pid),
+                (None, view) => At::View(
+                    serde_json::from_str(view.as_deref().unwrap_or_default())
+                        .map_err(|e| crate::Failure::new(125, format!("--view: {e}")))?,
+                ),
+            };
+            let dir = match (copy_up, out, dest) {
+                (Some(path), _, _) => Direction::CopyUp {
+                    path,
+                    into: into.unwrap_or_default(),
+                    shift,
+                },
+                (None, Some(path), _) => Direction::Out { path },
+                (None, None, dest) => Direction::In {
                     dest: dest.unwrap_or_default(),
                     contents,
                 },
-            },
-        )),
+            };
+            Ok(vessel_engine::copy::serve(at, dir))
+        }
         Command::Stop { time, instances } => containers::stop(&engine()?, time, &instances),
         Command::Kill { signal, instances } => containers::kill(&engine()?, &signal, &instances),
         Command::Wait { instances } => containers::wait(&engine()?, &instances),
