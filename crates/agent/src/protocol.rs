@@ -26,6 +26,9 @@
 //! ExecExit                  ──────▶
 //! ```
 //!
+//! With [`GuestConfig::export_changes`] (a build step), a command that exits 0 is followed
+//! by its changes: `Changes` frames carrying an OCI layer tar, in order, then `Exit`.
+//!
 //! Between `vessel exec` and the VM's monitor the same frames flow without ids (one
 //! connection per session): `Config` to start, then `Stdin`/`StdinEof`/`Signal`/`Resize`
 //! one way and `Started`/`Stdout`/`Stderr`/`Exit`/`Error` the other.
@@ -100,6 +103,9 @@ pub enum Kind {
     /// Guest → host: a session's process did not run (JSON [`ErrorReport`] after the id);
     /// its last frame.
     ExecError = 26,
+    /// Guest → host: the next bytes of the command's changes, an OCI layer tar (only
+    /// with [`GuestConfig::export_changes`], after a 0 exit, before `Exit`).
+    Changes = 27,
 }
 
 impl Kind {
@@ -128,6 +134,7 @@ impl Kind {
             24 => Kind::ExecStderr,
             25 => Kind::ExecExit,
             26 => Kind::ExecError,
+            27 => Kind::Changes,
             _ => return None,
         })
     }
@@ -217,6 +224,10 @@ pub struct GuestConfig {
     pub volumes: Vec<GuestVolume>,
     /// How to configure `eth0` (the virtio-net interface); `None`: loopback only.
     pub network: Option<GuestNetwork>,
+    /// A build step: when the command exits 0, every other process is killed and the
+    /// overlay's upper directory is sent as an OCI layer ([`Kind::Changes`]) before
+    /// `Exit`. Needs a writable root.
+    pub export_changes: bool,
 }
 
 /// The guest's one network interface, as the host's network lease describes it.
@@ -377,7 +388,8 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    const ALL: [Kind; 22] = [
+    const ALL: [Kind; 23] = [
+        Kind::Changes,
         Kind::Hosts,
         Kind::ExecStart,
         Kind::ExecStdin,
@@ -484,7 +496,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_rejected() {
-        for kind in [0u8, 12, 15, 27, 255] {
+        for kind in [0u8, 12, 15, 28, 255] {
             let err = read_frame(&mut Cursor::new(vec![kind, 0, 0, 0, 0])).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
             assert!(err.to_string().contains(&kind.to_string()), "{err}");
@@ -559,6 +571,7 @@ mod tests {
                 hosts: "10.89.0.3\tpeer\n".into(),
                 resolv_conf: "nameserver 10.0.0.53\n".into(),
             }),
+            export_changes: true,
         };
         let json = serde_json::to_vec(&full).unwrap();
         assert_eq!(serde_json::from_slice::<GuestConfig>(&json).unwrap(), full);

@@ -970,7 +970,7 @@ impl Builder<'_> {
             change(&root).map_err(|e| self.at(start, e))?;
         }
         let upper = ov.finish()?;
-        let layer = self.upper_layer(upper)?;
+        let layer = self.changes_layer(crate::run::Changes::Upper(upper))?;
         drop(ov);
         self.cache.put(&key, layer.as_ref());
         self.done(&layer);
@@ -978,17 +978,36 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn upper_layer(&self, upper: &Path) -> Result<Option<LayerRecord>> {
-        let empty = std::fs::read_dir(upper)
-            .map_err(|e| Error::io("read", upper, e))?
-            .next()
-            .is_none();
-        if empty {
-            return Ok(None);
+    /// The layer of a RUN step's changes; `None` if it changed nothing.
+    fn changes_layer(&self, changes: crate::run::Changes<'_>) -> Result<Option<LayerRecord>> {
+        match changes {
+            crate::run::Changes::Upper(upper) => {
+                let empty = std::fs::read_dir(upper)
+                    .map_err(|e| Error::io("read", upper, e))?
+                    .next()
+                    .is_none();
+                if empty {
+                    return Ok(None);
+                }
+                Ok(Some(vessel_image::import::store_upper_layer(
+                    self.store, upper,
+                )?))
+            }
+            crate::run::Changes::Tar(tar) => {
+                let f = std::fs::File::open(tar).map_err(|e| Error::io("open", tar, e))?;
+                let empty = tar::Archive::new(f)
+                    .entries()
+                    .map_err(|e| Error::io("read", tar, e))?
+                    .next()
+                    .is_none();
+                if empty {
+                    return Ok(None);
+                }
+                Ok(Some(vessel_image::import::store_layer_tar(
+                    self.store, tar,
+                )?))
+            }
         }
-        Ok(Some(vessel_image::import::store_upper_layer(
-            self.store, upper,
-        )?))
     }
 
     fn done(&self, layer: &Option<LayerRecord>) {
@@ -1078,10 +1097,11 @@ impl Builder<'_> {
             env,
             workdir: st.workdir(),
             user: st.get_str("User").unwrap_or_default(),
+            isolation: self.opts.isolation,
         };
         self.runs += 1;
-        let ran = crate::run::run(self.engine, spec, self.report, |upper| {
-            self.upper_layer(upper)
+        let ran = crate::run::run(self.engine, spec, self.report, |changes| {
+            self.changes_layer(changes)
         })
         .map_err(|e| self.at(start, format!("RUN: {e}")))?;
         let Some(layer) = ran.made.filter(|_| ran.code == 0) else {

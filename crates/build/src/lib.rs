@@ -102,6 +102,9 @@ pub struct BuildOptions {
     /// `--pull`: pull every `FROM` image from its registry, even one in the store (a
     /// pull that fails fails the build, as Docker's).
     pub pull: bool,
+    /// `--isolation`: what runs each `RUN` step, a container or a microVM (whose guest
+    /// kernel keeps an untrusted Dockerfile's commands off the host's).
+    pub isolation: vessel_engine::request::Isolation,
 }
 
 /// Where progress goes (`docker build --progress=plain` style lines).

@@ -1,6 +1,9 @@
-//! A RUN step: a container of the image-so-far, through the engine like any instance
-//! (catalogue, default network, cgroups), started by this process, its output streamed to
-//! the build's report; its overlay upper directory is the step's change.
+//! A RUN step: a container or microVM of the image-so-far, through the engine like any
+//! instance (catalogue, default network, cgroups), started by this process, its output
+//! streamed to the build's report. A container's overlay upper directory is the step's
+//! change; a microVM's guest sends its change as a layer tar (see
+//! `vessel_agent::protocol::Kind::Changes`), which the VM backend writes to the instance's
+//! `changes.tar`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -25,6 +28,16 @@ pub struct RunSpec {
     pub workdir: String,
     /// USER.
     pub user: String,
+    /// A container or a microVM.
+    pub isolation: Isolation,
+}
+
+/// What a successful step changed.
+pub enum Changes<'a> {
+    /// A container's overlay upper directory.
+    Upper(&'a Path),
+    /// A microVM's changes: an OCI layer tar from the guest, untrusted.
+    Tar(&'a Path),
 }
 
 /// How a RUN ended.
@@ -44,14 +57,15 @@ enum Msg {
     Exited(Result<i32>),
 }
 
-/// Runs `spec` to completion; on success, gives `on_upper` the container's overlay upper
-/// directory before the container is removed. The container is removed whatever happens.
+/// Runs `spec` to completion; on success, gives `on_changes` what the step changed
+/// before the instance is removed. The instance is removed whatever happens.
 pub fn run<T>(
     engine: &Engine,
     spec: RunSpec,
     report: &dyn Report,
-    on_upper: impl FnOnce(&Path) -> Result<T>,
+    on_changes: impl FnOnce(Changes<'_>) -> Result<T>,
 ) -> Result<Ran<T>> {
+    let isolation = spec.isolation;
     let network = vessel_network::Mode::parse("bridge").map_err(|e| Error::Engine(e.into()))?;
     let inst = engine.create(
         CreateSpec {
@@ -65,17 +79,18 @@ pub fn run<T>(
                 user: spec.user.clone(),
                 hostname: id.get(..12).unwrap_or(id).to_string(),
                 network: network.clone(),
-                ..RunRequest::plain(Isolation::Container, spec.args.clone())
+                export_changes: isolation == Isolation::Vm,
+                ..RunRequest::plain(isolation, spec.args.clone())
             })
         },
     )?;
     let dir = engine.instance_dir(&inst.id);
     let ran: Result<Ran<T>> = (|| {
         let (code, tail) = start_and_wait(engine, &inst, &dir, report)?;
-        let made = if code == 0 {
-            Some(on_upper(&dir.join("upper"))?)
-        } else {
-            None
+        let made = match (code, isolation) {
+            (0, Isolation::Container) => Some(on_changes(Changes::Upper(&dir.join("upper")))?),
+            (0, Isolation::Vm) => Some(on_changes(Changes::Tar(&dir.join("changes.tar")))?),
+            _ => None,
         };
         Ok(Ran { code, tail, made })
     })();
@@ -96,7 +111,7 @@ fn start_and_wait(
         .map_err(|e| io("pipe")(e.into()))?;
     let w2 = w.try_clone().map_err(io("dup"))?;
     let null = std::fs::File::open("/dev/null").map_err(io("open"))?;
-    let backend = engine.backend(Isolation::Container)?;
+    let backend = engine.backend(inst.request.isolation)?;
     let started = backend.start(
         inst,
         dir,

@@ -469,6 +469,7 @@ pub fn build_request(
             .map(|(p, proto)| format!("{p}/{}", proto.as_str()))
             .collect(),
         publish_all: a.publish_all,
+        export_changes: false,
         dns_search: a.dns_search.clone(),
         access,
         labels,

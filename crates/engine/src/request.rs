@@ -357,6 +357,11 @@ pub struct RunRequest {
     /// `-P`: every exposed port was published on a random host port.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publish_all: bool,
+    /// A build step in a microVM: when its command exits 0, the guest sends what it
+    /// changed as an OCI layer, which the VM backend writes to `changes.tar` in the
+    /// instance's directory (containers leave their changes in `upper`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub export_changes: bool,
 }
 
 /// One more network to join at create (`--network` again; another endpoint of the API's
@@ -440,6 +445,7 @@ impl RunRequest {
             healthcheck: None,
             exposed: Vec::new(),
             publish_all: false,
+            export_changes: false,
         }
     }
 }

@@ -297,7 +297,38 @@ fn guest_config(inst: &Instance, network: Option<GuestNetwork>) -> GuestConfig {
         tty: r.tty,
         interactive: r.interactive,
         read_only: r.read_only,
+        export_changes: r.export_changes,
         ..Default::default()
+    }
+}
+
+/// Most bytes of changes a build step's guest may send: a tar of everything its scratch
+/// disk can hold, with room for the entries' headers.
+const MAX_CHANGES: u64 = 2 * SCRATCH_BYTES;
+
+/// Where a build step's changes go (`changes.tar` in the instance's directory), and how
+/// far they got.
+struct ChangesFile {
+    file: std::fs::File,
+    written: u64,
+    failed: Option<String>,
+}
+
+impl ChangesFile {
+    fn take(&mut self, data: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.written += data.len() as u64;
+        if self.written > MAX_CHANGES {
+            self.failed = Some(format!(
+                "the step's changes exceed {} MiB",
+                MAX_CHANGES >> 20
+            ));
+            let _ = self.file.set_len(0);
+        } else if let Err(e) = self.file.write_all(data) {
+            self.failed = Some(format!("write the step's changes: {e}"));
+        }
     }
 }
 
@@ -315,6 +346,7 @@ fn bridge(
     control: mpsc::Receiver<Control>,
     ready: mpsc::Sender<std::result::Result<(), (u8, String)>>,
     mut terminal: Option<OwnedFd>,
+    mut changes: Option<ChangesFile>,
 ) -> Outcome {
     /// Tells the size follower to end when the bridge does, however it returns.
     struct Done(std::sync::Arc<std::sync::atomic::AtomicBool>);
@@ -401,11 +433,24 @@ fn bridge(
                 (Kind::Stderr, data) => {
                     let _ = err.write_all(&data);
                 }
+                (Kind::Changes, data) => match &mut changes {
+                    Some(c) => c.take(&data),
+                    None => tracing::warn!("the guest sent changes nobody asked for"),
+                },
                 (Kind::Exit, data) => {
                     outcome.exit = data
                         .get(..4)
                         .and_then(|b| b.try_into().ok())
                         .map(i32::from_le_bytes);
+                    if let Some(why) = changes.as_mut().and_then(|c| c.failed.take()) {
+                        outcome.exit = None;
+                        outcome.error = Some((125, why));
+                    } else if let Some(c) = changes.as_mut() {
+                        if let Err(e) = c.file.flush() {
+                            outcome.exit = None;
+                            outcome.error = Some((125, format!("write the step's changes: {e}")));
+                        }
+                    }
                 }
                 (Kind::Error, data) => {
                     #[derive(serde::Deserialize)]
@@ -694,6 +739,16 @@ impl Backend for VmBackend {
                 .map_err(|e| EngineError::Backend(format!("virtio-console: {e}")))?,
         ));
         let sessions = Sessions::default();
+        let changes = if r.export_changes {
+            let p = dir.join("changes.tar");
+            Some(ChangesFile {
+                file: std::fs::File::create(&p).map_err(io("create", &p))?,
+                written: 0,
+                failed: None,
+            })
+        } else {
+            None
+        };
         let (bridge_writer, bridge_sessions) = (writer.clone(), sessions.clone());
         let bridge_thread = std::thread::Builder::new()
             .name("guest-channel".into())
@@ -709,6 +764,7 @@ impl Backend for VmBackend {
                     control_rx,
                     ready_tx,
                     terminal,
+                    changes,
                 )
             })
             .map_err(|e| EngineError::Backend(format!("start the guest channel: {e}")))?;

@@ -166,6 +166,19 @@ pub fn add_layer(
     commit_single(store, config, layers, tag)
 }
 
+/// Stores a layer tar made elsewhere (a build step's changes, sent by a microVM's guest),
+/// read as a pulled layer is, trusting none of it: the same header and size limits, the
+/// disk budget, and the unpack's checks.
+pub fn store_layer_tar(store: &Store, tar: &Path) -> Result<LayerRecord> {
+    store_layer(store, "changes", |tmp| {
+        let f = File::open(tar).map_err(Error::io("open", tar))?;
+        let what = format!("layer {}", tar.display());
+        let mut guard = TarGuard::new(f, what, store.disk_budget()?, DISK_BUDGET);
+        let result = write_layer(tmp, |b| copy_tar(b, &mut guard, tar));
+        result.map_err(|e| guard.take_failure().unwrap_or(e))
+    })
+}
+
 /// Stores the overlayfs upper directory `upper` (what one step of a build changed) as a
 /// layer: its whiteouts (0:0 character devices) become `.wh.NAME` entries and its opaque
 /// directories (`trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry, as the OCI

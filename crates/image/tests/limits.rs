@@ -582,3 +582,74 @@ fn pull_refuses_a_huge_manifest_without_buffering_it() {
         assert_eq!(leftovers(root.path()), Vec::<PathBuf>::new());
     }
 }
+
+/// A microVM build step's changes (`import::store_layer_tar`) come from a guest that ran
+/// untrusted commands: they are read as a hostile layer is. A size the disk budget cannot
+/// hold is refused from its header; paths that climb out, or go through a link to a host
+/// path, do not leave the layer; nothing is left of a refused one.
+#[test]
+fn a_guests_changes_tar_is_read_as_a_hostile_layer() {
+    use vessel_image::import::store_layer_tar;
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        root.path(),
+        StoreOptions {
+            disk: DiskLimits {
+                reserve: None,
+                max_layer: Some(1 << 20),
+            },
+        },
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // 3 GiB claimed and (sparsely) there: refused at the budget, in bounded memory.
+    let huge = work.path().join("huge.tar");
+    let mut f = fs::File::create(&huge).unwrap();
+    f.write_all(&header(tar::EntryType::Regular, "big", THREE_GIB))
+        .unwrap();
+    f.set_len(512 + THREE_GIB + 1024).unwrap();
+    let err = bounded("huge changes", || {
+        store_layer_tar(&store, &huge).unwrap_err()
+    });
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert_eq!(leftovers(root.path()), Vec::<PathBuf>::new());
+
+    // A path that climbs out of the layer.
+    let climb = work.path().join("climb.tar");
+    let mut raw = header(tar::EntryType::Regular, "../../escaped", 1);
+    raw.extend_from_slice(&[b'x'; 512]);
+    raw.extend_from_slice(&[0u8; 1024]);
+    fs::write(&climb, raw).unwrap();
+    let err = store_layer_tar(&store, &climb).unwrap_err();
+    assert!(err.to_string().contains(".."), "{err}");
+    assert!(!root.path().join("escaped").exists());
+    assert_eq!(leftovers(root.path()), Vec::<PathBuf>::new());
+
+    // A link to the host's /etc, then a file written through it: inside the layer.
+    let marker = format!("vessel-changes-{}", std::process::id());
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "hostetc", "/etc").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, format!("hostetc/{marker}"), &b"x"[..])
+        .unwrap();
+    let through = work.path().join("through.tar");
+    fs::write(&through, b.into_inner().unwrap()).unwrap();
+    match store_layer_tar(&store, &through) {
+        Ok(layer) => {
+            let dir = store.unpack_layer(&layer).unwrap();
+            assert!(dir.starts_with(root.path()), "{}", dir.display());
+        }
+        Err(e) => assert!(e.to_string().contains("hostetc"), "{e}"),
+    }
+    assert!(
+        !Path::new("/etc").join(&marker).exists(),
+        "a guest's changes wrote into the host's /etc"
+    );
+}

@@ -606,7 +606,7 @@ pub struct BuildArgs {
     /// Print only the new image's id
     #[arg(short, long)]
     pub quiet: bool,
-    /// Where RUN steps run: container (vm is not supported by build yet)
+    /// Where RUN steps run: container, or vm (each RUN in a microVM of its own kernel)
     #[arg(long, value_enum, default_value_t = IsolationArg::Container)]
     pub isolation: IsolationArg,
     /// The build context directory

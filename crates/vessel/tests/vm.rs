@@ -994,3 +994,105 @@ fn health_checks_probe_inside_the_guest() {
     ok(&["rm", "-f", &n]);
     assert_no_leftovers(&id);
 }
+
+#[test]
+#[ignore = "needs hardware KVM: run through scripts/vm-suite (./x test does)"]
+fn build_isolation_vm_runs_every_run_step_in_a_microvm() {
+    assert!(
+        std::env::var_os("VESSEL_KERNEL_DIR").is_some(),
+        "VESSEL_KERNEL_DIR is not set: run these tests through scripts/vm-suite"
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    // Deletions (a whiteout), a directory made again (opaque), set-user-ID, a hard link
+    // and a symbolic link: every kind of change crosses from the guest as a layer.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\n\
+         RUN uname -r > /kernel && cat /proc/sys/kernel/random/boot_id > /boot_id \
+             && mkdir -p /opq && echo old > /opq/old\n\
+         RUN rm /bin/true && rm -rf /opq && mkdir /opq && echo new > /opq/new \
+             && mkdir -p /srv && echo hi > /srv/f && chmod 4711 /srv/f && ln /srv/f /srv/hard \
+             && ln -s f /srv/soft && echo peer > /etc/hostname-was-written\n\
+         CMD [\"cat\", \"/srv/f\"]\n",
+    )
+    .unwrap();
+    let tag = format!("{}:t", name("vmbuild"));
+    let before = ok(&["ps", "-aq"]);
+    let o = vessel_within(
+        &[
+            "build",
+            "--isolation",
+            "vm",
+            "-t",
+            &tag,
+            ctx.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(600),
+    );
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert_eq!(ok(&["ps", "-aq"]), before, "the build's microVMs are left");
+    // Run as a container: the steps ran in the guest kernel, not in this one.
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let out = ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &tag,
+        "sh",
+        "-c",
+        "cat /kernel /boot_id; ls /opq; stat -c '%a %h' /srv/f; readlink /srv/soft; \
+         test -e /bin/true || echo no-true; cat /etc/hostname-was-written",
+    ]);
+    let kernel = std::env::var("VESSEL_TEST_KERNEL_VERSION").unwrap_or_default();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&kernel.as_str()), "{out}");
+    assert_ne!(lines.get(1).copied(), Some(host_boot.trim()), "{out}");
+    assert_eq!(
+        &lines[2..],
+        ["new", "4711 2", "f", "no-true", "peer"],
+        "{out}"
+    );
+    assert_eq!(ok(&["run", "--rm", "--network", "none", &tag]), "hi\n");
+    // Rebuilt: every step from the cache, no VM booted.
+    let o = vessel_within(
+        &[
+            "build",
+            "--isolation",
+            "vm",
+            "-t",
+            &tag,
+            ctx.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).matches("Using cache").count() >= 2,
+        "{}",
+        stdout(&o)
+    );
+    // A failing step names its line and exit code, and leaves nothing behind.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo failing in the guest && exit 3\n",
+    )
+    .unwrap();
+    let o = vessel_within(
+        &["build", "--isolation", "vm", ctx.path().to_str().unwrap()],
+        Duration::from_secs(300),
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("exited with 3"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("failing in the guest"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        ok(&["ps", "-aq"]),
+        before,
+        "the failed build's microVM is left"
+    );
+    ok(&["rmi", &tag]);
+}

@@ -9,6 +9,7 @@
 //! The serial console stays silent unless something fatal happens; the host learns
 //! everything through frames.
 
+mod changes;
 mod command;
 mod exec;
 mod memory;
@@ -84,8 +85,13 @@ pub fn run() -> ! {
         .and_then(|()| {
             rootfs::enter_root(&cfg).map_err(Failure::setup("set up the root file system"))
         })
-        .and_then(|()| command::run(&cfg, &console))
-    {
+        .and_then(|upper| Ok((command::run(&cfg, &console)?, upper)))
+        .and_then(|(status, upper)| match upper {
+            Some(upper) if status == 0 => changes::send(&console, &upper)
+                .map(|()| status)
+                .map_err(Failure::setup("send the step's changes")),
+            _ => Ok(status),
+        }) {
         Ok(status) => {
             let _ = command::send(&console, Kind::Exit, &protocol::encode_i32(status));
         }

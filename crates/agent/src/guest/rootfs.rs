@@ -69,10 +69,17 @@ pub fn load_modules() -> io::Result<()> {
 }
 
 /// Builds the container's root at `/newroot` from the disks, with its kernel file systems
-/// and `/etc/hostname` + `/etc/hosts`, then makes it `/`.
-pub fn enter_root(cfg: &GuestConfig) -> io::Result<()> {
+/// and `/etc/hostname` + `/etc/hosts`, then makes it `/`. With `export_changes`, returns
+/// the overlay's upper directory, open (it is out of reach once the root is switched).
+pub fn enter_root(cfg: &GuestConfig) -> io::Result<Option<File>> {
     sys::wait_for(IMAGE_DISK, DEVICE_WAIT)?;
+    let mut upper = None;
     if cfg.read_only {
+        if cfg.export_changes {
+            return Err(io::Error::other(
+                "a read-only root has no changes to export",
+            ));
+        }
         mount(IMAGE_DISK, "/newroot", "ext4", libc::MS_RDONLY, "")?;
     } else {
         sys::wait_for(SCRATCH_DISK, DEVICE_WAIT)?;
@@ -87,6 +94,9 @@ pub fn enter_root(cfg: &GuestConfig) -> io::Result<()> {
             0,
             "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work",
         )?;
+        if cfg.export_changes {
+            upper = Some(File::open("/mnt/rw/upper")?);
+        }
     }
 
     // Mount points the image lacks are created when the root is writable; a read-only
@@ -147,7 +157,8 @@ pub fn enter_root(cfg: &GuestConfig) -> io::Result<()> {
         }
     }
     write_identity_files(cfg)?;
-    switch_root()
+    switch_root()?;
+    Ok(upper)
 }
 
 /// `/etc/hostname` and `/etc/hosts` for the configured hostname, and with a network the

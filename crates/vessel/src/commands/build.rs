@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::cli::{BuildArgs, IsolationArg};
+use crate::cli::BuildArgs;
 use crate::{CmdResult, Failure, EXIT_ENGINE};
 use vessel_engine::Engine;
 
@@ -27,12 +27,6 @@ impl vessel_build::Report for Plain {
 
 /// `vessel build`.
 pub fn build(engine: &Engine, a: &BuildArgs) -> CmdResult {
-    if a.isolation == IsolationArg::Vm {
-        return Err(Failure::new(
-            EXIT_ENGINE,
-            "--isolation vm: vessel build runs RUN steps in containers only for now; use --isolation container",
-        ));
-    }
     if let Some(p) = &a.platform {
         super::containers::check_platform(p)?;
     }
@@ -66,6 +60,7 @@ pub fn build(engine: &Engine, a: &BuildArgs) -> CmdResult {
         target: a.target.clone(),
         no_cache: a.no_cache,
         pull: a.pull,
+        isolation: super::containers::isolation_of(a.isolation),
     };
     let built = vessel_build::build(engine, &opts, &Plain { quiet: a.quiet })
         .map_err(|e| Failure::new(e.exit_code(), e))?;
