@@ -132,12 +132,6 @@ pub fn ping(method: &Method) -> Response<Body> {
     r
 }
 
-fn kernel() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// `/version`.
 pub fn version() -> Response<Body> {
     let v = env!("CARGO_PKG_VERSION");
@@ -147,7 +141,7 @@ pub fn version() -> Response<Body> {
             "Platform": {"Name": "vessel"},
             "Components": [{"Name": "Engine", "Version": v, "Details": {
                 "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
-                "Os": "linux", "Arch": "amd64", "KernelVersion": kernel(),
+                "Os": "linux", "Arch": "amd64", "KernelVersion": vessel_engine::info::kernel_version(),
             }}],
             "Version": v,
             "ApiVersion": API_VERSION,
@@ -156,7 +150,7 @@ pub fn version() -> Response<Body> {
             "GoVersion": "",
             "Os": "linux",
             "Arch": "amd64",
-            "KernelVersion": kernel(),
+            "KernelVersion": vessel_engine::info::kernel_version(),
             "BuildTime": "",
         }),
     )
@@ -164,57 +158,6 @@ pub fn version() -> Response<Body> {
 
 /// `/info`: counts, the runtimes (`runc`/`vessel` run containers, `vessel-vm` microVMs).
 pub async fn info(state: &Arc<State>) -> Result<Response<Body>, ApiError> {
-    let (running, stopped, paused_total, images) = state
-        .engine(|e| {
-            let all = e.list()?;
-            let running = all
-                .iter()
-                .filter(|i| i.status == vessel_engine::catalogue::Status::Running)
-                .count();
-            let images = e.store()?.list()?.len();
-            Ok((running, all.len() - running, all.len(), images))
-        })
-        .await?;
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mem = nix::sys::sysinfo::sysinfo()
-        .map(|s| s.ram_total())
-        .unwrap_or(0);
-    let root = state.config.root.display().to_string();
-    Ok(http::json(
-        StatusCode::OK,
-        &json!({
-            "ID": "vessel",
-            "Containers": paused_total,
-            "ContainersRunning": running,
-            "ContainersPaused": 0,
-            "ContainersStopped": stopped,
-            "Images": images,
-            "Driver": "overlay2",
-            "DockerRootDir": root,
-            "Name": host,
-            "OperatingSystem": "vessel",
-            "OSType": "linux",
-            "Architecture": "x86_64",
-            "KernelVersion": kernel(),
-            "NCPU": cpus,
-            "MemTotal": mem,
-            "ServerVersion": env!("CARGO_PKG_VERSION"),
-            "DefaultRuntime": "runc",
-            "Runtimes": {
-                "runc": {"path": "vessel", "status": {"isolation": "container"}},
-                "vessel": {"path": "vessel", "status": {"isolation": "container"}},
-                "vessel-vm": {"path": "vessel", "status": {"isolation": "microvm"}},
-            },
-            "CgroupDriver": "cgroupfs",
-            "LoggingDriver": "json-file",
-            "Plugins": {"Volume": [], "Network": ["bridge", "host", "none"], "Log": ["json-file", "none"]},
-            "SecurityOptions": [],
-            "Warnings": [],
-            "Swarm": {"LocalNodeState": "inactive"},
-            "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": []},
-        }),
-    ))
+    let doc: serde_json::Value = state.engine(|e| Ok(e.info()?)).await?;
+    Ok(http::json(StatusCode::OK, &doc))
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod exec;
 pub mod filters;
 pub mod health;
+pub mod info;
 pub mod init;
 pub mod inspect;
 pub mod lifecycle;

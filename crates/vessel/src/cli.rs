@@ -62,6 +62,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run a command in a running instance
     Exec(ExecArgs),
+    /// Attach this terminal's input and output to a running instance
+    Attach(AttachArgs),
     /// Copy files between a running container and the host: `cp CONTAINER:SRC DEST`,
     /// `cp SRC CONTAINER:DEST`; `-` for a tar stream on stdout or stdin
     Cp {
@@ -319,6 +321,12 @@ pub enum Command {
     /// Disk use and clean-up across images, instances, volumes and networks
     #[command(subcommand)]
     System(SystemCommand),
+    /// System-wide information: instances by state, images, the host and the engine
+    Info {
+        /// Format the output: json, or a template (`{{.ServerVersion}}`, `{{json .}}`)
+        #[arg(short, long, value_name = "json|TEMPLATE")]
+        format: Option<Format>,
+    },
     /// List images
     Images(ImagesArgs),
     /// Manage images
@@ -368,6 +376,12 @@ pub enum ContainerCommand {
 pub enum SystemCommand {
     /// Disk used by images, instances, volumes and the build cache
     Df,
+    /// System-wide information (as `vessel info`)
+    Info {
+        /// Format the output: json, or a template (`{{.ServerVersion}}`, `{{json .}}`)
+        #[arg(short, long, value_name = "json|TEMPLATE")]
+        format: Option<Format>,
+    },
     /// Remove stopped instances, unused networks, dangling images (all unused ones with
     /// --all) and, with --volumes, unused volumes
     Prune {
@@ -1095,6 +1109,24 @@ pub struct LogsArgs {
     #[arg(short = 'n', long)]
     pub tail: Option<usize>,
     /// Instance
+    pub instance: String,
+}
+
+/// `attach`.
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Do not attach standard input
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Pass the signals attach receives on to the instance (not with a terminal;
+    /// --sig-proxy=false: do not)
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub sig_proxy: bool,
+    /// The key sequence that detaches, leaving the instance running (default
+    /// ctrl-p,ctrl-q)
+    #[arg(long)]
+    pub detach_keys: Option<String>,
+    /// The instance
     pub instance: String,
 }
 

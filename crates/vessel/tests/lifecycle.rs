@@ -504,3 +504,142 @@ fn internal_commands_run_by_hand_leave_the_databases_intact() {
     ok(&["rm", &n]);
     assert!(!ok(&["ps", "-a"]).contains(&n));
 }
+
+#[test]
+fn attach_joins_a_running_instances_streams_and_returns_its_status() {
+    use std::io::Write;
+    // Input reaches its stdin, stdout and stderr come back apart, and its exit status is
+    // attach's.
+    let n = name("attach");
+    ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "while read l; do [ \"$l\" = quit ] && exit 7; echo \"got $l\"; echo \"err $l\" >&2; done",
+    ]);
+    let mut child = cmd(&["attach", &n])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    input.write_all(b"hello\nquit\n").unwrap();
+    let o = output_within(child, "vessel attach");
+    assert_eq!(stdout(&o), "got hello\n");
+    assert_eq!(stderr(&o), "err hello\n");
+    assert_eq!(code(&o), 7);
+    ok(&["rm", &n]);
+
+    // Without a terminal the signals attach gets go to the instance (--sig-proxy).
+    let n = name("attachsig");
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 3' TERM; while true; do sleep 0.1; done",
+    ]);
+    let child = cmd(&["attach", "--no-stdin", &n])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = output_within(child, "vessel attach (SIGTERM)");
+    assert_eq!(stdout(&o), "got-term\n");
+    assert_eq!(code(&o), 3);
+    ok(&["rm", &n]);
+
+    // On a terminal the detach keys leave it running; --detach-keys changes them.
+    let n = name("attachtty");
+    ok(&[
+        "run",
+        "-dit",
+        "--name",
+        &n,
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+    ]);
+    let line = format!(
+        "{} --root {} attach --detach-keys ctrl-x,y {n}",
+        vessel_bin(),
+        root().display()
+    );
+    let mut child = on_a_terminal(&line)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    input.write_all(b"echo in-the-$((40+2))\r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    input.write_all(&[0x18, b'y']).unwrap();
+    let o = output_within(child, "vessel attach (detach keys)");
+    assert!(stdout(&o).contains("in-the-42"), "{}", stdout(&o));
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert_eq!(inspect(&n)["State"]["Status"], "running");
+
+    // Refusals, in Docker's words.
+    let o = vessel(&["attach", "--detach-keys", "ctrl-1", &n]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    ok(&["rm", "-f", &n]);
+    let n = name("attachstopped");
+    ok(&["create", "--name", &n, "busybox"]);
+    let o = vessel(&["attach", &n]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).contains("cannot attach to a stopped container"),
+        "{}",
+        stderr(&o)
+    );
+    ok(&["rm", &n]);
+}
+
+#[test]
+fn info_counts_instances_and_describes_the_host() {
+    let n = name("info");
+    ok(&["create", "--name", &n, "busybox"]);
+    let doc: serde_json::Value = serde_json::from_str(&ok(&["info", "--format", "json"])).unwrap();
+    assert!(doc["Containers"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(doc["ContainersStopped"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(doc["Images"].as_u64().unwrap() >= 1, "{doc}");
+    assert_eq!(doc["DockerRootDir"], root().display().to_string());
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    assert_eq!(doc["CgroupVersion"], if v2 { "2" } else { "1" });
+    let text = ok(&["info"]);
+    for want in [
+        "Containers:",
+        "Server Version:",
+        "Storage Driver: overlay2",
+        "Kernel Version:",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    assert_eq!(
+        ok(&["system", "info", "-f", "{{.Driver}} {{.OSType}}"]),
+        "overlay2 linux\n"
+    );
+    ok(&["rm", &n]);
+}

@@ -280,10 +280,10 @@ pub fn start(engine: &Engine, attach: bool, names: &[String]) -> CmdResult {
 }
 
 /// Puts the terminal in raw mode for the life of the guard.
-struct RawMode(Option<nix::sys::termios::Termios>);
+pub(super) struct RawMode(Option<nix::sys::termios::Termios>);
 
 impl RawMode {
-    fn enable(on: bool) -> RawMode {
+    pub(super) fn enable(on: bool) -> RawMode {
         if !on || !std::io::stdin().is_terminal() {
             return RawMode(None);
         }

@@ -1,5 +1,6 @@
 //! One function per command: call the engine or the image store, print the result.
 
+mod attach;
 mod build;
 mod compare;
 mod containers;
@@ -62,6 +63,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Ps(a) => containers::ps(&engine()?, &a),
         Command::Logs(a) => containers::logs(&engine()?, &a),
         Command::Exec(a) => containers::exec(&engine()?, &a),
+        Command::Attach(a) => attach::attach(&engine()?, &a),
         Command::Cp { src, dest } => cp::cp(&engine()?, &src, &dest),
         Command::Port { instance, port } => {
             inspectors::port(&engine()?, &instance, port.as_deref())
@@ -174,6 +176,7 @@ pub fn run(cli: Cli) -> CmdResult {
             system::image_prune(&engine()?, all)
         }
         Command::System(c) => system::run(&engine()?, &c),
+        Command::Info { format } => system::info(&engine()?, format.as_ref()),
         Command::Monitor {
             id,
             standby,

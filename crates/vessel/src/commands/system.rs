@@ -55,9 +55,87 @@ pub fn image_prune(engine: &Engine, all: bool) -> CmdResult {
     Ok(0)
 }
 
+/// `vessel info` (`vessel system info`): Docker's `/info` document as `docker info`
+/// prints it, or as JSON, or through a template.
+pub fn info(engine: &Engine, format: Option<&crate::template::Format>) -> CmdResult {
+    use crate::template::Format;
+    let doc = engine.info().map_err(fail)?;
+    match format {
+        Some(Format::Json) => {
+            println!("{}", serde_json::to_string(&doc).unwrap_or_default());
+            return Ok(0);
+        }
+        Some(f @ Format::Template { .. }) => {
+            crate::template::print_inspect(vec![doc], Some(f))?;
+            return Ok(0);
+        }
+        Some(Format::Table) | None => {}
+    }
+    let s = |k: &str| match &doc[k] {
+        serde_json::Value::String(v) => v.clone(),
+        v => v.to_string(),
+    };
+    let mut runtimes: Vec<&String> = doc["Runtimes"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    runtimes.sort();
+    let mut out = String::from("Server:\n");
+    out.push_str(&format!(" Containers: {}\n", s("Containers")));
+    for (label, key) in [
+        ("Running", "ContainersRunning"),
+        ("Paused", "ContainersPaused"),
+        ("Stopped", "ContainersStopped"),
+    ] {
+        out.push_str(&format!("  {label}: {}\n", s(key)));
+    }
+    for (label, key) in [
+        ("Images", "Images"),
+        ("Server Version", "ServerVersion"),
+        ("Storage Driver", "Driver"),
+        ("Logging Driver", "LoggingDriver"),
+        ("Cgroup Driver", "CgroupDriver"),
+        ("Cgroup Version", "CgroupVersion"),
+    ] {
+        out.push_str(&format!(" {label}: {}\n", s(key)));
+    }
+    out.push_str(&format!(
+        " Runtimes: {}\n Default Runtime: {}\n Security Options:\n  seccomp\n   Profile: builtin\n",
+        runtimes
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        s("DefaultRuntime")
+    ));
+    for (label, key) in [
+        ("Kernel Version", "KernelVersion"),
+        ("Operating System", "OperatingSystem"),
+        ("OSType", "OSType"),
+        ("Architecture", "Architecture"),
+        ("CPUs", "NCPU"),
+    ] {
+        out.push_str(&format!(" {label}: {}\n", s(key)));
+    }
+    out.push_str(&format!(
+        " Total Memory: {}\n",
+        human_size(doc["MemTotal"].as_u64().unwrap_or(0))
+    ));
+    for (label, key) in [
+        ("Name", "Name"),
+        ("ID", "ID"),
+        ("Docker Root Dir", "DockerRootDir"),
+    ] {
+        out.push_str(&format!(" {label}: {}\n", s(key)));
+    }
+    print!("{out}");
+    Ok(0)
+}
+
 /// Runs a `vessel system` subcommand.
 pub fn run(engine: &Engine, cmd: &SystemCommand) -> CmdResult {
     match cmd {
+        SystemCommand::Info { format } => info(engine, format.as_ref()),
         SystemCommand::Prune {
             all,
             volumes,
