@@ -52,12 +52,7 @@ impl Engine {
             .map(str::parse::<Reference>)
             .transpose()?;
         let store = self.store()?;
-        let image = store.get(
-            &inst
-                .image_id
-                .parse()
-                .map_err(|e| EngineError::Internal(format!("the instance's image id: {e}")))?,
-        )?;
+        let image = self.instance_image(&inst)?;
         let upper = self.instance_dir(&inst.id).join("upper");
         let freeze = o.pause && inst.status == Status::Running && !self.paused(&inst);
         if freeze {

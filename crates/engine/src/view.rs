@@ -317,16 +317,19 @@ fn set_meta(
 }
 
 impl Engine {
+    /// The image `inst` was made from.
+    pub(crate) fn instance_image(&self, inst: &Instance) -> Result<vessel_image::ImageRecord> {
+        let id = inst
+            .image_id
+            .parse()
+            .map_err(|e| EngineError::Internal(format!("the instance's image id: {e}")))?;
+        Ok(self.store()?.get(&id)?)
+    }
+
     /// The layer directories of `inst`'s image, bottom first.
     pub(crate) fn instance_layers(&self, inst: &Instance) -> Result<Vec<PathBuf>> {
-        let store = self.store()?;
-        let image = store.get(
-            &inst
-                .image_id
-                .parse()
-                .map_err(|e| EngineError::Internal(format!("the instance's image id: {e}")))?,
-        )?;
-        Ok(store.layer_dirs(&image)?)
+        let image = self.instance_image(inst)?;
+        Ok(self.store()?.layer_dirs(&image)?)
     }
 
     /// The file system of `inst` (a container that is not running) with its volumes, for

@@ -510,26 +510,8 @@ fn attach_joins_a_running_instances_streams_and_returns_its_status() {
     use std::io::Write;
     // Input reaches its stdin, stdout and stderr come back apart, and its exit status is
     // attach's.
-    let n = name("attach");
-    ok(&[
-        "run",
-        "-d",
-        "-i",
-        "--name",
-        &n,
-        "--network",
-        "none",
-        "busybox",
-        "sh",
-        "-c",
-        "while read l; do [ \"$l\" = quit ] && exit 7; echo \"got $l\"; echo \"err $l\" >&2; done",
-    ]);
-    let mut child = cmd(&["attach", &n])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let n = running_with("attach", &["-i"], &["sh", "-c", "while read l; do [ \"$l\" = quit ] && exit 7; echo \"got $l\"; echo \"err $l\" >&2; done"]);
+    let mut child = spawn_piped(&["attach", &n], std::process::Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     input.write_all(b"hello\nquit\n").unwrap();
@@ -540,25 +522,16 @@ fn attach_joins_a_running_instances_streams_and_returns_its_status() {
     ok(&["rm", &n]);
 
     // Without a terminal the signals attach gets go to the instance (--sig-proxy).
-    let n = name("attachsig");
-    ok(&[
-        "run",
-        "-d",
-        "--name",
-        &n,
-        "--network",
-        "none",
-        "busybox",
-        "sh",
-        "-c",
-        "trap 'echo got-term; exit 3' TERM; while true; do sleep 0.1; done",
-    ]);
-    let child = cmd(&["attach", "--no-stdin", &n])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let n = running_with(
+        "attachsig",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; while true; do sleep 0.1; done",
+        ],
+    );
+    let child = spawn_piped(&["attach", "--no-stdin", &n], std::process::Stdio::null());
     std::thread::sleep(Duration::from_millis(500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -571,17 +544,7 @@ fn attach_joins_a_running_instances_streams_and_returns_its_status() {
     ok(&["rm", &n]);
 
     // On a terminal the detach keys leave it running; --detach-keys changes them.
-    let n = name("attachtty");
-    ok(&[
-        "run",
-        "-dit",
-        "--name",
-        &n,
-        "--network",
-        "none",
-        "busybox",
-        "sh",
-    ]);
+    let n = running_with("attachtty", &["-it"], &["sh"]);
     let line = format!(
         "{} --root {} attach --detach-keys ctrl-x,y {n}",
         vessel_bin(),

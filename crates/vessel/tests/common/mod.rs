@@ -459,19 +459,29 @@ pub fn http_get(port: u16, patience: std::time::Duration) -> String {
 /// A detached `busybox sleep 1000` without a network, named after `prefix`: for tests
 /// that work on a running container.
 pub fn running(prefix: &str) -> String {
+    running_with(prefix, &[], &["sleep", "1000"])
+}
+
+/// A detached busybox container without a network, named after `prefix`, made with the
+/// `run` flags `flags`, running `command`.
+pub fn running_with(prefix: &str, flags: &[&str], command: &[&str]) -> String {
     let n = name(prefix);
-    ok(&[
-        "run",
-        "-d",
-        "--name",
-        &n,
-        "--network",
-        "none",
-        "busybox",
-        "sleep",
-        "1000",
-    ]);
+    let mut args = vec!["run", "-d", "--name", &n, "--network", "none"];
+    args.extend_from_slice(flags);
+    args.push("busybox");
+    args.extend_from_slice(command);
+    ok(&args);
     n
+}
+
+/// `vessel args...` started with `stdin`, its stdout and stderr piped.
+pub fn spawn_piped(args: &[&str], stdin: Stdio) -> Child {
+    cmd(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vessel")
 }
 
 /// util-linux's `script` running shell command `line` on a terminal of its own, as a
