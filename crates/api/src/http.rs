@@ -190,6 +190,74 @@ impl Query {
     }
 }
 
+/// A `Write` into a response stream: each write is one chunk; a client that went away
+/// is a write error (the save stops).
+pub struct ChunkWriter(pub tokio::sync::mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `Read` over a request body's chunks, fed by an async task.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            // Called on a blocking thread: waiting here holds no runtime worker.
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+impl ChunkReader {
+    /// A reader of `req`'s body, fed by a task as the chunks arrive.
+    pub fn of_body(req: Request<Incoming>) -> ChunkReader {
+        let (chunks, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(frame) = body.frame().await {
+                let sent = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(data) => chunks.send(Ok(data)).await,
+                        Err(_) => continue, // trailers
+                    },
+                    Err(e) => {
+                        chunks
+                            .send(Err(format!("reading the request body: {e}")))
+                            .await
+                    }
+                };
+                if sent.is_err() {
+                    break; // the reader stopped
+                }
+            }
+        });
+        ChunkReader {
+            rx,
+            cur: Bytes::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

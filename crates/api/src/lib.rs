@@ -6,6 +6,7 @@
 //! on tokio's blocking pool. Instances do not depend on the server: each has its own
 //! monitor, which serves its attach socket, so a server restart leaves them running.
 
+mod archive;
 mod containers;
 mod error;
 mod events;
@@ -318,6 +319,10 @@ async fn dispatch(
         (&Method::POST, ["containers", id, "rename"]) => containers::rename(&state, &req, id).await,
         (&Method::POST, ["containers", id, "resize"]) => containers::resize(&state, &req, id).await,
         (&Method::GET, ["containers", id, "top"]) => containers::top(&state, &req, id).await,
+        (&Method::HEAD, ["containers", id, "archive"]) => archive::head(&state, &req, id).await,
+        (&Method::GET, ["containers", id, "archive"]) => archive::get(&state, &req, id).await,
+        (&Method::PUT, ["containers", id, "archive"]) => archive::put(&state, req, id).await,
+        (&Method::GET, ["containers", id, "export"]) => archive::export(&state, id).await,
         (&Method::GET, ["containers", id, "stats"]) => usage::stats(&state, &req, id).await,
         (&Method::POST, ["containers", id, "update"]) => usage::update(&state, req, id).await,
         (&Method::POST, ["containers", id, "wait"]) => streams::wait(&state, &req, id).await,
@@ -416,7 +421,7 @@ fn known_unimplemented(parts: &[&str]) -> bool {
         "auth",
         "grpc",
     ];
-    const CONTAINER: &[&str] = &["export", "changes", "archive", "stats", "update"];
+    const CONTAINER: &[&str] = &["changes", "stats", "update"];
     match parts {
         [top, ..] if TOP.contains(top) => true,
         ["images", "search"] => true,

@@ -29,6 +29,11 @@ pub enum At {
 /// What `vessel __cp` does inside the container.
 #[derive(Clone, Debug)]
 pub enum Direction {
+    /// Writes the JSON of the Engine API's path stat of `path` to stdout (see [`stat`]).
+    Stat {
+        /// Path in the container.
+        path: String,
+    },
     /// Copies the directory at `path` into host directory `into` (see
     /// [`crate::view::copy_up`]).
     CopyUp {
@@ -215,6 +220,11 @@ pub fn serve(at: At, dir: Direction) -> u8 {
             At::View(v) => crate::view::enter(v)?,
         }
         match dir {
+            Direction::Stat { path } => {
+                let doc = stat(&path)?;
+                println!("{doc}");
+                Ok(())
+            }
             Direction::Out { path } => pack(&path, std::io::stdout().lock()),
             Direction::In { dest, contents } => {
                 place(std::io::stdin().lock(), Path::new(&dest), true, contents)
@@ -253,6 +263,54 @@ fn enter(pid: i32) -> Result<()> {
         .map_err(|e| EngineError::Backend(format!("chroot into the container: {e}")))?;
     nix::unistd::chdir("/").map_err(|e| EngineError::Backend(format!("chdir /: {e}")))?;
     Ok(())
+}
+
+/// The Engine API's stat of `path` (the `X-Docker-Container-Path-Stat` header): name,
+/// size, mode as Go's `os.FileMode` bits, mtime, and for a link the absolute path it
+/// leads to (resolved where the caller runs: inside the container).
+pub fn stat(path: &str) -> Result<serde_json::Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let p = Path::new(path);
+    let meta = std::fs::symlink_metadata(p).map_err(|_| {
+        EngineError::InvalidFlag(format!(
+            "no such file or directory in the container: {path}"
+        ))
+    })?;
+    let ft = meta.file_type();
+    // Go's os.FileMode: permissions, then one bit per kind and special bit.
+    let mut mode = meta.mode() & 0o777;
+    for (on, bit) in [
+        (ft.is_dir(), 1u32 << 31),
+        (ft.is_symlink(), 1 << 27),
+        (ft.is_block_device() || ft.is_char_device(), 1 << 26),
+        (ft.is_fifo(), 1 << 25),
+        (ft.is_socket(), 1 << 24),
+        (meta.mode() & 0o4000 != 0, 1 << 23),
+        (meta.mode() & 0o2000 != 0, 1 << 22),
+        (ft.is_char_device(), 1 << 21),
+        (meta.mode() & 0o1000 != 0, 1 << 20),
+    ] {
+        if on {
+            mode |= bit;
+        }
+    }
+    let link = if ft.is_symlink() {
+        std::fs::canonicalize(p)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let mtime = chrono::DateTime::from_timestamp(meta.mtime(), meta.mtime_nsec() as u32)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    Ok(serde_json::json!({
+        "name": p.file_name().map_or_else(|| "/".into(), |n| n.to_string_lossy().into_owned()),
+        "size": meta.size(),
+        "mode": mode,
+        "mtime": mtime,
+        "linkTarget": link,
+    }))
 }
 
 /// Writes a tar of `path` to `out`: entries named after its last component, or its
@@ -364,8 +422,28 @@ impl Engine {
         Ok(cmd)
     }
 
-    /// Writes a tar of `path` in running container `inst` to `out` (see
-    /// [`Direction::Out`]).
+    /// The Engine API's stat of `path` in container `inst` (see [`stat`]).
+    pub fn stat_path(&self, inst: &Instance, path: &str) -> Result<serde_json::Value> {
+        let mut cmd = self.copy_process(inst, &["--stat".into(), path.into()])?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| EngineError::io("run", &self.config().exe, e))?;
+        let mut child = child;
+        let mut out = Vec::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|mut s| s.read_to_end(&mut out).map(|_| ()))
+            .transpose();
+        finish(child, read.map(|_| ()))?;
+        serde_json::from_slice(&out)
+            .map_err(|e| EngineError::Internal(format!("the path's stat: {e}")))
+    }
+
+    /// Writes a tar of `path` in container `inst` to `out` (see [`Direction::Out`]).
     pub fn copy_out(&self, inst: &Instance, path: &str, out: &mut dyn Write) -> Result<()> {
         let mut cmd = self.copy_process(inst, &["--out".into(), path.into()])?;
         let mut child = cmd

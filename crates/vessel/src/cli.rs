@@ -142,8 +142,11 @@ pub enum Command {
         /// Added to the owners a copy-up gives (a --userns container's base id)
         #[arg(long, default_value_t = 0)]
         shift: u32,
+        /// Write the Engine API's stat of this path to stdout (JSON)
+        #[arg(long, conflicts_with_all = ["dest", "out", "copy_up"])]
+        stat: Option<String>,
         /// Write a tar of this path to stdout
-        #[arg(long, conflicts_with = "dest", required_unless_present_any = ["dest", "copy_up"])]
+        #[arg(long, conflicts_with = "dest", required_unless_present_any = ["dest", "copy_up", "stat"])]
         out: Option<String>,
         /// Place the tar read from stdin here
         #[arg(long = "in")]

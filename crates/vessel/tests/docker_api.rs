@@ -2196,3 +2196,67 @@ fn docker_run_publish_all_and_health_checks_through_the_api() {
     assert_no_leftovers(&id);
     assert_eq!(code(&s.docker(&["rmi", &image])), 0);
 }
+
+#[test]
+fn docker_cp_and_export_through_the_api_running_or_stopped() {
+    let s = Server::start();
+    let n = sleeper(&s, "api-cp");
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    std::fs::create_dir(h.join("site")).unwrap();
+    std::fs::write(h.join("site/index.html"), "hello\n").unwrap();
+    // Into a running container, a directory; back out, a file and a tar stream.
+    assert_eq!(code(&s.docker(&["exec", &n, "mkdir", "-p", "/srv"])), 0);
+    let o = s.docker(&["cp", h.join("site").to_str().unwrap(), &format!("{n}:/srv")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["exec", &n, "cat", "/srv/site/index.html"]);
+    assert_eq!(stdout(&o), "hello\n", "{}", stderr(&o));
+    let back = h.join("back.html");
+    let o = s.docker(&[
+        "cp",
+        &format!("{n}:/srv/site/index.html"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "hello\n");
+    // A stopped one: copies both ways, and export holds what it made.
+    assert_eq!(code(&s.docker(&["stop", "-t", "1", &n])), 0);
+    let o = s.docker(&[
+        "cp",
+        h.join("back.html").to_str().unwrap(),
+        &format!("{n}:/srv/again.html"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = s.docker(&["cp", &format!("{n}:/srv/again.html"), "-"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut a = tar::Archive::new(o.stdout.as_slice());
+    let names: Vec<String> = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["again.html"]);
+    let tarball = h.join("fs.tar");
+    let o = s.docker(&["export", "-o", tarball.to_str().unwrap(), &n]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut a = tar::Archive::new(std::fs::File::open(&tarball).unwrap());
+    let found = a
+        .entries()
+        .unwrap()
+        .any(|e| e.unwrap().path().unwrap().to_str() == Some("srv/site/index.html"));
+    assert!(found, "export lacks srv/site/index.html");
+    // Docker's errors: a missing path, a missing container, -a refused.
+    let o = s.docker(&["cp", &format!("{n}:/no/such"), h.to_str().unwrap()]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("Could not find the file /no/such"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.docker(&["cp", "vessel-no-such:/etc", h.to_str().unwrap()]);
+    assert!(stderr(&o).contains("No such container"), "{}", stderr(&o));
+    let o = s.docker(&["cp", "-a", back.to_str().unwrap(), &format!("{n}:/srv/")]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("copyUIDGID"), "{}", stderr(&o));
+    assert_eq!(code(&s.docker(&["rm", &n])), 0);
+}

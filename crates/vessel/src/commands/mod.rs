@@ -106,6 +106,7 @@ pub fn run(cli: Cli) -> CmdResult {
             copy_up,
             into,
             shift,
+            stat,
             out,
             dest,
             contents,
@@ -119,6 +120,9 @@ pub fn run(cli: Cli) -> CmdResult {
                 ),
             };
             let dir = match (copy_up, out, dest) {
+                _ if stat.is_some() => Direction::Stat {
+                    path: stat.unwrap_or_default(),
+                },
                 (Some(path), _, _) => Direction::CopyUp {
                     path,
                     into: into.unwrap_or_default(),
@@ -226,7 +230,7 @@ pub fn run(cli: Cli) -> CmdResult {
             images: names,
             format,
         }) => images::inspect(&store()?, &names, format.as_ref()),
-        Command::Rmi(a) | Command::Image(ImageCommand::Rm(a)) => images::remove(&store()?, &a),
+        Command::Rmi(a) | Command::Image(ImageCommand::Rm(a)) => images::remove(&engine()?, &a),
         Command::Tag { source, target } => images::tag(&store()?, &source, &target),
         Command::Build(a) => build::build(&engine()?, &a),
         Command::Import(a) | Command::Image(ImageCommand::Import(a)) => {
