@@ -173,7 +173,7 @@ pub async fn remove(
     let name = name.to_string();
     let removed = state
         .engine(move |e| {
-            let removed = e.store()?.remove(&name, force)?;
+            let removed = e.remove_image(&name, force)?;
             for r in &removed {
                 let (action, id) = match r {
                     vessel_image::store::Removed::Untagged(t) => ("untag", t.to_string()),
@@ -392,22 +392,6 @@ pub async fn history(state: &Arc<State>, name: &str) -> Result<Response<Body>, A
     Ok(http::json(StatusCode::OK, &v))
 }
 
-/// A `Write` into a response stream: each write is one chunk; a client that went away
-/// is a write error (the save stops).
-struct ChunkWriter(tokio::sync::mpsc::Sender<Bytes>);
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Bytes::copy_from_slice(buf))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// `GET /images/get?names=A&names=B` and `GET /images/{name}/get`: `docker save`, a
 /// docker-archive streamed as it is written. Unknown names are a 404 before any byte.
 pub async fn save(
@@ -436,7 +420,7 @@ pub async fn save(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::task::spawn_blocking(move || {
         let saved = vessel_image::Store::open(&root).and_then(|s| {
-            let w = std::io::BufWriter::with_capacity(256 * 1024, ChunkWriter(tx));
+            let w = std::io::BufWriter::with_capacity(256 * 1024, http::ChunkWriter(tx));
             vessel_image::archive::save(&s, &names, w, vessel_image::archive::ArchiveFormat::Docker)
         });
         // The client sees a cut-off archive (the tar reader says so); the log says why.
@@ -447,61 +431,15 @@ pub async fn save(
     Ok(http::streamed(StatusCode::OK, "application/x-tar", rx))
 }
 
-/// A `Read` over a request body's chunks, fed by an async task.
-struct ChunkReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
-    cur: Bytes,
-}
-
-impl std::io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            // Called on a blocking thread: waiting here holds no runtime worker.
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur.split_to(n));
-        Ok(n)
-    }
-}
-
 /// `POST /images/load` (`docker load`): the body is a docker-archive or oci-archive,
 /// read as it arrives (the store's limits bound what it may hold). The answer is Docker's
 /// JSON stream (`{"stream": "Loaded image: ...\n"}`), or a 400 naming what is wrong.
 pub async fn load(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    use http_body_util::BodyExt;
     let quiet = http::query(&req).flag("quiet");
-    let (chunks, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
-    let mut body = req.into_body();
-    tokio::spawn(async move {
-        while let Some(frame) = body.frame().await {
-            let sent = match frame {
-                Ok(f) => match f.into_data() {
-                    Ok(data) => chunks.send(Ok(data)).await,
-                    Err(_) => continue, // trailers
-                },
-                Err(e) => {
-                    chunks
-                        .send(Err(format!("reading the request body: {e}")))
-                        .await
-                }
-            };
-            if sent.is_err() {
-                break; // the load stopped
-            }
-        }
-    });
+    let reader = http::ChunkReader::of_body(req);
     let root = state.config.root.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let store = vessel_image::Store::open(&root)?;
-        let reader = ChunkReader {
-            rx,
-            cur: Bytes::new(),
-        };
         vessel_image::archive::load(&store, reader, &vessel_image::progress::NoProgress)
     })
     .await

@@ -504,7 +504,7 @@ impl Builder<'_> {
                 continue;
             };
             if id != image.id && img.layers.iter().all(|l| fin.layers.contains(l)) {
-                let _ = self.store.remove(&id.to_string(), false);
+                let _ = self.engine.remove_image(&id.to_string(), false);
             }
         }
         self.report.step(&format!("--> {}", &image.id.hex()[..12]));

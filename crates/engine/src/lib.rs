@@ -584,6 +584,22 @@ impl Engine {
         Ok((removed, bytes))
     }
 
+    /// Removes image (or tag) `key` from the store (see `Store::remove`), with the
+    /// microVM root disk built for each image deleted.
+    pub fn remove_image(
+        &self,
+        key: &str,
+        force: bool,
+    ) -> Result<Vec<vessel_image::store::Removed>> {
+        let removed = self.store()?.remove(key, force)?;
+        for r in &removed {
+            if let vessel_image::store::Removed::Deleted(d) = r {
+                vm::remove_image_disk(&self.config.root, &d.to_string());
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the images no instance uses (`image prune`): untagged ones, or with `all`
     /// every one. Returns what was untagged and deleted, and the bytes reclaimed.
     pub fn image_prune(&self, all: bool) -> Result<(Vec<vessel_image::store::Removed>, u64)> {
@@ -608,12 +624,13 @@ impl Engine {
                 image.tags.clone()
             };
             for k in keys {
-                match store.remove(&k, false) {
+                match self.remove_image(&k, false) {
                     Ok(r) => out.extend(r),
                     // Used meanwhile, or gone: kept, or nothing to do.
-                    Err(vessel_image::Error::InUse(..))
-                    | Err(vessel_image::Error::ImageNotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
+                    Err(EngineError::Image(
+                        vessel_image::Error::InUse(..) | vessel_image::Error::ImageNotFound(_),
+                    )) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }

@@ -499,8 +499,14 @@ fn detached_lifecycle_stop_and_no_leftovers() {
         "busybox",
         "sh",
         "-c",
-        "trap '' TERM; sleep 1000",
+        "trap '' TERM; echo ready; sleep 1000",
     ]);
+    // Stopped once the trap is set: a TERM before it would end the shell (143).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok(&["logs", &m]).contains("ready") {
+        assert!(Instant::now() < deadline, "no output from the VM");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     ok(&["stop", "-t", "2", &m]);
     assert_eq!(inspect(&m)["State"]["ExitCode"], 137);
     let mid = id_of(&m);
@@ -1018,6 +1024,12 @@ fn build_isolation_vm_runs_every_run_step_in_a_microvm() {
     .unwrap();
     let tag = format!("{}:t", name("vmbuild"));
     let before = ok(&["ps", "-aq"]);
+    let disks = || -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(root().join("vm/images"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    let disks_before = disks();
     let o = vessel_within(
         &[
             "build",
@@ -1095,4 +1107,13 @@ fn build_isolation_vm_runs_every_run_step_in_a_microvm() {
         "the failed build's microVM is left"
     );
     ok(&["rmi", &tag]);
+    // The root disks of the steps' images went with the images (the base image's, which
+    // its first step used, stays with it).
+    let base = ok(&["image", "inspect", "busybox"]);
+    let left: Vec<_> = disks()
+        .into_iter()
+        .filter(|d| !disks_before.contains(d))
+        .filter(|d| !base.contains(d.to_string_lossy().trim_end_matches(".ext4")))
+        .collect();
+    assert!(left.is_empty(), "VM root disks left: {left:?}");
 }

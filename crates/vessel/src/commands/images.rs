@@ -163,10 +163,10 @@ pub fn inspect(
 }
 
 /// `vessel rmi`.
-pub fn remove(store: &Store, args: &RmiArgs) -> CmdResult {
+pub fn remove(engine: &vessel_engine::Engine, args: &RmiArgs) -> CmdResult {
     let mut failed = None;
     for name in &args.images {
-        match store.remove(name, args.force) {
+        match engine.remove_image(name, args.force) {
             Ok(done) => {
                 for r in done {
                     match r {
