@@ -226,18 +226,8 @@ fn assert_nothing_left(root: &Path, store: &Store, what: &str) {
 
 #[test]
 fn gzip_bomb_layer_is_stopped_at_the_disk_budget_and_leaves_nothing() {
-    let root = tempfile::tempdir().unwrap();
     let budget = 64 << 20;
-    let store = Store::open_with(
-        root.path(),
-        StoreOptions {
-            disk: DiskLimits {
-                reserve: None,
-                max_layer: Some(budget),
-            },
-        },
-    )
-    .unwrap();
+    let (root, store) = store_with_layer_budget(budget);
     let bomb = gzip_bomb(2 << 30);
     assert!(
         bomb.len() < 8 << 20,
@@ -272,19 +262,25 @@ fn gzip_bomb_layer_is_stopped_at_the_disk_budget_and_leaves_nothing() {
     );
 }
 
-#[test]
-fn archive_bigger_than_the_budget_is_refused_while_extracting() {
+/// A store in a new directory whose layers may take at most `max_layer` bytes.
+fn store_with_layer_budget(max_layer: u64) -> (tempfile::TempDir, Store) {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open_with(
         root.path(),
         StoreOptions {
             disk: DiskLimits {
                 reserve: None,
-                max_layer: Some(1 << 20),
+                max_layer: Some(max_layer),
             },
         },
     )
     .unwrap();
+    (root, store)
+}
+
+#[test]
+fn archive_bigger_than_the_budget_is_refused_while_extracting() {
+    let (root, store) = store_with_layer_budget(1 << 20);
     // An archive entry claiming 3 GiB: refused from its header, nothing extracted.
     let mut tar = header(tar::EntryType::Regular, "blobs/sha256/big", THREE_GIB);
     let stream = io::Cursor::new(std::mem::take(&mut tar)).chain(io::repeat(0).take(THREE_GIB));
@@ -590,17 +586,7 @@ fn pull_refuses_a_huge_manifest_without_buffering_it() {
 #[test]
 fn a_guests_changes_tar_is_read_as_a_hostile_layer() {
     use vessel_image::import::store_layer_tar;
-    let root = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        root.path(),
-        StoreOptions {
-            disk: DiskLimits {
-                reserve: None,
-                max_layer: Some(1 << 20),
-            },
-        },
-    )
-    .unwrap();
+    let (root, store) = store_with_layer_budget(1 << 20);
     let work = tempfile::tempdir().unwrap();
     // 3 GiB claimed and (sparsely) there: refused at the budget, in bounded memory.
     let huge = work.path().join("huge.tar");

@@ -111,16 +111,9 @@ pub fn attach(engine: &Engine, a: &AttachArgs) -> CmdResult {
     // Signals are taken by one thread: blocked here, before any other thread exists.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGWINCH);
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        if a.sig_proxy && !tty {
-            signals.add(s);
+    if a.sig_proxy && !tty {
+        for s in super::containers::PROXIED {
+            signals.add(*s);
         }
     }
     let _ = signals.thread_block();

@@ -25,7 +25,7 @@ fn fail(e: EngineError) -> Failure {
 }
 
 /// Signals `vessel run` (attached) and `vessel exec` pass on to the process they started.
-const PROXIED: &[Signal] = &[
+pub(super) const PROXIED: &[Signal] = &[
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
