@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Held by a test that prunes containers, and by one whose containers a prune would
-/// take between their exit and their removal.
-static CONTAINER_PRUNE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Written by the test that prunes containers; read by every other test's server for
+/// its life: a prune takes every instance not running in the shared data root, one that
+/// another test has just created (even mid-create) or that just exited included.
+static CONTAINER_PRUNE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// A `vessel serve` on a socket of its own, stopped (SIGTERM) when dropped.
 struct Server {
     child: Child,
     dir: tempfile::TempDir,
+    /// Keeps the container prune test out while this server's test runs.
+    _no_prune: Option<std::sync::RwLockReadGuard<'static, ()>>,
 }
 
 impl Server {
@@ -31,6 +34,20 @@ impl Server {
 
     /// A server with extra environment variables.
     fn start_with(env: &[(&str, &Path)]) -> Server {
+        let guard = CONTAINER_PRUNE.read().unwrap_or_else(|e| e.into_inner());
+        Server::spawn(env, Some(guard))
+    }
+
+    /// A server for the test that prunes containers, which holds [`CONTAINER_PRUNE`]
+    /// for writing.
+    fn start_pruning() -> Server {
+        Server::spawn(&[], None)
+    }
+
+    fn spawn(
+        env: &[(&str, &Path)],
+        no_prune: Option<std::sync::RwLockReadGuard<'static, ()>>,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("d.sock");
         let mut c = cmd(&["serve", "-H", &format!("unix://{}", sock.display())]);
@@ -43,7 +60,11 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start vessel serve");
-        let s = Server { child, dir };
+        let s = Server {
+            child,
+            dir,
+            _no_prune: no_prune,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(s.socket()).is_err() {
             assert!(
@@ -453,9 +474,7 @@ fn a_client_leaving_mid_attach_leaves_the_instance_running() {
 /// hostname (its short id) and exits 0, and nothing of any run is left.
 #[test]
 fn twenty_shells_each_run_once_a_second_for_a_minute() {
-    // A container prune elsewhere in this binary would take runs between their exit
-    // and their removal.
-    let _prune = CONTAINER_PRUNE.lock().unwrap_or_else(|e| e.into_inner());
+    // (Its server keeps the container prune test out: see CONTAINER_PRUNE.)
     const SHELLS: u32 = 20;
     let seconds: u32 = std::env::var("VESSEL_LOAD_SECONDS")
         .ok()
@@ -1808,8 +1827,8 @@ fn serve_takes_the_socket_systemd_passes() {
 /// `container prune`.
 #[test]
 fn docker_save_load_history_push_and_prune() {
-    let _prune = CONTAINER_PRUNE.lock().unwrap_or_else(|e| e.into_inner());
-    let s = Server::start();
+    let _prune = CONTAINER_PRUNE.write().unwrap_or_else(|e| e.into_inner());
+    let s = Server::start_pruning();
     // history: the image's own step first.
     let o = s.docker(&["history", "--no-trunc", "-q", "busybox"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
