@@ -36,20 +36,21 @@ fn path_param(req: &Request<Incoming>) -> Result<String, ApiError> {
     }
 }
 
-/// The path's stat as the header's value (base64 of its JSON).
-async fn stat_header(state: &Arc<State>, id: &str, path: &str) -> Result<String, ApiError> {
+/// The path's stat (see `vessel_engine::copy::stat`).
+async fn stat_of(state: &Arc<State>, id: &str, path: &str) -> Result<serde_json::Value, ApiError> {
     let (id2, path2) = (id.to_string(), path.to_string());
-    let doc = state
+    state
         .engine(move |e| {
             let inst = e.get(&id2)?;
             e.stat_path(&inst, &path2).map_err(path_error(&id2, &path2))
         })
-        .await?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(doc.to_string()))
+        .await
 }
 
-fn with_stat(mut r: Response<Body>, stat: &str) -> Response<Body> {
-    if let Ok(v) = stat.parse() {
+/// `r` with the stat in its header (base64 of the JSON).
+fn with_stat(mut r: Response<Body>, stat: &serde_json::Value) -> Response<Body> {
+    let value = base64::engine::general_purpose::STANDARD.encode(stat.to_string());
+    if let Ok(v) = value.parse() {
         r.headers_mut().insert(STAT_HEADER, v);
     }
     r
@@ -62,7 +63,7 @@ pub async fn head(
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let path = path_param(req)?;
-    let stat = stat_header(state, id, &path).await?;
+    let stat = stat_of(state, id, &path).await?;
     Ok(with_stat(http::empty(StatusCode::OK), &stat))
 }
 
@@ -96,7 +97,7 @@ pub async fn get(
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let path = path_param(req)?;
-    let stat = stat_header(state, id, &path).await?;
+    let stat = stat_of(state, id, &path).await?;
     Ok(with_stat(stream_tar(state, id, path), &stat))
 }
 
@@ -123,12 +124,8 @@ pub async fn put(
             "copyUIDGID (docker cp -a) is not supported: vessel does not take owners from an archive".into(),
         ));
     }
-    let stat = stat_header(state, id, &path).await?;
-    let mode = base64::engine::general_purpose::STANDARD
-        .decode(&stat)
-        .ok()
-        .and_then(|j| serde_json::from_slice::<serde_json::Value>(&j).ok())
-        .and_then(|v| v["mode"].as_u64())
+    let mode = stat_of(state, id, &path).await?["mode"]
+        .as_u64()
         .unwrap_or(0);
     if mode & (1 << 31) == 0 {
         return Err(ApiError::BadRequest(format!(
