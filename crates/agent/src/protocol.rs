@@ -228,6 +228,10 @@ pub struct GuestConfig {
     /// overlay's upper directory is sent as an OCI layer ([`Kind::Changes`]) before
     /// `Exit`. Needs a writable root.
     pub export_changes: bool,
+    /// `--pids-limit`: the most tasks (processes and threads) the command, the processes
+    /// `exec` starts and health checks may have at once, as a pids cgroup of the guest
+    /// kernel (`/sys/fs/cgroup/vessel`). `None`: no limit.
+    pub pids_limit: Option<i64>,
 }
 
 /// The guest's one network interface, as the host's network lease describes it.
@@ -572,6 +576,7 @@ mod tests {
                 resolv_conf: "nameserver 10.0.0.53\n".into(),
             }),
             export_changes: true,
+            pids_limit: Some(8),
         };
         let json = serde_json::to_vec(&full).unwrap();
         assert_eq!(serde_json::from_slice::<GuestConfig>(&json).unwrap(), full);

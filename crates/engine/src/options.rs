@@ -401,11 +401,6 @@ pub fn build_request(
                 "-v/--volume is not supported with --isolation vm yet (host directories are not shared into microVMs): copy the data into the image, or use a container".into(),
             ));
         }
-        if a.pids_limit.is_some() {
-            return Err(EngineError::InvalidFlag(
-                "--pids-limit is not supported with --isolation vm yet (the guest has no process limit): use --memory to bound the VM, or a container".into(),
-            ));
-        }
     } else if a.console {
         return Err(EngineError::InvalidFlag(
             "--console needs --isolation vm: it shows a microVM's guest console; a container has none".into(),

@@ -298,6 +298,7 @@ fn guest_config(inst: &Instance, network: Option<GuestNetwork>) -> GuestConfig {
         interactive: r.interactive,
         read_only: r.read_only,
         export_changes: r.export_changes,
+        pids_limit: r.pids_limit,
         ..Default::default()
     }
 }

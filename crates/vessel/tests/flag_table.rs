@@ -139,7 +139,6 @@ fn every_flag_has_a_row_and_every_row_is_a_flag() {
 fn example(long: &str) -> Vec<&'static str> {
     match long {
         "--volume" => vec!["-v", "/tmp:/data"],
-        "--pids-limit" => vec!["--pids-limit", "10"],
         "--userns" => vec!["--userns"],
         "--kernel" => vec!["--kernel", "/dev/null"],
         "--console" => vec!["--console"],

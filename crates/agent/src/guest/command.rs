@@ -42,6 +42,7 @@ enum ChildStep {
     Uid = 5,
     Chdir = 6,
     Exec = 7,
+    Cgroup = 8,
 }
 
 impl ChildStep {
@@ -53,6 +54,7 @@ impl ChildStep {
             4 => "setgid",
             5 => "setuid",
             6 => "chdir to the working directory",
+            8 => "join the --pids-limit cgroup",
             _ => "exec",
         }
     }
@@ -65,6 +67,8 @@ pub(super) struct Prepared {
     envp: Vec<CString>,
     workdir: CString,
     identity: Identity,
+    /// `cgroup.procs` of the `--pids-limit` cgroup, to join.
+    cgroup: Option<libc::c_int>,
 }
 
 /// The command's ends of its standard streams, and ours.
@@ -218,6 +222,7 @@ pub(super) fn prepare(cfg: &GuestConfig) -> Result<Prepared, Failure> {
         envp: env.iter().map(c).collect::<Result<_, _>>()?,
         workdir: c(&workdir)?,
         identity,
+        cgroup: super::rootfs::workload_cgroup(),
     })
 }
 
@@ -312,6 +317,12 @@ pub(super) fn child(p: &Prepared, stdio: &Stdio, tty: bool, status: OwnedFd) -> 
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
+        // First, so that everything it forks is counted.
+        if let Some(procs) = p.cgroup {
+            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                fail(ChildStep::Cgroup);
+            }
+        }
         if libc::setsid() < 0 {
             fail(ChildStep::Session);
         }

@@ -4,6 +4,8 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use vessel_agent::initramfs::{MODULES_DIR, MODULES_ORDER};
@@ -114,6 +116,9 @@ pub fn enter_root(cfg: &GuestConfig) -> io::Result<Option<File>> {
     };
     mount("proc", &point("/proc")?, "proc", NOSUID_NODEV_NOEXEC, "")?;
     mount("sysfs", &point("/sys")?, "sysfs", NOSUID_NODEV_NOEXEC, "")?;
+    if let Some(limit) = cfg.pids_limit {
+        limit_pids(limit)?;
+    }
     mount("/dev", &point("/dev")?, "", libc::MS_MOVE, "")?;
     ensure_dir("/newroot/dev/pts")?;
     mount(
@@ -159,6 +164,38 @@ pub fn enter_root(cfg: &GuestConfig) -> io::Result<Option<File>> {
     write_identity_files(cfg)?;
     switch_root()?;
     Ok(upper)
+}
+
+/// The workload's cgroup: `cgroup.procs` of `/sys/fs/cgroup/vessel`, open for the forked
+/// children to join (`command::child`) before they exec; -1 without `--pids-limit`.
+static WORKLOAD_CGROUP: AtomicI32 = AtomicI32::new(-1);
+
+/// The open `cgroup.procs` of the workload's cgroup, if there is one.
+pub fn workload_cgroup() -> Option<libc::c_int> {
+    let fd = WORKLOAD_CGROUP.load(Ordering::SeqCst);
+    (fd >= 0).then_some(fd)
+}
+
+/// `--pids-limit`: cgroup2 on the root's `/sys/fs/cgroup` (where a container finds it
+/// too), the pids controller enabled for the root's children, and the workload's cgroup
+/// `vessel` with `pids.max`. The agent itself stays in the root cgroup: its own threads
+/// do not count against the command's limit.
+fn limit_pids(limit: i64) -> io::Result<()> {
+    const CG: &str = "/newroot/sys/fs/cgroup";
+    mount("cgroup2", CG, "cgroup2", NOSUID_NODEV_NOEXEC, "")?;
+    let write = |path: String, value: String| {
+        fs::write(&path, &value)
+            .map_err(|e| io::Error::new(e.kind(), format!("write {value} to {path}: {e}")))
+    };
+    write(format!("{CG}/cgroup.subtree_control"), "+pids".into())?;
+    ensure_dir(&format!("{CG}/vessel"))?;
+    write(format!("{CG}/vessel/pids.max"), limit.to_string())?;
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("{CG}/vessel/cgroup.procs"))?;
+    WORKLOAD_CGROUP.store(std::os::fd::IntoRawFd::into_raw_fd(procs), Ordering::SeqCst);
+    Ok(())
 }
 
 /// `/etc/hostname` and `/etc/hosts` for the configured hostname, and with a network the
