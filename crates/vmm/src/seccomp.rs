@@ -25,8 +25,11 @@ use seccompiler::{
 
 use crate::error::{Error, Result};
 
-/// `KVM_RUN`: `_IO(KVMIO, 0x80)`, the one ioctl a running vCPU makes.
+/// `KVM_RUN`: `_IO(KVMIO, 0x80)`, the ioctl a running vCPU makes.
 const KVM_RUN: u64 = 0xae80;
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`, which a vCPU makes when the guest's
+/// network driver starts or resets the device (the offloads it accepted go to the tap).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
 /// Which of the VMM's threads a filter is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,11 +153,15 @@ pub(crate) fn rules(
         COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
     match kind {
         ThreadKind::Vcpu => {
-            let kvm_run =
-                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, KVM_RUN)
+            let request = |nr| {
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, nr)
                     .and_then(|c| SeccompRule::new(vec![c]))
-                    .map_err(filter_error)?;
-            map.insert(libc::SYS_ioctl, vec![kvm_run]);
+                    .map_err(filter_error)
+            };
+            map.insert(
+                libc::SYS_ioctl,
+                vec![request(KVM_RUN)?, request(TUNSETOFFLOAD)?],
+            );
             if let Some(fd) = console_log.and_then(|fd| u64::try_from(fd).ok()) {
                 let truncate_log = [
                     SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd),
@@ -325,6 +332,14 @@ mod tests {
     }
 
     #[test]
+    fn the_allowed_tap_ioctl_is_the_one_the_network_device_makes() {
+        assert_eq!(
+            TUNSETOFFLOAD,
+            crate::devices::virtio::net::device::TUNSETOFFLOAD() as u64
+        );
+    }
+
+    #[test]
     fn vcpus_may_only_run_and_io_has_no_ioctl() {
         let vcpu = rules(ThreadKind::Vcpu, None).unwrap();
         assert!(!vcpu.contains_key(&libc::SYS_ftruncate));
@@ -336,8 +351,8 @@ mod tests {
         );
         assert_eq!(
             vcpu[&libc::SYS_ioctl].len(),
-            1,
-            "ioctl only with a condition"
+            2,
+            "ioctl only with a condition: KVM_RUN and TUNSETOFFLOAD"
         );
         assert!(!vcpu.contains_key(&libc::SYS_pwrite64));
         let io = rules(ThreadKind::Io, Some(7)).unwrap();

@@ -148,7 +148,11 @@ impl MmioTransport {
             return;
         };
         match self.device.process_queue(index, queue, &self.mem) {
-            Ok(true) => self.raise(INT_VRING),
+            Ok(true) => {
+                if wants_interrupt(queue, &self.mem) {
+                    self.raise(INT_VRING);
+                }
+            }
             Ok(false) => {}
             Err(e) => self.fail(&e.to_string()),
         }
@@ -160,7 +164,17 @@ impl MmioTransport {
             return;
         }
         match self.device.process_backend(&mut self.queues, &self.mem) {
-            Ok(true) => self.raise(INT_VRING),
+            Ok(true) => {
+                let mem = &self.mem;
+                // Every queue is asked (each keeps its own suppression state).
+                let wanted = self
+                    .queues
+                    .iter_mut()
+                    .fold(false, |any, q| wants_interrupt(q, mem) | any);
+                if wanted {
+                    self.raise(INT_VRING);
+                }
+            }
             Ok(false) => {}
             Err(e) => self.fail(&e.to_string()),
         }
@@ -325,6 +339,13 @@ impl MmioTransport {
             self.queue_config_error = Some(format!("{ring:?} ring address {new:#x}: {e}"));
         }
     }
+}
+
+/// Whether the driver wants an interrupt for buffers just used on `queue`: not while it
+/// set `VRING_AVAIL_F_NO_INTERRUPT` (e.g. a network driver polling its rings), which
+/// spares the guest an interrupt per frame. A ring we cannot read gets the interrupt.
+fn wants_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    queue.needs_notification(mem).unwrap_or(true)
 }
 
 impl BusDevice for MmioTransport {

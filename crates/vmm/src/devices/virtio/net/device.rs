@@ -3,13 +3,18 @@
 //!
 //! The tap is opened with `IFF_VNET_HDR` and its header size set to the 12 bytes of a
 //! virtio 1.x `virtio_net_hdr_v1`, so a frame has the same layout on both sides: header,
-//! then Ethernet frame, one `read`/`write` each. No offload is offered to the guest (no
-//! `VIRTIO_NET_F_CSUM`/`GUEST_*`/`HOST_*`) nor enabled on the tap (`TUNSETOFFLOAD`), so the
-//! header is all zeros both ways: the device writes zeros over whatever the guest put in
-//! it before handing a frame to the host kernel, and stamps `num_buffers = 1` on received
-//! ones. Keeping the vnet header (rather than a plain tap and a synthesized header) means
-//! checksum and segmentation offload can later be turned on without touching this data
-//! path.
+//! then Ethernet frame, one `read`/`write` each.
+//!
+//! Offloads: the device offers checksum offload and TCP segmentation both ways
+//! (`VIRTIO_NET_F_CSUM`, `GUEST_CSUM`, `HOST_TSO4/6`, `GUEST_TSO4/6`) and mergeable
+//! receive buffers (`MRG_RXBUF`). What the driver accepts is switched on in the tap
+//! (`TUNSETOFFLOAD`: the host kernel then hands the guest 64 KiB TCP segments with partial
+//! checksums), and the guest's own headers (checksum start/offset, GSO type and size) go to
+//! the tap as they are, where the host kernel validates them (`virtio_net_hdr_to_skb`) and
+//! refuses what is inconsistent. Without `CSUM` the device writes zeros over the guest's
+//! header, so nothing it put there reaches the host kernel as a request. A received frame
+//! spreads over as many of the guest's (page-sized) receive buffers as it needs, with
+//! `num_buffers` saying how many; without `MRG_RXBUF` it must fit one buffer chain.
 //!
 //! Frames are copied through one bounded buffer per direction (checked guest-memory
 //! accesses only, never a raw pointer into guest RAM). A frame that does not fit the
@@ -22,7 +27,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
@@ -43,6 +52,40 @@ pub(crate) const MAX_FRAME: usize = VNET_HDR_LEN + 65_550;
 /// `TUNSETVNETHDRSZ` (`_IOW('T', 216, int)`), from `<linux/if_tun.h>`.
 const TUNTAP: u32 = b'T' as u32;
 vmm_sys_util::ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, ::std::os::raw::c_int);
+// `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`): which offloaded frames the tap may
+// hand us (and so the guest).
+vmm_sys_util::ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, ::std::os::raw::c_uint);
+/// `TUN_F_*` offload flags, from `<linux/if_tun.h>`.
+const TUN_F_CSUM: u32 = 0x01;
+const TUN_F_TSO4: u32 = 0x02;
+const TUN_F_TSO6: u32 = 0x04;
+
+/// Offloads the device offers, besides `VERSION_1`, `MAC` and `MTU`.
+const OFFLOADS: u64 = (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF);
+
+/// The tap's offload flags for what the driver accepted: it only gets partial checksums
+/// and segments it said it can take.
+fn tun_offloads(acked: u64) -> u32 {
+    let has = |bit: u32| acked & (1 << bit) != 0;
+    let mut flags = 0;
+    if has(VIRTIO_NET_F_GUEST_CSUM) {
+        flags |= TUN_F_CSUM;
+        // Segmentation needs checksum offload (the kernel refuses TSO without CSUM).
+        if has(VIRTIO_NET_F_GUEST_TSO4) {
+            flags |= TUN_F_TSO4;
+        }
+        if has(VIRTIO_NET_F_GUEST_TSO6) {
+            flags |= TUN_F_TSO6;
+        }
+    }
+    flags
+}
 
 /// Counters of what was dropped, for the log at teardown and for tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +108,22 @@ pub(crate) struct Net {
     tx_frame: Vec<u8>,
     drops: Drops,
     queue_sizes: [u16; 2],
+    /// The backend is a tap (offloads are set with its ioctls); false for the test stand-in.
+    is_tap: bool,
+    /// The driver accepted `VIRTIO_NET_F_CSUM`: its headers reach the tap as they are.
+    guest_headers: bool,
+    /// The driver accepted `MRG_RXBUF`: a frame may take several receive buffers.
+    mergeable: bool,
+}
+
+/// What became of a received frame.
+enum Placed {
+    /// It is in the guest's buffers.
+    Used,
+    /// Not enough buffers now: it waits, and so does the tap.
+    Wait,
+    /// It can never fit: dropped.
+    Dropped,
 }
 
 impl Net {
@@ -79,7 +138,30 @@ impl Net {
         if ret < 0 {
             return Err(NetError::Tap(std::io::Error::last_os_error()));
         }
-        Net::with_backend(tap, mac, mtu)
+        let mut net = Net::with_backend(tap, mac, mtu)?;
+        net.is_tap = true;
+        net.set_tap_offloads(0);
+        Ok(net)
+    }
+
+    /// Tells the tap which offloaded frames it may deliver. A failure only means frames
+    /// come without offloads (the host kernel then checksums and segments them itself).
+    fn set_tap_offloads(&self, flags: u32) {
+        if !self.is_tap {
+            return;
+        }
+        // SAFETY: TUNSETOFFLOAD takes its argument by value, on a descriptor we own; the
+        // result is checked.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_val(&self.tap, TUNSETOFFLOAD(), u64::from(flags))
+        };
+        if ret < 0 {
+            tracing::warn!(
+                flags,
+                "virtio-net: the tap refused offloads: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 
     /// The device over any datagram descriptor that behaves like a tap with 12-byte vnet
@@ -97,6 +179,9 @@ impl Net {
             tx_frame: Vec::with_capacity(MAX_FRAME),
             drops: Drops::default(),
             queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
+            is_tap: false,
+            guest_headers: false,
+            mergeable: false,
         })
     }
 
@@ -115,8 +200,8 @@ impl Net {
                 // A runt (shorter than the header) cannot be a frame: skip it.
                 Ok(n) if n <= VNET_HDR_LEN => continue,
                 Ok(n) => {
-                    // Without VIRTIO_NET_F_MRG_RXBUF a frame always takes one buffer;
-                    // the tap leaves these two bytes untouched.
+                    // `num_buffers`, which the tap leaves untouched: one, unless a
+                    // mergeable frame takes more (set when it is placed).
                     self.rx_frame[10..12].copy_from_slice(&1u16.to_le_bytes());
                     self.rx_len = n;
                     return true;
@@ -137,6 +222,14 @@ impl Net {
         loop {
             if self.rx_len == 0 && !self.read_frame() {
                 return Ok(used);
+            }
+            if self.mergeable {
+                match self.place_merged(q, mem)? {
+                    Placed::Used => used = true,
+                    Placed::Wait => return Ok(used),
+                    Placed::Dropped => {}
+                }
+                continue;
             }
             let chain = {
                 let mut iter = q.iter(mem).map_err(NetError::Queue)?;
@@ -188,6 +281,65 @@ impl Net {
         }
     }
 
+    /// Puts the waiting frame into as many receive buffers as it needs (`MRG_RXBUF`), each
+    /// returned with the bytes it got and the first one's header saying how many.
+    fn place_merged(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<Placed, NetError> {
+        let mut chains: Vec<(u16, Vec<Descriptor>)> = Vec::new();
+        let mut capacity = 0u64;
+        while capacity < self.rx_len as u64 {
+            let chain = {
+                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
+                iter.next()
+            };
+            let Some(chain) = chain else {
+                // Give back what was taken; wait for the driver, unless even a full ring
+                // could not hold the frame.
+                for _ in 0..chains.len() {
+                    q.go_to_previous_position();
+                }
+                if chains.len() >= usize::from(q.size()) {
+                    self.drops.rx_too_big += 1;
+                    self.rx_len = 0;
+                    return Ok(Placed::Dropped);
+                }
+                return Ok(Placed::Wait);
+            };
+            let head = chain.head_index();
+            let descs = match checked_chain(chain, mem, true) {
+                Ok(d) => d,
+                Err(reason) => {
+                    let _ = q.add_used(mem, head, 0);
+                    return Err(NetError::Chain { head, reason });
+                }
+            };
+            capacity += descs.iter().map(|d| u64::from(d.len())).sum::<u64>();
+            chains.push((head, descs));
+        }
+        let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
+        self.rx_frame[10..12].copy_from_slice(&count.to_le_bytes());
+        let mut written = 0usize;
+        for (head, descs) in &chains {
+            let mut in_chain = 0usize;
+            for d in descs {
+                let n = (d.len() as usize).min(self.rx_len - written);
+                if n == 0 {
+                    break;
+                }
+                mem.write_slice(&self.rx_frame[written..written + n], d.addr())
+                    .map_err(|e| NetError::Chain {
+                        head: *head,
+                        reason: e.to_string(),
+                    })?;
+                written += n;
+                in_chain += n;
+            }
+            q.add_used(mem, *head, in_chain as u32)
+                .map_err(NetError::Queue)?;
+        }
+        self.rx_len = 0;
+        Ok(Placed::Used)
+    }
+
     /// Sends every frame the guest queued.
     fn drain_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetError> {
         let mut used = false;
@@ -224,9 +376,11 @@ impl Net {
                         })?;
                     at = end;
                 }
-                // No offload was negotiated: whatever the guest put in the header must
-                // not reach the host kernel as a checksum or segmentation request.
-                self.tx_frame[..VNET_HDR_LEN].fill(0);
+                if !self.guest_headers {
+                    // No offload was negotiated: whatever the guest put in the header
+                    // must not reach the host kernel as a checksum or segmentation request.
+                    self.tx_frame[..VNET_HDR_LEN].fill(0);
+                }
                 self.send_frame();
             }
             q.add_used(mem, head, 0).map_err(NetError::Queue)?;
@@ -322,7 +476,13 @@ impl VirtioDevice for Net {
     fn features(&self) -> u64 {
         // With MTU above 1500 and no mergeable buffers, Linux posts receive buffers of
         // the MTU's size ("big packets"), so frames up to the MTU arrive whole.
-        VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_MTU)
+        VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_MTU) | OFFLOADS
+    }
+
+    fn activate(&mut self, acked: u64) {
+        self.guest_headers = acked & (1 << VIRTIO_NET_F_CSUM) != 0;
+        self.mergeable = acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        self.set_tap_offloads(tun_offloads(acked));
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -374,6 +534,10 @@ impl VirtioDevice for Net {
         }
         self.rx_len = 0;
         self.tx_frame.clear();
+        self.guest_headers = false;
+        self.mergeable = false;
+        // Until the driver accepts offloads again, the tap must not deliver any.
+        self.set_tap_offloads(0);
     }
 }
 
@@ -502,6 +666,95 @@ mod tests {
         let mut second = [0u8; VNET_HDR_LEN + 6];
         mem.read_slice(&mut second, GuestAddress(0x6_0000)).unwrap();
         assert_eq!(&second[VNET_HDR_LEN..], b"second");
+    }
+
+    #[test]
+    fn mergeable_frames_spread_over_buffers_and_wait_for_enough() {
+        let (mem, host, mut net) = setup();
+        net.activate(VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MRG_RXBUF));
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        vq.add_desc_chains(&[raw(0x4_0000, 1024, W, 0), raw(0x5_0000, 1024, W, 0)], 0)
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let payload: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        host.send(&frame(&payload, 0)).unwrap();
+        // 2512 bytes do not fit two 1 KiB buffers: nothing is used until a third comes.
+        assert!(!net.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(vq.used().idx().load(), 0);
+        vq.add_desc_chains(&[raw(0x6_0000, 1024, W, 0)], 2).unwrap();
+        assert!(net.process_queue(RX, &mut q, &mem).unwrap());
+        assert_eq!(vq.used().idx().load(), 3);
+        let lens: Vec<u32> = (0..3)
+            .map(|i| vq.used().ring().ref_at(i).unwrap().load().len())
+            .collect();
+        assert_eq!(lens, [1024, 1024, 2512 - 2048]);
+        let mut got = vec![0u8; 2512];
+        for (i, at) in [0x4_0000u64, 0x5_0000, 0x6_0000].iter().enumerate() {
+            let n = lens[i] as usize;
+            mem.read_slice(&mut got[i * 1024..i * 1024 + n], GuestAddress(*at))
+                .unwrap();
+        }
+        assert_eq!(&got[10..12], &[3, 0], "num_buffers is 3");
+        assert_eq!(&got[VNET_HDR_LEN..], &payload[..]);
+    }
+
+    #[test]
+    fn offloads_pass_the_guests_header_and_set_the_taps_flags() {
+        let (mem, host, mut net) = setup();
+        let all = net.features();
+        for bit in [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_MRG_RXBUF,
+        ] {
+            assert_ne!(all & (1 << bit), 0, "feature bit {bit} offered");
+        }
+        assert_eq!(tun_offloads(all), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+        // Segments only with checksum offload; nothing the driver did not accept.
+        assert_eq!(tun_offloads(1 << VIRTIO_NET_F_GUEST_TSO4), 0);
+        assert_eq!(tun_offloads(VIRTIO_F_VERSION_1), 0);
+        net.activate(all);
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        // A partial-checksum TSO header: flags, gso type, header length, segment size,
+        // checksum start and offset.
+        let hdr = [1u8, 1, 54, 0, 0xa8, 5, 34, 0, 16, 0, 0, 0];
+        mem.write_slice(&hdr, GuestAddress(0x1_0000)).unwrap();
+        mem.write_slice(b"segment", GuestAddress(0x2_0000)).unwrap();
+        vq.add_desc_chains(
+            &[
+                raw(0x1_0000, VNET_HDR_LEN as u32, N, 1),
+                raw(0x2_0000, 7, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        assert!(net.process_queue(TX, &mut q, &mem).unwrap());
+        let mut got = [0u8; 100];
+        let n = host.recv(&mut got).unwrap();
+        assert_eq!(
+            &got[..VNET_HDR_LEN],
+            &hdr,
+            "the header reaches the tap as sent"
+        );
+        assert_eq!(&got[VNET_HDR_LEN..n], b"segment");
+        // After a reset (no offloads until negotiated again) it is zeroed once more.
+        net.reset();
+        vq.add_desc_chains(
+            &[
+                raw(0x1_0000, VNET_HDR_LEN as u32, N, 3),
+                raw(0x2_0000, 7, 0, 0),
+            ],
+            2,
+        )
+        .unwrap();
+        assert!(net.process_queue(TX, &mut q, &mem).unwrap());
+        let n = host.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], &frame(b"segment", 0)[..]);
     }
 
     #[test]
