@@ -851,6 +851,23 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         "{reply}"
     );
     assert!(reply.ends_with("from-vm\n"), "{reply}");
+    // The guest's driver took the offloads and mergeable receive buffers: CSUM,
+    // GUEST_CSUM, GUEST_TSO4/6, HOST_TSO4/6, MRG_RXBUF (virtio-net feature bits).
+    let features = ok(&[
+        "exec",
+        &v,
+        "sh",
+        "-c",
+        "for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0001 ] && cat $d/features; done",
+    ]);
+    let bits = features.trim().as_bytes();
+    for bit in [0, 1, 7, 8, 11, 12, 15] {
+        assert_eq!(
+            bits.get(bit),
+            Some(&b'1'),
+            "virtio-net feature bit {bit} not negotiated: {features}"
+        );
+    }
 
     // The guest's eth0 has the leased address; it has lo and eth0 only.
     let o = vessel(&[
