@@ -231,21 +231,9 @@ impl Net {
                 }
                 continue;
             }
-            let chain = {
-                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
-                iter.next()
-            };
             // No buffer: the frame waits, and so does the tap.
-            let Some(chain) = chain else {
+            let Some((head, descs)) = next_chain(q, mem, true)? else {
                 return Ok(used);
-            };
-            let head = chain.head_index();
-            let descs = match checked_chain(chain, mem, true) {
-                Ok(d) => d,
-                Err(reason) => {
-                    let _ = q.add_used(mem, head, 0);
-                    return Err(NetError::Chain { head, reason });
-                }
             };
             let capacity: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if capacity < self.rx_len as u64 {
@@ -287,11 +275,7 @@ impl Net {
         let mut chains: Vec<(u16, Vec<Descriptor>)> = Vec::new();
         let mut capacity = 0u64;
         while capacity < self.rx_len as u64 {
-            let chain = {
-                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
-                iter.next()
-            };
-            let Some(chain) = chain else {
+            let Some((head, descs)) = next_chain(q, mem, true)? else {
                 // Give back what was taken; wait for the driver, unless even a full ring
                 // could not hold the frame.
                 for _ in 0..chains.len() {
@@ -303,14 +287,6 @@ impl Net {
                     return Ok(Placed::Dropped);
                 }
                 return Ok(Placed::Wait);
-            };
-            let head = chain.head_index();
-            let descs = match checked_chain(chain, mem, true) {
-                Ok(d) => d,
-                Err(reason) => {
-                    let _ = q.add_used(mem, head, 0);
-                    return Err(NetError::Chain { head, reason });
-                }
             };
             capacity += descs.iter().map(|d| u64::from(d.len())).sum::<u64>();
             chains.push((head, descs));
@@ -358,20 +334,8 @@ impl Net {
     fn drain_tx_once(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, NetError> {
         let mut used = false;
         loop {
-            let chain = {
-                let mut iter = q.iter(mem).map_err(NetError::Queue)?;
-                iter.next()
-            };
-            let Some(chain) = chain else {
+            let Some((head, descs)) = next_chain(q, mem, false)? else {
                 return Ok(used);
-            };
-            let head = chain.head_index();
-            let descs = match checked_chain(chain, mem, false) {
-                Ok(d) => d,
-                Err(reason) => {
-                    let _ = q.add_used(mem, head, 0);
-                    return Err(NetError::Chain { head, reason });
-                }
             };
             let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             if total <= VNET_HDR_LEN as u64 || total > MAX_FRAME as u64 {
@@ -431,6 +395,31 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Takes the next buffer chain the driver made available, if any, checked as
+/// [`checked_chain`] checks it; a broken one is returned to the driver unused (length 0)
+/// and is the device's error.
+fn next_chain(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    writable: bool,
+) -> Result<Option<(u16, Vec<Descriptor>)>, NetError> {
+    let chain = {
+        let mut iter = q.iter(mem).map_err(NetError::Queue)?;
+        iter.next()
+    };
+    let Some(chain) = chain else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    match checked_chain(chain, mem, writable) {
+        Ok(descs) => Ok(Some((head, descs))),
+        Err(reason) => {
+            let _ = q.add_used(mem, head, 0);
+            Err(NetError::Chain { head, reason })
+        }
+    }
 }
 
 /// Collects a chain whose every buffer has direction `writable` and lies inside guest
