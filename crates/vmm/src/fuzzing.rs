@@ -169,7 +169,9 @@ fn descriptors(input: &mut Input<'_>, max: u8) -> Vec<RawDescriptor> {
 /// A virtio-net device whose receive and transmit queues hold chains built from `data`
 /// (as in [`blk_request`]), fed frames of fuzzed sizes by the host end of its stand-in
 /// tap (a datagram socketpair), then run in a fuzzed order: transmit, receive, backend
-/// readiness, reset. Frames the guest sends must respect the size bounds.
+/// readiness, reset, activation with fuzzed features (offloads, mergeable buffers). Frames
+/// the guest sends must respect the size bounds, and carry its header only when it
+/// accepted checksum offload.
 pub fn net_queues(data: &[u8]) {
     let mut input = Input(data);
     let rx_descs = descriptors(&mut input, 16);
@@ -178,6 +180,9 @@ pub fn net_queues(data: &[u8]) {
         .map(|_| usize::from(input.u16()) % (MAX_FRAME + 64))
         .collect();
     let steps: Vec<u8> = (0..input.u8() % 16).map(|_| input.u8()).collect();
+    // What a driver accepts when it activates the device: any of the offered bits that
+    // fit 16 bits (the offloads and mergeable buffers are bits 0-15).
+    let accepted = u64::from(input.u16());
     let mem = memory(input.0);
     let (host, vmm) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
     host.set_nonblocking(true).expect("non-blocking host end");
@@ -200,13 +205,22 @@ pub fn net_queues(data: &[u8]) {
         return;
     };
     let mut queues = [rxq, txq];
+    // Whether the guest's own headers may have reached the tap (VIRTIO_NET_F_CSUM accepted).
+    let mut headers_passed = false;
     for step in steps {
-        let _ = match step % 4 {
+        let _ = match step % 5 {
             0 => net.process_queue(0, &mut queues[0], &mem),
             1 => net.process_queue(1, &mut queues[1], &mem),
             2 => net.process_backend(&mut queues, &mem),
-            _ => {
+            3 => {
                 net.reset();
+                Ok(false)
+            }
+            _ => {
+                let acked =
+                    net.features() & (accepted | crate::devices::virtio::VIRTIO_F_VERSION_1);
+                headers_passed |= acked & 1 != 0;
+                net.activate(acked);
                 Ok(false)
             }
         };
@@ -218,8 +232,8 @@ pub fn net_queues(data: &[u8]) {
             "a {n}-byte frame reached the tap"
         );
         assert!(
-            buf[..VNET_HDR_LEN].iter().all(|&b| b == 0),
-            "guest header passed on"
+            headers_passed || buf[..VNET_HDR_LEN].iter().all(|&b| b == 0),
+            "guest header passed on without VIRTIO_NET_F_CSUM"
         );
     }
 }
