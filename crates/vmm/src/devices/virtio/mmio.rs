@@ -517,21 +517,21 @@ mod tests {
         let mut h = [0u8; 16];
         h[8] = 1; // IN, sector 1
         mem.write_slice(&h, GuestAddress(0x1_0000)).unwrap();
-        let flags = VRING_DESC_F_NEXT as u16;
-        vq.add_desc_chains(
-            &[
-                RawDescriptor::from(Descriptor::new(0x1_0000, 16, flags, 1)),
-                RawDescriptor::from(Descriptor::new(
-                    0x2_0000,
-                    512,
-                    flags | VRING_DESC_F_WRITE as u16,
-                    2,
-                )),
-                RawDescriptor::from(Descriptor::new(0x3_0000, 1, VRING_DESC_F_WRITE as u16, 0)),
-            ],
-            0,
-        )
-        .unwrap();
+        // The read request (header, data, status) as descriptors `first`..`first + 2`.
+        let read_request = |first: u16| {
+            let flags = VRING_DESC_F_NEXT as u16;
+            let write = VRING_DESC_F_WRITE as u16;
+            vq.add_desc_chains(
+                &[
+                    RawDescriptor::from(Descriptor::new(0x1_0000, 16, flags, first + 1)),
+                    RawDescriptor::from(Descriptor::new(0x2_0000, 512, flags | write, first + 2)),
+                    RawDescriptor::from(Descriptor::new(0x3_0000, 1, write, 0)),
+                ],
+                first,
+            )
+            .unwrap();
+        };
+        read_request(0);
         r.w(REG_QUEUE_NOTIFY, 0);
         assert_eq!(r.irq.read().unwrap(), 1);
         assert_eq!(r.r(REG_INTERRUPT_STATUS), INT_VRING);
@@ -542,20 +542,7 @@ mod tests {
         // buffers used without one.
         mem.write_obj(u16::to_le(VRING_AVAIL_F_NO_INTERRUPT), vq.avail_addr())
             .unwrap();
-        vq.add_desc_chains(
-            &[
-                RawDescriptor::from(Descriptor::new(0x1_0000, 16, flags, 4)),
-                RawDescriptor::from(Descriptor::new(
-                    0x2_0000,
-                    512,
-                    flags | VRING_DESC_F_WRITE as u16,
-                    5,
-                )),
-                RawDescriptor::from(Descriptor::new(0x3_0000, 1, VRING_DESC_F_WRITE as u16, 0)),
-            ],
-            3,
-        )
-        .unwrap();
+        read_request(3);
         r.w(REG_QUEUE_NOTIFY, 0);
         assert_eq!(vq.used().idx().load(), 2);
         assert!(r.irq.read().is_err(), "no interrupt while the driver polls");
