@@ -865,7 +865,7 @@ fn vm_network_published_port_names_both_ways_and_kill_9_cleanup() {
         &v,
         "sh",
         "-c",
-        "for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0001 ] && cat $d/features; done",
+        "for d in /sys/bus/virtio/devices/*; do if [ \"$(cat $d/device)\" = 0x0001 ]; then cat $d/features; fi; done",
     ]);
     let bits = features.trim().as_bytes();
     for bit in [0, 1, 7, 8, 11, 12, 15] {
